@@ -1,0 +1,232 @@
+"""Compile policies + an item into chat messages through Jinja templates in ``prompts/``.
+
+* Jinja runs in a ``SandboxedEnvironment`` with ``StrictUndefined``: a template that uses a
+  variable it is not given fails with :class:`TemplateError` naming the template and variable.
+* The static part (instructions, policies, examples, output format) is the system message and
+  comes first; the item text comes last in the user message, so servers reuse their prompt cache.
+* User content is only ever a template *variable*: it is never parsed as template source, so
+  ``{{ 7*7 }}`` in a post reaches the model verbatim. The content delimiters are escaped inside
+  the content, so a post cannot close the data block and speak as the instructions.
+* Every compiled prompt has a stable ``fingerprint``: a hash of the policies' content and versions,
+  the template sources and the settings that shape the prompt and schema. It is the same for every
+  item, goes into every verdict, and changes whenever a rule, template or setting changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from ._exceptions import InputError, TemplateError
+from ._policy import PolicySet
+from ._tokens import count_tokens, truncate_to_tokens
+from ._verdict import decision_schema
+
+__all__ = ["CompiledPrompt", "Compiler", "PromptTemplates", "default_prompts_dir"]
+
+CONTENT_OPEN = "<<<CONTENT>>>"
+CONTENT_CLOSE = "<<<END CONTENT>>>"
+SYSTEM_TEMPLATE = "moderation.system.j2"
+USER_TEMPLATE = "moderation.user.j2"
+REASK_TEMPLATE = "reask.j2"
+GENERIC_CHECKLIST = (
+    "Say briefly what the content is and what it does (asks, states, quotes, reports, jokes).",
+    "For each policy, name any VIOLATES rule the content meets, or say none does.",
+    "Check whether a SAFE exception applies.",
+    "Decide each policy from the cited rules.",
+)
+FINGERPRINT_VERSION = "1"
+
+
+def default_prompts_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for cand in (here / "_bundled" / "prompts", here.parent / "prompts"):
+        if cand.is_dir():
+            return cand
+    return here.parent / "prompts"
+
+
+def escape_content(text: str) -> str:
+    """Neutralise the data delimiters inside user content (everything else stays verbatim)."""
+    return text.replace("<<<", "<\u200b<<").replace(">>>", ">>\u200b>")
+
+
+class PromptTemplates:
+    """The Jinja templates of a prompts directory, sandboxed and strict."""
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.directory = Path(directory) if directory else default_prompts_dir()
+        if not self.directory.is_dir():
+            raise TemplateError(f"{self.directory}: prompts directory not found")
+        self.env = SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(str(self.directory)),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+        # JSON string literal without HTML escaping (Jinja's tojson escapes quotes as \u0027).
+        self.env.filters["jsonstr"] = lambda v: json.dumps(v, ensure_ascii=False)
+
+    def source(self, name: str) -> str:
+        path = self.directory / name
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TemplateError(f"{path}: template not found") from None
+        except UnicodeDecodeError as exc:
+            raise TemplateError(f"{path}: not valid UTF-8 ({exc.reason})") from None
+
+    def variables(self, name: str) -> set[str]:
+        """The variables a template uses (what a caller must provide)."""
+        try:
+            ast = self.env.parse(self.source(name))
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(f"{self.directory / name}:{exc.lineno}: {exc.message}") from None
+        return set(meta.find_undeclared_variables(ast))
+
+    def render(self, name: str, **variables: Any) -> str:
+        path = self.directory / name
+        try:
+            tmpl = self.env.get_template(name)
+            return tmpl.render(**variables).strip()
+        except jinja2.TemplateNotFound:
+            raise TemplateError(f"{path}: template not found") from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(f"{path}:{exc.lineno}: {exc.message}") from None
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(
+                f"{path}: {exc.message} (variables given: {', '.join(sorted(variables))})"
+            ) from None
+        except jinja2.exceptions.SecurityError as exc:
+            raise TemplateError(f"{path}: unsafe template operation: {exc}") from None
+
+
+@dataclass(frozen=True)
+class CompiledPrompt:
+    """The messages for one item, plus everything needed to validate the answer."""
+
+    messages: list[dict[str, str]]
+    schema: dict[str, Any]
+    fingerprint: str
+    policies: PolicySet
+    item_tokens: int
+    kept_tokens: int
+    truncated: bool
+    prompt_tokens: int = field(default=0)
+
+    @property
+    def system(self) -> str:
+        return self.messages[0]["content"]
+
+    @property
+    def user(self) -> str:
+        return self.messages[-1]["content"]
+
+
+class Compiler:
+    """Compiles a policy set into prompts; the static part is rendered once and reused."""
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        *,
+        templates: PromptTemplates | None = None,
+        max_steps: int = 6,
+        max_item_tokens: int = 2000,
+        schema_limits: bool = True,
+    ) -> None:
+        if len(policies) == 0:
+            raise InputError("no policies selected")
+        if max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
+        if max_item_tokens < 1:
+            raise ValueError("max_item_tokens must be >= 1")
+        self.policies = policies
+        self.templates = templates or PromptTemplates()
+        self.max_steps = max_steps
+        self.max_item_tokens = max_item_tokens
+        self.schema = decision_schema(policies, max_steps=max_steps, limits=schema_limits)
+        self.schema_limits = schema_limits
+
+    @cached_property
+    def checklist(self) -> list[str]:
+        ps = list(self.policies)
+        return list(ps[0].checklist) if len(ps) == 1 else list(GENERIC_CHECKLIST)
+
+    @cached_property
+    def system_prompt(self) -> str:
+        return self.templates.render(
+            SYSTEM_TEMPLATE,
+            policies=list(self.policies),
+            checklist=self.checklist,
+            max_steps=self.max_steps,
+            content_open=CONTENT_OPEN,
+            content_close=CONTENT_CLOSE,
+        )
+
+    @cached_property
+    def system_tokens(self) -> int:
+        return count_tokens(self.system_prompt)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Stable hash of everything that shapes the prompt and the expected output."""
+        h = hashlib.sha256()
+        blob = {
+            "v": FINGERPRINT_VERSION,
+            "policies": [[p.id, p.version, p.content_hash()] for p in self.policies],
+            "templates": {
+                n: hashlib.sha256(self.templates.source(n).encode()).hexdigest()
+                for n in (SYSTEM_TEMPLATE, USER_TEMPLATE, REASK_TEMPLATE)
+            },
+            "settings": {
+                "max_steps": self.max_steps,
+                "max_item_tokens": self.max_item_tokens,
+                "schema_limits": self.schema_limits,
+            },
+        }
+        h.update(json.dumps(blob, sort_keys=True).encode())
+        return "fp-" + h.hexdigest()[:16]
+
+    def compile(self, text: str, *, item_id: str = "item") -> CompiledPrompt:
+        if not isinstance(text, str):
+            raise InputError(f"item {item_id!r}: text must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise InputError(f"item {item_id!r}: text is empty")
+        kept, n_tokens = truncate_to_tokens(text, self.max_item_tokens)
+        truncated = kept != text
+        user = self.templates.render(
+            USER_TEMPLATE,
+            content=escape_content(kept),
+            item_id=item_id,
+            truncated=truncated,
+            content_open=CONTENT_OPEN,
+            content_close=CONTENT_CLOSE,
+        )
+        messages = [
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": user},
+        ]
+        return CompiledPrompt(
+            messages=messages,
+            schema=self.schema,
+            fingerprint=self.fingerprint,
+            policies=self.policies,
+            item_tokens=n_tokens,
+            kept_tokens=min(n_tokens, self.max_item_tokens),
+            truncated=truncated,
+            prompt_tokens=self.system_tokens + count_tokens(user),
+        )
+
+    def reask_message(self, error: str, attempt: int, max_attempts: int) -> str:
+        return self.templates.render(REASK_TEMPLATE, error=error, attempt=attempt, max_attempts=max_attempts)

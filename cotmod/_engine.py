@@ -1,0 +1,410 @@
+"""The engine: policies + item -> compiled prompt -> model -> validated verdict.
+
+:class:`AsyncModerator` does the work; :class:`Moderator` is its synchronous twin with the same
+methods (it runs the async one on a private event-loop thread, so it also works inside a program
+that already has a loop).
+
+Re-asks (this layer) are separate from transport retries (:mod:`cotmod._client`): when the model's
+output fails validation, the error is fed back to the model as a new user turn, at most
+``max_reasks`` times. If the output is still invalid, the verdict has ``status="error"`` and keeps
+the raw output; it is never counted as a decision. Usage of every attempt is summed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._client import Backend, ChatRequest, OpenAIBackend
+from ._compiler import CompiledPrompt, Compiler, PromptTemplates
+from ._config import Settings
+from ._exceptions import ConfigError, InputError
+from ._lint import load_policies
+from ._policy import Policy, PolicySet, default_guidelines_dir
+from ._verdict import ErrorInfo, OutputInvalid, PolicyDecision, Truncation, Usage, Verdict, parse_decision
+from ._version import __version__
+
+__all__ = ["AsyncModerator", "Item", "Moderator"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One piece of content to moderate."""
+
+    text: str
+    id: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def coerce(cls, value: str | Item | Mapping[str, Any], default_id: str = "item") -> Item:
+        if isinstance(value, Item):
+            return value if value.id else Item(value.text, default_id, value.metadata)
+        if isinstance(value, str):
+            return Item(value, default_id)
+        if isinstance(value, Mapping):
+            if "text" not in value:
+                raise InputError(f"item {value.get('id', default_id)!r}: missing 'text'")
+            meta = {k: v for k, v in value.items() if k not in ("id", "text")}
+            return Item(value["text"], str(value.get("id") or default_id), meta)
+        if isinstance(value, bytes):
+            raise InputError(f"item {default_id!r}: bytes given; decode the text to str first")
+        raise InputError(f"item {default_id!r}: expected str, Item or mapping, got {type(value).__name__}")
+
+
+def _load_policy_set(policies: PolicySet | Iterable[Policy] | str | Path | None, settings: Settings) -> PolicySet:
+    if isinstance(policies, PolicySet):
+        return policies
+    if isinstance(policies, (str, Path)):
+        return load_policies([policies])
+    if policies is not None:
+        return PolicySet(policies)
+    return load_policies([settings.guidelines or default_guidelines_dir()])
+
+
+@dataclass
+class _Outcome:
+    reasoning: list[str]
+    decisions: list[PolicyDecision]
+    usage: Usage
+    attempts: int
+    retries: int
+    reasks: int
+    model: str
+    error: ErrorInfo | None = None
+
+
+class AsyncModerator:
+    """Moderates items against policies through an OpenAI-compatible backend (async)."""
+
+    def __init__(
+        self,
+        policies: PolicySet | Iterable[Policy] | str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        backend: Backend | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is not None and overrides:
+            settings = settings.model_copy(update=overrides)
+            settings = Settings.model_validate(settings.model_dump())
+        self.settings = settings or Settings.load(**overrides)
+        self.policies = _load_policy_set(policies, self.settings)
+        self.templates = PromptTemplates(self.settings.prompts)
+        self._backend = backend
+        self._backend_lock: asyncio.Lock | None = None
+        self._compilers: dict[tuple[str, ...], Compiler] = {}
+        self._sem: asyncio.Semaphore | None = None
+
+    # -- configuration -------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        if self._backend is not None:
+            return self._backend.model_name
+        return self.settings.model or self.settings.local_model
+
+    def compiler(self, policy_ids: Sequence[str]) -> Compiler:
+        key = tuple(policy_ids)
+        comp = self._compilers.get(key)
+        if comp is None:
+            comp = Compiler(
+                self.policies.select(key),
+                templates=self.templates,
+                max_steps=self.settings.max_steps,
+                max_item_tokens=self.settings.max_item_tokens,
+                schema_limits=self.settings.schema_limits,
+            )
+            self._compilers[key] = comp
+        return comp
+
+    def _groups(self, policies: Sequence[str] | None) -> list[tuple[str, ...]]:
+        ids = self.policies.select(policies).ids if policies is not None else self.policies.ids
+        if not ids:
+            raise InputError("no policies selected")
+        if self.settings.strategy == "combined":
+            return [tuple(ids)]
+        return [(pid,) for pid in ids]
+
+    def fingerprint(self, policies: Sequence[str] | None = None) -> str:
+        """The prompt fingerprint verdicts for these policies carry."""
+        groups = self._groups(policies)
+        fps = [self.compiler(g).fingerprint for g in groups]
+        if len(fps) == 1:
+            return fps[0]
+        h = hashlib.sha256(("|".join([self.settings.strategy, *fps])).encode()).hexdigest()
+        return "fp-" + h[:16]
+
+    def render(self, text: str, policies: Sequence[str] | None = None) -> list[CompiledPrompt]:
+        """The exact prompts the model would receive for ``text`` (no model call)."""
+        return [self.compiler(g).compile(text) for g in self._groups(policies)]
+
+    async def _get_backend(self) -> Backend:
+        if self._backend is not None:
+            return self._backend
+        if self._backend_lock is None:
+            self._backend_lock = asyncio.Lock()
+        async with self._backend_lock:
+            if self._backend is None:
+                s = self.settings
+                if s.base_url:
+                    if not s.model:
+                        raise ConfigError("a model name is required with base_url (--model or COTMOD_MODEL)")
+                    self._backend = OpenAIBackend(
+                        base_url=s.base_url,
+                        model=s.model,
+                        api_key=s.api_key.get_secret_value() if s.api_key else None,
+                        timeout=s.timeout,
+                        max_retries=s.max_transport_retries,
+                    )
+                else:
+                    from ._local import ensure_local_server
+
+                    url = await asyncio.to_thread(
+                        ensure_local_server, s.local_model, n_ctx=s.local_ctx, threads=s.local_threads
+                    )
+                    self._backend = OpenAIBackend(
+                        base_url=url,
+                        model=s.local_model,
+                        timeout=max(s.timeout, 600.0),
+                        max_retries=s.max_transport_retries,
+                    )
+        return self._backend
+
+    # -- the work ------------------------------------------------------------------------------
+    async def _decide(self, backend: Backend, prompt: CompiledPrompt) -> _Outcome:
+        s = self.settings
+        messages = list(prompt.messages)
+        usage = Usage()
+        retries = 0
+        raw: str | None = None
+        last_error = ""
+        model = backend.model_name
+        max_attempts = s.max_reasks + 1
+        for attempt in range(1, max_attempts + 1):
+            request = ChatRequest(
+                messages=messages,
+                schema=prompt.schema,
+                response_format=s.response_format,
+                temperature=s.temperature,
+                max_tokens=s.max_tokens,
+                seed=s.seed,
+            )
+            result = await backend.complete(request)
+            usage.add(result.usage)
+            retries += result.transport_retries
+            raw = result.text
+            model = result.model or model
+            try:
+                reasoning, decisions = parse_decision(
+                    raw, prompt.policies, prompt.schema, finish_reason=result.finish_reason
+                )
+            except OutputInvalid as exc:
+                last_error = str(exc)
+                if attempt < max_attempts:
+                    comp = self.compiler(prompt.policies.ids)
+                    messages = [
+                        *messages,
+                        {"role": "assistant", "content": raw[:4000]},
+                        {"role": "user", "content": comp.reask_message(last_error, attempt, max_attempts)},
+                    ]
+                continue
+            return _Outcome(reasoning, decisions, usage, attempt, retries, attempt - 1, model)
+        return _Outcome(
+            [],
+            [],
+            usage,
+            max_attempts,
+            retries,
+            max_attempts - 1,
+            model,
+            ErrorInfo(
+                type="ModelOutputError",
+                message=f"invalid output after {max_attempts} attempt(s): {last_error}",
+                raw_output=raw,
+            ),
+        )
+
+    async def moderate(
+        self,
+        item: str | Item | Mapping[str, Any],
+        policies: Sequence[str] | None = None,
+    ) -> Verdict:
+        """Moderate one item against ``policies`` (default: all loaded policies)."""
+        it = Item.coerce(item)
+        groups = self._groups(policies)
+        prompts = [self.compiler(g).compile(it.text, item_id=it.id) for g in groups]
+        backend = await self._get_backend()
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.settings.concurrency)
+        start = time.perf_counter()
+        sem = self._sem
+
+        async def guarded(p: CompiledPrompt) -> _Outcome:
+            async with sem:
+                return await self._decide(backend, p)
+
+        outcomes: list[_Outcome] = list(await asyncio.gather(*(guarded(p) for p in prompts)))
+        latency = (time.perf_counter() - start) * 1000
+        return self._verdict(it, groups, prompts, outcomes, latency)
+
+    def _verdict(
+        self,
+        item: Item,
+        groups: list[tuple[str, ...]],
+        prompts: list[CompiledPrompt],
+        outcomes: list[_Outcome],
+        latency_ms: float,
+    ) -> Verdict:
+        usage = Usage()
+        reasoning: list[str] = []
+        decisions: list[PolicyDecision] = []
+        errors = [o.error for o in outcomes if o.error is not None]
+        for g, o in zip(groups, outcomes, strict=True):
+            usage.add(o.usage)
+            prefix = f"[{g[0]}] " if len(groups) > 1 else ""
+            reasoning.extend(prefix + r for r in o.reasoning)
+            decisions.extend(o.decisions)
+        ids = [pid for g in groups for pid in g]
+        ok = not errors
+        error = None
+        if errors:
+            error = ErrorInfo(
+                type=errors[0].type,
+                message="; ".join(e.message for e in errors)[:2000],
+                raw_output=errors[0].raw_output,
+            )
+        truncated = None
+        if prompts[0].truncated:
+            truncated = Truncation(item_tokens=prompts[0].item_tokens, kept_tokens=prompts[0].kept_tokens)
+        actions = [d.action for d in decisions]
+        from ._policy import ACTIONS
+
+        return Verdict(
+            item_id=item.id,
+            status="ok" if ok else "error",
+            reasoning=reasoning,
+            decisions=decisions,
+            violates=any(d.violates for d in decisions) if ok else None,
+            action=max(actions, key=ACTIONS.index) if ok and actions else None,
+            escalate=any(d.escalate for d in decisions) if ok else None,
+            policy_versions={pid: self.policies[pid].version for pid in ids},
+            prompt_fingerprint=self.fingerprint(ids),
+            model=outcomes[0].model if outcomes else self.model_name,
+            usage=usage,
+            latency_ms=round(latency_ms, 2),
+            attempts=sum(o.attempts for o in outcomes),
+            transport_retries=sum(o.retries for o in outcomes),
+            reasks=sum(o.reasks for o in outcomes),
+            truncated=truncated,
+            error=error,
+            cotmod_version=__version__,
+        )
+
+    async def moderate_many(
+        self,
+        items: Iterable[str | Item | Mapping[str, Any]],
+        policies: Sequence[str] | None = None,
+    ) -> list[Verdict]:
+        """Moderate several items concurrently (at most ``settings.concurrency`` calls in flight)."""
+        coerced = [Item.coerce(x, default_id=str(i)) for i, x in enumerate(items)]
+        return list(await asyncio.gather(*(self.moderate(it, policies) for it in coerced)))
+
+    async def aclose(self) -> None:
+        if self._backend is not None:
+            await self._backend.aclose()
+
+    async def __aenter__(self) -> AsyncModerator:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class _Portal:
+    """A private event loop on a daemon thread, for the sync API."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="cotmod-loop", daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
+        async def wrap() -> T:
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+class Moderator:
+    """The synchronous twin of :class:`AsyncModerator`, with the same methods."""
+
+    def __init__(
+        self,
+        policies: PolicySet | Iterable[Policy] | str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        backend: Backend | None = None,
+        **overrides: Any,
+    ) -> None:
+        self._async = AsyncModerator(policies, settings=settings, backend=backend, **overrides)
+        self._portal: _Portal | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self._async.settings
+
+    @property
+    def policies(self) -> PolicySet:
+        return self._async.policies
+
+    @property
+    def model_name(self) -> str:
+        return self._async.model_name
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._portal is None:
+            self._portal = _Portal()
+        return self._portal.call(coro)
+
+    def compiler(self, policy_ids: Sequence[str]) -> Compiler:
+        return self._async.compiler(policy_ids)
+
+    def fingerprint(self, policies: Sequence[str] | None = None) -> str:
+        return self._async.fingerprint(policies)
+
+    def render(self, text: str, policies: Sequence[str] | None = None) -> list[CompiledPrompt]:
+        return self._async.render(text, policies)
+
+    def moderate(self, item: str | Item | Mapping[str, Any], policies: Sequence[str] | None = None) -> Verdict:
+        return self._call(self._async.moderate(item, policies))
+
+    def moderate_many(
+        self, items: Iterable[str | Item | Mapping[str, Any]], policies: Sequence[str] | None = None
+    ) -> list[Verdict]:
+        return self._call(self._async.moderate_many(items, policies))
+
+    def close(self) -> None:
+        if self._portal is not None:
+            self._portal.call(self._async.aclose())
+            self._portal.stop()
+            self._portal = None
+
+    def __enter__(self) -> Moderator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

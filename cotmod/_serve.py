@@ -1,0 +1,35 @@
+"""Child-process entry point that runs the xllamacpp server until SIGTERM/SIGINT.
+
+``python -m cotmod._serve '{"model": PATH, "port": N, "n_ctx": N, "threads": N, "n_parallel": N}'``
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def serve(params: dict[str, Any], on_ready: Callable[[str], None] | None = None) -> None:
+    import xllamacpp
+
+    p = xllamacpp.CommonParams()
+    p.model.path = params["model"]
+    p.hostnames = ["127.0.0.1"]
+    p.port = int(params["port"])
+    p.n_parallel = int(params.get("n_parallel", 2))
+    p.n_ctx = int(params["n_ctx"]) * p.n_parallel
+    p.cpuparams.n_threads = int(params["threads"])
+    p.cpuparams_batch.n_threads = int(params["threads"])
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    server = xllamacpp.Server(p)
+    if on_ready is not None:
+        on_ready(f"http://127.0.0.1:{p.port}/v1")
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    del server
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through subprocesses
+    serve(json.loads(sys.argv[1]), lambda url: print(f"ready {url}", flush=True))

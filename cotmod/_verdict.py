@@ -1,0 +1,291 @@
+"""Verdicts: what the model must return, and what cotmod returns to you.
+
+Two schemas live here:
+
+* the **decision schema** the model is constrained to (built per policy set by
+  :func:`decision_schema`): ``reasoning`` steps first, then per policy the cited rule IDs,
+  exceptions, the ``violates`` flag, a confidence and a short rationale. Reasoning comes first so
+  constrained decoding produces the chain of thought before the decision;
+* the **Verdict** (pydantic) cotmod returns: the decision per policy with severity, action and
+  escalation *derived from the cited rules* (not free-form), plus provenance (policy versions,
+  prompt fingerprint, model), usage, latency, transport retries and re-asks.
+
+:func:`parse_decision` validates a raw completion against the decision schema (jsonschema) and
+cross-checks it against the policies (rule IDs exist, ``violates`` agrees with the cited rules).
+Anything that fails raises :class:`OutputInvalid`, whose message is fed back to the model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._policy import ACTIONS, Policy, PolicySet
+
+__all__ = [
+    "ErrorInfo",
+    "OutputInvalid",
+    "PolicyDecision",
+    "Truncation",
+    "Usage",
+    "Verdict",
+    "decision_schema",
+    "parse_decision",
+]
+
+MAX_STEP_CHARS = 400
+MAX_RATIONALE_CHARS = 400
+MAX_CITED = 4
+
+
+class OutputInvalid(ValueError):
+    """The model's output is not a valid decision. The message is what the model is told."""
+
+
+class Usage(BaseModel):
+    """Token usage summed over every attempt (transport retries do not bill; re-asks do)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+        self.cached_prompt_tokens += other.cached_prompt_tokens
+
+
+class PolicyDecision(BaseModel):
+    """The decision for one policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy_id: str
+    policy_version: str
+    rationale: str = Field(description="Short justification citing the text")
+    violates: bool
+    rule_ids: list[str] = Field(default_factory=list, description="VIOLATES rules the text meets")
+    exception_ids: list[str] = Field(default_factory=list, description="SAFE exceptions that apply")
+    severity: str | None = Field(default=None, description="Highest severity among cited rules")
+    action: Literal["allow", "label", "limit_reach", "age_restrict", "remove", "remove_and_report"]
+    escalate: bool = Field(description="A human must review")
+    escalation_ids: list[str] = Field(default_factory=list)
+    confidence: float = Field(ge=0.0, le=1.0, description="The model's stated confidence")
+    score: float = Field(
+        ge=0.0, le=1.0, description="Probability-like score that the item violates (for thresholds)"
+    )
+
+
+class Truncation(BaseModel):
+    item_tokens: int
+    kept_tokens: int
+
+
+class ErrorInfo(BaseModel):
+    type: str
+    message: str
+    raw_output: str | None = None
+
+
+class Verdict(BaseModel):
+    """cotmod's answer for one item. ``status == "error"`` is never a decision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str
+    status: Literal["ok", "error"]
+    reasoning: list[str] = Field(default_factory=list, description="Chain-of-thought steps")
+    decisions: list[PolicyDecision] = Field(default_factory=list)
+    violates: bool | None = Field(description="Any policy violated; null when status is error")
+    action: str | None = Field(description="Most restrictive action; null when status is error")
+    escalate: bool | None = None
+    policy_versions: dict[str, str]
+    prompt_fingerprint: str
+    model: str
+    usage: Usage = Field(default_factory=Usage)
+    latency_ms: float = 0.0
+    attempts: int = Field(default=1, description="Model calls that returned a completion")
+    transport_retries: int = 0
+    reasks: int = 0
+    truncated: Truncation | None = None
+    error: ErrorInfo | None = None
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    cotmod_version: str = ""
+
+    def decision(self, policy_id: str) -> PolicyDecision:
+        for d in self.decisions:
+            if d.policy_id == policy_id:
+                return d
+        raise KeyError(policy_id)
+
+
+def verdict_json_schema() -> dict[str, Any]:
+    schema = Verdict.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision schema the model is constrained to.
+
+
+def _policy_decision_schema(policy: Policy, limits: bool) -> dict[str, Any]:
+    def arr(enum: list[str]) -> dict[str, Any]:
+        s: dict[str, Any] = {"type": "array", "items": {"type": "string", "enum": enum}}
+        if limits:
+            s["maxItems"] = MAX_CITED
+        return s
+
+    rationale: dict[str, Any] = {"type": "string"}
+    if limits:
+        rationale["maxLength"] = MAX_RATIONALE_CHARS
+    props: dict[str, Any] = {
+        "rationale": rationale,
+        "rule_ids": arr(policy.rule_ids),
+        "exception_ids": arr(policy.exception_ids) if policy.exceptions else {"type": "array", "maxItems": 0, "items": {"type": "string"}},
+        "violates": {"type": "boolean"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    }
+    if policy.escalation:
+        props["escalation_ids"] = arr([e.id for e in policy.escalation])
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(props),
+        "additionalProperties": False,
+    }
+
+
+def decision_schema(policies: PolicySet, *, max_steps: int = 6, limits: bool = True) -> dict[str, Any]:
+    """JSON Schema of the model's output for these policies (reasoning first)."""
+    step: dict[str, Any] = {"type": "string"}
+    reasoning: dict[str, Any] = {"type": "array", "items": step}
+    if limits:
+        step["maxLength"] = MAX_STEP_CHARS
+        reasoning["minItems"] = 1
+        reasoning["maxItems"] = max_steps
+    per_policy = {p.id: _policy_decision_schema(p, limits) for p in policies}
+    return {
+        "type": "object",
+        "properties": {
+            "reasoning": reasoning,
+            "decisions": {
+                "type": "object",
+                "properties": per_policy,
+                "required": list(per_policy),
+                "additionalProperties": False,
+            },
+        },
+        "required": ["reasoning", "decisions"],
+        "additionalProperties": False,
+    }
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.S)
+
+
+def extract_json(raw: str) -> Any:
+    """Parse JSON from a completion: the whole text, a fenced block, or the outermost braces."""
+    text = raw.strip()
+    if not text:
+        raise OutputInvalid("the output was empty; reply with one JSON object")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as first:
+        m = _FENCE.search(text)
+        candidates = [m.group(1)] if m else []
+        start, end = text.find("{"), text.rfind("}")
+        if start != -1 and end > start:
+            candidates.append(text[start : end + 1])
+        for c in candidates:
+            try:
+                return json.loads(c)
+            except json.JSONDecodeError:
+                continue
+        raise OutputInvalid(
+            f"the output is not valid JSON ({first.msg} at line {first.lineno} column {first.colno}); "
+            "reply with one complete JSON object"
+        ) from None
+
+
+def parse_decision(
+    raw: str,
+    policies: PolicySet,
+    schema: dict[str, Any],
+    *,
+    finish_reason: str | None = None,
+) -> tuple[list[str], list[PolicyDecision]]:
+    """Validate a completion; return (reasoning steps, decisions). Raises :class:`OutputInvalid`."""
+    if finish_reason == "length":
+        raise OutputInvalid(
+            "the output was cut off by the token limit before the JSON closed; "
+            "keep reasoning steps short and do not repeat yourself"
+        )
+    data = extract_json(raw)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        msgs = []
+        for e in errors[:5]:
+            where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+            msgs.append(f"{where}: {e.message[:200]}")
+        raise OutputInvalid("the JSON does not match the required schema: " + "; ".join(msgs))
+    problems: list[str] = []
+    decisions: list[PolicyDecision] = []
+    for policy in policies:
+        d = data["decisions"][policy.id]
+        rule_ids = list(dict.fromkeys(d["rule_ids"]))
+        exc_ids = list(dict.fromkeys(d["exception_ids"]))
+        unknown = [r for r in rule_ids if r not in policy.rule_ids]
+        if unknown:
+            problems.append(f"{policy.id}: unknown rule ids {unknown}")
+            continue
+        violates = bool(d["violates"])
+        if violates and not rule_ids:
+            problems.append(
+                f"{policy.id}: violates is true but rule_ids is empty; cite the VIOLATES rule(s) the "
+                "text meets, or set violates to false"
+            )
+            continue
+        if not violates and rule_ids:
+            problems.append(
+                f"{policy.id}: violates is false but rule_ids cites {rule_ids}; rule_ids lists only "
+                "rules the text violates. Set violates to true, or empty rule_ids"
+            )
+            continue
+        confidence = float(d["confidence"])
+        esc_ids = list(dict.fromkeys(d.get("escalation_ids", [])))
+        if violates:
+            severity = max((policy.rule(r).severity for r in rule_ids), key=policy.severity_rank)
+            tier = policy.tier(severity)
+            action = tier.action
+            escalate = tier.escalate or bool(esc_ids)
+        else:
+            severity, action, escalate = None, "allow", bool(esc_ids)
+        assert action in ACTIONS
+        score = confidence if violates else 1.0 - confidence
+        decisions.append(
+            PolicyDecision(
+                policy_id=policy.id,
+                policy_version=policy.version,
+                rationale=d["rationale"],
+                violates=violates,
+                rule_ids=rule_ids,
+                exception_ids=exc_ids,
+                severity=severity,
+                action=action,  # type: ignore[arg-type]
+                escalate=escalate,
+                escalation_ids=esc_ids,
+                confidence=confidence,
+                score=score,
+            )
+        )
+    if problems:
+        raise OutputInvalid("; ".join(problems))
+    return [str(s) for s in data["reasoning"]], decisions
