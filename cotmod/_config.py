@@ -3,7 +3,7 @@
 Precedence: explicit arguments > environment variables > config file > defaults.
 
 Environment: ``COTMOD_BASE_URL``, ``COTMOD_API_KEY`` (else ``OPENAI_API_KEY``), ``COTMOD_MODEL``,
-``COTMOD_CONFIG`` (path of a TOML config file), ``COTMOD_HOME`` (models, server state).
+``COTMOD_LOCAL_MODEL``, ``COTMOD_CONFIG`` (path of a TOML config file), ``COTMOD_HOME`` (models, server state).
 Config file (TOML, flat keys named like the fields of :class:`Settings`): ``$COTMOD_CONFIG``, else
 ``./cotmod.toml``, else ``$COTMOD_HOME/config.toml``. Unknown keys are an error naming the file.
 
@@ -75,6 +75,7 @@ class Settings(BaseModel):
             "base_url": os.environ.get("COTMOD_BASE_URL"),
             "api_key": os.environ.get("COTMOD_API_KEY") or os.environ.get("OPENAI_API_KEY"),
             "model": os.environ.get("COTMOD_MODEL"),
+            "local_model": os.environ.get("COTMOD_LOCAL_MODEL"),
         }
         values.update({k: v for k, v in env.items() if v})
         values.update({k: v for k, v in overrides.items() if v is not None})

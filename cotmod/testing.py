@@ -19,7 +19,7 @@ from ._client import ChatRequest, ChatResult
 from ._tokens import count_tokens
 from ._verdict import Usage
 
-__all__ = ["FakeBackend", "decision"]
+__all__ = ["FakeBackend", "FakeOpenAIServer", "answer_for", "decision"]
 
 Response = str | Mapping[str, Any] | BaseException | ChatResult | Callable[[ChatRequest], Any]
 
@@ -107,3 +107,118 @@ class FakeBackend:
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+def answer_for(request_body: Mapping[str, Any], flag_word: str = "VIOLATE") -> dict[str, Any]:
+    """A valid decision for an OpenAI chat request whose ``response_format`` carries cotmod's
+    decision schema: a policy is violated (its first rule cited) when the item contains
+    ``flag_word``; otherwise everything is safe. Used by :class:`FakeOpenAIServer`."""
+    schema = body_schema(request_body)
+    item = str(request_body["messages"][-1]["content"])
+    cited: dict[str, list[str]] = {}
+    for pid, sub in schema["properties"]["decisions"]["properties"].items():
+        rules = sub["properties"]["rule_ids"]["items"]["enum"]
+        cited[pid] = [rules[0]] if flag_word in item else []
+    return decision(cited)
+
+
+def body_schema(request_body: Mapping[str, Any]) -> dict[str, Any]:
+    rf = request_body.get("response_format") or {}
+    schema = (rf.get("json_schema") or {}).get("schema")
+    if not isinstance(schema, dict):
+        raise ValueError("request has no json_schema response_format")
+    return schema
+
+
+class FakeOpenAIServer:
+    """A real HTTP server on 127.0.0.1 speaking the chat-completions API, for tests and
+    benchmarks. It answers with :func:`answer_for` (or ``handler(body) -> dict|str``), after
+    ``delay`` seconds. ``fail_first`` makes the first N requests fail with ``fail_status``.
+    Use as a context manager; ``base_url`` is ready on entry; ``requests`` counts calls."""
+
+    def __init__(
+        self,
+        *,
+        handler: Callable[[dict[str, Any]], Any] | None = None,
+        delay: float = 0.0,
+        fail_first: int = 0,
+        fail_status: int = 500,
+        retry_after: float | None = None,
+    ) -> None:
+        self.handler = handler or answer_for
+        self.delay = delay
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.retry_after = retry_after
+        self.requests = 0
+        self.bodies: list[dict[str, Any]] = []
+        self._server: Any = None
+        self._thread: Any = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeOpenAIServer:
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._send(200, {"status": "ok"})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                outer.requests += 1
+                n = outer.requests
+                outer.bodies.append(body)
+                if outer.delay:
+                    time.sleep(outer.delay)
+                if n <= outer.fail_first:
+                    hdrs = {"retry-after": str(outer.retry_after)} if outer.retry_after is not None else {}
+                    self._send(outer.fail_status, {"error": {"message": "injected failure", "type": "server_error"}}, hdrs)
+                    return
+                answer = outer.handler(body)
+                text = answer if isinstance(answer, str) else json.dumps(answer)
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-{n}",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body.get("model", "fake"),
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                        ],
+                        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+                    },
+                )
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,3 @@
+from cotmod._cli import main
+
+main()

@@ -1,0 +1,339 @@
+"""The ``cotmod`` command line. Library errors become one clear line and exit code 1 here, and
+only here; user mistakes never print a traceback (set COTMOD_DEBUG=1 to see one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ._exceptions import CotmodError, InputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _Group(click.Group):
+    """Turns cotmod errors into clean CLI errors at the boundary."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CotmodError as exc:
+            if os.environ.get("COTMOD_DEBUG"):
+                raise
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(package_name="cotmod", prog_name="cotmod")
+def cli() -> None:
+    """cotmod: chain-of-thought content moderation.
+
+    Policies in guidelines/ (YAML) compile into prompts; an LLM (an OpenAI-compatible endpoint,
+    or the embedded local model) returns schema-valid verdicts with its reasoning.
+
+    \b
+    Endpoint: --base-url/--model/--api-key, or COTMOD_BASE_URL, COTMOD_MODEL, COTMOD_API_KEY,
+    or a cotmod.toml. With no endpoint the embedded model runs on 127.0.0.1.
+    """
+
+
+def _endpoint_options(f: F) -> F:
+    opts = [
+        click.option("--guidelines", "-g", type=click.Path(exists=True), help="Policy directory or file [default: the starter pack]."),
+        click.option("--policy", "-p", "policies", multiple=True, help="Policy id to apply (repeatable) [default: all]."),
+        click.option("--base-url", envvar="COTMOD_BASE_URL", help="OpenAI-compatible endpoint (default: embedded local model)."),
+        click.option("--model", "-m", envvar="COTMOD_MODEL", help="Model name at the endpoint."),
+        click.option("--api-key", envvar="COTMOD_API_KEY", help="API key (prefer the COTMOD_API_KEY env var)."),
+        click.option("--local-model", help="Embedded model to use when no endpoint is set (see: cotmod models list)."),
+        click.option("--strategy", type=click.Choice(["per_policy", "combined"]), help="One call per policy, or all in one call."),
+        click.option("--config", "config_file", type=click.Path(), help="TOML config file."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _settings(**kw: Any) -> Any:
+    from ._config import Settings
+
+    config_file = kw.pop("config_file", None)
+    return Settings.load(config_file, **{k: v for k, v in kw.items() if v is not None})
+
+
+def _check_text(text: str, where: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{where}: text is not valid UTF-8") from None
+    return text
+
+
+def _read_items(path: str) -> Iterator[dict[str, Any]]:
+    """Items from a text file (one per line) or JSONL (objects with id and text)."""
+    p = Path(path)
+    is_jsonl = p.suffix in (".jsonl", ".ndjson")
+    with p.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{n}: not valid UTF-8 (byte {exc.start})") from None
+            if not line.strip():
+                continue
+            if is_jsonl or (line.lstrip().startswith("{") and p.suffix != ".txt"):
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+                if not isinstance(obj, dict) or "text" not in obj:
+                    raise InputError(f"{path}:{n}: expected an object with a 'text' field")
+                if not isinstance(obj["text"], str):
+                    raise InputError(f"{path}:{n}: field 'text' must be a string")
+                yield {"id": str(obj.get("id", n)), "text": obj["text"]}
+            else:
+                yield {"id": str(n), "text": line}
+
+
+def _print_verdict(v: Any) -> None:
+    head = click.style(v.item_id, bold=True)
+    if v.status != "ok":
+        click.echo(f"{head}  " + click.style("ERROR", fg="red", bold=True) + f"  {v.error.message if v.error else ''}")
+        return
+    label = click.style("VIOLATES", fg="red", bold=True) if v.violates else click.style("SAFE", fg="green", bold=True)
+    esc = click.style("  escalate", fg="yellow") if v.escalate else ""
+    click.echo(f"{head}  {label}  action={v.action}{esc}  ({v.latency_ms / 1000:.1f}s, {v.usage.total_tokens} tokens)")
+    for d in v.decisions:
+        if d.violates:
+            click.echo(f"  - {d.policy_id} {d.policy_version}: {', '.join(d.rule_ids)} severity={d.severity} -> {d.action} (confidence {d.confidence:.2f})")
+            click.echo(f"    {d.rationale}")
+    for step in v.reasoning:
+        click.echo(click.style(f"    · {step}", dim=True))
+    if v.truncated:
+        click.echo(click.style(f"  (item truncated: {v.truncated.kept_tokens} of {v.truncated.item_tokens} tokens judged)", fg="yellow"))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("text", required=False)
+@click.option("--file", "-f", "file_", type=click.Path(exists=True, dir_okay=False), help="Text file (one item per line) or JSONL with id/text.")
+@click.option("--json", "as_json", is_flag=True, help="Print verdicts as JSON (one object per line).")
+@_endpoint_options
+def moderate(text: str | None, file_: str | None, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
+    """Moderate TEXT (or each item of --file) and print the verdicts.
+
+    \b
+    Examples:
+      cotmod moderate "How do I kill a Python process?"
+      cotmod moderate -p hate_speech -p violent_threats --json "some post"
+      cotmod moderate --file examples/posts.jsonl
+    """
+    from ._engine import Moderator
+
+    if (text is None) == (file_ is None):
+        raise click.UsageError("give either TEXT or --file")
+    if text is not None:
+        items = [{"id": "text", "text": _check_text(text, "TEXT")}]
+    else:
+        assert file_ is not None
+        items = list(_read_items(file_))
+        if not items:
+            raise InputError(f"{file_}: no items")
+    settings = _settings(**kw)
+    with Moderator(settings.guidelines, settings=settings) as mod:
+        sel = list(policies) or None
+        mod.policies.select(sel)  # fail fast on unknown ids
+        show_progress = len(items) > 1 and not as_json and sys.stderr.isatty()
+        for it in items:
+            verdict = mod.moderate(it, policies=sel)
+            if as_json:
+                click.echo(verdict.model_dump_json())
+            else:
+                _print_verdict(verdict)
+        if show_progress:
+            click.echo(f"{len(items)} items", err=True)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+def lint(paths: tuple[str, ...], as_json: bool, strict: bool) -> None:
+    """Check policy files (default: the starter pack) against the schema and semantic rules.
+
+    Prints FILE:LINE: FIELD: MESSAGE for every problem; exits 1 on any error.
+    """
+    from ._lint import lint_paths
+    from ._policy import default_guidelines_dir
+
+    report = lint_paths(list(paths) or [default_guidelines_dir()])
+    failed = bool(report.errors or (strict and report.warnings))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for e in report.errors:
+            click.echo(click.style("error ", fg="red") + str(e))
+        for w in report.warnings:
+            click.echo(click.style("warning ", fg="yellow") + str(w))
+        status = "FAILED" if failed else "ok"
+        click.echo(
+            f"{status}: {len(report.files)} file(s), {len(report.policies)} valid polic(ies), "
+            f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+        )
+    if failed:
+        sys.exit(1)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("text", default="<example content>")
+@click.option("--json", "as_json", is_flag=True, help="Print messages, schema and counts as JSON.")
+@click.option("--vars", "show_vars", is_flag=True, help="List the variables each template uses.")
+@_endpoint_options
+def render(text: str, as_json: bool, show_vars: bool, policies: tuple[str, ...], **kw: Any) -> None:
+    """Show exactly the prompt(s) the model receives for TEXT, with token counts."""
+    from ._compiler import REASK_TEMPLATE, SYSTEM_TEMPLATE, USER_TEMPLATE
+    from ._engine import AsyncModerator
+    from ._tokens import count_tokens, token_counter_name
+
+    settings = _settings(**kw)
+    mod = AsyncModerator(settings.guidelines, settings=settings)
+    prompts = mod.render(_check_text(text, "TEXT"), list(policies) or None)
+    if show_vars:
+        for name in (SYSTEM_TEMPLATE, USER_TEMPLATE, REASK_TEMPLATE):
+            click.echo(f"{name}: {', '.join(sorted(mod.templates.variables(name)))}")
+        return
+    out = []
+    for p in prompts:
+        out.append(
+            {
+                "policies": p.policies.versions(),
+                "fingerprint": p.fingerprint,
+                "messages": p.messages,
+                "tokens": {m["role"]: count_tokens(m["content"]) for m in p.messages},
+                "truncated": p.truncated,
+                "output_schema": p.schema,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps({"token_counter": token_counter_name(), "prompts": out}, indent=2, ensure_ascii=False))
+        return
+    for o in out:
+        click.echo(click.style(f"=== {', '.join(f'{k} {v}' for k, v in o['policies'].items())}  fingerprint {o['fingerprint']}", bold=True))
+        for m in o["messages"]:
+            click.echo(click.style(f"--- {m['role']} ({o['tokens'][m['role']]} tokens, {token_counter_name()})", fg="cyan"))
+            click.echo(m["content"])
+        if o["truncated"]:
+            click.echo(click.style("(item truncated to the token budget)", fg="yellow"))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("which", type=click.Choice(["verdict", "policy", "decision"]))
+@click.option("--policy", "-p", "policies", multiple=True, help="For 'decision': the policies (default: all).")
+def schema(which: str, policies: tuple[str, ...]) -> None:
+    """Print a JSON Schema: the verdict cotmod returns, the policy file format, or the model's
+    decision output for some policies."""
+    from ._lint import default_policies
+    from ._policy import policy_json_schema
+    from ._verdict import decision_schema, verdict_json_schema
+
+    if which == "verdict":
+        data = verdict_json_schema()
+    elif which == "policy":
+        data = policy_json_schema()
+    else:
+        data = decision_schema(default_policies().select(list(policies) or None))
+    click.echo(json.dumps(data, indent=2))
+
+
+@cli.group(cls=_Group, context_settings=CONTEXT)
+def models() -> None:
+    """Packaged local models (GGUF inside PyPI wheels) for the embedded backend."""
+
+
+@models.command("list", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True)
+def models_list(as_json: bool) -> None:
+    """List the packaged models and whether each is installed."""
+    from ._local import MODELS, describe
+
+    rows = [describe(n) for n in MODELS]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from ._config import DEFAULT_LOCAL_MODEL
+
+    for r in rows:
+        mark = "installed" if r["installed"] else "-"
+        default = " (default)" if r["name"] == DEFAULT_LOCAL_MODEL else ""
+        click.echo(f"{r['name']:<22} {r['size'] / 1e6:>7.0f} MB  {mark:<9} {r['title']}{default}: {r['notes']}")
+
+
+@models.command("pull", context_settings=CONTEXT)
+@click.argument("name", required=False)
+@click.option("--force", is_flag=True, help="Download again even if installed.")
+def models_pull(name: str | None, force: bool) -> None:
+    """Download, assemble and sha256-verify a packaged model (default: the default model)."""
+    from ._config import DEFAULT_LOCAL_MODEL
+    from ._local import pull_model, spec
+
+    name = name or DEFAULT_LOCAL_MODEL
+    s = spec(name)
+    click.echo(f"pulling {name} ({s.size / 1e6:.0f} MB from {len(s.packages)} package(s))...", err=True)
+    path = pull_model(name, force=force)
+    click.echo(f"{name}: verified sha256 {s.sha256[:12]}… -> {path}")
+
+
+@cli.group(cls=_Group, context_settings=CONTEXT)
+def local() -> None:
+    """Run the embedded llama.cpp server yourself."""
+
+
+@local.command("serve", context_settings=CONTEXT)
+@click.option("--model", "name", default=None, help="Packaged model name [default: the default model].")
+@click.option("--port", type=int, default=0, help="Port on 127.0.0.1 [default: a free one].")
+@click.option("--ctx", type=int, default=8192, show_default=True, help="Context tokens per slot.")
+@click.option("--parallel", type=int, default=2, show_default=True, help="Parallel slots.")
+@click.option("--threads", type=int, default=0, help="CPU threads [default: all cores].")
+def local_serve(name: str | None, port: int, ctx: int, parallel: int, threads: int) -> None:
+    """Serve a packaged model on 127.0.0.1 in the foreground (Ctrl-C stops it).
+
+    Other cotmod processes reuse it automatically; or point any OpenAI client at the printed URL.
+    """
+    from ._config import DEFAULT_LOCAL_MODEL
+    from ._local import clear_state, free_port, server_params, verify_model, write_state
+    from ._serve import serve
+
+    name = name or DEFAULT_LOCAL_MODEL
+    if parallel < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--parallel")
+    try:
+        import xllamacpp  # noqa: F401
+    except ImportError:
+        raise click.ClickException("xllamacpp is not installed: pip install 'cotmod[local]'") from None
+    path = verify_model(name)
+    params = server_params(path, port or free_port(), ctx, threads, parallel)
+
+    def ready(url: str) -> None:
+        write_state(name, url)
+        click.echo(f"serving {name} at {url} (Ctrl-C to stop)", err=True)
+
+    try:
+        serve(params, ready)
+    finally:
+        clear_state(name)
+
+
+def main() -> None:
+    cli(prog_name="cotmod")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
