@@ -210,7 +210,7 @@ def render(text: str, as_json: bool, show_vars: bool, policies: tuple[str, ...],
         for name in (SYSTEM_TEMPLATE, USER_TEMPLATE, REASK_TEMPLATE):
             click.echo(f"{name}: {', '.join(sorted(mod.templates.variables(name)))}")
         return
-    out = []
+    out: list[dict[str, Any]] = []
     for p in prompts:
         out.append(
             {
@@ -332,6 +332,10 @@ def local_serve(name: str | None, port: int, ctx: int, parallel: int, threads: i
 
 
 def main() -> None:
+    import signal
+
+    # SIGTERM exits normally so cleanup (stopping an embedded server) runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cli(prog_name="cotmod")
 
 

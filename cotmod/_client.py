@@ -9,8 +9,10 @@ there is exactly one retry policy. API keys never appear in errors or logs.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +24,6 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
 from ._exceptions import (
@@ -90,7 +91,7 @@ def _retry_after_seconds(exc: BaseException) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return min(float(ms) / 1000.0, MAX_RETRY_AFTER)
+            return min(max(float(ms) / 1000.0, 0.0), MAX_RETRY_AFTER)
         except ValueError:
             pass
     ra = headers.get("retry-after")
@@ -99,10 +100,14 @@ def _retry_after_seconds(exc: BaseException) -> float | None:
     try:
         return min(max(float(ra), 0.0), MAX_RETRY_AFTER)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(ra) if ra else None
-        if parsed is None:
-            return None
-        return min(max(parsed.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER)
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError):
+        return None  # unparsable: fall back to exponential backoff
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return min(max(parsed.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -115,7 +120,12 @@ class _Wait:
     """Retry-After when the server gives one, else exponential backoff with jitter."""
 
     def __init__(self, initial: float, maximum: float) -> None:
-        self.backoff = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        self.initial = initial
+        self.maximum = maximum
+
+    def backoff(self, state: RetryCallState) -> float:
+        exp = self.initial * float(2 ** max(state.attempt_number - 1, 0))
+        return min(self.maximum, exp + random.uniform(0, self.initial))
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -231,12 +241,12 @@ class OpenAIBackend:
                 status_code=exc.status_code,
                 attempts=retries + 1,
             ) from None
-        except openai.RateLimitError as exc:
+        except openai.RateLimitError:
             raise RateLimitedError(
                 f"{self.base_url}: rate limited (HTTP 429) after {retries + 1} attempts",
                 status_code=429,
                 attempts=retries + 1,
-            ) from exc
+            ) from None
         except openai.APIStatusError as exc:
             detail = self._redact(str(exc.message))[:300]
             cls = ServerError if exc.status_code >= 500 else TransportError

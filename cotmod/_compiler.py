@@ -144,6 +144,7 @@ class Compiler:
         max_steps: int = 6,
         max_item_tokens: int = 2000,
         schema_limits: bool = True,
+        few_shot: bool = True,
     ) -> None:
         if len(policies) == 0:
             raise InputError("no policies selected")
@@ -157,6 +158,9 @@ class Compiler:
         self.max_item_tokens = max_item_tokens
         self.schema = decision_schema(policies, max_steps=max_steps, limits=schema_limits)
         self.schema_limits = schema_limits
+        # Boundary examples as real user/assistant turns (single-policy prompts only: in a
+        # combined prompt an example's label for the other policies is unknown).
+        self.few_shot = few_shot and len(policies) == 1
 
     @cached_property
     def checklist(self) -> list[str]:
@@ -176,7 +180,7 @@ class Compiler:
 
     @cached_property
     def system_tokens(self) -> int:
-        return count_tokens(self.system_prompt)
+        return count_tokens(self.system_prompt) + sum(count_tokens(m["content"]) for m in self.example_turns)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -193,10 +197,55 @@ class Compiler:
                 "max_steps": self.max_steps,
                 "max_item_tokens": self.max_item_tokens,
                 "schema_limits": self.schema_limits,
+                "few_shot": self.few_shot,
             },
         }
         h.update(json.dumps(blob, sort_keys=True).encode())
         return "fp-" + h.hexdigest()[:16]
+
+    def _user_message(self, text: str, item_id: str, truncated: bool) -> str:
+        return self.templates.render(
+            USER_TEMPLATE,
+            content=escape_content(text),
+            item_id=item_id,
+            truncated=truncated,
+            content_open=CONTENT_OPEN,
+            content_close=CONTENT_CLOSE,
+        )
+
+    @cached_property
+    def example_turns(self) -> list[dict[str, str]]:
+        """The policy's boundary examples as solved user/assistant turns (static prefix)."""
+        if not self.few_shot:
+            return []
+        policy = next(iter(self.policies))
+        turns: list[dict[str, str]] = []
+        for i, ex in enumerate(policy.examples):
+            violates = ex.decision == "violates"
+            rules = [r for r in ex.rule_ids if r in policy.rule_ids]
+            excs = [r for r in ex.rule_ids if r in policy.exception_ids]
+            if violates:
+                meets = f"It meets {', '.join(rules)}: " + "; ".join(policy.rule(r).title for r in rules) + "."
+                exc_step = "No SAFE exception applies."
+            else:
+                meets = "It does not meet any VIOLATES rule."
+                exc_step = (f"SAFE exception {', '.join(excs)} applies." if excs else "No exception is needed.")
+            answer: dict[str, Any] = {
+                "reasoning": [ex.rationale, meets, exc_step, "Decision: " + ("VIOLATES." if violates else "SAFE.")],
+                "decisions": {
+                    policy.id: {
+                        "rationale": ex.rationale,
+                        "rule_ids": rules,
+                        "exception_ids": excs,
+                        "violates": violates,
+                        "confidence": 0.9,
+                        **({"escalation_ids": []} if policy.escalation else {}),
+                    }
+                },
+            }
+            turns.append({"role": "user", "content": self._user_message(ex.text, f"example-{i + 1}", False)})
+            turns.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})
+        return turns
 
     def compile(self, text: str, *, item_id: str = "item") -> CompiledPrompt:
         if not isinstance(text, str):
@@ -205,16 +254,10 @@ class Compiler:
             raise InputError(f"item {item_id!r}: text is empty")
         kept, n_tokens = truncate_to_tokens(text, self.max_item_tokens)
         truncated = kept != text
-        user = self.templates.render(
-            USER_TEMPLATE,
-            content=escape_content(kept),
-            item_id=item_id,
-            truncated=truncated,
-            content_open=CONTENT_OPEN,
-            content_close=CONTENT_CLOSE,
-        )
+        user = self._user_message(kept, item_id, truncated)
         messages = [
             {"role": "system", "content": self.system_prompt},
+            *self.example_turns,
             {"role": "user", "content": user},
         ]
         return CompiledPrompt(

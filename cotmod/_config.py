@@ -14,10 +14,10 @@ With no ``base_url``, cotmod uses the embedded local backend (``local_model``), 
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from ._exceptions import ConfigError
@@ -58,6 +58,7 @@ class Settings(BaseModel):
     max_steps: int = Field(default=6, ge=1, le=20, description="Maximum reasoning steps")
     max_item_tokens: int = Field(default=2000, ge=1, description="Longer items are truncated, visibly")
     schema_limits: bool = Field(default=True, description="maxLength/maxItems in the output schema")
+    few_shot: bool = Field(default=True, description="Boundary examples as solved chat turns (per-policy prompts)")
     concurrency: int = Field(default=4, ge=1, description="Maximum requests in flight")
     guidelines: str | None = Field(default=None, description="Directory or file of policies")
     prompts: str | None = Field(default=None, description="Directory of prompt templates")

