@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import openai
+from openai.types.chat import ChatCompletion
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -159,7 +160,7 @@ class OpenAIBackend:
         self.max_retries = max_retries
         self._api_key = api_key or "not-needed"
         self._wait = _Wait(initial_backoff, max_backoff)
-        self._on_retry = on_retry
+        self.on_retry = on_retry
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=self._api_key,
@@ -214,8 +215,8 @@ class OpenAIBackend:
                 f" (HTTP {status})" if status else "",
                 delay,
             )
-            if self._on_retry is not None and exc is not None:
-                self._on_retry(exc, delay)
+            if self.on_retry is not None and exc is not None:
+                self.on_retry(exc, delay)
 
         payload = self._payload(request)
         start = time.perf_counter()
@@ -228,7 +229,10 @@ class OpenAIBackend:
                 reraise=True,
             ):
                 with attempt:
-                    resp = await self._client.chat.completions.create(**payload)
+                    # The SDK's documented low-level post(): same auth, errors and parsing as
+                    # chat.completions.create, without its per-request recursive transform of
+                    # the (large, static) messages and schema, which dominated CPU at scale.
+                    resp = await self._client.post("/chat/completions", cast_to=ChatCompletion, body=payload)
         except openai.AuthenticationError as exc:
             raise AuthenticationError(
                 f"{self.base_url}: authentication failed (HTTP {exc.status_code}); check the API key",

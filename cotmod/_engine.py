@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ._cache import Cache, cache_key
 from ._client import Backend, ChatRequest, OpenAIBackend
 from ._compiler import CompiledPrompt, Compiler, PromptTemplates
 from ._config import Settings
@@ -87,6 +88,7 @@ class _Outcome:
     reasks: int
     model: str
     error: ErrorInfo | None = None
+    cached: bool = False
 
 
 class AsyncModerator:
@@ -98,8 +100,10 @@ class AsyncModerator:
         *,
         settings: Settings | None = None,
         backend: Backend | None = None,
+        cache: Cache | None = None,
         **overrides: Any,
     ) -> None:
+        self.cache = cache
         if settings is not None and overrides:
             settings = settings.model_copy(update=overrides)
             settings = Settings.model_validate(settings.model_dump())
@@ -107,6 +111,7 @@ class AsyncModerator:
         self.policies = _load_policy_set(policies, self.settings)
         self.templates = PromptTemplates(self.settings.prompts)
         self._backend = backend
+        self._owns_backend = backend is None
         self._backend_lock: asyncio.Lock | None = None
         self._compilers: dict[tuple[str, ...], Compiler] = {}
         self._sem: asyncio.Semaphore | None = None
@@ -256,12 +261,48 @@ class AsyncModerator:
         sem = self._sem
 
         async def guarded(p: CompiledPrompt) -> _Outcome:
+            key = self._cache_key(it.text, p, backend) if self.cache is not None else None
+            if key is not None and self.cache is not None:
+                hit = self.cache.get(key)
+                if hit is not None:
+                    return _Outcome(
+                        list(hit["reasoning"]),
+                        [PolicyDecision.model_validate(d) for d in hit["decisions"]],
+                        Usage(),
+                        0,
+                        0,
+                        0,
+                        str(hit["model"]),
+                        cached=True,
+                    )
             async with sem:
-                return await self._decide(backend, p)
+                outcome = await self._decide(backend, p)
+            if key is not None and self.cache is not None and outcome.error is None:
+                self.cache.put(
+                    key,
+                    {
+                        "reasoning": outcome.reasoning,
+                        "decisions": [d.model_dump() for d in outcome.decisions],
+                        "model": outcome.model,
+                    },
+                )
+            return outcome
 
         outcomes: list[_Outcome] = list(await asyncio.gather(*(guarded(p) for p in prompts)))
         latency = (time.perf_counter() - start) * 1000
         return self._verdict(it, groups, prompts, outcomes, latency)
+
+    def sampling(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "temperature": s.temperature,
+            "max_tokens": s.max_tokens,
+            "seed": s.seed,
+            "response_format": s.response_format,
+        }
+
+    def _cache_key(self, text: str, prompt: CompiledPrompt, backend: Backend) -> str:
+        return cache_key(text, prompt.fingerprint, backend.model_name, self.sampling())
 
     def _verdict(
         self,
@@ -311,6 +352,7 @@ class AsyncModerator:
             attempts=sum(o.attempts for o in outcomes),
             transport_retries=sum(o.retries for o in outcomes),
             reasks=sum(o.reasks for o in outcomes),
+            cache_hits=sum(1 for o in outcomes if o.cached),
             truncated=truncated,
             error=error,
             cotmod_version=__version__,
@@ -326,8 +368,13 @@ class AsyncModerator:
         return list(await asyncio.gather(*(self.moderate(it, policies) for it in coerced)))
 
     async def aclose(self) -> None:
+        """Close connections. A backend the moderator created itself is re-created on next use."""
         if self._backend is not None:
             await self._backend.aclose()
+            if self._owns_backend:
+                self._backend = None
+        self._backend_lock = None
+        self._sem = None
 
     async def __aenter__(self) -> AsyncModerator:
         return self
@@ -367,9 +414,10 @@ class Moderator:
         *,
         settings: Settings | None = None,
         backend: Backend | None = None,
+        cache: Cache | None = None,
         **overrides: Any,
     ) -> None:
-        self._async = AsyncModerator(policies, settings=settings, backend=backend, **overrides)
+        self._async = AsyncModerator(policies, settings=settings, backend=backend, cache=cache, **overrides)
         self._portal: _Portal | None = None
 
     @property

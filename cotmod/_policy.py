@@ -189,7 +189,7 @@ class PolicySet:
         if ids is None:
             return self
         out = []
-        for pid in ids:
+        for pid in dict.fromkeys(ids):
             if pid not in self._by_id:
                 known = ", ".join(sorted(self._by_id)) or "none"
                 from ._exceptions import ConfigError

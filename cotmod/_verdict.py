@@ -114,6 +114,7 @@ class Verdict(BaseModel):
     attempts: int = Field(default=1, description="Model calls that returned a completion")
     transport_retries: int = 0
     reasks: int = 0
+    cache_hits: int = Field(default=0, description="Policy groups answered from the result cache")
     truncated: Truncation | None = None
     error: ErrorInfo | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
@@ -188,6 +189,21 @@ def decision_schema(policies: PolicySet, *, max_steps: int = 6, limits: bool = T
     }
 
 
+_VALIDATORS: dict[int, tuple[dict[str, Any], jsonschema.Draft202012Validator]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    """Validators are costly to build; reuse one per schema object."""
+    hit = _VALIDATORS.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    v = jsonschema.Draft202012Validator(schema)
+    if len(_VALIDATORS) > 256:
+        _VALIDATORS.clear()
+    _VALIDATORS[id(schema)] = (schema, v)
+    return v
+
+
 _FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.S)
 
 
@@ -229,7 +245,7 @@ def parse_decision(
             "keep reasoning steps short and do not repeat yourself"
         )
     data = extract_json(raw)
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    errors = sorted(_validator(schema).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         msgs = []
         for e in errors[:5]:

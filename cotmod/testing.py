@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -185,6 +186,11 @@ class FakeOpenAIServer:
             def do_GET(self) -> None:
                 self._send(200, {"status": "ok"})
 
+            def handle(self) -> None:
+                # the client may go away (e.g. killed mid-request)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    super().handle()
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
@@ -213,7 +219,11 @@ class FakeOpenAIServer:
                     },
                 )
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that disconnects is not a server failure
+
+        self._server = Server(("127.0.0.1", 0), H)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

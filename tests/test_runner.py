@@ -1,0 +1,245 @@
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cotmod import AsyncModerator, ConfigError
+from cotmod._cache import MemoryCache, SqliteCache
+from cotmod._limits import AdaptiveLimiter, RateLimiter
+from cotmod._runner import Runner, read_items, repair_jsonl
+from cotmod.testing import FakeBackend, FakeOpenAIServer, answer_for, decision
+
+POLICIES = ["hate_speech", "spam_scams"]
+
+
+def write_jsonl(path: Path, n: int, *, extra: list[str] | None = None) -> Path:
+    with path.open("w") as f:
+        for i in range(n):
+            text = ("VIOLATE " if i % 3 == 0 else "") + f"post number {i}"
+            f.write(json.dumps({"id": f"p{i}", "text": text}) + "\n")
+        for line in extra or []:
+            f.write(line + "\n")
+    return path
+
+
+def ids_in(path: Path) -> list[str]:
+    return [json.loads(line)["item_id"] for line in path.read_text().splitlines()]
+
+
+def fake_backend(**kw) -> FakeBackend:
+    def respond(req):
+        return decision({pid: (["HATE-1"] if pid == "hate_speech" else ["SCAM-1"]) if "VIOLATE" in req.messages[-1]["content"] else [] for pid in req.schema["properties"]["decisions"]["required"]})
+
+    return FakeBackend(default=respond, **kw)
+
+
+def runner(backend, cache=None, **kw) -> Runner:
+    mod = AsyncModerator(backend=backend, cache=cache, concurrency=kw.pop("concurrency", 4))
+    return Runner(mod, **kw)
+
+
+def test_run_writes_one_verdict_per_item_and_dead_letters_bad_rows(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", 30, extra=["{not json", json.dumps({"id": "p3", "text": "dup"}), json.dumps({"id": "e", "text": "  "}), json.dumps({"text": "no id VIOLATE"})])
+    out = tmp_path / "out.jsonl"
+    s = runner(fake_backend()).run_sync(inp, out, policies=POLICIES)
+    assert s.processed == 31 and s.dead_lettered == 3
+    got = ids_in(out)
+    assert sorted(got) == sorted([f"p{i}" for i in range(30)] + ["line-34"])
+    errors = [json.loads(x) for x in Runner.errors_path(out).read_text().splitlines()]
+    assert {(e["error_type"], e["line"]) for e in errors} == {("BadRow", 31), ("DuplicateId", 32), ("BadRow", 33)}
+    assert "invalid JSON" in errors[0]["message"] and str(inp) in errors[0]["message"]
+    assert s.by_decision == {"violates": 11, "safe": 20}
+    manifest = json.loads(Runner.manifest_path(out).read_text())
+    assert manifest["policies"] == {"hate_speech": "1.0.0", "spam_scams": "1.0.0"}
+
+
+def test_rerun_skips_done_and_refuses_other_config(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", 10)
+    out = tmp_path / "out.jsonl"
+    fake = fake_backend()
+    runner(fake).run_sync(inp, out, policies=POLICIES)
+    calls = len(fake.history)
+    s = runner(fake).run_sync(inp, out, policies=POLICIES)
+    assert s.processed == 0 and s.resumed_skipped == 10 and len(fake.history) == calls
+    with pytest.raises(ConfigError, match="different configuration"):
+        runner(fake).run_sync(inp, out, policies=["hate_speech"])
+    s = runner(fake).run_sync(inp, out, policies=["hate_speech"], overwrite=True)
+    assert s.processed == 10 and len(ids_in(out)) == 10
+
+
+def test_torn_last_line_is_repaired(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", 6)
+    out = tmp_path / "out.jsonl"
+    runner(fake_backend()).run_sync(inp, out, policies=POLICIES, limit=3)
+    with out.open("a") as f:
+        f.write('{"item_id": "p5", "status": "ok", "reaso')  # killed mid-write
+    s = runner(fake_backend()).run_sync(inp, out, policies=POLICIES)
+    assert s.processed == 3
+    assert sorted(ids_in(out)) == [f"p{i}" for i in range(6)]
+
+
+def test_cache_hits_make_no_request_and_policy_edit_recomputes_only_it(tmp_path: Path, policy_dir: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", 8)
+    cache = SqliteCache(tmp_path / "cache.sqlite")
+    fake = fake_backend()
+    mod = AsyncModerator(policy_dir, backend=fake, cache=cache)
+    Runner(mod).run_sync(inp, tmp_path / "a.jsonl", policies=POLICIES)
+    assert len(fake.history) == 16
+    s = Runner(AsyncModerator(policy_dir, backend=fake, cache=cache)).run_sync(inp, tmp_path / "b.jsonl", policies=POLICIES)
+    assert len(fake.history) == 16 and s.cache_hits == 16 and s.processed == 8
+    f = policy_dir / "spam_scams.yaml"
+    f.write_text(f.read_text().replace("version: 1.0.0", "version: 1.1.0", 1))
+    s = Runner(AsyncModerator(policy_dir, backend=fake, cache=cache)).run_sync(inp, tmp_path / "c.jsonl", policies=POLICIES)
+    new_calls = fake.history[16:]
+    assert len(new_calls) == 8 and s.cache_hits == 8
+    assert all("spam_scams" in r.schema["properties"]["decisions"]["properties"] for r in new_calls)
+    cache.close()
+
+
+def test_invalid_output_goes_to_dead_letter_and_retry_errors(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", 5)
+    out = tmp_path / "out.jsonl"
+    broken = {"p1", "p2"}
+
+    def respond(req):
+        if any(f"post number {i[1:]}\n" in m["content"] for m in req.messages for i in broken):
+            return "I think it is fine"  # never valid JSON
+        return decision({"spam_scams": []})
+
+    fake = FakeBackend(default=respond)
+    s = runner(fake).run_sync(inp, out, policies=["spam_scams"])
+    assert s.errors == 2 and sorted(ids_in(out)) == ["p0", "p3", "p4"]
+    errors = [json.loads(x) for x in Runner.errors_path(out).read_text().splitlines()]
+    assert sorted(e["id"] for e in errors) == ["p1", "p2"]
+    assert all(e["error_type"] == "ModelOutputError" and e["raw_output"] == "I think it is fine" and e["attempts"] == 3 for e in errors)
+    # a plain rerun does not retry them
+    assert runner(fake).run_sync(inp, out, policies=["spam_scams"]).processed == 0
+    broken.clear()
+    s = runner(fake).run_sync(inp, out, policies=["spam_scams"], retry_errors=True)
+    assert s.processed == 2 and s.errors == 0
+    assert sorted(ids_in(out)) == [f"p{i}" for i in range(5)]
+    assert Runner.errors_path(out).read_text() == ""
+
+
+def test_csv_and_parquet_inputs(tmp_path: Path) -> None:
+    p = tmp_path / "in.csv"
+    with p.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["post_id", "body"])
+        w.writerow(["a", "hello, world"])
+        w.writerow(["b", "multi\nline VIOLATE"])
+        w.writerow(["", "no id"])
+    rows = list(read_items(p, id_field="post_id", text_field="body"))
+    assert [(r.id, r.text) for r in rows] == [("a", "hello, world"), ("b", "multi\nline VIOLATE"), ("line-5", "no id")]
+    with pytest.raises(ConfigError, match=r"no column 'text' \(columns: post_id, body\)"):
+        list(read_items(p))
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"pid": ["x", "y"], "content": ["hi", None]}), tmp_path / "in.parquet")
+    rows = list(read_items(tmp_path / "in.parquet", id_field="pid", text_field="content"))
+    assert rows[0].text == "hi" and rows[1].problem == "missing field 'content'"
+    out = tmp_path / "out.jsonl"
+    s = runner(fake_backend()).run_sync(tmp_path / "in.parquet", out, policies=["spam_scams"], id_field="pid", text_field="content")
+    assert s.processed == 1 and s.dead_lettered == 1
+
+
+async def test_rate_limiter_spacing() -> None:
+    rl = RateLimiter(rpm=600)  # one per 0.1 s
+    t = time.monotonic()
+    for _ in range(6):
+        await rl.acquire()
+    assert 0.45 <= time.monotonic() - t < 0.8
+    with pytest.raises(ConfigError):
+        RateLimiter(rpm=0)
+
+
+async def test_adaptive_limiter_halves_on_429_and_recovers() -> None:
+    lim = AdaptiveLimiter(8, cooldown=0.0)
+    lim.throttled()
+    assert lim.limit == 4
+    lim.throttled()
+    lim.throttled()
+    lim.throttled()
+    assert lim.limit == 1
+    for _ in range(20):
+        await lim.acquire()
+        await lim.release(ok=True)
+    assert 1 < lim.limit <= 8
+    with pytest.raises(ConfigError):
+        AdaptiveLimiter(0)
+
+
+def test_injected_429s_and_5xx_are_retried_and_counted(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", 6)
+    out = tmp_path / "out.jsonl"
+    with FakeOpenAIServer(fail_first=3, fail_status=429, retry_after=0.05) as srv:
+        mod = AsyncModerator(base_url=srv.base_url, model="m", concurrency=2)
+        s = Runner(mod).run_sync(inp, out, policies=["spam_scams"])
+    assert s.processed == 6 and s.transport_retries == 3 and s.throttled >= 1
+    with FakeOpenAIServer(fail_first=2, fail_status=503) as srv:
+        mod = AsyncModerator(base_url=srv.base_url, model="m", concurrency=1, max_transport_retries=1)
+        s = Runner(mod).run_sync(inp, tmp_path / "o2.jsonl", policies=["spam_scams"])
+    # the first item exhausts its retries and is dead-lettered; the run goes on
+    assert s.processed == 5 and s.errors == 1
+    err = json.loads(Runner.errors_path(tmp_path / "o2.jsonl").read_text())
+    assert err["error_type"] == "ServerError" and err["attempts"] == 2
+
+
+def test_truncated_json_from_server_is_reasked(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", 3)
+    n = {"calls": 0}
+
+    def handler(body):
+        n["calls"] += 1
+        good = json.dumps(answer_for(body))
+        return good[: len(good) // 2] if n["calls"] == 1 else good
+
+    with FakeOpenAIServer(handler=handler) as srv:
+        mod = AsyncModerator(base_url=srv.base_url, model="m", concurrency=1)
+        s = Runner(mod).run_sync(inp, tmp_path / "out.jsonl", policies=["spam_scams"])
+    assert s.processed == 3 and s.reasks == 1 and s.errors == 0
+
+
+def test_kill_minus_9_and_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    n = 150
+    inp = write_jsonl(tmp_path / "in.jsonl", n)
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "COTMOD_HOME": str(tmp_path / "home")}
+    with FakeOpenAIServer(delay=0.01) as srv:
+        cmd = [sys.executable, "-m", "cotmod", "run", str(inp), "-o", str(out), "--base-url", srv.base_url,
+               "--model", "m", "-p", "spam_scams", "-c", "4", "--no-progress", "--no-cache"]
+        for target in (20, 60, 100):
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if out.exists() and out.read_bytes().count(b"\n") >= target:
+                    break
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            done = repair_jsonl(out)
+            assert len(done) == len(ids_in(out))  # no duplicates so far
+        final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    got = ids_in(out)
+    assert len(got) == n and sorted(got) == sorted(f"p{i}" for i in range(n))
+
+
+def test_memory_cache_round_trip() -> None:
+    fake = fake_backend()
+    cache = MemoryCache()
+    mod = AsyncModerator(backend=fake, cache=cache)
+    v1 = asyncio.run(mod.moderate("VIOLATE x", policies=["hate_speech"]))
+    v2 = asyncio.run(mod.moderate("VIOLATE x", policies=["hate_speech"]))
+    assert len(fake.history) == 1 and v2.cache_hits == 1 and v2.usage.total_tokens == 0
+    assert v1.decisions == v2.decisions
