@@ -1,0 +1,221 @@
+"""The asynchronous (provider Batch API) path: export requests, import results as verdicts.
+
+``export_batch`` writes an OpenAI Batch API input file (one ``POST /v1/chat/completions`` request
+per item and policy group, ``custom_id = "<group>:<item id>"``), an index of the items, and the same
+manifest ``cotmod run`` writes. ``import_batch`` reads the provider's output file, validates every
+answer exactly like a live one (schema + cross-checks), and appends verdicts to an output that
+``cotmod run`` can later resume or ``--retry-errors`` on (invalid answers are dead-lettered: a batch
+cannot re-ask). The policies and templates must not have changed in between: the fingerprint in
+the manifest is checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ._client import ChatRequest, OpenAIBackend
+from ._engine import AsyncModerator, Item, _Outcome
+from ._exceptions import ConfigError, InputError
+from ._pricing import price_for
+from ._runner import Row, Runner, RunSummary, _Appender, _digest, read_items, repair_jsonl
+from ._verdict import ErrorInfo, OutputInvalid, Usage, parse_decision
+
+__all__ = ["export_batch", "import_batch"]
+
+
+def _index_path(requests: Path) -> Path:
+    return requests.with_name(requests.name + ".index.jsonl")
+
+
+def export_batch(
+    moderator: AsyncModerator,
+    input_path: str | Path,
+    requests_path: str | Path,
+    *,
+    policies: list[str] | None = None,
+    id_field: str = "id",
+    text_field: str = "text",
+    fmt: str | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """Write the Batch API request file; returns counts. Bad rows go to ``<requests>.errors.jsonl``."""
+    req_path = Path(requests_path)
+    model_name = model or moderator.settings.model or moderator.model_name
+    groups = moderator._groups(policies)
+    manifest = Runner(moderator).manifest(policies)
+    manifest["model"] = model_name
+    manifest["groups"] = [list(g) for g in groups]
+    s = moderator.settings
+    wire = OpenAIBackend(base_url="http://127.0.0.1/v1", model=model_name)
+    seen: set[int] = set()
+    counts = {"items": 0, "requests": 0, "bad_rows": 0}
+    tmp_req, tmp_idx = req_path.with_suffix(".tmp"), _index_path(req_path).with_suffix(".tmp")
+    errors = _Appender(Runner.errors_path(req_path))
+    try:
+        with tmp_req.open("w", encoding="utf-8") as rf, tmp_idx.open("w", encoding="utf-8") as xf:
+            for row in read_items(input_path, id_field=id_field, text_field=text_field, fmt=fmt):
+                d = _digest(row.id)
+                problem = row.problem or (f"duplicate id {row.id!r}" if d in seen else None)
+                seen.add(d)
+                if problem is not None:
+                    errors.write({"id": row.id, "line": row.line, "error_type": "BadRow", "message": f"{input_path}:{row.line}: {problem}", "retryable": False})
+                    counts["bad_rows"] += 1
+                    continue
+                assert row.text is not None
+                prompts = [moderator.compiler(g).compile(row.text, item_id=row.id) for g in groups]
+                for gi, p in enumerate(prompts):
+                    body = wire._payload(
+                        ChatRequest(
+                            messages=p.messages,
+                            schema=p.schema,
+                            response_format=s.response_format,
+                            temperature=s.temperature,
+                            max_tokens=s.max_tokens,
+                            seed=s.seed,
+                        )
+                    )
+                    rf.write(json.dumps({"custom_id": f"{gi}:{row.id}", "method": "POST", "url": "/v1/chat/completions", "body": body}, ensure_ascii=False) + "\n")
+                    counts["requests"] += 1
+                xf.write(json.dumps({"id": row.id, "line": row.line, "item_tokens": prompts[0].item_tokens, "truncated": prompts[0].truncated}) + "\n")
+                counts["items"] += 1
+    finally:
+        errors.close()
+    os.replace(tmp_req, req_path)
+    os.replace(tmp_idx, _index_path(req_path))
+    Runner.manifest_path(req_path).write_text(json.dumps(manifest, indent=2))
+    return counts
+
+
+def _read_results(path: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+                out[str(obj["custom_id"])] = obj
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise InputError(f"{path}:{n}: not a Batch API result line (needs custom_id)") from None
+    return out
+
+
+def _index(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as f:
+        for raw in f:
+            yield json.loads(raw)
+
+
+def import_batch(
+    moderator: AsyncModerator,
+    results_path: str | Path,
+    requests_path: str | Path,
+    output_path: str | Path,
+) -> RunSummary:
+    """Turn a Batch API output file into verdicts (appended to ``output_path``, resumable)."""
+    req_path, out = Path(requests_path), Path(output_path)
+    mpath = Runner.manifest_path(req_path)
+    if not mpath.exists() or not _index_path(req_path).exists():
+        raise ConfigError(f"{req_path}: missing {mpath.name} or index; export it with cotmod batch export")
+    manifest = json.loads(mpath.read_text())
+    groups = [tuple(g) for g in manifest["groups"]]
+    policies = [pid for g in groups for pid in g]
+    current = Runner(moderator).manifest(policies)
+    if current["prompt_fingerprint"] != manifest["prompt_fingerprint"] or current["policies"] != manifest["policies"]:
+        raise ConfigError(
+            f"the policies or templates changed since {req_path} was exported "
+            f"(fingerprint {manifest['prompt_fingerprint']} then, {current['prompt_fingerprint']} now); export again"
+        )
+    run_manifest = {k: manifest[k] for k in ("policies", "prompt_fingerprint", "model", "strategy", "sampling")}
+    runner = Runner(moderator)
+    # the output manifest: same shape as cotmod run's, so run --retry-errors can continue it
+    if out.exists() and out.stat().st_size > 0 and Runner.manifest_path(out).exists():
+        old = json.loads(Runner.manifest_path(out).read_text())
+        diffs = [k for k in run_manifest if old.get(k) != run_manifest[k]]
+        if diffs:
+            raise ConfigError(f"{out} holds verdicts from a different configuration ({', '.join(diffs)} differ)")
+    Runner.manifest_path(out).write_text(json.dumps(run_manifest, indent=2))
+    results = _read_results(Path(results_path))
+    done = repair_jsonl(out) | repair_jsonl(runner.errors_path(out))  # dead-lettered ids count as done
+    writer, dead = _Appender(out), _Appender(runner.errors_path(out))
+    summary = RunSummary(output=str(out))
+    summary.price_in, summary.price_out = price_for(str(manifest["model"]))
+    compilers = [moderator.compiler(g) for g in groups]
+    try:
+        for entry in _index(_index_path(req_path)):
+            item_id = str(entry["id"])
+            summary.input_rows += 1
+            if _digest(item_id) in done:
+                summary.resumed_skipped += 1
+                continue
+            outcomes: list[_Outcome] = []
+            missing = False
+            for gi, comp in enumerate(compilers):
+                res = results.get(f"{gi}:{item_id}")
+                if res is None:
+                    missing = True
+                    break
+                outcomes.append(_outcome_from_result(res, comp, manifest["model"]))
+            row = Row(int(entry.get("line", 0)), item_id, None)
+            if missing:
+                dead.write({"id": item_id, "line": row.line, "error_type": "MissingResult", "message": "no result for this item in the batch output", "retryable": True})
+                summary.dead_lettered += 1
+                continue
+            prompts = [c.compile("x", item_id=item_id) for c in compilers]
+            if entry.get("truncated"):
+                prompts = [
+                    dataclasses.replace(p, item_tokens=int(entry["item_tokens"]), kept_tokens=moderator.settings.max_item_tokens, truncated=True)
+                    for p in prompts
+                ]
+            v = moderator._verdict(Item("x", item_id), groups, prompts, outcomes, 0.0)
+            summary.add(v)
+            if v.status == "ok":
+                writer.write(v.model_dump_json())
+            else:
+                dead.write(
+                    {
+                        "id": item_id,
+                        "line": row.line,
+                        "error_type": v.error.type if v.error else "ModelOutputError",
+                        "message": v.error.message if v.error else "invalid output",
+                        "raw_output": v.error.raw_output if v.error else None,
+                        "attempts": v.attempts,
+                        "retryable": True,
+                    }
+                )
+                summary.dead_lettered += 1
+    finally:
+        writer.close()
+        dead.close()
+    return summary
+
+
+def _outcome_from_result(res: dict[str, Any], comp: Any, model: str) -> _Outcome:
+    response = res.get("response") or {}
+    body = response.get("body") or {}
+    status = response.get("status_code")
+    if res.get("error") or status != 200:
+        msg = json.dumps(res.get("error") or body.get("error") or {"status_code": status})[:500]
+        return _Outcome([], [], Usage(), 1, 0, 0, model, ErrorInfo(type="BatchRequestError", message=msg))
+    u = body.get("usage") or {}
+    usage = Usage(
+        prompt_tokens=int(u.get("prompt_tokens") or 0),
+        completion_tokens=int(u.get("completion_tokens") or 0),
+        total_tokens=int(u.get("total_tokens") or 0),
+    )
+    try:
+        choice = body["choices"][0]
+        raw = choice["message"].get("content") or ""
+        finish = choice.get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return _Outcome([], [], usage, 1, 0, 0, model, ErrorInfo(type="BatchRequestError", message="result has no choices"))
+    try:
+        reasoning, decisions = parse_decision(raw, comp.policies, comp.schema, finish_reason=finish)
+    except OutputInvalid as exc:
+        return _Outcome([], [], usage, 1, 0, 0, str(body.get("model") or model), ErrorInfo(type="ModelOutputError", message=f"invalid output (batch, no re-ask): {exc}", raw_output=raw))
+    return _Outcome(reasoning, decisions, usage, 1, 0, 0, str(body.get("model") or model))
