@@ -131,7 +131,8 @@ def import_batch(
             f"the policies or templates changed since {req_path} was exported "
             f"(fingerprint {manifest['prompt_fingerprint']} then, {current['prompt_fingerprint']} now); export again"
         )
-    run_manifest = {k: manifest[k] for k in ("policies", "prompt_fingerprint", "model", "strategy", "sampling")}
+    # what produced these answers is the export's configuration (model, sampling)
+    run_manifest = {k: manifest.get(k, current[k]) for k in current}
     runner = Runner(moderator)
     # the output manifest: same shape as cotmod run's, so run --retry-errors can continue it
     if out.exists() and out.stat().st_size > 0 and Runner.manifest_path(out).exists():

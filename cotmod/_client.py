@@ -9,6 +9,7 @@ there is exactly one retry policy. API keys never appear in errors or logs.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import email.utils
 import logging
@@ -161,13 +162,31 @@ class OpenAIBackend:
         self._api_key = api_key or "not-needed"
         self._wait = _Wait(initial_backoff, max_backoff)
         self.on_retry = on_retry
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
+        self._timeout = timeout
+        self._http_client = http_client
+        self._client = self._new_client()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=self.base_url,
             api_key=self._api_key,
-            timeout=timeout,
+            timeout=self._timeout,
             max_retries=0,
-            http_client=http_client,
+            http_client=self._http_client,
         )
+
+    def _client_for_loop(self) -> openai.AsyncOpenAI:
+        """Connections belong to an event loop: a new loop (e.g. a second asyncio.run) gets a
+        new client instead of failing on the closed one."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            if self._http_client is None:
+                self._client = self._new_client()
+            self._loop = loop
+        return self._client
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model_name!r})"
@@ -219,6 +238,7 @@ class OpenAIBackend:
                 self.on_retry(exc, delay)
 
         payload = self._payload(request)
+        client = self._client_for_loop()
         start = time.perf_counter()
         try:
             async for attempt in AsyncRetrying(
@@ -232,7 +252,7 @@ class OpenAIBackend:
                     # The SDK's documented low-level post(): same auth, errors and parsing as
                     # chat.completions.create, without its per-request recursive transform of
                     # the (large, static) messages and schema, which dominated CPU at scale.
-                    resp = await self._client.post("/chat/completions", cast_to=ChatCompletion, body=payload)
+                    resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=payload)
         except openai.AuthenticationError as exc:
             raise AuthenticationError(
                 f"{self.base_url}: authentication failed (HTTP {exc.status_code}); check the API key",
@@ -291,3 +311,4 @@ class OpenAIBackend:
 
     async def aclose(self) -> None:
         await self._client.close()
+        self._loop = None

@@ -62,6 +62,7 @@ class Settings(BaseModel):
     concurrency: int = Field(default=4, ge=1, description="Maximum requests in flight")
     guidelines: str | None = Field(default=None, description="Directory or file of policies")
     prompts: str | None = Field(default=None, description="Directory of prompt templates")
+    thresholds: str | None = Field(default=None, description="Thresholds file from cotmod tune")
     local_ctx: int = Field(default=8192, ge=512, description="Context size of the embedded server")
     local_threads: int = Field(default=0, ge=0, description="Threads of the embedded server (0 = all cores)")
 

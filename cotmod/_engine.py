@@ -28,6 +28,7 @@ from ._config import Settings
 from ._exceptions import ConfigError, InputError
 from ._lint import load_policies
 from ._policy import Policy, PolicySet, default_guidelines_dir
+from ._thresholds import apply_band, load_thresholds
 from ._verdict import (
     ErrorInfo,
     OutputInvalid,
@@ -110,6 +111,10 @@ class AsyncModerator:
         self.settings = settings or Settings.load(**overrides)
         self.policies = _load_policy_set(policies, self.settings)
         self.templates = PromptTemplates(self.settings.prompts)
+        self.thresholds = load_thresholds(self.settings.thresholds)
+        for pid in self.thresholds:
+            if pid not in self.policies:
+                raise ConfigError(f"{self.settings.thresholds}: thresholds for unknown policy {pid!r}")
         self._backend = backend
         self._owns_backend = backend is None
         self._backend_lock: asyncio.Lock | None = None
@@ -320,7 +325,9 @@ class AsyncModerator:
             usage.add(o.usage)
             prefix = f"[{g[0]}] " if len(groups) > 1 else ""
             reasoning.extend(prefix + r for r in o.reasoning)
-            decisions.extend(o.decisions)
+            for d in o.decisions:
+                th = self.thresholds.get(d.policy_id)
+                decisions.append(apply_band(d, self.policies[d.policy_id], th) if th else d)
         ids = [pid for g in groups for pid in g]
         ok = not errors
         error = None

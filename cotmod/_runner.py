@@ -61,6 +61,7 @@ class Row:
     id: str
     text: str | None
     problem: str | None = None
+    policies: list[str] | None = None
 
 
 def _digest(value: str) -> int:
@@ -77,14 +78,21 @@ def detect_format(path: Path, fmt: str | None) -> str:
     return mapping[suffix]
 
 
-def read_items(path: str | Path, *, id_field: str = "id", text_field: str = "text", fmt: str | None = None) -> Iterator[Row]:
+def read_items(
+    path: str | Path,
+    *,
+    id_field: str = "id",
+    text_field: str = "text",
+    fmt: str | None = None,
+    policies_field: str | None = None,
+) -> Iterator[Row]:
     """Stream rows from JSONL, CSV, Parquet or plain text (one item per line)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"input file not found: {p}")
     kind = detect_format(p, fmt)
     if kind == "jsonl":
-        yield from _read_jsonl(p, id_field, text_field)
+        yield from _read_jsonl(p, id_field, text_field, policies_field)
     elif kind == "csv":
         yield from _read_csv(p, id_field, text_field)
     elif kind == "parquet":
@@ -106,7 +114,7 @@ def _row(line: int, raw_id: Any, text: Any, text_field: str) -> Row:
     return Row(line, rid, text)
 
 
-def _read_jsonl(p: Path, id_field: str, text_field: str) -> Iterator[Row]:
+def _read_jsonl(p: Path, id_field: str, text_field: str, policies_field: str | None = None) -> Iterator[Row]:
     with p.open("rb") as f:
         for n, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -122,7 +130,15 @@ def _read_jsonl(p: Path, id_field: str, text_field: str) -> Iterator[Row]:
             if not isinstance(obj, dict):
                 yield Row(n, f"line-{n}", None, "expected a JSON object")
                 continue
-            yield _row(n, obj.get(id_field), obj.get(text_field), text_field)
+            row = _row(n, obj.get(id_field), obj.get(text_field), text_field)
+            if policies_field is not None and row.problem is None:
+                pol = obj.get(policies_field)
+                if pol is not None:
+                    if not isinstance(pol, list) or not all(isinstance(x, str) for x in pol) or not pol:
+                        row = Row(n, row.id, None, f"field {policies_field!r} must be a non-empty list of policy ids")
+                    else:
+                        row.policies = pol
+            yield row
 
 
 def _read_csv(p: Path, id_field: str, text_field: str) -> Iterator[Row]:
@@ -380,6 +396,7 @@ class Runner:
             "model": m.model_name,
             "strategy": m.settings.strategy,
             "sampling": m.sampling(),
+            "thresholds": m.thresholds,
         }
 
     def _check_manifest(self, output: Path, manifest: dict[str, Any], overwrite: bool) -> None:
@@ -431,6 +448,7 @@ class Runner:
         overwrite: bool = False,
         limit: int | None = None,
         on_progress: Callable[[RunSummary, int | None], None] | None = None,
+        policies_field: str | None = None,
     ) -> RunSummary:
         inp, out = Path(input_path), Path(output_path)
         if inp.resolve() == out.resolve():
@@ -502,7 +520,7 @@ class Runner:
 
         async def produce() -> None:
             count = 0
-            for row in read_items(inp, id_field=id_field, text_field=text_field, fmt=fmt):
+            for row in read_items(inp, id_field=id_field, text_field=text_field, fmt=fmt, policies_field=policies_field):
                 if fatal:
                     break
                 summary.input_rows += 1
@@ -539,7 +557,7 @@ class Runner:
                     continue
                 assert row.text is not None
                 try:
-                    v = await mod.moderate(Item(row.text, row.id), policies)
+                    v = await mod.moderate(Item(row.text, row.id), row.policies or policies)
                 except (AuthenticationError, EndpointUnreachableError, ConfigError) as exc:
                     fatal.append(exc)
                     continue

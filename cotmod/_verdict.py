@@ -81,6 +81,9 @@ class PolicyDecision(BaseModel):
     score: float = Field(
         ge=0.0, le=1.0, description="Probability-like score that the item violates (for thresholds)"
     )
+    band: Literal["auto_action", "human_review", "allow"] | None = Field(
+        default=None, description="Operating band when thresholds are configured (cotmod tune)"
+    )
 
 
 class Truncation(BaseModel):

@@ -10,11 +10,21 @@ ROOT = Path(__file__).resolve().parent.parent
 GUIDELINES = ROOT / "guidelines"
 
 
+from cotmod._config import cotmod_home  # noqa: E402
+
+REAL_HOME = cotmod_home()
+
+
 @pytest.fixture(autouse=True)
-def _no_ambient_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never pick up a developer's endpoint or key by accident."""
-    for var in ("COTMOD_BASE_URL", "COTMOD_API_KEY", "OPENAI_API_KEY", "COTMOD_MODEL", "COTMOD_CONFIG"):
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never pick up a developer's endpoint, key, config or cache by accident. They get a
+    fresh COTMOD_HOME that shares only the pulled models (read-only use)."""
+    for var in ("COTMOD_BASE_URL", "COTMOD_API_KEY", "OPENAI_API_KEY", "COTMOD_MODEL", "COTMOD_CONFIG", "COTMOD_LOCAL_MODEL"):
         monkeypatch.delenv(var, raising=False)
+    home = tmp_path_factory.mktemp("cotmod-home")
+    if (REAL_HOME / "models").is_dir():
+        (home / "models").symlink_to(REAL_HOME / "models")
+    monkeypatch.setenv("COTMOD_HOME", str(home))
 
 
 @pytest.fixture

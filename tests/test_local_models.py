@@ -511,7 +511,10 @@ def test_running_server_ignores_corrupt_state(home: Path) -> None:
     assert running_server("smollm2-135m") is None
 
 
-def test_ensure_local_server_without_model_asks_to_pull(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ensure_local_server_without_model_asks_to_pull(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("COTMOD_HOME", str(tmp_path / "empty-home"))
+    monkeypatch.setattr(_local, "_children", {})
+
     def no_popen(*a: Any, **k: Any) -> None:
         raise AssertionError("no server may be started for a missing model")
 

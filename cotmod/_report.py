@@ -1,0 +1,200 @@
+"""Reports of a run: a terminal table and a self-contained HTML page with inline SVG plots.
+
+Every number in the HTML comes from the same ``metrics.json`` dictionary the JSON output prints.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+__all__ = ["html_report", "text_table"]
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _ci(v: Any) -> str:
+    return "" if not v else f" [{v[0]:.3f}, {v[1]:.3f}]"
+
+
+def text_table(m: dict[str, Any]) -> str:
+    man = m["manifest"]
+    lines = [
+        f"run {m['run']}  model {man.get('model')}  fingerprint {man.get('prompt_fingerprint')}",
+        f"golden {man['golden']['path']} ({man['golden']['rows']} rows)  policies "
+        + ", ".join(f"{k} {v}" for k, v in man.get("policies", {}).items()),
+        "",
+        f"{'label':<16}{'n':>6}{'support':>9}{'precision':>26}{'recall':>26}{'F1':>26}{'FPR':>8}{'AUPRC':>8}{'ROC-AUC':>9}{'ECE':>7}{'err%':>7}",
+    ]
+    for label, e in m["labels"].items():
+        ci = e["ci95"]
+        cal = e.get("calibration") or {}
+        lines.append(
+            f"{label:<16}{e['n']:>6}{e['support']:>9}"
+            f"{_f(e['precision']) + _ci(ci['precision']):>26}{_f(e['recall']) + _ci(ci['recall']):>26}"
+            f"{_f(e['f1']) + _ci(ci['f1']):>26}{_f(e['fpr']):>8}{_f(e['auprc']):>8}{_f(e['roc_auc']):>9}"
+            f"{_f(cal.get('ece')):>7}{100 * e['error_rate']:>6.1f}%"
+        )
+    mi, ma = m["micro"], m["macro"]
+    lines.append(f"{'micro':<16}{'':>6}{'':>9}{_f(mi['precision']):>26}{_f(mi['recall']):>26}{_f(mi['f1']):>26}{_f(mi['fpr']):>8}")
+    lines.append(f"{'macro':<16}{'':>6}{'':>9}{_f(ma['precision']):>26}{_f(ma['recall']):>26}{_f(ma['f1']):>26}{_f(ma['fpr']):>8}")
+    for label, e in m["labels"].items():
+        rca = e["rca"]
+        lines.append("")
+        lines.append(f"{label}: {rca['false_positives']} false positives, {rca['false_negatives']} false negatives")
+        if rca["fp_by_rule"]:
+            lines.append("  false positives by cited rule: " + ", ".join(f"{k} {v}" for k, v in rca["fp_by_rule"].items()))
+        for stratum, table in rca["by_stratum"].items():
+            worst = [(k, v) for k, v in table.items() if v["errors"]][:6]
+            if worst:
+                lines.append(f"  errors by {stratum}: " + ", ".join(f"{k} {v['fp']}fp/{v['fn']}fn of {v['n']}" for k, v in worst))
+    return "\n".join(lines)
+
+
+# -- SVG -------------------------------------------------------------------------------------------
+
+W, H, PAD = 320, 240, 40
+
+
+def _axes(title: str, xlabel: str, ylabel: str) -> list[str]:
+    x0, y0, x1, y1 = PAD, H - PAD, W - 10, 20
+    out = [
+        f'<text x="{W / 2}" y="14" text-anchor="middle" class="t">{html.escape(title)}</text>',
+        f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" class="ax"/>',
+        f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" class="ax"/>',
+        f'<text x="{(x0 + x1) / 2}" y="{H - 6}" text-anchor="middle" class="l">{html.escape(xlabel)}</text>',
+        f'<text x="12" y="{(y0 + y1) / 2}" text-anchor="middle" class="l" transform="rotate(-90 12 {(y0 + y1) / 2})">{html.escape(ylabel)}</text>',
+    ]
+    for v in (0, 0.5, 1):
+        x, y = _sx(v), _sy(v)
+        out.append(f'<text x="{x}" y="{y0 + 14}" text-anchor="middle" class="k">{v}</text>')
+        out.append(f'<text x="{x0 - 4}" y="{y + 4}" text-anchor="end" class="k">{v}</text>')
+    return out
+
+
+def _sx(v: float) -> float:
+    return PAD + v * (W - 10 - PAD)
+
+
+def _sy(v: float) -> float:
+    return (H - PAD) - v * (H - PAD - 20)
+
+
+def _svg(parts: list[str]) -> str:
+    return f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img">' + "".join(parts) + "</svg>"
+
+
+def pr_svg(curve: list[dict[str, float]], point: tuple[float, float] | None) -> str:
+    parts = _axes("Precision–recall", "recall", "precision")
+    pts = [(0.0, curve[0]["precision"] if curve else 1.0)] + [(c["recall"], c["precision"]) for c in curve]
+    if len(pts) > 1:
+        d = " ".join(f"{_sx(r):.1f},{_sy(p):.1f}" for r, p in pts)
+        parts.append(f'<polyline points="{d}" class="curve"/>')
+    if point:
+        parts.append(f'<circle cx="{_sx(point[0]):.1f}" cy="{_sy(point[1]):.1f}" r="4" class="pt"><title>operating point</title></circle>')
+    return _svg(parts)
+
+
+def calibration_svg(cal: dict[str, Any] | None) -> str:
+    parts = _axes(f"Calibration (ECE {_f((cal or {}).get('ece'))})", "mean score", "fraction positive")
+    parts.append(f'<line x1="{_sx(0)}" y1="{_sy(0)}" x2="{_sx(1)}" y2="{_sy(1)}" class="diag"/>')
+    for b in (cal or {}).get("bins", []):
+        parts.append(
+            f'<circle cx="{_sx(b["mean_score"]):.1f}" cy="{_sy(b["fraction_positive"]):.1f}" r="{min(3 + b["n"] ** 0.5, 12):.1f}" class="bin">'
+            f"<title>{b['n']} items, score {b['mean_score']:.2f}, positive {b['fraction_positive']:.2f}</title></circle>"
+        )
+    return _svg(parts)
+
+
+def _confusion_html(c: dict[str, int]) -> str:
+    return (
+        '<table class="cm"><tr><th></th><th>predicted violates</th><th>predicted safe</th></tr>'
+        f'<tr><th>gold violates</th><td class="good">TP {c["tp"]}</td><td class="bad">FN {c["fn"]}</td></tr>'
+        f'<tr><th>gold safe</th><td class="bad">FP {c["fp"]}</td><td class="good">TN {c["tn"]}</td></tr></table>'
+    )
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#1d232a;padding:0 16px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #dde2e7;padding-bottom:4px}
+h3{font-size:15px;margin:16px 0 6px}.meta{color:#56606b;font-size:13px}
+table{border-collapse:collapse;margin:6px 0 12px}td,th{border:1px solid #dde2e7;padding:4px 8px;text-align:right;vertical-align:top}
+th{background:#f4f6f8;text-align:left}td.l{text-align:left}.cm td{min-width:110px;text-align:center}
+.good{background:#e8f5ec}.bad{background:#fdecec}.plots{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
+svg{background:#fff;border:1px solid #dde2e7;border-radius:4px}.t{font-size:12px;font-weight:600}.l,.k{font-size:10px;fill:#56606b}
+.ax{stroke:#8a949e}.curve{fill:none;stroke:#2f6fb3;stroke-width:2}.pt{fill:#d1495b}.diag{stroke:#b8c0c8;stroke-dasharray:4 3}
+.bin{fill:#2f6fb3;fill-opacity:.55}details{margin:4px 0}summary{cursor:pointer}.ex{font-size:13px}.ex td{max-width:520px}
+"""
+
+
+def html_report(m: dict[str, Any]) -> str:
+    man = m["manifest"]
+    esc = html.escape
+    out = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f"<title>cotmod eval — {esc(str(man['mapping']['name']))}</title><style>{CSS}</style></head><body>",
+        f"<h1>cotmod evaluation: {esc(str(man['mapping']['name']))}</h1>",
+        f'<p class="meta">model <b>{esc(str(man.get("model")))}</b> · prompt fingerprint <code>{esc(str(man.get("prompt_fingerprint")))}</code> · '
+        f"policies {esc(', '.join(f'{k} {v}' for k, v in man.get('policies', {}).items()))} · golden set "
+        f"<code>{esc(man['golden']['path'])}</code> ({man['golden']['rows']} rows, sha256 {man['golden']['sha256'][:12]}…) · "
+        f"cotmod {esc(str(man.get('cotmod_version')))} · {esc(str(man.get('created_at')))}</p>",
+        "<h2>Summary</h2><table><tr><th>label</th><th>policies</th><th>n</th><th>support</th><th>precision [95% CI]</th>"
+        "<th>recall [95% CI]</th><th>F1 [95% CI]</th><th>FPR</th><th>AUPRC</th><th>ROC-AUC</th><th>ECE</th><th>errors</th></tr>",
+    ]
+    for label, e in m["labels"].items():
+        ci = e["ci95"]
+        out.append(
+            f"<tr><td class=l>{esc(label)}</td><td class=l>{esc(', '.join(e['policies']))}</td><td>{e['n']}</td><td>{e['support']}</td>"
+            f"<td data-metric='{esc(label)}.precision'>{_f(e['precision'])}{_ci(ci['precision'])}</td>"
+            f"<td data-metric='{esc(label)}.recall'>{_f(e['recall'])}{_ci(ci['recall'])}</td>"
+            f"<td data-metric='{esc(label)}.f1'>{_f(e['f1'])}{_ci(ci['f1'])}</td>"
+            f"<td data-metric='{esc(label)}.fpr'>{_f(e['fpr'])}</td><td data-metric='{esc(label)}.auprc'>{_f(e['auprc'])}</td>"
+            f"<td data-metric='{esc(label)}.roc_auc'>{_f(e['roc_auc'])}</td><td>{_f((e.get('calibration') or {}).get('ece'))}</td>"
+            f"<td>{100 * e['error_rate']:.1f}%</td></tr>"
+        )
+    mi, ma = m["micro"], m["macro"]
+    out.append(f"<tr><td class=l>micro</td><td></td><td></td><td></td><td>{_f(mi['precision'])}</td><td>{_f(mi['recall'])}</td><td>{_f(mi['f1'])}</td><td>{_f(mi['fpr'])}</td><td colspan=4></td></tr>")
+    out.append(f"<tr><td class=l>macro</td><td></td><td></td><td></td><td>{_f(ma['precision'])}</td><td>{_f(ma['recall'])}</td><td>{_f(ma['f1'])}</td><td>{_f(ma['fpr'])}</td><td colspan=4></td></tr></table>")
+    if m.get("thresholds"):
+        out.append("<p class=meta>Thresholds applied: " + esc(str(m["thresholds"])) + "</p>")
+    for label, e in m["labels"].items():
+        out.append(f"<h2>{esc(label)}</h2><div class=plots>")
+        out.append(_confusion_html(e["confusion"]))
+        out.append(pr_svg(e["pr_curve"], (e["recall"], e["precision"])))
+        out.append(calibration_svg(e.get("calibration")))
+        out.append("</div>")
+        if e["per_rule"]:
+            out.append("<h3>Per rule</h3><table><tr><th>rule</th><th>cited</th><th>true positives</th><th>false positives</th><th>precision</th><th>expected</th><th>recall</th></tr>")
+            for rule, r in e["per_rule"].items():
+                out.append(
+                    f"<tr><td class=l>{esc(rule)}</td><td>{r['cited']}</td><td>{r['true_positive']}</td><td>{r['false_positive']}</td>"
+                    f"<td>{_f(r['precision'])}</td><td>{r['expected']}</td><td>{_f(r['recall'])}</td></tr>"
+                )
+            out.append("</table>")
+        rca = e["rca"]
+        out.append(f"<h3>Root causes: {rca['false_positives']} false positives, {rca['false_negatives']} false negatives</h3>")
+        for stratum, table in rca["by_stratum"].items():
+            out.append(f"<details open><summary>errors by {esc(stratum)}</summary><table><tr><th>{esc(stratum)}</th><th>n</th><th>FP</th><th>FN</th></tr>")
+            for k, v in list(table.items())[:30]:
+                out.append(f"<tr><td class=l>{esc(k)}</td><td>{v['n']}</td><td>{v['fp']}</td><td>{v['fn']}</td></tr>")
+            out.append("</table></details>")
+        for kind, key in (("False positives", "fp_examples"), ("False negatives", "fn_examples")):
+            ex = rca[key]
+            if not ex:
+                continue
+            out.append(f"<details><summary>{kind} ({len(ex)} shown)</summary><table class=ex><tr><th>id</th><th>text</th><th>score</th><th>rules</th><th>rationale / reasoning</th></tr>")
+            for r in ex:
+                reasoning = "<br>".join(esc(x) for x in r["reasoning"][:6])
+                out.append(
+                    f"<tr><td class=l>{esc(r['id'])}</td><td class=l>{esc(r['text'])}</td><td>{_f(r['score'], 2)}</td>"
+                    f"<td class=l>{esc(', '.join(r['rules']))}</td><td class=l>{esc(r['rationale'])}<br><small>{reasoning}</small></td></tr>"
+                )
+            out.append("</table></details>")
+    out.append("</body></html>")
+    return "\n".join(out)

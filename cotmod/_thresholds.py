@@ -1,0 +1,57 @@
+"""Operating thresholds (written by ``cotmod tune``) and how the engine applies them.
+
+For a policy with thresholds, the decision's ``score`` picks a band:
+
+* ``score >= auto_action`` → ``auto_action``: enforce the tier's action automatically;
+* ``score >= review``      → ``human_review``: escalate to a human (the model's decision stands
+  until reviewed);
+* otherwise               → ``allow``: not a violation at this operating point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._exceptions import InputError
+
+__all__ = ["apply_band", "load_thresholds"]
+
+
+def load_thresholds(path: str | Path | None) -> dict[str, dict[str, float]]:
+    if path is None:
+        return {}
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"thresholds file not found: {p}") from None
+    th = (data or {}).get("thresholds")
+    if not isinstance(th, dict):
+        raise InputError(f"{p}: expected 'thresholds: {{POLICY: {{review: x, auto_action: y}}}}'")
+    out: dict[str, dict[str, float]] = {}
+    for pid, spec in th.items():
+        if not isinstance(spec, dict) or "review" not in spec:
+            raise InputError(f"{p}: thresholds.{pid} needs at least 'review'")
+        out[str(pid)] = {k: float(v) for k, v in spec.items() if k in ("review", "auto_action")}
+    return out
+
+
+
+
+def apply_band(decision: Any, policy: Any, th: dict[str, float]) -> Any:
+    """A copy of ``decision`` with ``band`` set and violates/action/escalate adjusted."""
+    score = float(decision.score)
+    auto = th.get("auto_action")
+    if auto is not None and score >= auto and decision.violates:
+        band = "auto_action"
+        upd: dict[str, Any] = {}
+    elif score >= th["review"]:
+        band = "human_review"
+        upd = {"escalate": True}
+    else:
+        band = "allow"
+        upd = {"violates": False, "action": "allow", "severity": None}
+    return decision.model_copy(update={"band": band, **upd})

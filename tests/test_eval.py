@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy.stats import binomtest
+from sklearn import metrics as skm
+
+from cotmod import AsyncModerator, InputError
+from cotmod._cli import cli
+from cotmod._compare import compare_runs, tune
+from cotmod._eval import compute_metrics, run_eval
+from cotmod._metrics import average_precision, binary_metrics, mcnemar_exact, roc_auc
+from cotmod.testing import FakeOpenAIServer, decision
+
+from .conftest import ROOT
+
+
+def test_metrics_equal_sklearn_and_scipy() -> None:
+    rng = random.Random(7)
+    for _ in range(30):
+        n = rng.randint(5, 200)
+        y = [rng.randint(0, 1) for _ in range(n)]
+        if len(set(y)) < 2:
+            y[0], y[1] = 0, 1
+        p = [rng.randint(0, 1) for _ in range(n)]
+        s = [round(rng.random(), rng.choice([1, 2, 6])) for _ in range(n)]  # with ties
+        m = binary_metrics(y, p)
+        assert m["precision"] == pytest.approx(skm.precision_score(y, p, zero_division=0))
+        assert m["recall"] == pytest.approx(skm.recall_score(y, p, zero_division=0))
+        assert m["f1"] == pytest.approx(skm.f1_score(y, p, zero_division=0))
+        tn, fp, fn, tp = skm.confusion_matrix(y, p, labels=[0, 1]).ravel()
+        assert m["confusion"] == {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+        assert m["fpr"] == pytest.approx(fp / (fp + tn) if fp + tn else 0)
+        assert average_precision(y, s) == pytest.approx(skm.average_precision_score(y, s))
+        assert roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s))
+    for b, c in [(0, 0), (3, 9), (10, 2), (25, 25), (0, 7), (40, 61)]:
+        expected = 1.0 if b + c == 0 else binomtest(min(b, c), b + c, 0.5).pvalue
+        assert mcnemar_exact(b, c) == pytest.approx(expected)
+
+
+GOLD_ROWS = [
+    # (text, hateful label, functionality)
+    ("VIOLATE group X are vermin", 1, "derog"),
+    ("VIOLATE they should all leave", 1, "derog"),
+    ("I love my neighbours", 0, "neutral"),
+    ("quoting 'X are vermin' to condemn it VIOLATE", 0, "counter"),  # a false positive
+    ("subtle hate without the marker", 1, "implicit"),  # a false negative
+    ("nice weather today", 0, "neutral"),
+    ("unknown label row", None, "neutral"),
+]
+
+
+def make_golden(tmp_path: Path) -> tuple[Path, Path]:
+    g = tmp_path / "gold.jsonl"
+    with g.open("w") as f:
+        for i, (text, lab, func) in enumerate(GOLD_ROWS):
+            f.write(json.dumps({"id": f"g{i}", "text": text, "labels": {"hateful": lab}, "functionality": func}) + "\n")
+    m = tmp_path / "mapping.yaml"
+    m.write_text("name: tiny\nlabels:\n  hateful: {policies: [hate_speech]}\nstrata: [functionality]\n")
+    return g, m
+
+
+def scored_server(conf: float = 0.8) -> FakeOpenAIServer:
+    def handler(body):
+        text = body["messages"][-1]["content"]
+        return decision({"hate_speech": ["HATE-1"] if "VIOLATE" in text else []}, confidence=conf)
+
+    return FakeOpenAIServer(handler=handler)
+
+
+def test_eval_end_to_end_metrics_rca_and_report(tmp_path: Path) -> None:
+    g, m = make_golden(tmp_path)
+    run = tmp_path / "runs" / "a"
+    with scored_server() as srv:
+        r = CliRunner().invoke(cli, ["eval", str(g), "-M", str(m), "-o", str(run), "--base-url", srv.base_url, "--model", "m", "--json"])
+        assert r.exit_code == 0, r.output
+        assert srv.requests == 6  # the unknown-label row is not sent
+    data = json.loads(r.output)
+    e = data["labels"]["hateful"]
+    y = [1, 1, 0, 0, 1, 0]
+    p = [1, 1, 0, 1, 0, 0]
+    assert e["precision"] == pytest.approx(skm.precision_score(y, p)) and e["recall"] == pytest.approx(skm.recall_score(y, p))
+    assert e["confusion"] == {"tp": 2, "fp": 1, "fn": 1, "tn": 2} and e["support"] == 3 and e["n"] == 6
+    assert e["ci95"]["precision"][0] <= e["precision"] <= e["ci95"]["precision"][1]
+    rca = e["rca"]
+    assert rca["fp_by_rule"] == {"HATE-1": 1} and rca["fp_examples"][0]["id"] == "g3"
+    assert rca["by_stratum"]["functionality"]["counter"]["fp"] == 1 and rca["by_stratum"]["functionality"]["implicit"]["fn"] == 1
+    assert e["per_rule"]["HATE-1"] == {"cited": 3, "true_positive": 2, "false_positive": 1, "precision": pytest.approx(2 / 3), "expected": 0, "recall": None}
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["policies"] == {"hate_speech": "1.0.0"} and manifest["golden"]["rows"] == 7 and manifest["model"] == "m"
+    # the HTML report shows the same numbers as the JSON
+    page = (run / "report.html").read_text()
+    for key in ("precision", "recall", "f1", "fpr", "auprc", "roc_auc"):
+        cell = re.search(rf"data-metric='hateful\.{key}'>([^<\[ ]+)", page)
+        assert cell is not None, key
+        val = e[key]
+        assert cell.group(1) == ("–" if val is None else f"{val:.3f}"), key
+    assert "<svg" in page and "g3" in page
+
+
+def test_rerun_is_cached_and_other_golden_set_refused(tmp_path: Path) -> None:
+    g, m = make_golden(tmp_path)
+    run = tmp_path / "run"
+    with scored_server() as srv:
+        mod = AsyncModerator(base_url=srv.base_url, model="m")
+        run_eval(mod, g, m, run)
+        n = srv.requests
+        _, summary = run_eval(AsyncModerator(base_url=srv.base_url, model="m"), g, m, run)
+        assert srv.requests == n and summary.resumed_skipped == 6
+    g2 = tmp_path / "gold2.jsonl"
+    g2.write_text(json.dumps({"id": "z", "text": "other", "labels": {"hateful": 0}}) + "\n")
+    with pytest.raises(Exception, match="another golden set"):
+        run_eval(AsyncModerator(base_url="http://127.0.0.1:9/v1", model="m"), g2, m, run)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"id": "a", "text": "x", "labels": {"toxic": 1}}, "label(s) toxic not in the mapping"),
+        ({"id": "a", "labels": {"hateful": 1}}, "missing or empty field 'text'"),
+        ({"id": "a", "text": "x", "labels": {"hateful": 3}}, "labels.hateful: label value 3"),
+    ],
+)
+def test_bad_golden_rows(tmp_path: Path, row: dict, message: str) -> None:
+    _, m = make_golden(tmp_path)
+    g = tmp_path / "bad.jsonl"
+    g.write_text(json.dumps({"id": "ok", "text": "fine", "labels": {"hateful": 0}}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(InputError, match=re.escape(message)) as ei:
+        run_eval(AsyncModerator(base_url="http://127.0.0.1:9/v1", model="m"), g, m, tmp_path / "r")
+    assert f"{g}:2" in str(ei.value)
+
+
+def test_duplicate_ids_and_unknown_policy_in_mapping(tmp_path: Path) -> None:
+    g, m = make_golden(tmp_path)
+    g.write_text(g.read_text() + json.dumps({"id": "g0", "text": "again", "labels": {"hateful": 0}}) + "\n")
+    with pytest.raises(InputError, match=r"duplicate id 'g0' \(first on line 1\)"):
+        run_eval(AsyncModerator(base_url="http://127.0.0.1:9/v1", model="m"), g, m, tmp_path / "r")
+    m.write_text("labels:\n  hateful: {policies: [hate_speach]}\n")
+    with pytest.raises(InputError, match=r"labels\.hateful\.policies\[0\]: unknown policy 'hate_speach'"):
+        run_eval(AsyncModerator(base_url="http://127.0.0.1:9/v1", model="m"), g, m, tmp_path / "r")
+
+
+def test_tune_thresholds_and_engine_applies_them(tmp_path: Path) -> None:
+    g, m = make_golden(tmp_path)
+    run = tmp_path / "run"
+    with scored_server(conf=0.9) as srv:
+        run_eval(AsyncModerator(base_url=srv.base_url, model="m"), g, m, run)
+    metrics = compute_metrics(run)
+    data = tune(metrics, target_precision=0.6)
+    th = data["thresholds"]["hate_speech"]
+    assert th["review"] == pytest.approx(0.9)
+    out = tmp_path / "th.yaml"
+    r = CliRunner().invoke(cli, ["tune", str(run), "-o", str(out), "--target-precision", "0.6"])
+    assert r.exit_code == 0 and "review >= 0.900" in r.output
+    with scored_server(conf=0.9) as srv:
+        import asyncio
+
+        async def both():
+            async with AsyncModerator(base_url=srv.base_url, model="m", thresholds=str(out)) as mod:
+                return await mod.moderate("VIOLATE", policies=["hate_speech"]), await mod.moderate("calm text", policies=["hate_speech"])
+
+        v, v2 = asyncio.run(both())
+        assert v.decisions[0].band == "human_review" and v.escalate
+        assert v2.decisions[0].band == "allow" and v2.action == "allow"
+    cost = tune(metrics, cost_fp=1, cost_fn=10)
+    assert cost["thresholds"]["hate_speech"]["review"] <= 0.9
+
+
+def test_compare_runs_and_fail_on(tmp_path: Path) -> None:
+    g, m = make_golden(tmp_path)
+    with scored_server() as srv:
+        run_eval(AsyncModerator(base_url=srv.base_url, model="m"), g, m, tmp_path / "a")
+
+    def worse(body):  # flags everything: precision drops
+        return decision({"hate_speech": ["HATE-1"]})
+
+    with FakeOpenAIServer(handler=worse) as srv:
+        run_eval(AsyncModerator(base_url=srv.base_url, model="m2"), g, m, tmp_path / "b")
+    compute_metrics(tmp_path / "a")
+    compute_metrics(tmp_path / "b")
+    data = compare_runs(tmp_path / "a", tmp_path / "b", fail_on=["precision drop > 2"])
+    e = data["labels"]["hateful"]
+    assert e["metrics"]["precision"]["delta"] == pytest.approx(0.5 - 2 / 3)
+    assert {f["id"] for f in e["flipped"]} == {"g2", "g4", "g5"}
+    assert e["mcnemar"] == {"a_correct_only": 2, "b_correct_only": 1, "p_value": pytest.approx(1.0)}
+    assert not data["ok"]
+    r = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--fail-on", "precision drop > 2"])
+    assert r.exit_code == 1 and "REGRESSION" in r.output
+    r = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--fail-on", "precision drop > 2"])
+    assert r.exit_code == 0
+
+
+def test_shipped_goldsets_and_mappings_load() -> None:
+    from cotmod._golden import load_golden, load_mapping
+    from cotmod._lint import default_policies
+
+    for d in sorted((ROOT / "benchmarks" / "goldsets").iterdir()):
+        mp = load_mapping(d / "mapping.yaml")
+        mp.validate(default_policies(), str(d))
+        gs = load_golden(next(d.glob("*.normalized.jsonl.gz")), mp)
+        assert len(gs) >= 100 and (d / "README.txt").exists()
+        assert "CC BY 4.0" in mp.license or "CC0" in mp.license
+    assert np.isfinite(1.0)
