@@ -56,6 +56,7 @@ def _endpoint_options(f: F) -> F:
         click.option("--api-key", envvar="COTMOD_API_KEY", help="API key (prefer the COTMOD_API_KEY env var)."),
         click.option("--local-model", help="Embedded model to use when no endpoint is set (see: cotmod models list)."),
         click.option("--strategy", type=click.Choice(["per_policy", "combined"]), help="One call per policy, or all in one call."),
+        click.option("--logprobs/--no-logprobs", default=None, help="Score decisions by token log-probabilities (servers that return them)."),
         click.option("--config", "config_file", type=click.Path(), help="TOML config file."),
     ]
     for o in reversed(opts):

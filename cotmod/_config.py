@@ -51,6 +51,9 @@ class Settings(BaseModel):
     temperature: float = Field(default=0.0, ge=0, le=2)
     max_tokens: int = Field(default=768, ge=16, description="Completion token cap per call")
     seed: int | None = 0
+    logprobs: bool = Field(
+        default=False, description="Ask for token log-probabilities; scores become P(violates=true)"
+    )
     response_format: Literal["json_schema", "json_object", "text"] = "json_schema"
     strategy: Literal["per_policy", "combined"] = Field(
         default="per_policy", description="One call per policy (more precise) or all policies in one call"

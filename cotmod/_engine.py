@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
@@ -37,6 +38,7 @@ from ._verdict import (
     Usage,
     Verdict,
     parse_decision,
+    violates_probabilities,
 )
 from ._version import __version__
 
@@ -90,6 +92,23 @@ class _Outcome:
     model: str
     error: ErrorInfo | None = None
     cached: bool = False
+
+
+def _with_logprob_scores(decisions: list[PolicyDecision], raw: str, logprobs: list[dict[str, Any]]) -> list[PolicyDecision]:
+    """Replace stated-confidence scores by P(violates=true) from token log-probabilities."""
+    probs = violates_probabilities(logprobs)
+    try:
+        order = list(json.loads(raw)["decisions"])
+    except (ValueError, KeyError, TypeError):
+        return decisions
+    if len(probs) != len(order):
+        return decisions
+    by_policy = dict(zip(order, probs, strict=True))
+    out = []
+    for d in decisions:
+        p = by_policy.get(d.policy_id)
+        out.append(d if p is None else d.model_copy(update={"score": float(p), "score_source": "logprobs"}))
+    return out
 
 
 class AsyncModerator:
@@ -214,6 +233,7 @@ class AsyncModerator:
                 temperature=s.temperature,
                 max_tokens=s.max_tokens,
                 seed=s.seed,
+                logprobs=s.logprobs,
             )
             result = await backend.complete(request)
             usage.add(result.usage)
@@ -224,6 +244,8 @@ class AsyncModerator:
                 reasoning, decisions = parse_decision(
                     raw, prompt.policies, prompt.schema, finish_reason=result.finish_reason
                 )
+                if s.logprobs and result.logprobs:
+                    decisions = _with_logprob_scores(decisions, raw, result.logprobs)
             except OutputInvalid as exc:
                 last_error = str(exc)
                 if attempt < max_attempts:
@@ -304,6 +326,7 @@ class AsyncModerator:
             "max_tokens": s.max_tokens,
             "seed": s.seed,
             "response_format": s.response_format,
+            "logprobs": s.logprobs,
         }
 
     def _cache_key(self, text: str, prompt: CompiledPrompt, backend: Backend) -> str:

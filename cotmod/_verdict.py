@@ -18,6 +18,7 @@ Anything that fails raises :class:`OutputInvalid`, whose message is fed back to 
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -80,6 +81,9 @@ class PolicyDecision(BaseModel):
     confidence: float = Field(ge=0.0, le=1.0, description="The model's stated confidence")
     score: float = Field(
         ge=0.0, le=1.0, description="Probability-like score that the item violates (for thresholds)"
+    )
+    score_source: Literal["confidence", "logprobs"] = Field(
+        default="confidence", description="Where score comes from: stated confidence or token log-probabilities"
     )
     band: Literal["auto_action", "human_review", "allow"] | None = Field(
         default=None, description="Operating band when thresholds are configured (cotmod tune)"
@@ -308,3 +312,33 @@ def parse_decision(
     if problems:
         raise OutputInvalid("; ".join(problems))
     return [str(s) for s in data["reasoning"]], decisions
+
+
+def violates_probabilities(logprobs: list[dict[str, Any]] | None) -> list[float | None]:
+    """P(violates = true) for each ``"violates":`` value in a completion, in order of appearance,
+    from the tokens' top log-probabilities (true vs false); None where neither is among them."""
+    if not logprobs:
+        return []
+    out: list[float | None] = []
+    text = ""
+    armed = False
+    for tok in logprobs:
+        piece = str(tok.get("token", ""))
+        if armed and piece.strip():
+            p_true = p_false = 0.0
+            for cand in tok.get("top_logprobs") or [{"token": piece, "logprob": tok.get("logprob", 0.0)}]:
+                t = str(cand.get("token", "")).strip().lower()
+                lp = float(cand.get("logprob", -1e9))
+                if t and "true".startswith(t[:4]) and t[0] == "t":
+                    p_true += math.exp(lp)
+                elif t and "false".startswith(t[:5]) and t[0] == "f":
+                    p_false += math.exp(lp)
+            out.append(p_true / (p_true + p_false) if p_true + p_false > 0 else None)
+            armed = False
+        text += piece
+        if not armed and text.rstrip().endswith('"violates":'):
+            armed = True
+            text = ""
+        elif len(text) > 64:
+            text = text[-64:]
+    return out

@@ -148,3 +148,28 @@ def test_sync_moderator_works() -> None:
     assert [v.item_id for v in verdicts] == ["0", "1", "2"]
     assert all(isinstance(v, Verdict) and v.violates for v in verdicts)
     assert fake.closed
+
+
+def test_logprob_scores_replace_stated_confidence() -> None:
+    import math
+
+    from cotmod._verdict import violates_probabilities
+
+    answer = json.dumps(decision({"spam_scams": ["SCAM-2"]}, confidence=0.9))
+    # tokens as a llama.cpp server returns them: the "violates" value with its top alternatives
+    head, tail = answer.split('"violates": ')
+    toks = [{"token": head + '"violates":', "logprob": 0.0, "top_logprobs": []},
+            {"token": " true", "logprob": math.log(0.7), "top_logprobs": [{"token": " true", "logprob": math.log(0.7)}, {"token": " false", "logprob": math.log(0.2)}]},
+            {"token": tail[len("true"):], "logprob": 0.0, "top_logprobs": []}]
+    assert violates_probabilities(toks) == [pytest.approx(0.7 / 0.9)]
+    fake = FakeBackend([ChatResult(text=answer, finish_reason="stop", logprobs=toks)])
+    v = asyncio_run(make(fake, logprobs=True).moderate("win", policies=["spam_scams"]))
+    d = v.decision("spam_scams")
+    assert d.score_source == "logprobs" and d.score == pytest.approx(0.7 / 0.9) and d.confidence == 0.9
+    assert fake.history[0].logprobs is True
+
+
+def asyncio_run(coro):
+    import asyncio
+
+    return asyncio.run(coro)
