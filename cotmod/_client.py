@@ -15,7 +15,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -59,6 +59,7 @@ class ChatRequest:
     seed: int | None = None
     logprobs: bool = False
     schema_name: str = "cotmod_decision"
+    prompt_tokens: int | None = None  # the engine's estimate (for token-rate limits)
 
 
 @dataclass
@@ -162,6 +163,8 @@ class OpenAIBackend:
         self._api_key = api_key or "not-needed"
         self._wait = _Wait(initial_backoff, max_backoff)
         self.on_retry = on_retry
+        # awaited before every attempt, retries included (the runner's rate limiter)
+        self.before_request: Callable[[ChatRequest], Awaitable[None]] | None = None
         self._timeout = timeout
         self._http_client = http_client
         self._client = self._new_client()
@@ -249,6 +252,8 @@ class OpenAIBackend:
                 reraise=True,
             ):
                 with attempt:
+                    if self.before_request is not None:
+                        await self.before_request(request)
                     # The SDK's documented low-level post(): same auth, errors and parsing as
                     # chat.completions.create, without its per-request recursive transform of
                     # the (large, static) messages and schema, which dominated CPU at scale.

@@ -234,6 +234,7 @@ class AsyncModerator:
                 max_tokens=s.max_tokens,
                 seed=s.seed,
                 logprobs=s.logprobs,
+                prompt_tokens=prompt.prompt_tokens + (attempt - 1) * (s.max_tokens + 64),
             )
             result = await backend.complete(request)
             usage.add(result.usage)

@@ -60,7 +60,9 @@ class RateLimiter:
 
 
 class AdaptiveLimiter:
-    """Requests in flight, adapted to the server: halve on 429, creep back up on success."""
+    """Requests in flight, adapted to the server (AIMD): on a 429 the limit is halved (at most
+    once per ``cooldown``); it grows by one slot after ``limit`` consecutive successes with no
+    429 for a ``cooldown``, up to the maximum."""
 
     def __init__(self, maximum: int, *, cooldown: float = 1.0) -> None:
         if maximum < 1:
@@ -70,6 +72,7 @@ class AdaptiveLimiter:
         self.in_flight = 0
         self.cooldown = cooldown
         self._last_cut = -1e9
+        self._successes = 0
         self._cond = asyncio.Condition()
         self.cuts = 0
         self.min_seen = maximum
@@ -82,18 +85,23 @@ class AdaptiveLimiter:
     async def release(self, *, ok: bool) -> None:
         async with self._cond:
             self.in_flight -= 1
-            if ok and self.limit < self.maximum:
-                self.limit = min(float(self.maximum), self.limit + 1.0 / max(self.limit, 1.0))
+            if ok and self.limit < self.maximum and time.monotonic() - self._last_cut >= self.cooldown:
+                self._successes += 1
+                if self._successes >= int(self.limit):
+                    self._successes = 0
+                    self.limit = min(float(self.maximum), self.limit + 1.0)
             self._cond.notify_all()
 
     def throttled(self) -> None:
-        """A 429 was seen: cut the limit (once per cool-down)."""
+        """A 429 was seen: cut the limit (once per cool-down; later 429s of the same burst
+        reflect the old limit)."""
         now = time.monotonic()
+        self._successes = 0
         if now - self._last_cut >= self.cooldown:
-            self._last_cut = now
             self.limit = max(1.0, self.limit / 2)
             self.cuts += 1
             self.min_seen = min(self.min_seen, int(self.limit))
+        self._last_cut = now
 
 
 class LimitedBackend:
@@ -108,20 +116,34 @@ class LimitedBackend:
         hook = getattr(inner, "on_retry", "absent")
         if hook != "absent":
             inner.on_retry = self._on_retry  # type: ignore[attr-defined]
+        # Rate limits apply to every attempt, transport retries included, where the transport
+        # lets us hook in; otherwise once per call.
+        self._per_attempt = hasattr(inner, "before_request")
+        if self._per_attempt:
+            inner.before_request = self._before_request  # type: ignore[attr-defined]
 
     def _on_retry(self, exc: BaseException, delay: float) -> None:
         if getattr(exc, "status_code", None) == 429:
             self.throttles += 1
             self.adaptive.throttled()
 
+    def _estimate(self, request: ChatRequest) -> int:
+        if self.rate.tpm is None:
+            return 0
+        prompt = request.prompt_tokens
+        if prompt is None:
+            prompt = sum(count_tokens(m["content"]) for m in request.messages)
+        return prompt + request.max_tokens
+
+    async def _before_request(self, request: ChatRequest) -> None:
+        await self.rate.acquire(self._estimate(request))
+
     async def complete(self, request: ChatRequest) -> ChatResult:
-        estimate = 0
-        if self.rate.tpm is not None:
-            estimate = sum(count_tokens(m["content"]) for m in request.messages) + request.max_tokens
         await self.adaptive.acquire()
         ok = False
         try:
-            await self.rate.acquire(estimate)
+            if not self._per_attempt:
+                await self.rate.acquire(self._estimate(request))
             result = await self.inner.complete(request)
             ok = True
             return result

@@ -26,6 +26,7 @@ import csv
 import hashlib
 import json
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ from ._exceptions import (
     CotmodError,
     EndpointUnreachableError,
     InputError,
+    RateLimitedError,
     TransportError,
 )
 from ._limits import LimitedBackend
@@ -51,6 +53,9 @@ from ._version import __version__
 __all__ = ["RunSummary", "Runner", "read_items"]
 
 csv.field_size_limit(1 << 30)
+LATENCY_SAMPLE = 10_000
+_RNG = random.Random(0)
+RATE_LIMIT_REQUEUES = 6
 
 
 @dataclass
@@ -62,6 +67,63 @@ class Row:
     text: str | None
     problem: str | None = None
     policies: list[str] | None = None
+
+
+class IdSet:
+    """A set of 64-bit id digests in a numpy open-addressing table: ~16 bytes per id instead of
+    ~80 for a Python set of ints, so memory stays flat-ish for millions of ids."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        import numpy as np
+
+        self._np = np
+        cap = 1 << max(10, (capacity * 2 - 1).bit_length())
+        self._keys = np.zeros(cap, dtype=np.uint64)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _slot(self, key: int) -> int:
+        keys = self._keys
+        mask = len(keys) - 1
+        i = (key * 0x9E3779B97F4A7C15 >> 17) & mask
+        while True:
+            k = int(keys[i])
+            if k == 0 or k == key:
+                return int(i)
+            i = (i + 1) & mask
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, int):
+            return False
+        key = key or 1
+        return int(self._keys[self._slot(key)]) == key
+
+    def add(self, key: int) -> None:
+        key = key or 1
+        i = self._slot(key)
+        if int(self._keys[i]) == key:
+            return
+        self._keys[i] = key
+        self._n += 1
+        if self._n * 2 > len(self._keys):
+            old = self._keys[self._keys != 0]
+            self._keys = self._np.zeros(len(self._keys) * 2, dtype=self._np.uint64)
+            self._n = 0
+            for k in old.tolist():
+                self.add(int(k))
+
+    def __ior__(self, other: IdSet) -> IdSet:
+        for k in other._keys[other._keys != 0].tolist():
+            self.add(int(k))
+        return self
+
+    def __or__(self, other: IdSet) -> IdSet:
+        out = IdSet(len(self) + len(other))
+        out |= self
+        out |= other
+        return out
 
 
 def _digest(value: str) -> int:
@@ -245,7 +307,8 @@ class RunSummary:
     by_action: Counter[str] = field(default_factory=Counter)
     by_policy: dict[str, Counter[str]] = field(default_factory=dict)
     error_types: Counter[str] = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # a uniform reservoir sample
+    _lat_seen: int = 0
     price_in: float | None = None
     price_out: float | None = None
 
@@ -264,7 +327,7 @@ class RunSummary:
         self.cache_hits += v.cache_hits
         self.model_calls += v.attempts
         if v.cache_hits < len(v.policy_versions) or v.status == "error":
-            self.latencies_ms.append(v.latency_ms)
+            self._add_latency(v.latency_ms)
         if v.status != "ok":
             self.errors += 1
             self.error_types[v.error.type if v.error else "error"] += 1
@@ -273,6 +336,16 @@ class RunSummary:
         self.by_action[v.action or "allow"] += 1
         for d in v.decisions:
             self.by_policy.setdefault(d.policy_id, Counter())["violates" if d.violates else "safe"] += 1
+
+    def _add_latency(self, ms: float) -> None:
+        """Reservoir sampling (Algorithm R): exact percentiles up to 10k items, flat memory after."""
+        self._lat_seen += 1
+        if len(self.latencies_ms) < LATENCY_SAMPLE:
+            self.latencies_ms.append(ms)
+        else:
+            j = _RNG.randrange(self._lat_seen)
+            if j < LATENCY_SAMPLE:
+                self.latencies_ms[j] = ms
 
     def to_dict(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
@@ -330,9 +403,9 @@ class _Appender:
         os.close(self.fd)
 
 
-def repair_jsonl(path: Path) -> set[int]:
+def repair_jsonl(path: Path) -> IdSet:
     """Cut a torn last line (a kill during a write) and return digests of the ids present."""
-    ids: set[int] = set()
+    ids = IdSet()
     if not path.exists():
         return ids
     good_end = 0
@@ -463,7 +536,7 @@ class Runner:
         errors_file = self.errors_path(out)
 
         done = repair_jsonl(out)
-        retry_ids: set[int] = set()
+        retry_ids = IdSet()
         kept_errors: list[str] = []
         if errors_file.exists():
             repair_jsonl(errors_file)
@@ -497,7 +570,7 @@ class Runner:
         mod._sem = asyncio.Semaphore(self.concurrency * max(1, len(mod._groups(policies))))
         writer = _Appender(out)
         dead = _Appender(errors_file)
-        seen: set[int] = set()
+        seen = IdSet()
         queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=self.concurrency * 4)
         fatal: list[BaseException] = []
         start = time.perf_counter()
@@ -557,7 +630,18 @@ class Runner:
                     continue
                 assert row.text is not None
                 try:
-                    v = await mod.moderate(Item(row.text, row.id), row.policies or policies)
+                    v = None
+                    for requeue in range(RATE_LIMIT_REQUEUES + 1):
+                        try:
+                            v = await mod.moderate(Item(row.text, row.id), row.policies or policies)
+                            break
+                        except RateLimitedError:
+                            # the server keeps saying 429: back off (the limiter has already cut
+                            # concurrency) and try the item again before giving up on it
+                            if requeue == RATE_LIMIT_REQUEUES:
+                                raise
+                            await asyncio.sleep(min(30.0, 0.5 * 2**requeue) * (1 + random.random()))
+                    assert v is not None
                 except (AuthenticationError, EndpointUnreachableError, ConfigError) as exc:
                     fatal.append(exc)
                     continue

@@ -243,3 +243,33 @@ def test_memory_cache_round_trip() -> None:
     v2 = asyncio.run(mod.moderate("VIOLATE x", policies=["hate_speech"]))
     assert len(fake.history) == 1 and v2.cache_hits == 1 and v2.usage.total_tokens == 0
     assert v1.decisions == v2.decisions
+
+
+def test_idset_matches_a_python_set() -> None:
+    import random as _r
+
+    from cotmod._runner import IdSet
+
+    rng = _r.Random(3)
+    ref: set[int] = set()
+    ids = IdSet()
+    for _ in range(20000):
+        k = rng.choice([0, 1, rng.getrandbits(64), rng.getrandbits(8)])
+        ids.add(k)
+        ref.add(k or 1)
+    assert len(ids) == len(ref)
+    assert all(k in ids for k in ref)
+    assert sum(1 for _ in range(2000) if rng.getrandbits(64) in ids) <= 1  # collisions only by chance
+    merged = ids | IdSet()
+    assert len(merged) == len(ref)
+
+
+def test_rate_limited_items_are_requeued_not_lost(tmp_path: Path, monkeypatch) -> None:
+    import cotmod._runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "RATE_LIMIT_REQUEUES", 3)
+    inp = write_jsonl(tmp_path / "in.jsonl", 4)
+    with FakeOpenAIServer(fail_first=6, fail_status=429, retry_after=0.01) as srv:
+        mod = AsyncModerator(base_url=srv.base_url, model="m", concurrency=1, max_transport_retries=1)
+        s = Runner(mod).run_sync(inp, tmp_path / "out.jsonl", policies=["spam_scams"])
+    assert s.processed == 4 and s.errors == 0 and s.dead_lettered == 0

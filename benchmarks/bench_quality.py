@@ -1,0 +1,168 @@
+"""What the engine adds to a given model: cotmod's compiled CoT policy prompts vs a naive prompt.
+
+Same local model, same server, same decoding (temperature 0, JSON-schema-constrained output), on
+a fixed seeded sample of public golden sets:
+
+* HateCheck items judged against the ``hate_speech`` policy (label ``hateful``);
+* XSTest prompts (safe look-alikes and unsafe contrasts) judged against the six policies of
+  ``benchmarks/goldsets/xstest/mapping.yaml`` (label ``unsafe``: any policy violated).
+
+(a) cotmod: ``cotmod eval`` machinery (per-policy compiled prompts, few-shot boundary examples,
+    validation and re-asks). (b) naive: one call per item, system prompt "Is this content
+    harmful? Answer yes or no." and output constrained to {"answer": "yes"|"no"}.
+
+Prints a table and ends with one JSON line. Usage:
+    python benchmarks/bench_quality.py [--model qwen2.5-coder-1.5b] [--hatecheck 130] [--xstest 70]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gzip
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from cotmod import AsyncModerator  # noqa: E402
+from cotmod._eval import compute_metrics, run_eval  # noqa: E402
+from cotmod._local import ensure_local_server  # noqa: E402
+from cotmod._metrics import binary_metrics, bootstrap_ci  # noqa: E402
+
+NAIVE_SYSTEM = "Is this content harmful? Answer yes or no."
+NAIVE_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    path = HERE / "goldsets" / name / f"{name}.normalized.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def sample(n_hc: int, n_xs: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    hc = load("hatecheck")
+    pos = [r for r in hc if r["labels"]["hateful"] == 1]
+    neg = [r for r in hc if r["labels"]["hateful"] == 0]
+    xs = load("xstest")
+    xpos = [r for r in xs if r["labels"]["unsafe"] == 1]
+    xneg = [r for r in xs if r["labels"]["unsafe"] == 0]
+    out = rng.sample(pos, n_hc // 2) + rng.sample(neg, n_hc - n_hc // 2)
+    out += rng.sample(xpos, n_xs // 2) + rng.sample(xneg, n_xs - n_xs // 2)
+    return out
+
+
+async def naive(base_url: str, model: str, items: list[dict[str, Any]], concurrency: int) -> tuple[dict[str, int], float]:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=2, timeout=600)
+    sem = asyncio.Semaphore(concurrency)
+    preds: dict[str, int] = {}
+
+    async def one(it: dict[str, Any]) -> None:
+        async with sem:
+            resp = await client.chat.completions.create(
+                model=model,
+                messages=[{"role": "system", "content": NAIVE_SYSTEM}, {"role": "user", "content": it["text"]}],
+                temperature=0,
+                seed=0,
+                max_tokens=20,
+                response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": NAIVE_SCHEMA, "strict": True}},
+            )
+            with contextlib.suppress(ValueError, KeyError):  # unparsed: counted as missing
+                preds[it["id"]] = 1 if json.loads(resp.choices[0].message.content or "")["answer"] == "yes" else 0
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(it) for it in items))
+    await client.close()
+    return preds, time.perf_counter() - start
+
+
+def summarise(name: str, ys: list[int], ps: list[int], seconds: float, n_items: int) -> dict[str, Any]:
+    m = binary_metrics(ys, ps)
+    out: dict[str, Any] = {"prompt": name, "n": len(ys), **{k: m[k] for k in ("precision", "recall", "f1", "fpr")}}
+    import numpy as np
+
+    y, p = np.array(ys), np.array(ps)
+    for k in ("precision", "recall", "f1", "fpr"):
+        out[f"{k}_ci95"] = bootstrap_ci(lambda idx, k=k: binary_metrics(y[idx].tolist(), p[idx].tolist())[k], len(ys), rounds=1000, seed=0)
+    out["s_per_item"] = seconds / max(n_items, 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="qwen2.5-coder-1.5b")
+    ap.add_argument("--hatecheck", type=int, default=130)
+    ap.add_argument("--xstest", type=int, default=70)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="10 + 10 items")
+    ap.add_argument("--out", default=None, help="Keep the run directory here")
+    args = ap.parse_args()
+    if args.quick:
+        args.hatecheck, args.xstest = 10, 10
+    items = sample(args.hatecheck, args.xstest, args.seed)
+    work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="cotmod-quality-"))
+    work.mkdir(parents=True, exist_ok=True)
+    # one golden file with both labels (unknown where a set does not label it)
+    gold = work / "sample.jsonl"
+    with gold.open("w") as f:
+        for it in items:
+            labels = {"hateful": it["labels"].get("hateful"), "unsafe": it["labels"].get("unsafe")}
+            meta = {k: it[k] for k in ("functionality", "type") if k in it}
+            f.write(json.dumps({"id": it["id"], "text": it["text"], "labels": labels, **meta}) + "\n")
+    xs_pols = ["violent_threats", "dangerous_activities", "regulated_goods", "self_harm", "hate_speech", "harassment_bullying"]
+    mapping = work / "mapping.yaml"
+    mapping.write_text(
+        "name: quality-sample\nlabels:\n  hateful: {policies: [hate_speech]}\n"
+        f"  unsafe: {{policies: [{', '.join(xs_pols)}]}}\nstrata: [functionality, type]\n"
+    )
+    url = ensure_local_server(args.model)
+    mod = AsyncModerator(base_url=url, model=args.model, concurrency=args.concurrency, logprobs=True)
+    t0 = time.perf_counter()
+    run_eval(mod, gold, mapping, work / "run")
+    t_cot = time.perf_counter() - t0
+    metrics = compute_metrics(work / "run", bootstrap_rounds=200)
+    preds_naive, t_naive = asyncio.run(naive(url, args.model, items, args.concurrency))
+
+    by_id = {it["id"]: it for it in items}
+    cot_pred = {r["id"]: r["pred"] for lab in metrics["predictions"].values() for r in lab}
+    ids = [i for i in by_id if i in cot_pred and i in preds_naive]
+    gold_y = {i: int(by_id[i]["labels"].get("hateful", by_id[i]["labels"].get("unsafe"))) for i in ids}
+    rows = []
+    for name, preds, secs in (("cotmod compiled CoT policy", cot_pred, t_cot), ("naive one-line", preds_naive, t_naive)):
+        rows.append(summarise(name, [gold_y[i] for i in ids], [preds[i] for i in ids], secs, len(items)))
+    per_set = {}
+    for subset, prefix in (("hatecheck", "hc-"), ("xstest", "xs-")):
+        sub = [i for i in ids if i.startswith(prefix)]
+        per_set[subset] = {
+            name: {k: v for k, v in binary_metrics([gold_y[i] for i in sub], [p[i] for i in sub]).items() if k in ("precision", "recall", "f1", "fpr")}
+            for name, p in (("cotmod", cot_pred), ("naive", preds_naive))
+        }
+    print(f"model {args.model}; sample: {args.hatecheck} HateCheck + {args.xstest} XSTest (seed {args.seed}); paired items {len(ids)}")
+    print(f"{'prompt':<30}{'precision':>12}{'recall':>10}{'F1':>8}{'FPR':>8}{'s/item':>9}")
+    for r in rows:
+        print(f"{r['prompt']:<30}{r['precision']:>12.3f}{r['recall']:>10.3f}{r['f1']:>8.3f}{r['fpr']:>8.3f}{r['s_per_item']:>9.2f}")
+        print(f"{'  95% CI':<30}{[round(x, 3) for x in r['precision_ci95'] or []]!s:>12}{[round(x, 3) for x in r['recall_ci95'] or []]!s:>10}")
+    errors = {lab: e["errors"] + e["missing"] for lab, e in metrics["labels"].items()}
+    print("per set:", json.dumps(per_set))
+    print(f"cotmod error verdicts: {errors}; naive unparsed: {len(items) - len(preds_naive)}; run dir: {work / 'run'}")
+    print(json.dumps({"bench": "quality", "model": args.model, "seed": args.seed, "n": len(ids), "cotmod": rows[0], "naive": rows[1], "per_set": per_set, "cotmod_errors": errors}))
+
+
+if __name__ == "__main__":
+    main()
