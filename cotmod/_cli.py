@@ -501,6 +501,169 @@ def compare(run_a: str, run_b: str, fail_on: tuple[str, ...], as_json: bool) -> 
         sys.exit(1)
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("old")
+@click.argument("new")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@click.option("--repo", default=".", show_default=True, help="Git repository for revision arguments.")
+def diff(old: str, new: str, fmt: str, repo: str) -> None:
+    """Semantic diff of two policy bundles: directories, or git revisions (REV or REV:path).
+
+    Rules, exceptions, definitions, severities/actions, escalation and examples are compared by
+    stable ID; version bumps are checked (a changed policy with an unchanged version, or a removed
+    rule without a major bump, is an error: exit 1).
+
+    \b
+    Examples:
+      cotmod diff HEAD~1 HEAD
+      cotmod diff old_guidelines/ guidelines/ --format markdown > CHANGELOG-policies.md
+    """
+    from ._diff import changelog_markdown, diff_policies, load_bundle
+
+    a, label_a = load_bundle(old, repo=repo)
+    b, label_b = load_bundle(new, repo=repo)
+    diffs = diff_policies(a, b)
+    errors = [e for d in diffs for e in d.errors]
+    if fmt == "json":
+        click.echo(json.dumps({"old": label_a, "new": label_b, "policies": [d.to_dict() for d in diffs], "errors": errors}, indent=2))
+    elif fmt == "markdown":
+        click.echo(changelog_markdown(diffs, label_a, label_b))
+    else:
+        for d in diffs:
+            if d.status == "unchanged":
+                continue
+            click.echo(click.style(f"{d.policy_id}: {d.status} {d.old_version or ''} -> {d.new_version or ''}", bold=True) + (f" (needs {d.required_bump})" if d.required_bump else ""))
+            for c in d.changes:
+                click.echo(f"  {c.kind:<28} {c.detail}")
+        for e in errors:
+            click.echo(click.style("error ", fg="red") + e)
+        if not any(d.status != "unchanged" for d in diffs):
+            click.echo("no changes")
+    if errors:
+        sys.exit(1)
+
+
+@cli.group(cls=_Group, context_settings=CONTEXT)
+def guide() -> None:
+    """The human labeling guide, compiled from the same policy files as the prompts."""
+
+
+@guide.command("export", context_settings=CONTEXT)
+@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="File to write [default: stdout].")
+@click.option("--guidelines", "-g", type=click.Path(exists=True), help="Policy directory or file.")
+@click.option("--policy", "-p", "policies", multiple=True, help="Policy id (repeatable) [default: all].")
+def guide_export(fmt: str, output: str | None, guidelines: str | None, policies: tuple[str, ...]) -> None:
+    """Export the reviewers' guide: definitions, rules, exceptions, examples, decision flow,
+    severity → action and escalation tables, with versions and a fingerprint."""
+    from ._guide import guide_html, guide_markdown
+    from ._lint import load_policies
+    from ._policy import default_guidelines_dir
+
+    ps = load_policies([guidelines or default_guidelines_dir()]).select(list(policies) or None)
+    text = guide_html(ps) if fmt == "html" else guide_markdown(ps)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text)
+
+
+@cli.group(cls=_Group, context_settings=CONTEXT)
+def sync() -> None:
+    """Keep every enforcement pathway bound to the current policy versions (enforcement.yaml)."""
+
+
+@sync.command("check", context_settings=CONTEXT)
+@click.argument("manifest", type=click.Path(dir_okay=False), default="enforcement.yaml")
+@click.option("--json", "as_json", is_flag=True)
+@_endpoint_options
+def sync_check(manifest: str, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
+    """List pathways bound to an old policy version or prompt fingerprint; exit 1 if any."""
+    from ._engine import AsyncModerator
+    from ._sync import check_manifest
+
+    settings = _settings(**kw)
+    findings = check_manifest(manifest, AsyncModerator(settings.guidelines, settings=settings))
+    if as_json:
+        click.echo(json.dumps([f.to_dict() for f in findings], indent=2))
+    else:
+        for f in findings:
+            click.echo(click.style("stale ", fg="red") + str(f))
+        click.echo("in sync" if not findings else f"{len(findings)} stale binding(s)")
+    if findings:
+        sys.exit(1)
+
+
+@sync.command("update", context_settings=CONTEXT)
+@click.argument("manifest", type=click.Path(dir_okay=False), default="enforcement.yaml")
+@click.option("--create", is_flag=True, help="Create the manifest if it does not exist.")
+@_endpoint_options
+def sync_update(manifest: str, create: bool, policies: tuple[str, ...], **kw: Any) -> None:
+    """Regenerate what can be derived (versions, fingerprints, guide, criterion routes) and say
+    what needs a human; exit 1 while something does."""
+    from ._engine import AsyncModerator
+    from ._sync import update_manifest
+
+    settings = _settings(**kw)
+    done, remaining = update_manifest(manifest, AsyncModerator(settings.guidelines, settings=settings), create=create)
+    for d in done:
+        click.echo(click.style("updated ", fg="green") + d)
+    for f in remaining:
+        click.echo(click.style("needs a human ", fg="yellow") + str(f))
+    if not done and not remaining:
+        click.echo("already in sync")
+    if remaining:
+        sys.exit(1)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("old")
+@click.argument("new")
+@click.option("--golden", required=True, type=click.Path(exists=True, dir_okay=False), help="Golden set.")
+@click.option("--mapping", "-M", "mapping_path", type=click.Path(exists=True, dir_okay=False), help="Label mapping [default: beside GOLDEN].")
+@click.option("--sample", type=click.Path(exists=True, dir_okay=False), help="Unlabelled production sample (JSONL/CSV/Parquet).")
+@click.option("--output", "-o", "work_dir", required=True, type=click.Path(file_okay=False), help="Directory for the runs and impact.json.")
+@click.option("--limit", type=click.IntRange(min=1))
+@click.option("--repo", default=".", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_endpoint_options
+def impact(old: str, new: str, golden: str, mapping_path: str | None, sample: str | None, work_dir: str, limit: int | None, repo: str, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
+    """Preview a policy change: re-run only the changed policies (the rest is cached) on a golden
+    set and a production sample; metric deltas with significance, and the decisions that flip."""
+    from ._cache import SqliteCache
+    from ._config import cotmod_home
+    from ._diff import load_bundle
+    from ._impact import impact as impact_fn
+
+    a, _ = load_bundle(old, repo=repo)
+    b, _ = load_bundle(new, repo=repo)
+    mapping_file = Path(mapping_path) if mapping_path else Path(golden).parent / "mapping.yaml"
+    settings = _settings(**kw)
+    cache = SqliteCache(cotmod_home() / "cache.sqlite")
+    try:
+        res = impact_fn(a, b, settings=settings, cache=cache, golden=golden, mapping=mapping_file, work_dir=work_dir, sample=sample, limit=limit)
+    finally:
+        cache.close()
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(f"changed policies: {', '.join(res['changed_policies']) or 'none'}; model calls old/new: {res['golden']['model_calls']}")
+    for e in res["version_errors"]:
+        click.echo(click.style("version error ", fg="red") + e)
+    for label, e in res["golden"]["comparison"]["labels"].items():
+        click.echo(f"{label}: McNemar p={e['mcnemar']['p_value']:.4f}, {len(e['flipped'])} flipped")
+        for metric, d in e["metrics"].items():
+            click.echo(f"  {metric:<9} {d['a']:.3f} -> {d['b']:.3f} ({d['delta']:+.3f})")
+        for f in e["flipped"][:20]:
+            click.echo(f"  flip {f['id']}: gold {f['y']} {f['a']} -> {f['b']} {', '.join(f['new_rules'])} {' | '.join(f['new_rationale'])[:160]}")
+    if "sample" in res:
+        s = res["sample"]
+        click.echo(f"production sample: {len(s['flipped'])} decisions flip on {s['items']} items ({100 * s['flip_rate']:.1f}%)")
+        for f in s["flipped"][:20]:
+            click.echo(f"  {f['id']} {f['policy']}: {f['before']} -> {f['after']} {', '.join(f['rules'])} {f['rationale'][:160]}")
+
+
 @cli.group(cls=_Group, context_settings=CONTEXT)
 def batch() -> None:
     """The provider Batch API path (asynchronous, typically half the price)."""

@@ -154,6 +154,7 @@ class OpenAIBackend:
         max_backoff: float = MAX_BACKOFF,
         http_client: Any | None = None,
         on_retry: Callable[[BaseException, float], None] | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -167,6 +168,7 @@ class OpenAIBackend:
         self.before_request: Callable[[ChatRequest], Awaitable[None]] | None = None
         self._timeout = timeout
         self._http_client = http_client
+        self._headers = dict(extra_headers or {})
         self._client = self._new_client()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -177,6 +179,7 @@ class OpenAIBackend:
             timeout=self._timeout,
             max_retries=0,
             http_client=self._http_client,
+            default_headers=self._headers or None,
         )
 
     def _client_for_loop(self) -> openai.AsyncOpenAI:

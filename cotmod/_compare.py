@@ -79,6 +79,7 @@ def tune(
         "evidence": evidence,
         "method": {"target_precision": target_precision, "cost_fp": cost_fp, "cost_fn": cost_fn, "auto_precision": auto_precision},
         "run": metrics["run"],
+        "policies": metrics["manifest"].get("policies", {}),
         "prompt_fingerprint": metrics["manifest"].get("prompt_fingerprint"),
         "model": metrics["manifest"].get("model"),
         "created_at": datetime.now(timezone.utc).isoformat(),

@@ -44,6 +44,9 @@ class Settings(BaseModel):
     base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; None = embedded local model")
     api_key: SecretStr | None = Field(default=None, description="Never logged or shown")
     model: str | None = Field(default=None, description="Model name sent to the endpoint")
+    extra_headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra HTTP headers (e.g. a gateway's routing header)"
+    )
     local_model: str = Field(default=DEFAULT_LOCAL_MODEL, description="Embedded model (cotmod models list)")
     timeout: float = Field(default=120.0, gt=0, description="Seconds per HTTP request")
     max_transport_retries: int = Field(default=3, ge=0, le=20)

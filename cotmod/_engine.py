@@ -200,6 +200,7 @@ class AsyncModerator:
                         api_key=s.api_key.get_secret_value() if s.api_key else None,
                         timeout=s.timeout,
                         max_retries=s.max_transport_retries,
+                        extra_headers=s.extra_headers,
                     )
                 else:
                     from ._local import ensure_local_server

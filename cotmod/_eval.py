@@ -269,6 +269,8 @@ def _rca(rows: list[dict[str, Any]], strata: list[str], max_examples: int) -> di
     for s in strata:
         table: dict[str, dict[str, int]] = defaultdict(lambda: {"n": 0, "fp": 0, "fn": 0, "errors": 0})
         for r in rows:
+            if r["strata"].get(s) in (None, ""):
+                continue  # this row has no value for the stratum (e.g. another set's field)
             key = str(r["strata"].get(s))
             table[key]["n"] += 1
             if r["y"] == 0 and r["pred"] == 1:
@@ -277,7 +279,8 @@ def _rca(rows: list[dict[str, Any]], strata: list[str], max_examples: int) -> di
                 table[key]["fn"] += 1
         for v in table.values():
             v["errors"] = v["fp"] + v["fn"]
-        by_stratum[s] = dict(sorted(table.items(), key=lambda kv: -kv[1]["errors"]))
+        if table:
+            by_stratum[s] = dict(sorted(table.items(), key=lambda kv: -kv[1]["errors"]))
 
     def ex(r: dict[str, Any]) -> dict[str, Any]:
         return {k: r[k] for k in ("id", "text", "score", "rules", "rationale", "reasoning", "strata")}

@@ -582,3 +582,10 @@ async def test_on_retry_not_called_without_retries_or_on_final_failure(
     calls.clear()
     await make_backend(Recorder(ok()), on_retry=lambda e, d: calls.append(e)).complete(request())
     assert calls == []
+
+
+async def test_extra_headers_are_sent(make_backend: BackendFactory) -> None:
+    rec = Recorder(ok())
+    await make_backend(rec, extra_headers={"x-gateway-route": "moderation"}).complete(request())
+    assert rec.requests[0].headers["x-gateway-route"] == "moderation"
+    assert rec.requests[0].headers["authorization"] == f"Bearer {SECRET}"

@@ -1,0 +1,243 @@
+"""Semantic diff of policy bundles, and the version-bump rules.
+
+Compares two sets of policies (two directories, or two git revisions of ``guidelines/``) by stable
+IDs, not by text: policies added/removed; per policy, rules added/removed/reworded/re-tiered,
+exceptions, definitions, severity tiers and their actions, escalation criteria, examples, checklist
+and summary changes. Version rules (semver):
+
+* a changed policy whose version did not change is an error;
+* a removed rule or exception, or a rule moved to a milder tier, needs a **major** bump;
+* added rules or exceptions, or stricter actions, need at least a **minor** bump;
+* wording-only changes need at least a **patch** bump.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import InputError
+from ._lint import load_policies
+from ._policy import ACTIONS, Policy, PolicySet
+
+__all__ = ["Change", "PolicyDiff", "diff_policies", "load_bundle"]
+
+LEVEL = {"patch": 1, "minor": 2, "major": 3}
+
+
+@dataclass
+class Change:
+    kind: str  # e.g. rule.added, rule.reworded, severity.action_changed
+    id: str
+    detail: str
+    needs: str  # patch | minor | major
+    old: Any = None
+    new: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "id": self.id, "detail": self.detail, "needs": self.needs, "old": self.old, "new": self.new}
+
+
+@dataclass
+class PolicyDiff:
+    policy_id: str
+    status: str  # added | removed | changed | unchanged
+    old_version: str | None
+    new_version: str | None
+    changes: list[Change] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def required_bump(self) -> str | None:
+        if not self.changes:
+            return None
+        return max((c.needs for c in self.changes), key=lambda n: LEVEL[n])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy_id": self.policy_id,
+            "status": self.status,
+            "old_version": self.old_version,
+            "new_version": self.new_version,
+            "required_bump": self.required_bump,
+            "changes": [c.to_dict() for c in self.changes],
+            "errors": self.errors,
+        }
+
+
+def _semver(v: str) -> tuple[int, int, int]:
+    core = v.split("-", 1)[0]
+    a, b, c = (int(x) for x in core.split("."))
+    return a, b, c
+
+
+def _bump_level(old: str, new: str) -> str | None:
+    o, n = _semver(old), _semver(new)
+    if n <= o:
+        return None
+    if n[0] > o[0]:
+        return "major"
+    if n[1] > o[1]:
+        return "minor"
+    return "patch"
+
+
+def _by_id(items: list[Any], key: str = "id") -> dict[str, Any]:
+    return {getattr(x, key): x for x in items}
+
+
+def _diff_one(old: Policy, new: Policy) -> list[Change]:
+    ch: list[Change] = []
+    if old.title != new.title:
+        ch.append(Change("title.changed", new.id, "title reworded", "patch", old.title, new.title))
+    if old.summary != new.summary:
+        ch.append(Change("summary.changed", new.id, "summary reworded", "patch", old.summary, new.summary))
+    # rules
+    o, n = _by_id(old.rules), _by_id(new.rules)
+    for rid in o.keys() - n.keys():
+        ch.append(Change("rule.removed", rid, f"rule {rid} ({o[rid].title}) removed", "major", o[rid].description, None))
+    for rid in n.keys() - o.keys():
+        ch.append(Change("rule.added", rid, f"rule {rid} ({n[rid].title}) added", "minor", None, n[rid].description))
+    for rid in sorted(o.keys() & n.keys()):
+        a, b = o[rid], n[rid]
+        if a.description != b.description or a.title != b.title:
+            ch.append(Change("rule.reworded", rid, f"rule {rid} reworded", "patch", a.description, b.description))
+        if a.severity != b.severity:
+            try:
+                milder = new.severity_rank(b.severity) < old.severity_rank(a.severity)
+            except ValueError:
+                milder = True
+            ch.append(
+                Change("rule.severity_changed", rid, f"rule {rid} severity {a.severity} -> {b.severity}", "major" if milder else "minor", a.severity, b.severity)
+            )
+    # exceptions
+    o, n = _by_id(old.exceptions), _by_id(new.exceptions)
+    for eid in o.keys() - n.keys():
+        ch.append(Change("exception.removed", eid, f"exception {eid} ({o[eid].title}) removed", "major", o[eid].description, None))
+    for eid in n.keys() - o.keys():
+        ch.append(Change("exception.added", eid, f"exception {eid} ({n[eid].title}) added", "minor", None, n[eid].description))
+    for eid in sorted(o.keys() & n.keys()):
+        if o[eid].description != n[eid].description or o[eid].title != n[eid].title:
+            ch.append(Change("exception.reworded", eid, f"exception {eid} reworded", "patch", o[eid].description, n[eid].description))
+    # definitions
+    o, n = _by_id(old.definitions, "term"), _by_id(new.definitions, "term")
+    for t in o.keys() - n.keys():
+        ch.append(Change("definition.removed", t, f"definition of {t!r} removed", "minor", o[t].meaning, None))
+    for t in n.keys() - o.keys():
+        ch.append(Change("definition.added", t, f"definition of {t!r} added", "minor", None, n[t].meaning))
+    for t in sorted(o.keys() & n.keys()):
+        if o[t].meaning != n[t].meaning:
+            ch.append(Change("definition.changed", t, f"definition of {t!r} changed", "minor", o[t].meaning, n[t].meaning))
+    # severity tiers and actions
+    o, n = _by_id(old.severities), _by_id(new.severities)
+    for sid in o.keys() - n.keys():
+        ch.append(Change("severity.removed", sid, f"severity tier {sid} removed", "major", o[sid].action, None))
+    for sid in n.keys() - o.keys():
+        ch.append(Change("severity.added", sid, f"severity tier {sid} added ({n[sid].action})", "minor", None, n[sid].action))
+    for sid in sorted(o.keys() & n.keys()):
+        a, b = o[sid], n[sid]
+        if a.action != b.action:
+            milder = ACTIONS.index(b.action) < ACTIONS.index(a.action)
+            ch.append(Change("severity.action_changed", sid, f"tier {sid} action {a.action} -> {b.action}", "major" if milder else "minor", a.action, b.action))
+        if a.escalate != b.escalate:
+            ch.append(Change("severity.escalation_changed", sid, f"tier {sid} escalate {a.escalate} -> {b.escalate}", "minor", a.escalate, b.escalate))
+        if a.description != b.description:
+            ch.append(Change("severity.reworded", sid, f"tier {sid} reworded", "patch", a.description, b.description))
+    # escalation criteria
+    o, n = _by_id(old.escalation), _by_id(new.escalation)
+    for xid in o.keys() - n.keys():
+        ch.append(Change("escalation.removed", xid, f"escalation {xid} removed", "minor", o[xid].when, None))
+    for xid in n.keys() - o.keys():
+        ch.append(Change("escalation.added", xid, f"escalation {xid} added (queue {n[xid].queue})", "minor", None, n[xid].when))
+    for xid in sorted(o.keys() & n.keys()):
+        a, b = o[xid], n[xid]
+        if (a.when, a.queue, a.sla_hours) != (b.when, b.queue, b.sla_hours):
+            ch.append(Change("escalation.changed", xid, f"escalation {xid} changed", "minor", a.model_dump(), b.model_dump()))
+    # examples (keyed by text)
+    o, n = _by_id(old.examples, "text"), _by_id(new.examples, "text")
+    for t in o.keys() - n.keys():
+        ch.append(Change("example.removed", t[:60], "example removed", "patch", o[t].model_dump(), None))
+    for t in n.keys() - o.keys():
+        ch.append(Change("example.added", t[:60], f"example added ({n[t].decision})", "patch", None, n[t].model_dump()))
+    for t in sorted(o.keys() & n.keys()):
+        if o[t] != n[t]:
+            needs = "minor" if o[t].decision != n[t].decision else "patch"
+            ch.append(Change("example.changed", t[:60], f"example changed ({o[t].decision} -> {n[t].decision})", needs, o[t].model_dump(), n[t].model_dump()))
+    if old.checklist != new.checklist:
+        ch.append(Change("checklist.changed", new.id, "reasoning checklist changed", "patch", old.checklist, new.checklist))
+    return ch
+
+
+def diff_policies(old: PolicySet, new: PolicySet) -> list[PolicyDiff]:
+    out: list[PolicyDiff] = []
+    for pid in sorted(set(old.ids) | set(new.ids)):
+        if pid not in new:
+            out.append(PolicyDiff(pid, "removed", old[pid].version, None))
+            continue
+        if pid not in old:
+            out.append(PolicyDiff(pid, "added", None, new[pid].version))
+            continue
+        a, b = old[pid], new[pid]
+        d = PolicyDiff(pid, "unchanged", a.version, b.version, _diff_one(a, b))
+        if d.changes:
+            d.status = "changed"
+            bump = _bump_level(a.version, b.version)
+            need = d.required_bump
+            assert need is not None
+            if bump is None:
+                if a.version == b.version:
+                    d.errors.append(f"{pid}: content changed but version is still {a.version} (needs a {need} bump)")
+                else:
+                    d.errors.append(f"{pid}: version went from {a.version} to {b.version} (must increase)")
+            elif LEVEL[bump] < LEVEL[need]:
+                reasons = [c.detail for c in d.changes if c.needs == need][:3]
+                d.errors.append(f"{pid}: {a.version} -> {b.version} is a {bump} bump but the change needs {need} ({'; '.join(reasons)})")
+        elif a.version != b.version:
+            d.status = "changed"
+        out.append(d)
+    return out
+
+
+def load_bundle(spec: str, *, repo: str | Path = ".", subdir: str = "guidelines") -> tuple[PolicySet, str]:
+    """Policies from a directory, or from ``REV`` / ``REV:path`` of a git repository."""
+    p = Path(spec)
+    if p.exists():
+        return load_policies([p]), str(p)
+    rev, _, path = spec.partition(":")
+    path = path or subdir
+    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise InputError(f"{spec!r} is neither a directory nor a git revision of {repo}")
+    listing = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", f"{rev}:{path}"], capture_output=True, text=True)
+    if listing.returncode != 0:
+        raise InputError(f"git revision {rev} has no directory {path!r}")
+    tmp = Path(tempfile.mkdtemp(prefix="cotmod-rev-"))
+    for name in listing.stdout.split():
+        if not name.endswith((".yaml", ".yml")):
+            continue
+        blob = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{path}/{name}"], capture_output=True, check=True)
+        (tmp / name).write_bytes(blob.stdout)
+    return load_policies([tmp]), f"{rev}:{path}"
+
+
+def changelog_markdown(diffs: list[PolicyDiff], old_label: str, new_label: str) -> str:
+    lines = [f"# Policy changelog: {old_label} → {new_label}", ""]
+    for d in diffs:
+        if d.status == "unchanged":
+            continue
+        head = {"added": f"added ({d.new_version})", "removed": f"removed (was {d.old_version})"}.get(d.status, f"{d.old_version} → {d.new_version}")
+        lines.append(f"## {d.policy_id}: {head}")
+        for e in d.errors:
+            lines.append(f"- **Version error**: {e}")
+        for c in d.changes:
+            lines.append(f"- `{c.kind}` {c.detail} *(needs {c.needs})*")
+            if c.kind.endswith(("reworded", "changed")) and isinstance(c.old, str) and isinstance(c.new, str):
+                lines.append(f"  - before: {c.old}")
+                lines.append(f"  - after: {c.new}")
+        lines.append("")
+    if len(lines) == 2:
+        lines.append("No changes.")
+    return "\n".join(lines)

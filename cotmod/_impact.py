@@ -1,0 +1,105 @@
+"""Impact preview of a policy change, before shipping it.
+
+Runs the golden set (and optionally an unlabelled production sample) under the OLD and the NEW
+policy bundles with one shared result cache: decisions of unchanged policies have the same prompt
+fingerprint, so they come from the cache and only the changed policies reach the model. Reports
+metric deltas with the harness's paired comparison (bootstrap CIs, McNemar) and every decision that
+flips, with the new rationale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ._cache import Cache
+from ._compare import compare_runs
+from ._config import Settings
+from ._diff import diff_policies
+from ._engine import AsyncModerator
+from ._eval import compute_metrics, run_eval
+from ._policy import PolicySet
+from ._runner import Runner
+
+__all__ = ["impact"]
+
+
+def _verdicts(path: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            v = json.loads(line)
+            out[str(v["item_id"])] = v
+    return out
+
+
+def impact(
+    old: PolicySet,
+    new: PolicySet,
+    *,
+    settings: Settings,
+    cache: Cache,
+    golden: str | Path,
+    mapping: str | Path,
+    work_dir: str | Path,
+    sample: str | Path | None = None,
+    limit: int | None = None,
+    backend: Any = None,
+) -> dict[str, Any]:
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    diffs = diff_policies(old, new)
+    changed = [d.policy_id for d in diffs if d.status in ("changed", "added") and d.policy_id in new]
+    result: dict[str, Any] = {
+        "changed_policies": changed,
+        "diff": [d.to_dict() for d in diffs if d.status != "unchanged"],
+        "version_errors": [e for d in diffs for e in d.errors],
+    }
+
+    def moderator(policies: PolicySet) -> AsyncModerator:
+        return AsyncModerator(policies, settings=settings, cache=cache, backend=backend)
+
+    calls: dict[str, int] = {}
+    for name, bundle in (("old", old), ("new", new)):
+        _, summary = run_eval(moderator(bundle), golden, mapping, work / name, limit=limit)
+        calls[name] = summary.model_calls
+        compute_metrics(work / name)
+    cmp = compare_runs(work / "old", work / "new")
+    new_verdicts = _verdicts(work / "new" / "verdicts.jsonl")
+    for label in cmp["labels"].values():
+        for f in label["flipped"]:
+            v = new_verdicts.get(f["id"], {})
+            f["new_rationale"] = [d["rationale"] for d in v.get("decisions", []) if d["policy_id"] in changed]
+            f["new_rules"] = [r for d in v.get("decisions", []) if d["policy_id"] in changed for r in d["rule_ids"]]
+    result["golden"] = {"comparison": cmp, "model_calls": calls}
+
+    if sample is not None and changed:
+        flips: list[dict[str, Any]] = []
+        outs = {}
+        for name, bundle in (("old", old), ("new", new)):
+            pols = [p for p in changed if p in bundle]
+            if not pols:
+                continue
+            out = work / f"sample-{name}.jsonl"
+            Runner(moderator(bundle)).run_sync(sample, out, policies=pols, overwrite=True)
+            outs[name] = _verdicts(out)
+        a, b = outs.get("old", {}), outs.get("new", {})
+        for item_id, vb in b.items():
+            va = a.get(item_id)
+            for d in vb["decisions"]:
+                before = next((x for x in (va or {}).get("decisions", []) if x["policy_id"] == d["policy_id"]), None)
+                if before is None or before["violates"] != d["violates"]:
+                    flips.append(
+                        {
+                            "id": item_id,
+                            "policy": d["policy_id"],
+                            "before": None if before is None else before["violates"],
+                            "after": d["violates"],
+                            "rules": d["rule_ids"],
+                            "rationale": d["rationale"],
+                        }
+                    )
+        result["sample"] = {"items": len(b), "flipped": flips, "flip_rate": len({f["id"] for f in flips}) / len(b) if b else 0.0}
+    (work / "impact.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    return result

@@ -1,0 +1,204 @@
+"""The enforcement manifest: one policy version, every pathway bound to it.
+
+``enforcement.yaml`` binds each policy version to its machine and human pathways::
+
+    guide: {path: docs/labeling-guide.md, fingerprint: guide-…}   # exported labeling guide
+    policies:
+      hate_speech:
+        version: 1.0.0
+        llm: {fingerprint: fp-…}                         # compiled prompt of this policy
+        classifier:                                      # optional: a score-threshold classifier
+          label_map: {hateful: hate_speech}
+          thresholds: thresholds.yaml                    # written by cotmod tune
+        escalation:                                      # where humans get what
+          - {severity: critical, queue: threat-assessment, sla_hours: 1}
+          - {criterion: HATE-X2, queue: hate-speech-specialists, sla_hours: 24}
+
+``check`` lists every pathway still bound to an old version or fingerprint (or to rules, tiers
+or criteria that no longer exist). ``update`` rewrites what can be derived from the policies
+(versions, prompt fingerprints, the guide, routes for escalation criteria) and lists what needs
+a human (re-tuning thresholds on a fresh eval, queues for new escalating tiers, label maps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._engine import AsyncModerator
+from ._exceptions import InputError
+from ._guide import guide_fingerprint, guide_html, guide_markdown
+from ._policy import PolicySet
+
+__all__ = ["Finding", "check_manifest", "update_manifest"]
+
+
+@dataclass
+class Finding:
+    policy: str
+    pathway: str  # version | llm | classifier | guide | escalation | manifest
+    field: str
+    message: str
+    fix: str  # auto | human
+
+    def to_dict(self) -> dict[str, str]:
+        return {"policy": self.policy, "pathway": self.pathway, "field": self.field, "message": self.message, "fix": self.fix}
+
+    def __str__(self) -> str:
+        return f"{self.policy} [{self.pathway}] {self.field}: {self.message} ({'cotmod sync update fixes it' if self.fix == 'auto' else 'needs a human'})"
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"enforcement manifest not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("policies"), dict):
+        raise InputError(f"{path}: expected a mapping with 'policies: {{POLICY_ID: {{version: ...}}}}'")
+    return data
+
+
+def check_manifest(path: str | Path, moderator: AsyncModerator) -> list[Finding]:
+    """Every stale or broken binding in the manifest (empty list = all pathways in sync)."""
+    p = Path(path)
+    data = _load(p)
+    base = p.parent
+    policies: PolicySet = moderator.policies
+    out: list[Finding] = []
+    bound = data["policies"]
+    for pid in policies.ids:
+        if pid not in bound:
+            out.append(Finding(pid, "manifest", f"policies.{pid}", "policy has no enforcement binding", "auto"))
+    for pid, spec in bound.items():
+        where = f"policies.{pid}"
+        if pid not in policies:
+            out.append(Finding(pid, "manifest", where, f"names a policy that does not exist (known: {', '.join(policies.ids)})", "human"))
+            continue
+        pol = policies[pid]
+        spec = spec or {}
+        if spec.get("version") != pol.version:
+            out.append(Finding(pid, "version", f"{where}.version", f"bound to {spec.get('version')}, policy is {pol.version}", "auto"))
+        fp = moderator.fingerprint([pid])
+        if (spec.get("llm") or {}).get("fingerprint") != fp:
+            out.append(Finding(pid, "llm", f"{where}.llm.fingerprint", f"prompt fingerprint {(spec.get('llm') or {}).get('fingerprint')} is stale (now {fp})", "auto"))
+        clf = spec.get("classifier")
+        if clf:
+            for label, target in (clf.get("label_map") or {}).items():
+                if target not in policies:
+                    out.append(Finding(pid, "classifier", f"{where}.classifier.label_map.{label}", f"maps to unknown policy {target!r}", "human"))
+            tpath = clf.get("thresholds")
+            if tpath:
+                tfile = base / tpath
+                if not tfile.exists():
+                    out.append(Finding(pid, "classifier", f"{where}.classifier.thresholds", f"file {tfile} does not exist", "human"))
+                else:
+                    tdata = yaml.safe_load(tfile.read_text()) or {}
+                    tuned_for = (tdata.get("policies") or {}).get(pid)
+                    if tuned_for != pol.version:
+                        out.append(Finding(pid, "classifier", f"{where}.classifier.thresholds", f"thresholds were tuned for {pid} {tuned_for}, policy is {pol.version}: re-run cotmod eval and cotmod tune", "human"))
+                    if pid not in (tdata.get("thresholds") or {}):
+                        out.append(Finding(pid, "classifier", f"{where}.classifier.thresholds", f"{tfile} has no thresholds for {pid}", "human"))
+        routes = spec.get("escalation") or []
+        routed_tiers, routed_criteria = set(), set()
+        for i, r in enumerate(routes):
+            if "severity" in r:
+                routed_tiers.add(r["severity"])
+                if r["severity"] not in pol.severity_ids:
+                    out.append(Finding(pid, "escalation", f"{where}.escalation[{i}].severity", f"tier {r['severity']!r} no longer exists", "human"))
+            elif "criterion" in r:
+                routed_criteria.add(r["criterion"])
+                if r["criterion"] not in {x.id for x in pol.escalation}:
+                    out.append(Finding(pid, "escalation", f"{where}.escalation[{i}].criterion", f"criterion {r['criterion']!r} no longer exists", "auto"))
+            if not r.get("queue"):
+                out.append(Finding(pid, "escalation", f"{where}.escalation[{i}].queue", "route has no queue", "human"))
+        for tier in pol.severities:
+            if tier.escalate and tier.id not in routed_tiers:
+                out.append(Finding(pid, "escalation", f"{where}.escalation", f"tier {tier.id!r} always escalates but has no queue", "human"))
+        for x in pol.escalation:
+            if x.id not in routed_criteria:
+                out.append(Finding(pid, "escalation", f"{where}.escalation", f"criterion {x.id} (queue {x.queue}) is not routed", "auto"))
+            else:
+                for r in routes:
+                    if r.get("criterion") == x.id and (r.get("queue"), r.get("sla_hours")) != (x.queue, x.sla_hours):
+                        out.append(Finding(pid, "escalation", f"{where}.escalation", f"route for {x.id} differs from the policy (queue {x.queue}, SLA {x.sla_hours})", "auto"))
+    guide = data.get("guide")
+    if guide:
+        gpath = base / guide.get("path", "")
+        in_guide = policies.select([pid for pid in bound if pid in policies])
+        want = guide_fingerprint(in_guide)
+        if not gpath.is_file():
+            out.append(Finding("*", "guide", "guide.path", f"{gpath} does not exist", "auto"))
+        elif want not in gpath.read_text(encoding="utf-8") or guide.get("fingerprint") != want:
+            out.append(Finding("*", "guide", "guide.fingerprint", f"labeling guide is stale (now {want})", "auto"))
+    return out
+
+
+def update_manifest(path: str | Path, moderator: AsyncModerator, *, create: bool = False) -> tuple[list[str], list[Finding]]:
+    """Regenerate the derivable bindings; returns (what was updated, what still needs a human)."""
+    p = Path(path)
+    if not p.exists() and create:
+        p.write_text(yaml.safe_dump({"guide": {"path": "labeling-guide.md"}, "policies": {}}, sort_keys=False))
+    data = _load(p)
+    base = p.parent
+    policies = moderator.policies
+    done: list[str] = []
+    bound = data["policies"]
+    for pid in policies.ids:
+        if pid not in bound:
+            bound[pid] = {}
+            done.append(f"{pid}: bound")
+    for pid, spec in list(bound.items()):
+        if pid not in policies:
+            continue
+        spec = bound[pid] = spec or {}
+        pol = policies[pid]
+        if spec.get("version") != pol.version:
+            done.append(f"{pid}: version {spec.get('version')} -> {pol.version}")
+            spec["version"] = pol.version
+        fp = moderator.fingerprint([pid])
+        llm = spec.setdefault("llm", {})
+        if llm.get("fingerprint") != fp:
+            done.append(f"{pid}: prompt fingerprint -> {fp}")
+            llm["fingerprint"] = fp
+        routes = spec.setdefault("escalation", [])
+        crits = {x.id: x for x in pol.escalation}
+        kept = [r for r in routes if "criterion" not in r or r["criterion"] in crits]
+        if len(kept) != len(routes):
+            done.append(f"{pid}: removed routes of deleted criteria")
+        for r in kept:
+            if "criterion" in r:
+                x = crits[r["criterion"]]
+                if (r.get("queue"), r.get("sla_hours")) != (x.queue, x.sla_hours):
+                    r["queue"], r["sla_hours"] = x.queue, x.sla_hours
+                    done.append(f"{pid}: route {x.id} -> {x.queue}")
+        routed = {r.get("criterion") for r in kept}
+        for x in pol.escalation:
+            if x.id not in routed:
+                kept.append({"criterion": x.id, "queue": x.queue, "sla_hours": x.sla_hours})
+                done.append(f"{pid}: routed {x.id} -> {x.queue}")
+        spec["escalation"] = kept
+    guide = data.get("guide")
+    if guide is not None:
+        gpath = base / guide.setdefault("path", "labeling-guide.md")
+        in_guide = policies.select([pid for pid in bound if pid in policies])
+        fp = guide_fingerprint(in_guide)
+        text = guide_html(in_guide) if gpath.suffix in (".html", ".htm") else guide_markdown(in_guide)
+        if not gpath.is_file() or fp not in gpath.read_text(encoding="utf-8") or guide.get("fingerprint") != fp:
+            gpath.parent.mkdir(parents=True, exist_ok=True)
+            gpath.write_text(text, encoding="utf-8")
+            guide["fingerprint"] = fp
+            done.append(f"guide: exported {gpath} ({fp})")
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(
+        "# Enforcement manifest: every pathway bound to a policy version (cotmod sync check / update).\n"
+        + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )
+    tmp.replace(p)
+    remaining = [f for f in check_manifest(p, moderator) if f.fix == "human"]
+    return done, remaining

@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cotmod import AsyncModerator, InputError, load_policies
+from cotmod._cache import MemoryCache
+from cotmod._cli import cli
+from cotmod._config import Settings
+from cotmod._diff import diff_policies, load_bundle
+from cotmod._guide import guide_fingerprint, guide_html, guide_markdown
+from cotmod._impact import impact
+from cotmod._sync import check_manifest, update_manifest
+from cotmod.testing import FakeBackend, decision
+
+from .conftest import GUIDELINES
+
+
+def edit(d: Path, name: str, old: str, new: str, count: int = 1) -> None:
+    f = d / f"{name}.yaml"
+    text = f.read_text()
+    assert old in text, old
+    f.write_text(text.replace(old, new, count))
+
+
+def kinds(diffs, pid="hate_speech") -> list[str]:
+    return sorted(c.kind for d in diffs if d.policy_id == pid for c in d.changes)
+
+
+def test_diff_each_change_kind_and_version_rules(policy_dir: Path) -> None:
+    old = load_policies([GUIDELINES])
+    edit(policy_dir, "hate_speech", "version: 1.0.0", "version: 2.0.0")
+    edit(policy_dir, "hate_speech", "denies their humanity", "denies that they are human")  # reworded
+    edit(policy_dir, "hate_speech", "    severity: medium\n  - id: HATE-4", "    severity: high\n  - id: HATE-4")  # HATE-3 stricter
+    edit(policy_dir, "hate_speech", "HATE-S5", "HATE-S6", -1)  # exception removed + added
+    edit(policy_dir, "hate_speech", "    action: limit_reach", "    action: remove")  # tier action stricter
+    edit(policy_dir, "hate_speech", "    queue: hate-speech-specialists", "    queue: hate-review")  # escalation changed
+    edit(policy_dir, "hate_speech", "disability or serious disease", "disability, age or serious disease")  # definition
+    edit(policy_dir, "hate_speech", "I think the doctrine", "I really think the doctrine")  # example removed+added
+    edit(policy_dir, "hate_speech", "  - Decide. Cite only", "  - Decide carefully. Cite only")  # checklist
+    diffs = diff_policies(old, load_policies([policy_dir]))
+    assert kinds(diffs) == sorted([
+        "rule.reworded", "rule.severity_changed", "exception.removed", "exception.added",
+        "severity.action_changed", "escalation.changed", "definition.changed",
+        "example.removed", "example.added", "example.changed", "checklist.changed",
+    ])
+    hate = next(d for d in diffs if d.policy_id == "hate_speech")
+    assert hate.required_bump == "major" and hate.errors == []  # 2.0.0 is a major bump
+    assert all(d.status == "unchanged" for d in diffs if d.policy_id != "hate_speech")
+
+
+def test_version_bump_errors(policy_dir: Path) -> None:
+    old = load_policies([GUIDELINES])
+    edit(policy_dir, "spam_scams", "version: 1.0.0", "version: 1.0.1")
+    f = policy_dir / "spam_scams.yaml"
+    data = yaml.safe_load(f.read_text())
+    removed = data["rules"].pop()["id"]  # a removed rule needs a major bump
+    data["examples"] = [e for e in data["examples"] if removed not in e["rule_ids"]]
+    f.write_text(yaml.safe_dump(data, sort_keys=False))
+    edit(policy_dir, "self_harm", "seek", "look for")  # content change, version unchanged
+    new = load_policies([policy_dir])
+    diffs = {d.policy_id: d for d in diff_policies(old, new)}
+    assert any("needs major" in e for e in diffs["spam_scams"].errors)
+    assert any("version is still 1.0.0" in e for e in diffs["self_harm"].errors)
+    r = CliRunner().invoke(cli, ["diff", str(GUIDELINES), str(policy_dir)])
+    assert r.exit_code == 1 and "rule.removed" in r.output and "needs major" in r.output
+
+
+def test_diff_git_revisions_and_bad_revision(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "guidelines").mkdir(parents=True)
+    src = (GUIDELINES / "hate_speech.yaml").read_text()
+    (repo / "guidelines" / "hate_speech.yaml").write_text(src)
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "v1"], check=True)
+    (repo / "guidelines" / "hate_speech.yaml").write_text(src.replace("version: 1.0.0", "version: 1.1.0").replace("HATE-S5", "HATE-S9"))
+    subprocess.run([*git, "commit", "-qam", "v2"], check=True)
+    a, la = load_bundle("HEAD~1", repo=repo)
+    b, lb = load_bundle("HEAD", repo=repo)
+    assert lb == "HEAD:guidelines"
+    assert la == "HEAD~1:guidelines"
+    d = diff_policies(a, b)[0]
+    assert {c.kind for c in d.changes} == {"exception.removed", "exception.added", "example.changed"}
+    assert any("needs major" in e for e in d.errors)  # removing an exception needs major
+    r = CliRunner().invoke(cli, ["diff", "HEAD~1", "HEAD", "--repo", str(repo), "--format", "markdown"])
+    assert "## hate_speech: 1.0.0 → 1.1.0" in r.output and "exception.removed" in r.output
+    with pytest.raises(InputError, match="neither a directory nor a git revision"):
+        load_bundle("no-such-rev", repo=repo)
+
+
+def test_guide_contains_every_rule_and_example() -> None:
+    ps = load_policies([GUIDELINES])
+    md, page = guide_markdown(ps), guide_html(ps)
+    for p in ps:
+        for r in p.rules:
+            assert r.id in md and r.description in md and r.id in page
+        for e in p.exceptions:
+            assert e.id in md
+        for ex in p.examples:
+            assert ex.text in md
+        for step in p.checklist:
+            assert step in md
+        assert f"{p.id}` v{p.version}" in md
+    assert guide_fingerprint(ps) in md and guide_fingerprint(ps) in page
+    r = CliRunner().invoke(cli, ["guide", "export", "--format", "html", "-p", "self_harm"])
+    assert r.exit_code == 0 and "<html" in r.output and "SH-1" in r.output and "HATE-1" not in r.output
+
+
+def make_manifest(tmp_path: Path, policy_dir: Path) -> tuple[Path, AsyncModerator]:
+    mod = AsyncModerator(policy_dir, backend=FakeBackend())
+    m = tmp_path / "enforcement.yaml"
+    m.write_text(yaml.safe_dump({"guide": {"path": "guide.md"}, "policies": {}}))
+    done, remaining = update_manifest(m, mod)
+    assert any(d.startswith("guide: exported") for d in done)
+    # every escalating tier needs a queue chosen by a human
+    assert remaining and all(f.fix == "human" for f in remaining)
+    data = yaml.safe_load(m.read_text())
+    for pid, spec in data["policies"].items():
+        for tier in mod.policies[pid].severities:
+            if tier.escalate:
+                spec["escalation"].append({"severity": tier.id, "queue": f"{pid}-urgent", "sla_hours": 1})
+    (tmp_path / "th.yaml").write_text(yaml.safe_dump({"policies": {"hate_speech": "1.0.0"}, "thresholds": {"hate_speech": {"review": 0.5}}}))
+    data["policies"]["hate_speech"]["classifier"] = {"label_map": {"hateful": "hate_speech"}, "thresholds": "th.yaml"}
+    m.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert check_manifest(m, mod) == []
+    return m, mod
+
+
+def test_sync_check_catches_each_stale_pathway(tmp_path: Path, policy_dir: Path) -> None:
+    m, _ = make_manifest(tmp_path, policy_dir)
+    r = CliRunner().invoke(cli, ["sync", "check", str(m), "-g", str(policy_dir)])
+    assert r.exit_code == 0 and "in sync" in r.output
+    # change hate_speech: new version, reworded rule, tier renamed, a criterion removed
+    edit(policy_dir, "hate_speech", "version: 1.0.0", "version: 2.0.0")
+    edit(policy_dir, "hate_speech", "denies their humanity", "denies that they are human")
+    f = policy_dir / "hate_speech.yaml"
+    data = yaml.safe_load(f.read_text())
+    data["escalation"] = data["escalation"][:1]
+    f.write_text(yaml.safe_dump(data, sort_keys=False))
+    mod = AsyncModerator(policy_dir, backend=FakeBackend())
+    found = {(x.policy, x.pathway, x.fix) for x in check_manifest(m, mod)}
+    assert ("hate_speech", "version", "auto") in found
+    assert ("hate_speech", "llm", "auto") in found
+    assert ("hate_speech", "classifier", "human") in found  # thresholds tuned for 1.0.0
+    assert ("hate_speech", "escalation", "auto") in found  # route of the removed HATE-X2
+    assert ("*", "guide", "auto") in found
+    r = CliRunner().invoke(cli, ["sync", "check", str(m), "-g", str(policy_dir), "--json"])
+    assert r.exit_code == 1 and {x["pathway"] for x in json.loads(r.output)} >= {"version", "llm", "classifier", "guide", "escalation"}
+    r = CliRunner().invoke(cli, ["sync", "update", str(m), "-g", str(policy_dir)])
+    assert r.exit_code == 1  # thresholds still need a human
+    assert "version 1.0.0 -> 2.0.0" in r.output and "needs a human" in r.output and "re-run cotmod eval" in r.output
+    left = check_manifest(m, mod)
+    assert [(x.pathway, x.fix) for x in left] == [("classifier", "human")]
+    assert "denies that they are human" in (tmp_path / "guide.md").read_text()
+
+
+def test_manifest_errors(tmp_path: Path, policy_dir: Path) -> None:
+    m, mod = make_manifest(tmp_path, policy_dir)
+    data = yaml.safe_load(m.read_text())
+    data["policies"]["no_such_policy"] = {"version": "1.0.0"}
+    data["policies"]["hate_speech"]["classifier"]["thresholds"] = "missing.yaml"
+    m.write_text(yaml.safe_dump(data))
+    found = {(x.policy, x.field) for x in check_manifest(m, mod)}
+    assert ("no_such_policy", "policies.no_such_policy") in found
+    assert ("hate_speech", "policies.hate_speech.classifier.thresholds") in found
+    with pytest.raises(InputError, match="not found"):
+        check_manifest(tmp_path / "nope.yaml", mod)
+
+
+def test_impact_recomputes_only_changed_policies(tmp_path: Path, policy_dir: Path) -> None:
+    gold = tmp_path / "gold.jsonl"
+    rows = [("VIOLATE a", 1), ("calm b", 0), ("borderline c", 1), ("VIOLATE d", 0)]
+    gold.write_text("".join(json.dumps({"id": f"g{i}", "text": t, "labels": {"harm": y}}) + "\n" for i, (t, y) in enumerate(rows)))
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text("labels:\n  harm: {policies: [hate_speech, spam_scams]}\n")
+    old = load_policies([policy_dir])
+    edit(policy_dir, "hate_speech", "version: 1.0.0", "version: 1.1.0")
+    edit(policy_dir, "hate_speech", "HATE-7", "HATE-8", -1)
+    new = load_policies([policy_dir])
+
+    def respond(req):
+        pid = next(iter(req.schema["properties"]["decisions"]["properties"]))
+        text = req.messages[-1]["content"]
+        newer = "HATE-8" in req.schema["properties"]["decisions"]["properties"][pid]["properties"]["rule_ids"]["items"]["enum"]
+        hit = "VIOLATE" in text or (newer and "borderline" in text)
+        rule = {"hate_speech": "HATE-1", "spam_scams": "SCAM-1"}[pid]
+        return decision({pid: [rule] if hit and (pid == "hate_speech" or "VIOLATE" in text) else []})
+
+    fake = FakeBackend(default=respond)
+    sample = tmp_path / "prod.jsonl"
+    sample.write_text(json.dumps({"id": "s1", "text": "borderline post"}) + "\n" + json.dumps({"id": "s2", "text": "calm"}) + "\n")
+    res = impact(old, new, settings=Settings(), cache=MemoryCache(), golden=gold, mapping=mapping, work_dir=tmp_path / "imp", sample=sample, backend=fake)
+    assert res["changed_policies"] == ["hate_speech"]
+    calls = res["golden"]["model_calls"]
+    assert calls["old"] == 8 and calls["new"] == 4  # spam_scams came from the cache
+    cmp = res["golden"]["comparison"]["labels"]["harm"]
+    assert [f["id"] for f in cmp["flipped"]] == ["g2"] and cmp["flipped"][0]["new_rules"] == ["HATE-1"]
+    assert cmp["metrics"]["recall"]["delta"] == pytest.approx(0.5)
+    assert [(f["id"], f["before"], f["after"]) for f in res["sample"]["flipped"]] == [("s1", False, True)]
