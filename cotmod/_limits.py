@@ -72,6 +72,7 @@ class AdaptiveLimiter:
         self.in_flight = 0
         self.cooldown = cooldown
         self._last_cut = -1e9
+        self._last_429 = -1e9
         self._successes = 0
         self._cond = asyncio.Condition()
         self.cuts = 0
@@ -85,7 +86,7 @@ class AdaptiveLimiter:
     async def release(self, *, ok: bool) -> None:
         async with self._cond:
             self.in_flight -= 1
-            if ok and self.limit < self.maximum and time.monotonic() - self._last_cut >= self.cooldown:
+            if ok and self.limit < self.maximum and time.monotonic() - self._last_429 >= self.cooldown:
                 self._successes += 1
                 if self._successes >= int(self.limit):
                     self._successes = 0
@@ -93,15 +94,16 @@ class AdaptiveLimiter:
             self._cond.notify_all()
 
     def throttled(self) -> None:
-        """A 429 was seen: cut the limit (once per cool-down; later 429s of the same burst
-        reflect the old limit)."""
+        """A 429 was seen: cut the limit, at most once per cool-down (429s right after a cut
+        answer requests sent under the old limit); growth waits a cool-down after any 429."""
         now = time.monotonic()
         self._successes = 0
+        self._last_429 = now
         if now - self._last_cut >= self.cooldown:
             self.limit = max(1.0, self.limit / 2)
             self.cuts += 1
             self.min_seen = min(self.min_seen, int(self.limit))
-        self._last_cut = now
+            self._last_cut = now
 
 
 class LimitedBackend:

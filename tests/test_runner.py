@@ -273,3 +273,15 @@ def test_rate_limited_items_are_requeued_not_lost(tmp_path: Path, monkeypatch) -
         mod = AsyncModerator(base_url=srv.base_url, model="m", concurrency=1, max_transport_retries=1)
         s = Runner(mod).run_sync(inp, tmp_path / "out.jsonl", policies=["spam_scams"])
     assert s.processed == 4 and s.errors == 0 and s.dead_lettered == 0
+
+
+def test_adaptive_limiter_keeps_cutting_under_sustained_429s() -> None:
+    lim = AdaptiveLimiter(16, cooldown=0.02)
+    lim.throttled()
+    lim.throttled()  # same burst: one cut
+    assert lim.limit == 8 and lim.cuts == 1
+    for _ in range(3):
+        time.sleep(0.025)
+        lim.throttled()
+        lim.throttled()
+    assert lim.limit == 1 and lim.cuts == 4
