@@ -54,3 +54,28 @@ def test_library_against_embedded_server_started_on_demand(monkeypatch: pytest.M
     assert v.status in ("ok", "error")
     if v.status == "error":
         assert v.error is not None and v.error.raw_output is not None
+
+
+def test_impact_with_the_real_local_model_recomputes_only_the_changed_policy(tmp_path, policy_dir, local_url: str) -> None:
+    from cotmod import load_policies
+    from cotmod._cache import MemoryCache
+    from cotmod._config import Settings
+    from cotmod._impact import impact
+
+    gold = tmp_path / "gold.jsonl"
+    rows = [("Win a free prize now, text WIN to 80086", 1), ("See you at lunch tomorrow", 0)]
+    gold.write_text("".join(json.dumps({"id": f"g{i}", "text": t, "labels": {"bad": y}}) + "\n" for i, (t, y) in enumerate(rows)))
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text("labels:\n  bad: {policies: [spam_scams, harassment_bullying]}\n")
+    old = load_policies([policy_dir])
+    f = policy_dir / "spam_scams.yaml"
+    text = f.read_text()
+    assert "\ntitle: " in text
+    f.write_text(text.replace("version: 1.0.0", "version: 1.0.1", 1).replace("\ntitle: ", "\ntitle: Revised ", 1))
+    new = load_policies([policy_dir])
+    settings = Settings(base_url=local_url, model=e2e_model(), max_reasks=0, concurrency=2)
+    res = impact(old, new, settings=settings, cache=MemoryCache(), golden=gold, mapping=mapping, work_dir=tmp_path / "imp")
+    assert res["changed_policies"] == ["spam_scams"]
+    calls = res["golden"]["model_calls"]
+    assert calls["old"] == 4 and calls["new"] == 2  # harassment_bullying decisions came from the cache
+    assert "bad" in res["golden"]["comparison"]["labels"]

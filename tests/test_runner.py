@@ -285,3 +285,38 @@ def test_adaptive_limiter_keeps_cutting_under_sustained_429s() -> None:
         lim.throttled()
         lim.throttled()
     assert lim.limit == 1 and lim.cuts == 4
+
+
+def test_disk_full_is_a_clear_error_and_keeps_what_was_written(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    import cotmod._runner as runner_mod
+    from cotmod import CotmodError
+
+    inp = write_jsonl(tmp_path / "in.jsonl", 10)
+    out = tmp_path / "out.jsonl"
+    real_write = os.write
+    state = {"n": 0}
+
+    def flaky_write(fd, data):
+        if fd == state.get("fd"):
+            state["n"] += 1
+            if state["n"] > 4:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    real_init = runner_mod._Appender.__init__
+
+    def init(self, path):
+        real_init(self, path)
+        if Path(path) == out:
+            state["fd"] = self.fd
+
+    monkeypatch.setattr(runner_mod._Appender, "__init__", init)
+    monkeypatch.setattr(runner_mod.os, "write", flaky_write)
+    with pytest.raises(CotmodError, match=r"No space left on device.*rerun the same command to resume"):
+        runner(fake_backend(), concurrency=1).run_sync(inp, out, policies=["spam_scams"])
+    assert len(ids_in(out)) == 4  # complete lines only
+    monkeypatch.setattr(runner_mod.os, "write", real_write)
+    s = runner(fake_backend()).run_sync(inp, out, policies=["spam_scams"])
+    assert sorted(ids_in(out)) == sorted(f"p{i}" for i in range(10)) and s.resumed_skipped == 4
