@@ -26,7 +26,7 @@ from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from ._exceptions import InputError, TemplateError
-from ._policy import PolicySet
+from ._policy import PolicySet, bundled_dir
 from ._tokens import count_tokens, truncate_to_tokens
 from ._verdict import decision_schema
 
@@ -47,11 +47,7 @@ FINGERPRINT_VERSION = "1"
 
 
 def default_prompts_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for cand in (here / "_bundled" / "prompts", here.parent / "prompts"):
-        if cand.is_dir():
-            return cand
-    return here.parent / "prompts"
+    return bundled_dir("prompts")
 
 
 def escape_content(text: str) -> str:

@@ -215,10 +215,14 @@ def slug_ok(value: str) -> bool:
     return re.match(_ID, value) is not None
 
 
-def default_guidelines_dir() -> Path:
-    """``guidelines/`` of the source tree, or the copy bundled into the installed wheel."""
+def bundled_dir(name: str) -> Path:
+    """``name/`` (guidelines, prompts) of the source tree, or its copy inside the installed wheel."""
     here = Path(__file__).resolve().parent
-    for cand in (here / "_bundled" / "guidelines", here.parent / "guidelines"):
+    for cand in (here / "_bundled" / name, here.parent / name):
         if cand.is_dir():
             return cand
-    return here.parent / "guidelines"
+    return here.parent / name
+
+
+def default_guidelines_dir() -> Path:
+    return bundled_dir("guidelines")
