@@ -12,7 +12,7 @@ a fixed seeded sample of public golden sets:
     harmful? Answer yes or no." and output constrained to {"answer": "yes"|"no"}.
 
 Prints a table and ends with one JSON line. Usage:
-    python benchmarks/bench_quality.py [--model qwen2.5-coder-1.5b] [--hatecheck 130] [--xstest 70]
+    python benchmarks/bench_quality.py [--model qwen2.5-coder-1.5b] [--hatecheck 150] [--xstest 50]
 """
 
 from __future__ import annotations
@@ -106,12 +106,13 @@ def summarise(name: str, ys: list[int], ps: list[int], seconds: float, n_items: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-1.5b")
-    ap.add_argument("--hatecheck", type=int, default=130)
-    ap.add_argument("--xstest", type=int, default=70)
+    ap.add_argument("--hatecheck", type=int, default=150)
+    ap.add_argument("--xstest", type=int, default=50)
     ap.add_argument("--seed", type=int, default=2026)
-    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight = server slots")
     ap.add_argument("--quick", action="store_true", help="10 + 10 items")
     ap.add_argument("--out", default=None, help="Keep the run directory here")
+    ap.add_argument("--reuse", action="store_true", help="Measure the verdicts already in --out (no new cotmod calls); naive runs on the same items")
     args = ap.parse_args()
     if args.quick:
         args.hatecheck, args.xstest = 10, 10
@@ -131,12 +132,19 @@ def main() -> None:
         "name: quality-sample\nlabels:\n  hateful: {policies: [hate_speech]}\n"
         f"  unsafe: {{policies: [{', '.join(xs_pols)}]}}\nstrata: [functionality, type]\n"
     )
-    url = ensure_local_server(args.model)
+    url = ensure_local_server(args.model, n_parallel=args.concurrency)
     mod = AsyncModerator(base_url=url, model=args.model, concurrency=args.concurrency, logprobs=True)
     t0 = time.perf_counter()
-    run_eval(mod, gold, mapping, work / "run")
+    if not args.reuse:
+        run_eval(mod, gold, mapping, work / "run")
     t_cot = time.perf_counter() - t0
     metrics = compute_metrics(work / "run", bootstrap_rounds=200)
+    done_ids = {r["id"] for lab in metrics["predictions"].values() for r in lab}
+    if args.reuse:
+        items = [it for it in items if it["id"] in done_ids]
+        # seconds per verdict from the verdicts' own latencies (items ran args.concurrency at a time)
+        lat = [json.loads(line)["latency_ms"] for line in (work / "run" / "verdicts.jsonl").read_text().splitlines()]
+        t_cot = sum(lat) / 1000 / args.concurrency
     preds_naive, t_naive = asyncio.run(naive(url, args.model, items, args.concurrency))
 
     by_id = {it["id"]: it for it in items}
