@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._client import ChatRequest, OpenAIBackend
+from ._client import OpenAIBackend
 from ._engine import AsyncModerator, Item, _Outcome
 from ._exceptions import ConfigError, InputError
 from ._pricing import price_for
@@ -50,7 +50,6 @@ def export_batch(
     manifest = Runner(moderator).manifest(policies)
     manifest["model"] = model_name
     manifest["groups"] = [list(g) for g in groups]
-    s = moderator.settings
     wire = OpenAIBackend(base_url="http://127.0.0.1/v1", model=model_name)
     seen: set[int] = set()
     counts = {"items": 0, "requests": 0, "bad_rows": 0}
@@ -69,16 +68,7 @@ def export_batch(
                 assert row.text is not None
                 prompts = [moderator.compiler(g).compile(row.text, item_id=row.id) for g in groups]
                 for gi, p in enumerate(prompts):
-                    body = wire._payload(
-                        ChatRequest(
-                            messages=p.messages,
-                            schema=p.schema,
-                            response_format=s.response_format,
-                            temperature=s.temperature,
-                            max_tokens=s.max_tokens,
-                            seed=s.seed,
-                        )
-                    )
+                    body = wire._payload(moderator.request_for(p))
                     rf.write(json.dumps({"custom_id": f"{gi}:{row.id}", "method": "POST", "url": "/v1/chat/completions", "body": body}, ensure_ascii=False) + "\n")
                     counts["requests"] += 1
                 xf.write(json.dumps({"id": row.id, "line": row.line, "item_tokens": prompts[0].item_tokens, "truncated": prompts[0].truncated}) + "\n")

@@ -217,6 +217,20 @@ class AsyncModerator:
         return self._backend
 
     # -- the work ------------------------------------------------------------------------------
+    def request_for(self, prompt: CompiledPrompt, messages: list[dict[str, str]] | None = None, attempt: int = 1) -> ChatRequest:
+        """The request for a compiled prompt (live calls and Batch API export send the same)."""
+        s = self.settings
+        return ChatRequest(
+            messages=list(prompt.messages) if messages is None else messages,
+            schema=prompt.schema,
+            response_format=s.response_format,
+            temperature=s.temperature,
+            max_tokens=s.max_tokens,
+            seed=s.seed,
+            logprobs=s.logprobs,
+            prompt_tokens=prompt.prompt_tokens + (attempt - 1) * (s.max_tokens + 64),
+        )
+
     async def _decide(self, backend: Backend, prompt: CompiledPrompt) -> _Outcome:
         s = self.settings
         messages = list(prompt.messages)
@@ -227,17 +241,7 @@ class AsyncModerator:
         model = backend.model_name
         max_attempts = s.max_reasks + 1
         for attempt in range(1, max_attempts + 1):
-            request = ChatRequest(
-                messages=messages,
-                schema=prompt.schema,
-                response_format=s.response_format,
-                temperature=s.temperature,
-                max_tokens=s.max_tokens,
-                seed=s.seed,
-                logprobs=s.logprobs,
-                prompt_tokens=prompt.prompt_tokens + (attempt - 1) * (s.max_tokens + 64),
-            )
-            result = await backend.complete(request)
+            result = await backend.complete(self.request_for(prompt, messages, attempt))
             usage.add(result.usage)
             retries += result.transport_retries
             raw = result.text
