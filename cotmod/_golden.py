@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ._exceptions import InputError
 from ._policy import PolicySet
+from ._yamlfile import read_yaml_mapping
 
 __all__ = ["GoldenItem", "GoldenSet", "LabelMapping", "load_golden", "load_mapping"]
 
@@ -66,13 +65,8 @@ class LabelMapping:
 
 def load_mapping(path: str | Path) -> LabelMapping:
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"label mapping not found: {p}") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{p}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("labels"), dict) or not data["labels"]:
+    data = read_yaml_mapping(p, "label mapping")
+    if not isinstance(data.get("labels"), dict) or not data["labels"]:
         raise InputError(f"{p}: a mapping needs 'labels: {{LABEL: {{policies: [POLICY, ...]}}}}'")
     unknown = set(data) - {"name", "labels", "strata", "source", "license", "description"}
     if unknown:

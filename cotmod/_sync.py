@@ -32,6 +32,7 @@ from ._engine import AsyncModerator
 from ._exceptions import InputError
 from ._guide import guide_fingerprint, guide_html, guide_markdown
 from ._policy import PolicySet
+from ._yamlfile import read_yaml_mapping
 
 __all__ = ["Finding", "check_manifest", "update_manifest"]
 
@@ -52,13 +53,8 @@ class Finding:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"enforcement manifest not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("policies"), dict):
+    data = read_yaml_mapping(path, "enforcement manifest")
+    if not isinstance(data.get("policies"), dict):
         raise InputError(f"{path}: expected a mapping with 'policies: {{POLICY_ID: {{version: ...}}}}'")
     return data
 
@@ -97,7 +93,7 @@ def check_manifest(path: str | Path, moderator: AsyncModerator) -> list[Finding]
                 if not tfile.exists():
                     out.append(Finding(pid, "classifier", f"{where}.classifier.thresholds", f"file {tfile} does not exist", "human"))
                 else:
-                    tdata = yaml.safe_load(tfile.read_text()) or {}
+                    tdata = read_yaml_mapping(tfile, "thresholds file")
                     tuned_for = (tdata.get("policies") or {}).get(pid)
                     if tuned_for != pol.version:
                         out.append(Finding(pid, "classifier", f"{where}.classifier.thresholds", f"thresholds were tuned for {pid} {tuned_for}, policy is {pol.version}: re-run cotmod eval and cotmod tune", "human"))

@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ._exceptions import InputError
+from ._yamlfile import read_yaml_mapping
 
 __all__ = ["apply_band", "load_thresholds"]
 
@@ -24,11 +23,7 @@ def load_thresholds(path: str | Path | None) -> dict[str, dict[str, float]]:
     if path is None:
         return {}
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"thresholds file not found: {p}") from None
-    th = (data or {}).get("thresholds")
+    th = read_yaml_mapping(p, "thresholds file").get("thresholds")
     if not isinstance(th, dict):
         raise InputError(f"{p}: expected 'thresholds: {{POLICY: {{review: x, auto_action: y}}}}'")
     out: dict[str, dict[str, float]] = {}

@@ -204,3 +204,20 @@ def test_impact_recomputes_only_changed_policies(tmp_path: Path, policy_dir: Pat
     assert [f["id"] for f in cmp["flipped"]] == ["g2"] and cmp["flipped"][0]["new_rules"] == ["HATE-1"]
     assert cmp["metrics"]["recall"]["delta"] == pytest.approx(0.5)
     assert [(f["id"], f["before"], f["after"]) for f in res["sample"]["flipped"]] == [("s1", False, True)]
+
+
+def test_broken_yaml_files_are_clear_errors(tmp_path: Path, policy_dir: Path) -> None:
+    from cotmod._golden import load_mapping
+    from cotmod._thresholds import load_thresholds
+
+    m, mod = make_manifest(tmp_path, policy_dir)
+    (tmp_path / "th.yaml").write_text("thresholds: [unclosed\n")
+    with pytest.raises(InputError, match=r"th\.yaml: invalid YAML"):
+        check_manifest(m, mod)
+    with pytest.raises(InputError, match=r"th\.yaml: invalid YAML"):
+        load_thresholds(tmp_path / "th.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(InputError, match="expected a mapping at the top level of the label mapping"):
+        load_mapping(tmp_path / "list.yaml")
+    with pytest.raises(InputError, match="thresholds file not found"):
+        load_thresholds(tmp_path / "nope.yaml")
