@@ -44,6 +44,8 @@ def export_batch(
     model: str | None = None,
 ) -> dict[str, Any]:
     """Write the Batch API request file; returns counts. Bad rows go to ``<requests>.errors.jsonl``."""
+    if moderator.settings.votes > 1:
+        raise ConfigError("batch export sends one request per policy call; self-consistency votes > 1 run live only (cotmod run --votes)")
     req_path = Path(requests_path)
     model_name = model or moderator.settings.model or moderator.model_name
     groups = moderator._groups(policies)

@@ -57,6 +57,13 @@ def _endpoint_options(f: F) -> F:
         click.option("--local-model", help="Embedded model to use when no endpoint is set (see: cotmod models list)."),
         click.option("--strategy", type=click.Choice(["per_policy", "combined"]), help="One call per policy, or all in one call."),
         click.option("--logprobs/--no-logprobs", default=None, help="Score decisions by token log-probabilities (servers that return them)."),
+        click.option(
+            "--votes",
+            type=click.IntRange(1, 25),
+            default=None,
+            help="Self-consistency: sample K verdicts per policy call (at --vote-temperature); the majority decides and the score is the vote share.",
+        ),
+        click.option("--vote-temperature", type=click.FloatRange(0, 2, min_open=True), default=None, help="Sampling temperature of the votes [default: 0.7]."),
         click.option("--config", "config_file", type=click.Path(), help="TOML config file."),
     ]
     for o in reversed(opts):

@@ -57,6 +57,16 @@ class Settings(BaseModel):
     logprobs: bool = Field(
         default=False, description="Ask for token log-probabilities; scores become P(violates=true)"
     )
+    votes: int = Field(
+        default=1,
+        ge=1,
+        le=25,
+        description="Self-consistency: sample this many verdicts per policy call; the majority decides "
+        "and score becomes the share of votes for violates",
+    )
+    vote_temperature: float = Field(
+        default=0.7, gt=0, le=2, description="Sampling temperature of the votes (only when votes > 1)"
+    )
     response_format: Literal["json_schema", "json_object", "text"] = "json_schema"
     strategy: Literal["per_policy", "combined"] = Field(
         default="per_policy", description="One call per policy (more precise) or all policies in one call"

@@ -217,21 +217,35 @@ class AsyncModerator:
         return self._backend
 
     # -- the work ------------------------------------------------------------------------------
-    def request_for(self, prompt: CompiledPrompt, messages: list[dict[str, str]] | None = None, attempt: int = 1) -> ChatRequest:
-        """The request for a compiled prompt (live calls and Batch API export send the same)."""
+    def request_for(
+        self,
+        prompt: CompiledPrompt,
+        messages: list[dict[str, str]] | None = None,
+        attempt: int = 1,
+        vote: int | None = None,
+    ) -> ChatRequest:
+        """The request for a compiled prompt (live calls and Batch API export send the same).
+
+        ``vote`` (0-based) marks a self-consistency sample: it is drawn at ``vote_temperature``
+        with its own seed, so the k votes differ from each other but each is reproducible.
+        """
         s = self.settings
+        temperature, seed = s.temperature, s.seed
+        if vote is not None:
+            temperature = s.vote_temperature
+            seed = None if s.seed is None else s.seed + vote
         return ChatRequest(
             messages=list(prompt.messages) if messages is None else messages,
             schema=prompt.schema,
             response_format=s.response_format,
-            temperature=s.temperature,
+            temperature=temperature,
             max_tokens=s.max_tokens,
-            seed=s.seed,
+            seed=seed,
             logprobs=s.logprobs,
             prompt_tokens=prompt.prompt_tokens + (attempt - 1) * (s.max_tokens + 64),
         )
 
-    async def _decide(self, backend: Backend, prompt: CompiledPrompt) -> _Outcome:
+    async def _decide(self, backend: Backend, prompt: CompiledPrompt, vote: int | None = None) -> _Outcome:
         s = self.settings
         messages = list(prompt.messages)
         usage = Usage()
@@ -241,7 +255,7 @@ class AsyncModerator:
         model = backend.model_name
         max_attempts = s.max_reasks + 1
         for attempt in range(1, max_attempts + 1):
-            result = await backend.complete(self.request_for(prompt, messages, attempt))
+            result = await backend.complete(self.request_for(prompt, messages, attempt, vote))
             usage.add(result.usage)
             retries += result.transport_retries
             raw = result.text
@@ -308,8 +322,11 @@ class AsyncModerator:
                         str(hit["model"]),
                         cached=True,
                     )
-            async with sem:
-                outcome = await self._decide(backend, p)
+            if self.settings.votes > 1:
+                outcome = await self._vote(backend, p, sem)
+            else:
+                async with sem:
+                    outcome = await self._decide(backend, p)
             if key is not None and self.cache is not None and outcome.error is None:
                 self.cache.put(
                     key,
@@ -325,15 +342,59 @@ class AsyncModerator:
         latency = (time.perf_counter() - start) * 1000
         return self._verdict(it, groups, prompts, outcomes, latency)
 
+    async def _vote(self, backend: Backend, prompt: CompiledPrompt, sem: asyncio.Semaphore) -> _Outcome:
+        """Self-consistency: ``votes`` sampled verdicts; the majority decides each policy.
+
+        Each vote is one request (with its own re-asks) under the concurrency limit. A policy
+        violates when more valid votes say so than not; a tie counts as violates, so that it
+        reaches review rather than being allowed silently. The verdict keeps the reasoning and
+        decision of the first vote on the majority side, with ``score`` = share of valid votes
+        for violates and the tally in ``votes``. Votes that stay invalid are left out; if all
+        are invalid the outcome is an error, as for a single call.
+        """
+
+        async def one(i: int) -> _Outcome:
+            async with sem:
+                return await self._decide(backend, prompt, vote=i)
+
+        outcomes = list(await asyncio.gather(*(one(i) for i in range(self.settings.votes))))
+        usage = Usage()
+        for o in outcomes:
+            usage.add(o.usage)
+        attempts = sum(o.attempts for o in outcomes)
+        retries = sum(o.retries for o in outcomes)
+        reasks = sum(o.reasks for o in outcomes)
+        valid = [o for o in outcomes if o.error is None]
+        if not valid:
+            first = outcomes[0]
+            return _Outcome([], [], usage, attempts, retries, reasks, first.model, first.error)
+        decisions: list[PolicyDecision] = []
+        reasoning: list[str] = []
+        by_policy = [{d.policy_id: d for d in o.decisions} for o in valid]
+        for j, pid in enumerate(prompt.policies.ids):
+            ayes = sum(1 for ds in by_policy if ds[pid].violates)
+            violates = 2 * ayes >= len(valid)
+            k = next(i for i, ds in enumerate(by_policy) if ds[pid].violates == violates)
+            if j == 0:
+                reasoning = valid[k].reasoning
+            d = by_policy[k][pid]
+            decisions.append(
+                d.model_copy(update={"score": ayes / len(valid), "score_source": "votes", "votes": [ayes, len(valid) - ayes]})
+            )
+        return _Outcome(reasoning, decisions, usage, attempts, retries, reasks, valid[0].model)
+
     def sampling(self) -> dict[str, Any]:
         s = self.settings
-        return {
+        out: dict[str, Any] = {
             "temperature": s.temperature,
             "max_tokens": s.max_tokens,
             "seed": s.seed,
             "response_format": s.response_format,
             "logprobs": s.logprobs,
         }
+        if s.votes > 1:  # only then, so single-call cache keys and manifests stay as they were
+            out.update(votes=s.votes, vote_temperature=s.vote_temperature)
+        return out
 
     def _cache_key(self, text: str, prompt: CompiledPrompt, backend: Backend) -> str:
         return cache_key(text, prompt.fingerprint, backend.model_name, self.sampling())

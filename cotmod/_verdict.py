@@ -82,8 +82,14 @@ class PolicyDecision(BaseModel):
     score: float = Field(
         ge=0.0, le=1.0, description="Probability-like score that the item violates (for thresholds)"
     )
-    score_source: Literal["confidence", "logprobs"] = Field(
-        default="confidence", description="Where score comes from: stated confidence or token log-probabilities"
+    score_source: Literal["confidence", "logprobs", "votes"] = Field(
+        default="confidence",
+        description="Where score comes from: stated confidence, token log-probabilities, or the share "
+        "of self-consistency votes for violates",
+    )
+    votes: list[int] | None = Field(
+        default=None,
+        description="Self-consistency tally [violates, safe] over the valid votes (when votes > 1)",
     )
     band: Literal["auto_action", "human_review", "allow"] | None = Field(
         default=None, description="Operating band when thresholds are configured (cotmod tune)"

@@ -8,6 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDELINES = ROOT / "guidelines"
+# the starter pack's current policy versions (tests edit and compare against these, not literals)
+VERSIONS = {p.stem: p.read_text().split("\nversion: ", 1)[1].split("\n", 1)[0].strip() for p in GUIDELINES.glob("*.yaml")}
+HATE_V = VERSIONS["hate_speech"]
 
 
 from cotmod._config import cotmod_home  # noqa: E402

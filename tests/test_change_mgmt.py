@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 from pathlib import Path
@@ -18,7 +19,10 @@ from cotmod._impact import impact
 from cotmod._sync import check_manifest, update_manifest
 from cotmod.testing import FakeBackend, decision
 
-from .conftest import GUIDELINES
+from .conftest import GUIDELINES, HATE_V, VERSIONS
+
+_major, _minor, _ = HATE_V.split(".")
+MINOR_UP = f"{_major}.{int(_minor) + 1}.0"  # a minor bump of the shipped hate_speech version
 
 
 def edit(d: Path, name: str, old: str, new: str, count: int = 1) -> None:
@@ -34,7 +38,7 @@ def kinds(diffs, pid="hate_speech") -> list[str]:
 
 def test_diff_each_change_kind_and_version_rules(policy_dir: Path) -> None:
     old = load_policies([GUIDELINES])
-    edit(policy_dir, "hate_speech", "version: 1.0.0", "version: 2.0.0")
+    edit(policy_dir, "hate_speech", f"version: {HATE_V}", "version: 9.0.0")
     edit(policy_dir, "hate_speech", "denies their humanity", "denies that they are human")  # reworded
     edit(policy_dir, "hate_speech", "    severity: medium\n  - id: HATE-4", "    severity: high\n  - id: HATE-4")  # HATE-3 stricter
     edit(policy_dir, "hate_speech", "HATE-S5", "HATE-S6", -1)  # exception removed + added
@@ -44,13 +48,13 @@ def test_diff_each_change_kind_and_version_rules(policy_dir: Path) -> None:
     edit(policy_dir, "hate_speech", "I think the doctrine", "I really think the doctrine")  # example removed+added
     edit(policy_dir, "hate_speech", "  - Decide. Cite only", "  - Decide carefully. Cite only")  # checklist
     diffs = diff_policies(old, load_policies([policy_dir]))
-    assert kinds(diffs) == sorted([
+    assert sorted(set(kinds(diffs))) == sorted([
         "rule.reworded", "rule.severity_changed", "exception.removed", "exception.added",
         "severity.action_changed", "escalation.changed", "definition.changed",
         "example.removed", "example.added", "example.changed", "checklist.changed",
     ])
     hate = next(d for d in diffs if d.policy_id == "hate_speech")
-    assert hate.required_bump == "major" and hate.errors == []  # 2.0.0 is a major bump
+    assert hate.required_bump == "major" and hate.errors == []  # 9.0.0 is a major bump
     assert all(d.status == "unchanged" for d in diffs if d.policy_id != "hate_speech")
 
 
@@ -66,7 +70,7 @@ def test_version_bump_errors(policy_dir: Path) -> None:
     new = load_policies([policy_dir])
     diffs = {d.policy_id: d for d in diff_policies(old, new)}
     assert any("needs major" in e for e in diffs["spam_scams"].errors)
-    assert any("version is still 1.0.0" in e for e in diffs["self_harm"].errors)
+    assert any(f"version is still {VERSIONS['self_harm']}" in e for e in diffs["self_harm"].errors)
     r = CliRunner().invoke(cli, ["diff", str(GUIDELINES), str(policy_dir)])
     assert r.exit_code == 1 and "rule.removed" in r.output and "needs major" in r.output
 
@@ -80,7 +84,7 @@ def test_diff_git_revisions_and_bad_revision(tmp_path: Path) -> None:
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "v1"], check=True)
-    (repo / "guidelines" / "hate_speech.yaml").write_text(src.replace("version: 1.0.0", "version: 1.1.0").replace("HATE-S5", "HATE-S9"))
+    (repo / "guidelines" / "hate_speech.yaml").write_text(src.replace(f"version: {HATE_V}", f"version: {MINOR_UP}").replace("HATE-S5", "HATE-S9"))
     subprocess.run([*git, "commit", "-qam", "v2"], check=True)
     a, la = load_bundle("HEAD~1", repo=repo)
     b, lb = load_bundle("HEAD", repo=repo)
@@ -90,7 +94,7 @@ def test_diff_git_revisions_and_bad_revision(tmp_path: Path) -> None:
     assert {c.kind for c in d.changes} == {"exception.removed", "exception.added", "example.changed"}
     assert any("needs major" in e for e in d.errors)  # removing an exception needs major
     r = CliRunner().invoke(cli, ["diff", "HEAD~1", "HEAD", "--repo", str(repo), "--format", "markdown"])
-    assert "## hate_speech: 1.0.0 → 1.1.0" in r.output and "exception.removed" in r.output
+    assert f"## hate_speech: {HATE_V} → {MINOR_UP}" in r.output and "exception.removed" in r.output
     with pytest.raises(InputError, match="neither a directory nor a git revision"):
         load_bundle("no-such-rev", repo=repo)
 
@@ -105,6 +109,8 @@ def test_guide_contains_every_rule_and_example() -> None:
             assert e.id in md
         for ex in p.examples:
             assert ex.text in md
+            for step in ex.reasoning or []:  # reviewers see the same worked steps as the model
+                assert step in md and html.escape(step) in page
         for step in p.checklist:
             assert step in md
         assert f"{p.id}` v{p.version}" in md
@@ -126,7 +132,7 @@ def make_manifest(tmp_path: Path, policy_dir: Path) -> tuple[Path, AsyncModerato
         for tier in mod.policies[pid].severities:
             if tier.escalate:
                 spec["escalation"].append({"severity": tier.id, "queue": f"{pid}-urgent", "sla_hours": 1})
-    (tmp_path / "th.yaml").write_text(yaml.safe_dump({"policies": {"hate_speech": "1.0.0"}, "thresholds": {"hate_speech": {"review": 0.5}}}))
+    (tmp_path / "th.yaml").write_text(yaml.safe_dump({"policies": {"hate_speech": HATE_V}, "thresholds": {"hate_speech": {"review": 0.5}}}))
     data["policies"]["hate_speech"]["classifier"] = {"label_map": {"hateful": "hate_speech"}, "thresholds": "th.yaml"}
     m.write_text(yaml.safe_dump(data, sort_keys=False))
     assert check_manifest(m, mod) == []
@@ -138,7 +144,7 @@ def test_sync_check_catches_each_stale_pathway(tmp_path: Path, policy_dir: Path)
     r = CliRunner().invoke(cli, ["sync", "check", str(m), "-g", str(policy_dir)])
     assert r.exit_code == 0 and "in sync" in r.output
     # change hate_speech: new version, reworded rule, tier renamed, a criterion removed
-    edit(policy_dir, "hate_speech", "version: 1.0.0", "version: 2.0.0")
+    edit(policy_dir, "hate_speech", f"version: {HATE_V}", "version: 9.0.0")
     edit(policy_dir, "hate_speech", "denies their humanity", "denies that they are human")
     f = policy_dir / "hate_speech.yaml"
     data = yaml.safe_load(f.read_text())
@@ -148,14 +154,14 @@ def test_sync_check_catches_each_stale_pathway(tmp_path: Path, policy_dir: Path)
     found = {(x.policy, x.pathway, x.fix) for x in check_manifest(m, mod)}
     assert ("hate_speech", "version", "auto") in found
     assert ("hate_speech", "llm", "auto") in found
-    assert ("hate_speech", "classifier", "human") in found  # thresholds tuned for 1.0.0
+    assert ("hate_speech", "classifier", "human") in found  # thresholds tuned for the old version
     assert ("hate_speech", "escalation", "auto") in found  # route of the removed HATE-X2
     assert ("*", "guide", "auto") in found
     r = CliRunner().invoke(cli, ["sync", "check", str(m), "-g", str(policy_dir), "--json"])
     assert r.exit_code == 1 and {x["pathway"] for x in json.loads(r.output)} >= {"version", "llm", "classifier", "guide", "escalation"}
     r = CliRunner().invoke(cli, ["sync", "update", str(m), "-g", str(policy_dir)])
     assert r.exit_code == 1  # thresholds still need a human
-    assert "version 1.0.0 -> 2.0.0" in r.output and "needs a human" in r.output and "re-run cotmod eval" in r.output
+    assert f"version {HATE_V} -> 9.0.0" in r.output and "needs a human" in r.output and "re-run cotmod eval" in r.output
     left = check_manifest(m, mod)
     assert [(x.pathway, x.fix) for x in left] == [("classifier", "human")]
     assert "denies that they are human" in (tmp_path / "guide.md").read_text()
@@ -181,7 +187,7 @@ def test_impact_recomputes_only_changed_policies(tmp_path: Path, policy_dir: Pat
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text("labels:\n  harm: {policies: [hate_speech, spam_scams]}\n")
     old = load_policies([policy_dir])
-    edit(policy_dir, "hate_speech", "version: 1.0.0", "version: 1.1.0")
+    edit(policy_dir, "hate_speech", f"version: {HATE_V}", "version: 9.1.0")
     edit(policy_dir, "hate_speech", "HATE-7", "HATE-8", -1)
     new = load_policies([policy_dir])
 

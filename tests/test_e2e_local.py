@@ -79,3 +79,20 @@ def test_impact_with_the_real_local_model_recomputes_only_the_changed_policy(tmp
     calls = res["golden"]["model_calls"]
     assert calls["old"] == 4 and calls["new"] == 2  # harassment_bullying decisions came from the cache
     assert "bad" in res["golden"]["comparison"]["labels"]
+
+
+def test_self_consistency_votes_against_the_real_server(local_url: str) -> None:
+    from cotmod import Settings
+
+    # sampled at temperature 0.7 with seeds 0, 1, 2 on the real llama.cpp server
+    settings = Settings(base_url=local_url, model=e2e_model(), votes=3, max_reasks=1, concurrency=2)
+    with Moderator(settings=settings) as mod:
+        v = mod.moderate("WIN a free iPhone!!! Click bit.ly/x now and enter your card number", policies=["spam_scams"])
+    assert v.attempts >= 3 and v.usage.completion_tokens > 0
+    if v.status == "ok":
+        d = v.decision("spam_scams")
+        assert d.score_source == "votes" and d.votes is not None and 1 <= sum(d.votes) <= 3
+        assert d.score == pytest.approx(d.votes[0] / sum(d.votes))
+        assert d.violates == (2 * d.votes[0] >= sum(d.votes))
+    else:  # every vote invalid (a tiny model): an explicit error, never a silent decision
+        assert v.violates is None and v.error is not None

@@ -19,6 +19,8 @@ from cotmod._client import ChatResult
 from cotmod._verdict import Usage
 from cotmod.testing import FakeBackend, decision
 
+from .conftest import HATE_V
+
 
 def make(backend: FakeBackend, **kw) -> AsyncModerator:
     return AsyncModerator(backend=backend, settings=Settings(**kw))
@@ -33,7 +35,7 @@ async def test_valid_answer_gives_derived_verdict() -> None:
     # severity is the highest tier among cited rules (HATE-1 high > HATE-3 medium); action from it
     assert d.severity == "high" and d.action == "remove" and v.action == "remove"
     assert d.score == pytest.approx(0.8)
-    assert v.policy_versions == {"hate_speech": "1.0.0"}
+    assert v.policy_versions == {"hate_speech": HATE_V}
     assert v.prompt_fingerprint == mod.fingerprint(["hate_speech"])
     assert v.attempts == 1 and v.reasks == 0 and v.usage.total_tokens > 0
     jsonschema.validate(json.loads(v.model_dump_json()), verdict_json_schema())
@@ -173,3 +175,68 @@ def asyncio_run(coro):
     import asyncio
 
     return asyncio.run(coro)
+
+
+async def test_self_consistency_votes_majority_and_share() -> None:
+    # votes are told apart by their seed: seeds 0 and 2 say violates, seed 1 says safe
+    def by_seed(req):
+        return decision({"hate_speech": ["HATE-6"] if req.seed in (0, 2) else []}, reasoning=[f"vote with seed {req.seed}"])
+
+    fake = FakeBackend(default=by_seed)
+    mod = make(fake, votes=3, vote_temperature=0.9, concurrency=2)
+    v = await mod.moderate("some post", policies=["hate_speech"])
+    assert len(fake.history) == 3
+    assert sorted(r.seed for r in fake.history) == [0, 1, 2]
+    assert {r.temperature for r in fake.history} == {0.9}
+    d = v.decision("hate_speech")
+    assert v.violates is True and d.rule_ids == ["HATE-6"]
+    assert d.score == pytest.approx(2 / 3) and d.score_source == "votes" and d.votes == [2, 1]
+    assert v.reasoning == ["vote with seed 0"]  # the first vote on the majority side
+    single = await make(FakeBackend(default=by_seed)).moderate("some post", policies=["hate_speech"])
+    assert v.attempts == 3 and v.usage.prompt_tokens == 3 * single.usage.prompt_tokens  # every vote is counted
+    # the vote settings are part of the cache key and the manifest's sampling
+    assert mod.sampling()["votes"] == 3 and "votes" not in make(FakeBackend()).sampling()
+
+    # a majority for safe; a tie counts as violates (it reaches review, never silently allowed)
+    safe = FakeBackend(default=lambda req: decision({"hate_speech": ["HATE-6"] if req.seed == 0 else []}))
+    v = await make(safe, votes=3).moderate("x", policies=["hate_speech"])
+    assert v.violates is False and v.decision("hate_speech").score == pytest.approx(1 / 3)
+    tie = FakeBackend(default=lambda req: decision({"hate_speech": ["HATE-6"] if req.seed == 0 else []}))
+    v = await make(tie, votes=2).moderate("x", policies=["hate_speech"])
+    assert v.violates is True and v.decision("hate_speech").votes == [1, 1]
+
+
+async def test_invalid_votes_are_left_out_and_all_invalid_is_an_error() -> None:
+    def half_broken(req):
+        return "not json" if req.seed == 1 else decision({"spam_scams": []})
+
+    v = await make(FakeBackend(default=half_broken), votes=3, max_reasks=0).moderate("hi", policies=["spam_scams"])
+    assert v.status == "ok" and v.decision("spam_scams").votes == [0, 2]
+    v = await make(FakeBackend(default="not json"), votes=3, max_reasks=1).moderate("hi", policies=["spam_scams"])
+    assert v.status == "error" and v.violates is None and v.attempts == 6 and v.reasks == 3
+
+
+async def test_votes_respect_the_concurrency_limit() -> None:
+    import asyncio
+
+    in_flight = peak = 0
+
+    async def slow(req):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return decision({"spam_scams": []})
+
+    class Slow(FakeBackend):
+        async def complete(self, request):  # type: ignore[override]
+            self.history.append(request)
+            return await FakeBackend(default=await slow(request)).complete(request)
+
+    backend = Slow()
+    mod = make(backend, votes=5, concurrency=2)
+    await asyncio.gather(*(mod.moderate(f"item {i}", policies=["spam_scams"]) for i in range(4)))
+    assert len(backend.history) == 20 and peak == 2
+    with pytest.raises(ConfigError):
+        Settings.load(votes=0)

@@ -18,7 +18,7 @@ from cotmod._eval import compute_metrics, run_eval
 from cotmod._metrics import average_precision, binary_metrics, mcnemar_exact, roc_auc
 from cotmod.testing import FakeOpenAIServer, decision
 
-from .conftest import ROOT
+from .conftest import HATE_V, ROOT
 
 
 def test_metrics_equal_sklearn_and_scipy() -> None:
@@ -93,7 +93,7 @@ def test_eval_end_to_end_metrics_rca_and_report(tmp_path: Path) -> None:
     assert rca["by_stratum"]["functionality"]["counter"]["fp"] == 1 and rca["by_stratum"]["functionality"]["implicit"]["fn"] == 1
     assert e["per_rule"]["HATE-1"] == {"cited": 3, "true_positive": 2, "false_positive": 1, "precision": pytest.approx(2 / 3), "expected": 0, "recall": None}
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["policies"] == {"hate_speech": "1.0.0"} and manifest["golden"]["rows"] == 7 and manifest["model"] == "m"
+    assert manifest["policies"] == {"hate_speech": HATE_V} and manifest["golden"]["rows"] == 7 and manifest["model"] == "m"
     # the HTML report shows the same numbers as the JSON
     page = (run / "report.html").read_text()
     for key in ("precision", "recall", "f1", "fpr", "auprc", "roc_auc"):
@@ -207,3 +207,30 @@ def test_shipped_goldsets_and_mappings_load() -> None:
         assert len(gs) >= 100 and (d / "README.txt").exists()
         assert "CC BY 4.0" in mp.license or "CC0" in mp.license
     assert np.isfinite(1.0)
+
+
+def test_eval_with_self_consistency_votes_scores_by_vote_share(tmp_path: Path) -> None:
+    g, m = make_golden(tmp_path)
+    run = tmp_path / "runs" / "votes"
+
+    def handler(body):  # marked items: 2 of 3 votes (seeds 0, 1) violate; others: 1 of 3 (seed 2)
+        text = body["messages"][-1]["content"]
+        yes = body["seed"] in ((0, 1) if "VIOLATE" in text else (2,))
+        return decision({"hate_speech": ["HATE-1"] if yes else []})
+
+    with FakeOpenAIServer(handler=handler) as srv:
+        r = CliRunner().invoke(cli, ["eval", str(g), "-M", str(m), "-o", str(run), "--base-url", srv.base_url, "--model", "m", "--votes", "3", "--json"])
+        assert r.exit_code == 0, r.output
+        assert srv.requests == 18  # 6 labelled rows x 3 votes
+    data = json.loads(r.output)["labels"]["hateful"]
+    assert data["confusion"] == {"tp": 2, "fp": 1, "fn": 1, "tn": 2}  # the majority decides
+    scores = {p["id"]: p["score"] for p in json.loads((run / "metrics.json").read_text())["predictions"]["hateful"]}
+    assert scores["g0"] == pytest.approx(2 / 3) and scores["g2"] == pytest.approx(1 / 3)
+    y = [1, 1, 0, 0, 1, 0]
+    s = [scores[f"g{i}"] for i in range(6)]
+    assert data["auprc"] == pytest.approx(skm.average_precision_score(y, s))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["sampling"]["votes"] == 3 and manifest["sampling"]["vote_temperature"] == 0.7
+    # batch export cannot carry votes: a clear error, not a silent single call
+    r = CliRunner().invoke(cli, ["batch", "export", str(g), "-o", str(tmp_path / "req.jsonl"), "--votes", "3", "-p", "hate_speech", "--model", "m"])
+    assert r.exit_code != 0 and "votes" in r.output

@@ -9,7 +9,7 @@ import yaml
 from cotmod import PolicyError, lint_paths, load_policies
 from cotmod._policy import policy_json_schema
 
-from .conftest import GUIDELINES, ROOT
+from .conftest import GUIDELINES, HATE_V, ROOT
 
 HATE = (GUIDELINES / "hate_speech.yaml").read_text()
 
@@ -52,7 +52,7 @@ def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
 
 
 def test_duplicate_key_is_an_error(tmp_path: Path) -> None:
-    p = write(tmp_path, HATE.replace("version: 1.0.0", "version: 1.0.0\nversion: 1.0.1", 1))
+    p = write(tmp_path, HATE.replace(f"version: {HATE_V}", f"version: {HATE_V}\nversion: 1.0.1", 1))
     report = lint_paths([p])
     assert codes(report) == ["yaml"]
     assert "duplicate key 'version'" in report.errors[0].message
@@ -81,7 +81,7 @@ def test_missing_required_section(tmp_path: Path) -> None:
 
 
 def test_bad_version_and_bad_rule_id(tmp_path: Path) -> None:
-    text = HATE.replace("version: 1.0.0", "version: one", 1).replace("- id: HATE-3", "- id: hate3", 1)
+    text = HATE.replace(f"version: {HATE_V}", "version: one", 1).replace("- id: HATE-3", "- id: hate3", 1)
     report = lint_paths([write(tmp_path, text)])
     fields = sorted(e.field for e in report.errors)
     assert fields == ["rules[2].id", "version"]
@@ -134,7 +134,7 @@ def test_non_utf8_and_empty_files(tmp_path: Path) -> None:
 
 
 def test_load_policies_raises_with_every_issue(tmp_path: Path) -> None:
-    text = HATE.replace("version: 1.0.0", "version: x", 1).replace("title: Hate speech", "title: ''", 1)
+    text = HATE.replace(f"version: {HATE_V}", "version: x", 1).replace("title: Hate speech", "title: ''", 1)
     with pytest.raises(PolicyError) as ei:
         load_policies([write(tmp_path, text)])
     assert len(ei.value.issues) == 2

@@ -18,6 +18,8 @@ from cotmod._limits import AdaptiveLimiter, RateLimiter
 from cotmod._runner import Runner, read_items, repair_jsonl
 from cotmod.testing import FakeBackend, FakeOpenAIServer, answer_for, decision
 
+from .conftest import HATE_V, VERSIONS
+
 POLICIES = ["hate_speech", "spam_scams"]
 
 
@@ -59,7 +61,7 @@ def test_run_writes_one_verdict_per_item_and_dead_letters_bad_rows(tmp_path: Pat
     assert "invalid JSON" in errors[0]["message"] and str(inp) in errors[0]["message"]
     assert s.by_decision == {"violates": 11, "safe": 20}
     manifest = json.loads(Runner.manifest_path(out).read_text())
-    assert manifest["policies"] == {"hate_speech": "1.0.0", "spam_scams": "1.0.0"}
+    assert manifest["policies"] == {"hate_speech": HATE_V, "spam_scams": VERSIONS["spam_scams"]}
 
 
 def test_rerun_skips_done_and_refuses_other_config(tmp_path: Path) -> None:
