@@ -226,8 +226,14 @@ class Compiler:
             else:
                 meets = "It does not meet any VIOLATES rule."
                 exc_step = (f"SAFE exception {', '.join(excs)} applies." if excs else "No exception is needed.")
+            decision_step = "Decision: " + ("VIOLATES." if violates else "SAFE.")
+            if ex.reasoning:
+                steps = [s for s in ex.reasoning if not s.lower().startswith("decision")]
+                reasoning = [*steps[: self.max_steps - 1], decision_step]
+            else:
+                reasoning = [ex.rationale, meets, exc_step, decision_step]
             answer: dict[str, Any] = {
-                "reasoning": [ex.rationale, meets, exc_step, "Decision: " + ("VIOLATES." if violates else "SAFE.")],
+                "reasoning": reasoning,
                 "decisions": {
                     policy.id: {
                         "rationale": ex.rationale,

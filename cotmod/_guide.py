@@ -48,6 +48,8 @@ def _policy_md(p: Policy) -> list[str]:
             label = "VIOLATES" if ex.decision == "violates" else "SAFE"
             out.append(f"- > {ex.text}")
             out.append(f"  **{label}** ({', '.join(ex.rule_ids) or 'no rule'}): {ex.rationale}")
+            for i, step in enumerate(ex.reasoning or [], 1):
+                out.append(f"  {i}. {step}")
         out.append("")
     return out
 
@@ -106,5 +108,7 @@ def guide_html(policies: PolicySet, *, title: str = "Content moderation labeling
             for ex in p.examples:
                 cls, label = ("v", "VIOLATES") if ex.decision == "violates" else ("s", "SAFE")
                 parts.append(f"<blockquote>{esc(ex.text)}</blockquote><p><span class={cls}>{label}</span> ({esc(', '.join(ex.rule_ids) or 'no rule')}): {esc(ex.rationale)}</p>")
+                if ex.reasoning:
+                    parts.append("<ol>" + "".join(f"<li>{esc(step)}</li>" for step in ex.reasoning) + "</ol>")
     parts.append("</body></html>")
     return "\n".join(parts)

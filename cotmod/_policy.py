@@ -91,12 +91,23 @@ class EscalationCriterion(_Strict):
 
 
 class Example(_Strict):
-    """A boundary example: text, the expected decision, the rules it shows, and why."""
+    """A boundary example: text, the expected decision, the rules it shows, and why.
+
+    ``reasoning`` optionally spells out the worked steps, one per checklist question; the
+    compiler then shows exactly these steps in the solved example turns (small models copy
+    the shape of the reasoning they are shown, so worked steps that name the content's own
+    target and words teach them to look at the content instead of echoing a rule).
+    """
 
     text: str = Field(min_length=1)
     decision: Literal["violates", "safe"]
     rule_ids: list[str] = Field(default_factory=list, description="Rules (or exceptions) it shows")
     rationale: str = Field(min_length=1)
+    reasoning: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Worked reasoning steps, one per checklist question (the decision step is added)",
+    )
 
 
 class Policy(_Strict):

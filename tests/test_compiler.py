@@ -146,3 +146,29 @@ def test_few_shot_answers_are_valid_decisions(policies) -> None:
     # combined prompts keep examples in the system text only
     assert Compiler(policies.select(["hate_speech", "spam_scams"])).example_turns == []
     assert Compiler(policies.select(["hate_speech"]), few_shot=False).example_turns == []
+
+
+def test_worked_reasoning_is_shown_in_the_example_turns(policies) -> None:
+    import json
+
+    hate = policies["hate_speech"]
+    worked = [ex for ex in hate.examples if ex.reasoning]
+    assert worked, "the starter hate_speech policy ships worked examples"
+    comp = Compiler(policies.select(["hate_speech"]))
+    answers = [json.loads(t["content"]) for t in comp.example_turns[1::2]]
+    for ex, answer in zip(hate.examples, answers, strict=True):
+        decision = "Decision: " + ("VIOLATES." if ex.decision == "violates" else "SAFE.")
+        if ex.reasoning:
+            assert answer["reasoning"] == [*ex.reasoning, decision]
+        else:
+            assert answer["reasoning"][0] == ex.rationale and answer["reasoning"][-1] == decision
+
+    # an example without worked steps falls back to rationale / rule / exception / decision
+    plain = hate.model_copy(update={"examples": [ex.model_copy(update={"reasoning": None}) for ex in hate.examples]})
+    first = json.loads(Compiler([plain]).example_turns[1]["content"])
+    assert first["reasoning"] == [hate.examples[0].rationale, "It meets HATE-1: Dehumanization.", "No SAFE exception applies.", "Decision: VIOLATES."]
+
+    # worked steps never exceed max_steps (the decision step is always last)
+    long = hate.model_copy(update={"examples": [hate.examples[0].model_copy(update={"reasoning": [f"step {i}" for i in range(9)]})]})
+    got = json.loads(Compiler([long], max_steps=4).example_turns[1]["content"])["reasoning"]
+    assert got == ["step 0", "step 1", "step 2", "Decision: VIOLATES."]
