@@ -54,12 +54,12 @@ def load(name: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f]
 
 
-def sample(n_hc: int, n_xs: int, seed: int) -> list[dict[str, Any]]:
+def sample(n_hc: int, n_xs: int, seed: int, exclude: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    hc = load("hatecheck")
+    hc = [r for r in load("hatecheck") if r["id"] not in exclude]
     pos = [r for r in hc if r["labels"]["hateful"] == 1]
     neg = [r for r in hc if r["labels"]["hateful"] == 0]
-    xs = load("xstest")
+    xs = [r for r in load("xstest") if r["id"] not in exclude]
     xpos = [r for r in xs if r["labels"]["unsafe"] == 1]
     xneg = [r for r in xs if r["labels"]["unsafe"] == 0]
     out = rng.sample(pos, n_hc // 2) + rng.sample(neg, n_hc - n_hc // 2)
@@ -109,14 +109,35 @@ def main() -> None:
     ap.add_argument("--hatecheck", type=int, default=150)
     ap.add_argument("--xstest", type=int, default=50)
     ap.add_argument("--seed", type=int, default=2026)
-    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight = server slots")
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=6,
+        help="requests in flight = server slots (6: one per XSTest policy, so each policy's cached "
+        "prompt prefix keeps a slot instead of being re-processed)",
+    )
     ap.add_argument("--quick", action="store_true", help="10 + 10 items")
+    ap.add_argument(
+        "--dev",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="Draw a development sample with this seed from the items NOT in the benchmark sample "
+        "(tune policies on it, report on the benchmark sample)",
+    )
+    ap.add_argument("--guidelines", default=None, help="Policy directory [default: the starter pack]")
+    ap.add_argument("--prompts", default=None, help="Prompt template directory [default: the shipped one]")
     ap.add_argument("--out", default=None, help="Keep the run directory here")
     ap.add_argument("--reuse", action="store_true", help="Measure the verdicts already in --out (no new cotmod calls); naive runs on the same items")
     args = ap.parse_args()
     if args.quick:
         args.hatecheck, args.xstest = 10, 10
-    items = sample(args.hatecheck, args.xstest, args.seed)
+    if args.dev is not None:
+        # the full-size benchmark sample is held out, whatever the dev sample's size
+        held_out = frozenset(it["id"] for it in sample(ap.get_default("hatecheck"), ap.get_default("xstest"), args.seed))
+        items = sample(args.hatecheck, args.xstest, args.dev, exclude=held_out)
+    else:
+        items = sample(args.hatecheck, args.xstest, args.seed)
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="cotmod-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     # one golden file with both labels (unknown where a set does not label it)
@@ -133,7 +154,16 @@ def main() -> None:
         f"  unsafe: {{policies: [{', '.join(xs_pols)}]}}\nstrata: [functionality, type]\n"
     )
     url = ensure_local_server(args.model, n_parallel=args.concurrency)
-    mod = AsyncModerator(base_url=url, model=args.model, concurrency=args.concurrency, logprobs=True)
+    mod = AsyncModerator(
+        args.guidelines,
+        base_url=url,
+        model=args.model,
+        concurrency=args.concurrency,
+        logprobs=True,
+        prompts=args.prompts,
+        # a cold start processes every slot's long static prefix at once on 2 cores: allow it
+        timeout=600,
+    )
     t0 = time.perf_counter()
     if not args.reuse:
         run_eval(mod, gold, mapping, work / "run")
