@@ -85,7 +85,8 @@ def test_self_consistency_votes_against_the_real_server(local_url: str) -> None:
     from cotmod import Settings
 
     # sampled at temperature 0.7 with seeds 0, 1, 2 on the real llama.cpp server
-    settings = Settings(base_url=local_url, model=e2e_model(), votes=3, max_reasks=1, concurrency=2)
+    # one at a time: the votes then share the slot's cached prompt prefix
+    settings = Settings(base_url=local_url, model=e2e_model(), votes=3, max_reasks=1, concurrency=1, timeout=600)
     with Moderator(settings=settings) as mod:
         v = mod.moderate("WIN a free iPhone!!! Click bit.ly/x now and enter your card number", policies=["spam_scams"])
     assert v.attempts >= 3 and v.usage.completion_tokens > 0
