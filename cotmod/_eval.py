@@ -93,9 +93,12 @@ def run_eval(
         "mapping": {"path": str(mapping_path), "name": mapping.name, "labels": mapping.labels, "strata": mapping.strata},
         "limit": limit,
     }
+    # written first, so an interrupted run can still be reported on (cotmod report) and resumed
+    _write_json(mpath, {**manifest, "complete": False})
     summary = Runner.run_sync(
         runner, items, out / "verdicts.jsonl", policies=mapping.policies, policies_field="policies", on_progress=on_progress
     )
+    manifest["complete"] = True
     _write_json(mpath, manifest)
     return manifest, summary
 

@@ -30,6 +30,7 @@ def text_table(m: dict[str, Any]) -> str:
         f"golden {man['golden']['path']} ({man['golden']['rows']} rows)  policies "
         + ", ".join(f"{k} {v}" for k, v in man.get("policies", {}).items()),
         "",
+        *(["INCOMPLETE RUN: not every item has been judged yet; resume it with the same cotmod eval command", ""] if man.get("complete") is False else []),
         f"{'label':<16}{'n':>6}{'support':>9}{'precision':>26}{'recall':>26}{'F1':>26}{'FPR':>8}{'AUPRC':>8}{'ROC-AUC':>9}{'ECE':>7}{'err%':>7}",
     ]
     for label, e in m["labels"].items():
@@ -140,6 +141,7 @@ def html_report(m: dict[str, Any]) -> str:
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f"<title>cotmod eval — {esc(str(man['mapping']['name']))}</title><style>{CSS}</style></head><body>",
         f"<h1>cotmod evaluation: {esc(str(man['mapping']['name']))}</h1>",
+        *(["<p><b>Incomplete run</b>: not every item has been judged yet; resume it with the same <code>cotmod eval</code> command.</p>"] if man.get("complete") is False else []),
         f'<p class="meta">model <b>{esc(str(man.get("model")))}</b> · prompt fingerprint <code>{esc(str(man.get("prompt_fingerprint")))}</code> · '
         f"policies {esc(', '.join(f'{k} {v}' for k, v in man.get('policies', {}).items()))} · golden set "
         f"<code>{esc(man['golden']['path'])}</code> ({man['golden']['rows']} rows, sha256 {man['golden']['sha256'][:12]}…) · "

@@ -234,3 +234,35 @@ def test_eval_with_self_consistency_votes_scores_by_vote_share(tmp_path: Path) -
     # batch export cannot carry votes: a clear error, not a silent single call
     r = CliRunner().invoke(cli, ["batch", "export", str(g), "-o", str(tmp_path / "req.jsonl"), "--votes", "3", "-p", "hate_speech", "--model", "m"])
     assert r.exit_code != 0 and "votes" in r.output
+
+
+def test_interrupted_eval_can_be_reported_then_resumed(tmp_path: Path) -> None:
+    from cotmod import AuthenticationError
+    from cotmod.testing import FakeBackend
+
+    g, m = make_golden(tmp_path)
+    run = tmp_path / "run"
+    calls = 0
+
+    def flaky(req):  # the endpoint starts refusing the key after 3 answers: the run aborts
+        nonlocal calls
+        calls += 1
+        if calls > 3:
+            raise AuthenticationError("key revoked", status_code=401)
+        text = req.messages[-1]["content"]
+        return decision({"hate_speech": ["HATE-1"] if "VIOLATE" in text else []})
+
+    with pytest.raises(AuthenticationError):
+        run_eval(AsyncModerator(backend=FakeBackend(default=flaky), concurrency=1), g, m, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["complete"] is False
+    r = CliRunner().invoke(cli, ["report", str(run)])
+    assert r.exit_code == 0 and "INCOMPLETE RUN" in r.output
+    partial = json.loads(CliRunner().invoke(cli, ["report", str(run), "--json"]).output)["labels"]["hateful"]
+    assert partial["missing"] == 3 and partial["n"] == 3  # metrics over the judged items; the rest counted missing
+    # resuming judges only the 3 missing items and marks the run complete
+    backend = FakeBackend(default=lambda req: decision({"hate_speech": ["HATE-1"] if "VIOLATE" in req.messages[-1]["content"] else []}))
+    run_eval(AsyncModerator(backend=backend), g, m, run)
+    assert len(backend.history) == 3 and json.loads((run / "manifest.json").read_text())["complete"] is True
+    r = CliRunner().invoke(cli, ["report", str(run)])
+    assert "INCOMPLETE" not in r.output
