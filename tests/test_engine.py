@@ -221,20 +221,17 @@ async def test_votes_respect_the_concurrency_limit() -> None:
 
     in_flight = peak = 0
 
-    async def slow(req):
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.01)
-        in_flight -= 1
-        return decision({"spam_scams": []})
-
-    class Slow(FakeBackend):
+    class Counting(FakeBackend):
         async def complete(self, request):  # type: ignore[override]
-            self.history.append(request)
-            return await FakeBackend(default=await slow(request)).complete(request)
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                return await super().complete(request)
+            finally:
+                in_flight -= 1
 
-    backend = Slow()
+    backend = Counting(default=decision({"spam_scams": []}), delay=0.01)
     mod = make(backend, votes=5, concurrency=2)
     await asyncio.gather(*(mod.moderate(f"item {i}", policies=["spam_scams"]) for i in range(4)))
     assert len(backend.history) == 20 and peak == 2
