@@ -337,12 +337,17 @@ def render(text: str, as_json: bool, show_vars: bool, policies: tuple[str, ...],
         return
     out: list[dict[str, Any]] = []
     for p in prompts:
+        per_message = [count_tokens(m["content"]) for m in p.messages]
+        by_role: dict[str, int] = {}
+        for m, n in zip(p.messages, per_message, strict=True):
+            by_role[m["role"]] = by_role.get(m["role"], 0) + n
         out.append(
             {
                 "policies": p.policies.versions(),
                 "fingerprint": p.fingerprint,
                 "messages": p.messages,
-                "tokens": {m["role"]: count_tokens(m["content"]) for m in p.messages},
+                "tokens": by_role,  # per role, summed over that role's messages (few-shot turns included)
+                "message_tokens": per_message,
                 "truncated": p.truncated,
                 "output_schema": p.schema,
             }
@@ -352,8 +357,8 @@ def render(text: str, as_json: bool, show_vars: bool, policies: tuple[str, ...],
         return
     for o in out:
         click.echo(click.style(f"=== {', '.join(f'{k} {v}' for k, v in o['policies'].items())}  fingerprint {o['fingerprint']}", bold=True))
-        for m in o["messages"]:
-            click.echo(click.style(f"--- {m['role']} ({o['tokens'][m['role']]} tokens, {token_counter_name()})", fg="cyan"))
+        for m, n in zip(o["messages"], o["message_tokens"], strict=True):
+            click.echo(click.style(f"--- {m['role']} ({n} tokens, {token_counter_name()})", fg="cyan"))
             click.echo(m["content"])
         if o["truncated"]:
             click.echo(click.style("(item truncated to the token budget)", fg="yellow"))

@@ -47,6 +47,20 @@ def test_schema_and_render() -> None:
     assert "content" in r.output and "policies" in r.output
 
 
+def test_render_counts_tokens_per_message() -> None:
+    """Few-shot turns repeat the user/assistant roles: each message gets its own count."""
+    from cotmod._tokens import count_tokens
+
+    data = json.loads(run("render", "-p", "hate_speech", "--json", "short").output)["prompts"][0]
+    msgs, per = data["messages"], data["message_tokens"]
+    assert len(msgs) > 3 and per == [count_tokens(m["content"]) for m in msgs]
+    assert data["tokens"]["assistant"] == sum(n for m, n in zip(msgs, per, strict=True) if m["role"] == "assistant")
+    assert data["tokens"]["user"] > per[-1]  # the example turns plus the item
+    text = run("render", "-p", "hate_speech", "short").output
+    heads = [line for line in text.splitlines() if line.startswith("--- ")]
+    assert [int(h.split("(")[1].split()[0]) for h in heads] == per
+
+
 def test_moderate_against_an_endpoint(tmp_path: Path) -> None:
     with FakeOpenAIServer() as srv:
         r = run("moderate", "--base-url", srv.base_url, "--model", "m", "-p", "hate_speech", "-p", "spam_scams", "--json", "please VIOLATE")
