@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))
 from cotmod import AsyncModerator  # noqa: E402
 from cotmod._eval import compute_metrics, run_eval  # noqa: E402
 from cotmod._local import ensure_local_server  # noqa: E402
-from cotmod._metrics import binary_metrics, bootstrap_ci  # noqa: E402
+from cotmod._metrics import binary_metrics, bootstrap_ci, mcnemar_exact  # noqa: E402
 
 NAIVE_SYSTEM = "Is this content harmful? Answer yes or no."
 NAIVE_SCHEMA = {
@@ -100,6 +100,32 @@ def summarise(name: str, ys: list[int], ps: list[int], seconds: float, n_items: 
     for k in ("precision", "recall", "f1", "fpr"):
         out[f"{k}_ci95"] = bootstrap_ci(lambda idx, k=k: binary_metrics(y[idx].tolist(), p[idx].tolist())[k], len(ys), rounds=1000, seed=0)
     out["s_per_item"] = seconds / max(n_items, 1)
+    return out
+
+
+def paired(ys: list[int], a: list[int], b: list[int], rounds: int = 1000) -> dict[str, Any]:
+    """b − a on the same items: paired-bootstrap 95% CIs of the metric deltas, exact McNemar on correctness.
+
+    Resampling items (not each prompt's metrics separately) keeps the pairing, so the CI of a delta
+    is much narrower than the two marginal CIs suggest: it answers "is b better than a on these
+    kinds of items", which overlapping marginal CIs cannot.
+    """
+    import numpy as np
+
+    y, xa, xb = np.array(ys), np.array(a), np.array(b)
+    out: dict[str, Any] = {}
+    for k in ("precision", "recall", "f1", "fpr", "accuracy"):
+        def stat(idx: Any, k: str = k) -> float:
+            yi = y[idx]
+            if k == "accuracy":
+                return float((xb[idx] == yi).mean() - (xa[idx] == yi).mean())
+            return float(binary_metrics(yi.tolist(), xb[idx].tolist())[k] - binary_metrics(yi.tolist(), xa[idx].tolist())[k])
+
+        full = stat(np.arange(len(ys)))
+        out[k] = {"delta": full, "ci95": bootstrap_ci(stat, len(ys), rounds=rounds, seed=0)}
+    ca, cb = xa == y, xb == y
+    a_only, b_only = int((ca & ~cb).sum()), int((~ca & cb).sum())
+    out["mcnemar"] = {"a_correct_only": a_only, "b_correct_only": b_only, "p_value": mcnemar_exact(a_only, b_only)}
     return out
 
 
@@ -198,8 +224,24 @@ def main() -> None:
         print(f"{'  95% CI':<30}{[round(x, 3) for x in r['precision_ci95'] or []]!s:>12}{[round(x, 3) for x in r['recall_ci95'] or []]!s:>10}")
     errors = {lab: e["errors"] + e["missing"] for lab, e in metrics["labels"].items()}
     print("per set:", json.dumps(per_set))
+    ys = [gold_y[i] for i in ids]
+    diff = {"all": paired(ys, [preds_naive[i] for i in ids], [cot_pred[i] for i in ids])}
+    for subset, prefix in (("hatecheck", "hc-"), ("xstest", "xs-")):
+        sub = [i for i in ids if i.startswith(prefix)]
+        diff[subset] = paired([gold_y[i] for i in sub], [preds_naive[i] for i in sub], [cot_pred[i] for i in sub])
+    print("cotmod − naive on the same items (paired bootstrap 95% CI; exact McNemar on correctness):")
+    for subset, d in diff.items():
+        cells = "  ".join(f"{k} {d[k]['delta']:+.3f} [{d[k]['ci95'][0]:+.3f}, {d[k]['ci95'][1]:+.3f}]" for k in ("f1", "precision", "fpr", "accuracy"))
+        m = d["mcnemar"]
+        print(f"  {subset:<10}{cells}  McNemar {m['b_correct_only']} vs {m['a_correct_only']}, p={m['p_value']:.3g}")
     print(f"cotmod error verdicts: {errors}; naive unparsed: {len(items) - len(preds_naive)}; run dir: {work / 'run'}")
-    print(json.dumps({"bench": "quality", "model": args.model, "seed": args.seed, "n": len(ids), "cotmod": rows[0], "naive": rows[1], "per_set": per_set, "cotmod_errors": errors}))
+    # per-item predictions, so any other paired statistic can be computed later
+    with (work / "predictions.jsonl").open("w") as f:
+        for i in ids:
+            f.write(json.dumps({"id": i, "set": "hatecheck" if i.startswith("hc-") else "xstest", "gold": gold_y[i], "cotmod": cot_pred[i], "naive": preds_naive[i]}) + "\n")
+    result = {"bench": "quality", "model": args.model, "seed": args.seed, "n": len(ids), "cotmod": rows[0], "naive": rows[1], "per_set": per_set, "paired": diff, "cotmod_errors": errors}
+    (work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
