@@ -213,6 +213,8 @@ def main() -> None:
     per_set = {}
     for subset, prefix in (("hatecheck", "hc-"), ("xstest", "xs-")):
         sub = [i for i in ids if i.startswith(prefix)]
+        if not sub:  # e.g. --xstest 0 while tuning the hate_speech policy alone
+            continue
         per_set[subset] = {
             name: {k: v for k, v in binary_metrics([gold_y[i] for i in sub], [p[i] for i in sub]).items() if k in ("precision", "recall", "f1", "fpr")}
             for name, p in (("cotmod", cot_pred), ("naive", preds_naive))
@@ -228,6 +230,8 @@ def main() -> None:
     diff = {"all": paired(ys, [preds_naive[i] for i in ids], [cot_pred[i] for i in ids])}
     for subset, prefix in (("hatecheck", "hc-"), ("xstest", "xs-")):
         sub = [i for i in ids if i.startswith(prefix)]
+        if not sub:
+            continue
         diff[subset] = paired([gold_y[i] for i in sub], [preds_naive[i] for i in sub], [cot_pred[i] for i in sub])
     print("cotmod − naive on the same items (paired bootstrap 95% CI; exact McNemar on correctness):")
     for subset, d in diff.items():
