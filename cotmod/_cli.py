@@ -349,7 +349,7 @@ def render(text: str, as_json: bool, show_vars: bool, policies: tuple[str, ...],
                 "tokens": by_role,  # per role, summed over that role's messages (few-shot turns included)
                 "message_tokens": per_message,
                 "truncated": p.truncated,
-                "output_schema": p.schema,
+                "output_schema": p.output_schema,
             }
         )
     if as_json:

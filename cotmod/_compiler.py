@@ -28,7 +28,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from ._exceptions import InputError, TemplateError
 from ._policy import PolicySet, bundled_dir
 from ._tokens import count_tokens, truncate_to_tokens
-from ._verdict import decision_schema
+from ._verdict import constrain_decisions, decision_schema
 
 __all__ = ["CompiledPrompt", "Compiler", "PromptTemplates", "default_prompts_dir"]
 
@@ -43,7 +43,7 @@ GENERIC_CHECKLIST = (
     "Check whether a SAFE exception applies.",
     "Decide each policy from the cited rules.",
 )
-FINGERPRINT_VERSION = "1"
+FINGERPRINT_VERSION = "2"  # 2: violates tied to rule_ids in the request schema
 
 
 def default_prompts_dir() -> Path:
@@ -112,13 +112,21 @@ class CompiledPrompt:
     """The messages for one item, plus everything needed to validate the answer."""
 
     messages: list[dict[str, str]]
-    schema: dict[str, Any]
+    schema: dict[str, Any]  # validates the answer
     fingerprint: str
     policies: PolicySet
     item_tokens: int
     kept_tokens: int
     truncated: bool
     prompt_tokens: int = field(default=0)
+    #: sent to the server as response_format; ``schema`` with violates tied to rule_ids (see
+    #: ``constrain_decisions``) when the compiler uses schema limits, else ``schema`` itself
+    request_schema: dict[str, Any] | None = None
+
+    @property
+    def output_schema(self) -> dict[str, Any]:
+        """The JSON Schema the server constrains the answer to."""
+        return self.request_schema if self.request_schema is not None else self.schema
 
     @property
     def system(self) -> str:
@@ -153,6 +161,8 @@ class Compiler:
         self.max_steps = max_steps
         self.max_item_tokens = max_item_tokens
         self.schema = decision_schema(policies, max_steps=max_steps, limits=schema_limits)
+        # the limits (minItems/maxItems) are what lets the schema tie violates to rule_ids
+        self.request_schema = constrain_decisions(self.schema) if schema_limits else self.schema
         self.schema_limits = schema_limits
         # Boundary examples as real user/assistant turns (single-policy prompts only: in a
         # combined prompt an example's label for the other policies is unknown).
@@ -265,6 +275,7 @@ class Compiler:
         return CompiledPrompt(
             messages=messages,
             schema=self.schema,
+            request_schema=self.request_schema,
             fingerprint=self.fingerprint,
             policies=self.policies,
             item_tokens=n_tokens,

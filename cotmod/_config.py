@@ -73,7 +73,10 @@ class Settings(BaseModel):
     )
     max_steps: int = Field(default=6, ge=1, le=20, description="Maximum reasoning steps")
     max_item_tokens: int = Field(default=2000, ge=1, description="Longer items are truncated, visibly")
-    schema_limits: bool = Field(default=True, description="maxLength/maxItems in the output schema")
+    schema_limits: bool = Field(
+        default=True,
+        description="maxLength/maxItems in the output schema, and violates tied to rule_ids (no rule cited: violates false)",
+    )
     few_shot: bool = Field(default=True, description="Boundary examples as solved chat turns (per-policy prompts)")
     concurrency: int = Field(default=4, ge=1, description="Maximum requests in flight")
     guidelines: str | None = Field(default=None, description="Directory or file of policies")

@@ -236,7 +236,7 @@ class AsyncModerator:
             seed = None if s.seed is None else s.seed + vote
         return ChatRequest(
             messages=list(prompt.messages) if messages is None else messages,
-            schema=prompt.schema,
+            schema=prompt.output_schema,
             response_format=s.response_format,
             temperature=temperature,
             max_tokens=s.max_tokens,

@@ -17,6 +17,7 @@ Anything that fails raises :class:`OutputInvalid`, whose message is fed back to 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -200,6 +201,30 @@ def decision_schema(policies: PolicySet, *, max_steps: int = 6, limits: bool = T
         "required": ["reasoning", "decisions"],
         "additionalProperties": False,
     }
+
+
+def constrain_decisions(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema sent to the server: ``decision_schema`` with ``violates`` tied to ``rule_ids``.
+
+    Each policy's decision becomes ``anyOf`` two shapes, "no rule cited and violates false" or "at
+    least one rule cited and violates true", so a grammar-constrained server (llama.cpp, vLLM,
+    OpenAI strict mode) cannot emit a decision the cross-checks would reject: the model reaches
+    ``violates`` after ``rule_ids`` and only the consistent value is left. Without this a small
+    model writes "No rule is met. Decision: VIOLATES." with ``rule_ids: []``, and re-asks rarely
+    change its mind. The verdict is still validated against the plain schema, so a server that
+    ignores the schema gets the precise re-ask message instead of an ``anyOf`` error.
+    """
+    out = copy.deepcopy(schema)
+    decisions = out["properties"]["decisions"]["properties"]
+    for pid, dec in decisions.items():
+        none_cited = copy.deepcopy(dec)
+        none_cited["properties"]["rule_ids"]["maxItems"] = 0
+        none_cited["properties"]["violates"] = {"type": "boolean", "const": False}
+        some_cited = copy.deepcopy(dec)
+        some_cited["properties"]["rule_ids"]["minItems"] = 1
+        some_cited["properties"]["violates"] = {"type": "boolean", "const": True}
+        decisions[pid] = {"anyOf": [none_cited, some_cited]}
+    return out
 
 
 _VALIDATORS: dict[int, tuple[dict[str, Any], jsonschema.Draft202012Validator]] = {}

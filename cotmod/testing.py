@@ -118,7 +118,8 @@ def answer_for(request_body: Mapping[str, Any], flag_word: str = "VIOLATE") -> d
     item = str(request_body["messages"][-1]["content"])
     cited: dict[str, list[str]] = {}
     for pid, sub in schema["properties"]["decisions"]["properties"].items():
-        rules = sub["properties"]["rule_ids"]["items"]["enum"]
+        shape = sub["anyOf"][-1] if "anyOf" in sub else sub  # tied schema: [none cited, some cited]
+        rules = shape["properties"]["rule_ids"]["items"]["enum"]
         cited[pid] = [rules[0]] if flag_word in item else []
     return decision(cited)
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from cotmod import Compiler, PromptTemplates, TemplateError, load_policies
@@ -143,6 +145,8 @@ def test_few_shot_answers_are_valid_decisions(policies) -> None:
         for ex, answer in zip(policy.examples, turns[1::2], strict=True):
             _, decisions = parse_decision(answer["content"], comp.policies, comp.schema)
             assert decisions[0].violates == (ex.decision == "violates")
+            # and the server-side schema (violates tied to rule_ids) admits every solved example
+            jsonschema.validate(json.loads(answer["content"]), comp.request_schema)
     # combined prompts keep examples in the system text only
     assert Compiler(policies.select(["hate_speech", "spam_scams"])).example_turns == []
     assert Compiler(policies.select(["hate_speech"]), few_shot=False).example_turns == []
@@ -172,3 +176,28 @@ def test_worked_reasoning_is_shown_in_the_example_turns(policies) -> None:
     long = hate.model_copy(update={"examples": [hate.examples[0].model_copy(update={"reasoning": [f"step {i}" for i in range(9)]})]})
     got = json.loads(Compiler([long], max_steps=4).example_turns[1]["content"])["reasoning"]
     assert got == ["step 0", "step 1", "step 2", "Decision: VIOLATES."]
+
+
+def test_request_schema_ties_violates_to_rule_ids(policies) -> None:
+    """The server-side schema admits exactly the decisions the cross-checks accept."""
+    comp = Compiler(policies.select(["hate_speech"]))
+    p = comp.compile("x")
+    assert p.output_schema is comp.request_schema and p.schema is comp.schema
+    ok = jsonschema.Draft202012Validator(comp.request_schema)
+    plain = jsonschema.Draft202012Validator(comp.schema)
+    for rules, violates, consistent in (
+        (["HATE-1"], True, True),
+        ([], False, True),
+        ([], True, False),  # "No rule is met. Decision: VIOLATES."
+        (["HATE-1"], False, False),
+    ):
+        dec = {"rationale": "r", "rule_ids": rules, "exception_ids": [], "violates": violates, "confidence": 0.9, "escalation_ids": []}
+        answer = {"reasoning": ["a"], "decisions": {"hate_speech": dec}}
+        assert plain.is_valid(answer)  # the plain schema leaves it to the cross-checks' precise message
+        assert ok.is_valid(answer) is consistent, (rules, violates)
+    # combined prompts tie every policy's decision
+    both = Compiler(policies.select(["hate_speech", "spam_scams"])).request_schema
+    assert all("anyOf" in d for d in both["properties"]["decisions"]["properties"].values())
+    # without schema limits (servers that reject minItems/maxItems) the plain schema is sent
+    loose = Compiler(policies.select(["hate_speech"]), schema_limits=False)
+    assert loose.request_schema is loose.schema and "anyOf" not in json.dumps(loose.schema)

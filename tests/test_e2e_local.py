@@ -97,3 +97,29 @@ def test_self_consistency_votes_against_the_real_server(local_url: str) -> None:
         assert d.violates == (2 * d.votes[0] >= sum(d.votes))
     else:  # every vote invalid (a tiny model): an explicit error, never a silent decision
         assert v.violates is None and v.error is not None
+
+
+def test_real_server_grammar_cannot_emit_an_inconsistent_decision(local_url: str) -> None:
+    """llama.cpp compiles the request schema (anyOf per decision) to a grammar: asked to copy a
+    decision that says violates with no rule cited, it can only produce a consistent one."""
+    import openai
+
+    from cotmod import Compiler, load_policies
+    from cotmod._policy import default_guidelines_dir
+
+    comp = Compiler(load_policies([default_guidelines_dir()]).select(["spam_scams"]))
+    client = openai.OpenAI(base_url=local_url, api_key="x", timeout=300)
+    for rules, violates in (([], True), (["SCAM-1"], False)):
+        bad = {"reasoning": ["No rule is met.", "Decision: VIOLATES."], "decisions": {"spam_scams": {
+            "rationale": "r", "rule_ids": rules, "exception_ids": [], "violates": violates, "confidence": 0.9}}}
+        resp = client.chat.completions.create(
+            model=e2e_model(),
+            messages=[{"role": "system", "content": "Repeat the user's JSON exactly."}, {"role": "user", "content": json.dumps(bad)}],
+            temperature=0,
+            max_tokens=300,
+            response_format={"type": "json_schema", "json_schema": {"name": "decision", "schema": comp.request_schema, "strict": True}},
+        )
+        out = json.loads(resp.choices[0].message.content or "")
+        jsonschema.validate(out, comp.request_schema)
+        dec = out["decisions"]["spam_scams"]
+        assert dec["violates"] == bool(dec["rule_ids"]), dec

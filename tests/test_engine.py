@@ -41,6 +41,8 @@ async def test_valid_answer_gives_derived_verdict() -> None:
     jsonschema.validate(json.loads(v.model_dump_json()), verdict_json_schema())
     req = fake.history[0]
     assert req.response_format == "json_schema" and req.schema is not None
+    # the server gets the schema with violates tied to rule_ids
+    assert req.schema["properties"]["decisions"]["properties"]["hate_speech"]["anyOf"][0]["properties"]["violates"] == {"type": "boolean", "const": False}
     assert req.messages[-1]["content"].count("some post") == 1
 
 
