@@ -8,11 +8,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from ._exceptions import InputError
-from ._metrics import binary_metrics, bootstrap_ci, mcnemar_exact, pr_curve, threshold_for_precision
+from ._metrics import binary_metrics, paired_comparison, pr_curve, threshold_for_precision
 
 __all__ = ["compare_runs", "parse_fail_on", "tune"]
 
@@ -117,27 +116,9 @@ def compare_runs(run_a: str | Path, run_b: str | Path, *, fail_on: list[str] | N
         pa = {r["id"]: r for r in a["predictions"][label]}
         pb = {r["id"]: r for r in b["predictions"][label]}
         ids = sorted(set(pa) & set(pb))
-        y = np.array([pa[i]["y"] for i in ids], dtype=int)
-        xa = np.array([pa[i]["pred"] for i in ids], dtype=int)
-        xb = np.array([pb[i]["pred"] for i in ids], dtype=int)
-        ma, mb = binary_metrics(y.tolist(), xa.tolist()), binary_metrics(y.tolist(), xb.tolist())
-        deltas: dict[str, Any] = {}
-        for metric in ("precision", "recall", "f1", "fpr"):
-            def stat(idx: Any, metric: str = metric, y: Any = y, xa: Any = xa, xb: Any = xb) -> float:
-                return float(
-                    binary_metrics(y[idx].tolist(), xb[idx].tolist())[metric]
-                    - binary_metrics(y[idx].tolist(), xa[idx].tolist())[metric]
-                )
-
-            deltas[metric] = {
-                "a": ma[metric],
-                "b": mb[metric],
-                "delta": mb[metric] - ma[metric],
-                "ci95": bootstrap_ci(stat, len(ids), rounds=rounds, seed=seed),
-            }
-        correct_a, correct_b = xa == y, xb == y
-        b_only = int((~correct_a & correct_b).sum())
-        a_only = int((correct_a & ~correct_b).sum())
+        y = [int(pa[i]["y"]) for i in ids]
+        paired = paired_comparison(y, [int(pa[i]["pred"]) for i in ids], [int(pb[i]["pred"]) for i in ids], rounds=rounds, seed=seed)
+        deltas = paired["metrics"]
         flips = [
             {"id": i, "y": int(pa[i]["y"]), "a": int(pa[i]["pred"]), "b": int(pb[i]["pred"]), "score_a": pa[i]["score"], "score_b": pb[i]["score"]}
             for i in ids
@@ -146,7 +127,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, *, fail_on: list[str] | N
         labels[label] = {
             "n_paired": len(ids),
             "metrics": deltas,
-            "mcnemar": {"a_correct_only": a_only, "b_correct_only": b_only, "p_value": mcnemar_exact(a_only, b_only)},
+            "mcnemar": paired["mcnemar"],
             "flipped": flips,
         }
         for metric, direction, points in rules:

@@ -18,6 +18,7 @@ __all__ = [
     "calibration",
     "confusion",
     "mcnemar_exact",
+    "paired_comparison",
     "pr_curve",
     "roc_auc",
     "threshold_for_precision",
@@ -162,3 +163,38 @@ def mcnemar_exact(b: int, c: int) -> float:
     k = min(b, c)
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
     return float(min(1.0, 2 * tail))
+
+
+def paired_comparison(
+    y: Sequence[int],
+    a: Sequence[int],
+    b: Sequence[int],
+    *,
+    metrics: Sequence[str] = ("precision", "recall", "f1", "fpr"),
+    rounds: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Predictions ``b`` against ``a`` on the same items: per metric (any of binary_metrics', or
+    ``accuracy``) a, b, the delta b − a and its paired-bootstrap 95% CI (items are resampled
+    together, which keeps the pairing), and an exact McNemar test on which side got each item right."""
+    ya, xa, xb = np.asarray(y, dtype=int), np.asarray(a, dtype=int), np.asarray(b, dtype=int)
+
+    def value(idx: Arr, x: Arr, metric: str) -> float:
+        if metric == "accuracy":
+            return float((x[idx] == ya[idx]).mean())
+        return float(binary_metrics(ya[idx].tolist(), x[idx].tolist())[metric])
+
+    every = np.arange(len(ya))
+    out: dict[str, Any] = {}
+    for metric in metrics:
+        def stat(idx: Arr, metric: str = metric) -> float:
+            return value(idx, xb, metric) - value(idx, xa, metric)
+
+        va, vb = value(every, xa, metric), value(every, xb, metric)
+        out[metric] = {"a": va, "b": vb, "delta": vb - va, "ci95": bootstrap_ci(stat, len(ya), rounds=rounds, seed=seed)}
+    correct_a, correct_b = xa == ya, xb == ya
+    a_only, b_only = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
+    return {
+        "metrics": out,
+        "mcnemar": {"a_correct_only": a_only, "b_correct_only": b_only, "p_value": mcnemar_exact(a_only, b_only)},
+    }

@@ -15,7 +15,13 @@ from cotmod import AsyncModerator, InputError
 from cotmod._cli import cli
 from cotmod._compare import compare_runs, tune
 from cotmod._eval import compute_metrics, run_eval
-from cotmod._metrics import average_precision, binary_metrics, mcnemar_exact, roc_auc
+from cotmod._metrics import (
+    average_precision,
+    binary_metrics,
+    mcnemar_exact,
+    paired_comparison,
+    roc_auc,
+)
 from cotmod.testing import FakeOpenAIServer, decision
 
 from .conftest import HATE_V, ROOT
@@ -42,6 +48,24 @@ def test_metrics_equal_sklearn_and_scipy() -> None:
     for b, c in [(0, 0), (3, 9), (10, 2), (25, 25), (0, 7), (40, 61)]:
         expected = 1.0 if b + c == 0 else binomtest(min(b, c), b + c, 0.5).pvalue
         assert mcnemar_exact(b, c) == pytest.approx(expected)
+
+
+def test_paired_comparison_equals_sklearn_and_scipy() -> None:
+    rng = random.Random(11)
+    y = [rng.randint(0, 1) for _ in range(120)]
+    a = [v if rng.random() < 0.6 else 1 - v for v in y]
+    b = [v if rng.random() < 0.8 else 1 - v for v in y]
+    got = paired_comparison(y, a, b, metrics=("f1", "accuracy"), rounds=200)
+    f1 = got["metrics"]["f1"]
+    assert f1["delta"] == pytest.approx(skm.f1_score(y, b) - skm.f1_score(y, a))
+    assert f1["ci95"][0] < f1["delta"] < f1["ci95"][1]
+    acc = got["metrics"]["accuracy"]
+    assert (acc["a"], acc["b"]) == (pytest.approx(skm.accuracy_score(y, a)), pytest.approx(skm.accuracy_score(y, b)))
+    a_only = sum(1 for t, u, v in zip(y, a, b, strict=True) if u == t != v)
+    b_only = sum(1 for t, u, v in zip(y, a, b, strict=True) if v == t != u)
+    m = got["mcnemar"]
+    assert (m["a_correct_only"], m["b_correct_only"]) == (a_only, b_only)
+    assert m["p_value"] == pytest.approx(binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue)
 
 
 GOLD_ROWS = [
