@@ -113,20 +113,15 @@ class CompiledPrompt:
 
     messages: list[dict[str, str]]
     schema: dict[str, Any]  # validates the answer
+    #: sent to the server as response_format: ``schema`` with violates tied to rule_ids (see
+    #: ``constrain_decisions``) when the compiler uses schema limits, else ``schema`` itself
+    output_schema: dict[str, Any]
     fingerprint: str
     policies: PolicySet
     item_tokens: int
     kept_tokens: int
     truncated: bool
     prompt_tokens: int = field(default=0)
-    #: sent to the server as response_format; ``schema`` with violates tied to rule_ids (see
-    #: ``constrain_decisions``) when the compiler uses schema limits, else ``schema`` itself
-    request_schema: dict[str, Any] | None = None
-
-    @property
-    def output_schema(self) -> dict[str, Any]:
-        """The JSON Schema the server constrains the answer to."""
-        return self.request_schema if self.request_schema is not None else self.schema
 
     @property
     def system(self) -> str:
@@ -275,7 +270,7 @@ class Compiler:
         return CompiledPrompt(
             messages=messages,
             schema=self.schema,
-            request_schema=self.request_schema,
+            output_schema=self.request_schema,
             fingerprint=self.fingerprint,
             policies=self.policies,
             item_tokens=n_tokens,

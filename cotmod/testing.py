@@ -20,7 +20,7 @@ from ._client import ChatRequest, ChatResult
 from ._tokens import count_tokens
 from ._verdict import Usage
 
-__all__ = ["FakeBackend", "FakeOpenAIServer", "answer_for", "decision"]
+__all__ = ["FakeBackend", "FakeOpenAIServer", "answer_for", "decision", "offered_rule_ids"]
 
 Response = str | Mapping[str, Any] | BaseException | ChatResult | Callable[[ChatRequest], Any]
 
@@ -117,11 +117,17 @@ def answer_for(request_body: Mapping[str, Any], flag_word: str = "VIOLATE") -> d
     schema = body_schema(request_body)
     item = str(request_body["messages"][-1]["content"])
     cited: dict[str, list[str]] = {}
-    for pid, sub in schema["properties"]["decisions"]["properties"].items():
-        shape = sub["anyOf"][-1] if "anyOf" in sub else sub  # tied schema: [none cited, some cited]
-        rules = shape["properties"]["rule_ids"]["items"]["enum"]
+    for pid in schema["properties"]["decisions"]["properties"]:
+        rules = offered_rule_ids(schema, pid)
         cited[pid] = [rules[0]] if flag_word in item else []
     return decision(cited)
+
+
+def offered_rule_ids(schema: Mapping[str, Any], policy_id: str) -> list[str]:
+    """The rule IDs a decision schema lets the model cite for ``policy_id`` (plain or tied)."""
+    sub = schema["properties"]["decisions"]["properties"][policy_id]
+    shape = sub["anyOf"][-1] if "anyOf" in sub else sub  # tied schema: [none cited, some cited]
+    return list(shape["properties"]["rule_ids"]["items"]["enum"])
 
 
 def body_schema(request_body: Mapping[str, Any]) -> dict[str, Any]:

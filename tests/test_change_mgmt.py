@@ -17,7 +17,7 @@ from cotmod._diff import diff_policies, load_bundle
 from cotmod._guide import guide_fingerprint, guide_html, guide_markdown
 from cotmod._impact import impact
 from cotmod._sync import check_manifest, update_manifest
-from cotmod.testing import FakeBackend, decision
+from cotmod.testing import FakeBackend, decision, offered_rule_ids
 
 from .conftest import GUIDELINES, HATE_V, VERSIONS
 
@@ -194,7 +194,7 @@ def test_impact_recomputes_only_changed_policies(tmp_path: Path, policy_dir: Pat
     def respond(req):
         pid = next(iter(req.schema["properties"]["decisions"]["properties"]))
         text = req.messages[-1]["content"]
-        newer = "HATE-8" in json.dumps(req.schema["properties"]["decisions"]["properties"][pid])
+        newer = "HATE-8" in offered_rule_ids(req.schema, pid)
         hit = "VIOLATE" in text or (newer and "borderline" in text)
         rule = {"hate_speech": "HATE-1", "spam_scams": "SCAM-1"}[pid]
         return decision({pid: [rule] if hit and (pid == "hate_speech" or "VIOLATE" in text) else []})
