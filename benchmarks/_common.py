@@ -220,7 +220,7 @@ def run_runner(
 ) -> dict[str, Any]:
     """One ``cotmod run`` through the Runner API in this process (no cache, fresh output);
     returns the summary dict plus the wall time measured around it."""
-    from cotmod._runner import Runner
+    from cotmod.batch._runner import Runner
 
     mod = make_moderator(base_url, concurrency)
     runner = Runner(mod, concurrency=concurrency, rpm=rpm, tpm=tpm)

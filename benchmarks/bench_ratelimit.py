@@ -13,7 +13,7 @@ Phase 2 (adaptive concurrency): the server admits at most 4 requests in flight (
 rpm cap. Figures: the server's 429 count, the runner's throttle count, whether the run completed
 (every item written or dead-lettered, no exception), how many items were dead-lettered, the
 throughput against the server's capacity (4 / 0.05 s = 80 items/s), and the adaptive limiter's
-final state (read by wrapping ``cotmod._runner.LimitedBackend`` in this process; cotmod itself
+final state (read by wrapping ``cotmod.batch._runner.LimitedBackend`` in this process; cotmod itself
 is unchanged).
 Prints one JSON line.
 """
@@ -32,7 +32,7 @@ P2_RUNNER_CONCURRENCY = 16
 
 def _record_limiters() -> list[Any]:
     """Wrap the runner's LimitedBackend so the benchmark can read its final state."""
-    import cotmod._runner as runner_mod
+    import cotmod.batch._runner as runner_mod
 
     made: list[Any] = []
     base = runner_mod.LimitedBackend

@@ -9,10 +9,7 @@ returns a schema-validated verdict per item.
 True
 """
 
-from ._client import Backend, ChatRequest, ChatResult, OpenAIBackend
-from ._compiler import CompiledPrompt, Compiler, PromptTemplates
 from ._config import Settings
-from ._engine import AsyncModerator, Item, Moderator
 from ._exceptions import (
     AuthenticationError,
     ConfigError,
@@ -29,10 +26,14 @@ from ._exceptions import (
     TransportError,
     UserError,
 )
-from ._lint import LintReport, lint_paths, load_policies
-from ._policy import Policy, PolicySet
-from ._verdict import PolicyDecision, Usage, Verdict, decision_schema, verdict_json_schema
+from ._verdict import PolicyDecision, Usage, Verdict, verdict_json_schema
 from ._version import __version__
+from .backends._openai import Backend, ChatRequest, ChatResult, OpenAIBackend
+from .engine._moderator import AsyncModerator, Item, Moderator
+from .policy._lint import LintReport, lint_paths, load_policies
+from .policy._model import Policy, PolicySet
+from .prompting._compiler import CompiledPrompt, Compiler, PromptTemplates
+from .prompting._decision import decision_schema
 
 __all__ = [
     "AsyncModerator",

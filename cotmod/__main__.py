@@ -1,3 +1,3 @@
-from cotmod._cli import main
+from cotmod.cli import main
 
 main()

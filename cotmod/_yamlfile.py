@@ -1,6 +1,6 @@
 """Reading the small YAML files users hand to cotmod (label mappings, thresholds, the
 enforcement manifest) with one clear error per problem. Policy files have their own loader with
-line numbers (:mod:`cotmod._lint`)."""
+line numbers (:mod:`cotmod.policy._lint`)."""
 
 from __future__ import annotations
 

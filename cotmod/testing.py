@@ -16,9 +16,9 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._client import ChatRequest, ChatResult
-from ._tokens import count_tokens
 from ._verdict import Usage
+from .backends._openai import ChatRequest, ChatResult
+from .prompting._tokens import count_tokens
 
 __all__ = ["FakeBackend", "FakeOpenAIServer", "answer_for", "decision", "offered_rule_ids"]
 

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from cotmod import AsyncModerator, ConfigError, verdict_json_schema
-from cotmod._batch import export_batch, import_batch
-from cotmod._cli import cli
-from cotmod._runner import Runner
+from cotmod.batch._provider import export_batch, import_batch
+from cotmod.batch._runner import Runner
+from cotmod.cli import cli
 from cotmod.testing import FakeOpenAIServer, answer_for
 
 from .test_runner import ids_in, write_jsonl

@@ -10,13 +10,13 @@ import yaml
 from click.testing import CliRunner
 
 from cotmod import AsyncModerator, InputError, load_policies
-from cotmod._cache import MemoryCache
-from cotmod._cli import cli
 from cotmod._config import Settings
-from cotmod._diff import diff_policies, load_bundle
-from cotmod._guide import guide_fingerprint, guide_html, guide_markdown
-from cotmod._impact import impact
-from cotmod._sync import check_manifest, update_manifest
+from cotmod.cli import cli
+from cotmod.engine._cache import MemoryCache
+from cotmod.governance._diff import diff_policies, load_bundle
+from cotmod.governance._guide import guide_fingerprint, guide_html, guide_markdown
+from cotmod.governance._impact import impact
+from cotmod.governance._sync import check_manifest, update_manifest
 from cotmod.testing import FakeBackend, decision, offered_rule_ids
 
 from .conftest import GUIDELINES, HATE_V, VERSIONS
@@ -213,8 +213,8 @@ def test_impact_recomputes_only_changed_policies(tmp_path: Path, policy_dir: Pat
 
 
 def test_broken_yaml_files_are_clear_errors(tmp_path: Path, policy_dir: Path) -> None:
-    from cotmod._golden import load_mapping
-    from cotmod._thresholds import load_thresholds
+    from cotmod.engine._thresholds import load_thresholds
+    from cotmod.evals._golden import load_mapping
 
     m, mod = make_manifest(tmp_path, policy_dir)
     (tmp_path / "th.yaml").write_text("thresholds: [unclosed\n")

@@ -6,7 +6,7 @@ from pathlib import Path
 import jsonschema
 from click.testing import CliRunner
 
-from cotmod._cli import cli
+from cotmod.cli import cli
 from cotmod.testing import FakeOpenAIServer
 
 from .conftest import GUIDELINES
@@ -49,7 +49,7 @@ def test_schema_and_render() -> None:
 
 def test_render_counts_tokens_per_message() -> None:
     """Few-shot turns repeat the user/assistant roles: each message gets its own count."""
-    from cotmod._tokens import count_tokens
+    from cotmod.prompting._tokens import count_tokens
 
     data = json.loads(run("render", "-p", "hate_speech", "--json", "short").output)["prompts"][0]
     msgs, per = data["messages"], data["message_tokens"]

@@ -7,8 +7,8 @@ import jsonschema
 import pytest
 
 from cotmod import Compiler, PromptTemplates, TemplateError, load_policies
-from cotmod._compiler import CONTENT_CLOSE, CONTENT_OPEN
-from cotmod._policy import default_guidelines_dir
+from cotmod.policy._model import default_guidelines_dir
+from cotmod.prompting._compiler import CONTENT_CLOSE, CONTENT_OPEN
 
 from .conftest import ROOT
 
@@ -136,7 +136,7 @@ def test_empty_text_rejected(policies) -> None:
 
 
 def test_few_shot_answers_are_valid_decisions(policies) -> None:
-    from cotmod._verdict import parse_decision
+    from cotmod.prompting._decision import parse_decision
 
     for policy in policies:
         comp = Compiler(policies.select([policy.id]))

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from cotmod import Moderator
-from cotmod._local import ensure_local_server, model_path
+from cotmod.backends._local import ensure_local_server, model_path
 
 from .conftest import e2e_model
 
@@ -58,9 +58,9 @@ def test_library_against_embedded_server_started_on_demand(monkeypatch: pytest.M
 
 def test_impact_with_the_real_local_model_recomputes_only_the_changed_policy(tmp_path, policy_dir, local_url: str) -> None:
     from cotmod import load_policies
-    from cotmod._cache import MemoryCache
     from cotmod._config import Settings
-    from cotmod._impact import impact
+    from cotmod.engine._cache import MemoryCache
+    from cotmod.governance._impact import impact
 
     gold = tmp_path / "gold.jsonl"
     rows = [("Win a free prize now, text WIN to 80086", 1), ("See you at lunch tomorrow", 0)]
@@ -105,7 +105,7 @@ def test_real_server_grammar_cannot_emit_an_inconsistent_decision(local_url: str
     import openai
 
     from cotmod import Compiler, load_policies
-    from cotmod._policy import default_guidelines_dir
+    from cotmod.policy._model import default_guidelines_dir
 
     comp = Compiler(load_policies([default_guidelines_dir()]).select(["spam_scams"]))
     client = openai.OpenAI(base_url=local_url, api_key="x", timeout=300)

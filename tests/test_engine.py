@@ -15,8 +15,8 @@ from cotmod import (
     Verdict,
     verdict_json_schema,
 )
-from cotmod._client import ChatResult
 from cotmod._verdict import Usage
+from cotmod.backends._openai import ChatResult
 from cotmod.testing import FakeBackend, decision
 
 from .conftest import HATE_V
@@ -157,7 +157,7 @@ def test_sync_moderator_works() -> None:
 def test_logprob_scores_replace_stated_confidence() -> None:
     import math
 
-    from cotmod._verdict import violates_probabilities
+    from cotmod.prompting._decision import violates_probabilities
 
     answer = json.dumps(decision({"spam_scams": ["SCAM-2"]}, confidence=0.9))
     # tokens as a llama.cpp server returns them: the "violates" value with its top alternatives

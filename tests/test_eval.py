@@ -12,10 +12,10 @@ from scipy.stats import binomtest
 from sklearn import metrics as skm
 
 from cotmod import AsyncModerator, InputError
-from cotmod._cli import cli
-from cotmod._compare import compare_runs, tune
-from cotmod._eval import compute_metrics, run_eval
-from cotmod._metrics import (
+from cotmod.cli import cli
+from cotmod.evals._compare import compare_runs, tune
+from cotmod.evals._harness import compute_metrics, run_eval
+from cotmod.evals._metrics import (
     average_precision,
     binary_metrics,
     mcnemar_exact,
@@ -221,8 +221,8 @@ def test_compare_runs_and_fail_on(tmp_path: Path) -> None:
 
 
 def test_shipped_goldsets_and_mappings_load() -> None:
-    from cotmod._golden import load_golden, load_mapping
-    from cotmod._lint import default_policies
+    from cotmod.evals._golden import load_golden, load_mapping
+    from cotmod.policy._lint import default_policies
 
     for d in sorted((ROOT / "benchmarks" / "goldsets").iterdir()):
         mp = load_mapping(d / "mapping.yaml")

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from cotmod import _local
 from cotmod._config import cotmod_home
 from cotmod._exceptions import ConfigError, CotmodError, ModelNotAvailableError, UserError
-from cotmod._local import (
+from cotmod.backends import _local as _local
+from cotmod.backends._local import (
     MODELS,
     ModelSpec,
     assemble,

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from cotmod import PolicyError, lint_paths, load_policies
-from cotmod._policy import policy_json_schema
+from cotmod.policy._model import policy_json_schema
 
 from .conftest import GUIDELINES, HATE_V, ROOT
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from cotmod import AsyncModerator, ConfigError
-from cotmod._cache import MemoryCache, SqliteCache
-from cotmod._limits import AdaptiveLimiter, RateLimiter
-from cotmod._runner import Runner, read_items, repair_jsonl
+from cotmod.backends._limits import AdaptiveLimiter, RateLimiter
+from cotmod.batch._runner import Runner, read_items, repair_jsonl
+from cotmod.engine._cache import MemoryCache, SqliteCache
 from cotmod.testing import FakeBackend, FakeOpenAIServer, answer_for, decision
 
 from .conftest import HATE_V, VERSIONS
@@ -250,7 +250,7 @@ def test_memory_cache_round_trip() -> None:
 def test_idset_matches_a_python_set() -> None:
     import random as _r
 
-    from cotmod._runner import IdSet
+    from cotmod.batch._runner import IdSet
 
     rng = _r.Random(3)
     ref: set[int] = set()
@@ -267,7 +267,7 @@ def test_idset_matches_a_python_set() -> None:
 
 
 def test_rate_limited_items_are_requeued_not_lost(tmp_path: Path, monkeypatch) -> None:
-    import cotmod._runner as runner_mod
+    import cotmod.batch._runner as runner_mod
 
     monkeypatch.setattr(runner_mod, "RATE_LIMIT_REQUEUES", 3)
     inp = write_jsonl(tmp_path / "in.jsonl", 4)
@@ -292,7 +292,7 @@ def test_adaptive_limiter_keeps_cutting_under_sustained_429s() -> None:
 def test_disk_full_is_a_clear_error_and_keeps_what_was_written(tmp_path: Path, monkeypatch) -> None:
     import errno
 
-    import cotmod._runner as runner_mod
+    import cotmod.batch._runner as runner_mod
     from cotmod import CotmodError
 
     inp = write_jsonl(tmp_path / "in.jsonl", 10)

@@ -4,7 +4,7 @@
 methods (it runs the async one on a private event-loop thread, so it also works inside a program
 that already has a loop).
 
-Re-asks (this layer) are separate from transport retries (:mod:`cotmod._client`): when the model's
+Re-asks (this layer) are separate from transport retries (:mod:`cotmod.backends._openai`): when the model's
 output fails validation, the error is fed back to the model as a new user turn, at most
 ``max_reasks`` times. If the output is still invalid, the verdict has ``status="error"`` and keeps
 the raw output; it is never counted as a decision. Usage of every attempt is summed.
@@ -22,25 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .._config import Settings
+from .._exceptions import ConfigError, InputError
+from .._verdict import ErrorInfo, PolicyDecision, Truncation, Usage, Verdict
+from .._version import __version__
+from ..backends._openai import Backend, ChatRequest, OpenAIBackend
+from ..policy._lint import load_policies
+from ..policy._model import Policy, PolicySet, default_guidelines_dir
+from ..prompting._compiler import CompiledPrompt, Compiler, PromptTemplates
+from ..prompting._decision import OutputInvalid, parse_decision, violates_probabilities
 from ._cache import Cache, cache_key
-from ._client import Backend, ChatRequest, OpenAIBackend
-from ._compiler import CompiledPrompt, Compiler, PromptTemplates
-from ._config import Settings
-from ._exceptions import ConfigError, InputError
-from ._lint import load_policies
-from ._policy import Policy, PolicySet, default_guidelines_dir
 from ._thresholds import apply_band, load_thresholds
-from ._verdict import (
-    ErrorInfo,
-    OutputInvalid,
-    PolicyDecision,
-    Truncation,
-    Usage,
-    Verdict,
-    parse_decision,
-    violates_probabilities,
-)
-from ._version import __version__
 
 __all__ = ["AsyncModerator", "Item", "Moderator"]
 
@@ -203,7 +195,7 @@ class AsyncModerator:
                         extra_headers=s.extra_headers,
                     )
                 else:
-                    from ._local import ensure_local_server
+                    from ..backends._local import ensure_local_server
 
                     url = await asyncio.to_thread(
                         ensure_local_server, s.local_model, n_ctx=s.local_ctx, threads=s.local_threads
@@ -431,7 +423,7 @@ class AsyncModerator:
         if prompts[0].truncated:
             truncated = Truncation(item_tokens=prompts[0].item_tokens, kept_tokens=prompts[0].kept_tokens)
         actions = [d.action for d in decisions]
-        from ._policy import ACTIONS
+        from ..policy._model import ACTIONS
 
         return Verdict(
             item_id=item.id,

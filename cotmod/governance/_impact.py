@@ -13,14 +13,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._cache import Cache
-from ._compare import compare_runs
-from ._config import Settings
+from .._config import Settings
+from ..batch._runner import Runner
+from ..engine._cache import Cache
+from ..engine._moderator import AsyncModerator
+from ..evals._compare import compare_runs
+from ..evals._harness import compute_metrics, run_eval
+from ..policy._model import PolicySet
 from ._diff import diff_policies
-from ._engine import AsyncModerator
-from ._eval import compute_metrics, run_eval
-from ._policy import PolicySet
-from ._runner import Runner
 
 __all__ = ["impact"]
 

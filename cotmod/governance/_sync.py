@@ -28,11 +28,11 @@ from typing import Any
 
 import yaml
 
-from ._engine import AsyncModerator
-from ._exceptions import InputError
+from .._exceptions import InputError
+from .._yamlfile import read_yaml_mapping
+from ..engine._moderator import AsyncModerator
+from ..policy._model import PolicySet
 from ._guide import guide_fingerprint, guide_html, guide_markdown
-from ._policy import PolicySet
-from ._yamlfile import read_yaml_mapping
 
 __all__ = ["Finding", "check_manifest", "update_manifest"]
 

@@ -25,10 +25,10 @@ import jinja2
 from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
-from ._exceptions import InputError, TemplateError
-from ._policy import PolicySet, bundled_dir
+from .._exceptions import InputError, TemplateError
+from ..policy._model import PolicySet, bundled_dir
+from ._decision import constrain_decisions, decision_schema
 from ._tokens import count_tokens, truncate_to_tokens
-from ._verdict import constrain_decisions, decision_schema
 
 __all__ = ["CompiledPrompt", "Compiler", "PromptTemplates", "default_prompts_dir"]
 

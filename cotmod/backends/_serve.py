@@ -1,6 +1,6 @@
 """Child-process entry point that runs the xllamacpp server until SIGTERM/SIGINT.
 
-``python -m cotmod._serve '{"model": PATH, "port": N, "n_ctx": N, "threads": N, "n_parallel": N}'``
+``python -m cotmod.backends._serve '{"model": PATH, "port": N, "n_ctx": N, "threads": N, "n_parallel": N}'``
 """
 
 from __future__ import annotations

@@ -28,14 +28,14 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from ._exceptions import (
+from .._exceptions import (
     AuthenticationError,
     EndpointUnreachableError,
     RateLimitedError,
     ServerError,
     TransportError,
 )
-from ._verdict import Usage
+from .._verdict import Usage
 
 __all__ = ["Backend", "ChatRequest", "ChatResult", "OpenAIBackend"]
 

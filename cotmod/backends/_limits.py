@@ -13,9 +13,9 @@ import asyncio
 import time
 from collections import deque
 
-from ._client import Backend, ChatRequest, ChatResult
-from ._exceptions import ConfigError, RateLimitedError
-from ._tokens import count_tokens
+from .._exceptions import ConfigError, RateLimitedError
+from ..prompting._tokens import count_tokens
+from ._openai import Backend, ChatRequest, ChatResult
 
 __all__ = ["AdaptiveLimiter", "LimitedBackend", "RateLimiter"]
 

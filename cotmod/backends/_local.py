@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ._config import cotmod_home
-from ._exceptions import ConfigError, ModelNotAvailableError
+from .._config import cotmod_home
+from .._exceptions import ConfigError, ModelNotAvailableError
 
 __all__ = [
     "MODELS",
@@ -303,7 +303,7 @@ def ensure_local_server(name: str, *, n_ctx: int = 8192, threads: int = 0, n_par
         params["parent_pid"] = os.getpid()
         with log.open("wb") as logf:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cotmod._serve", json.dumps(params)],
+                [sys.executable, "-m", "cotmod.backends._serve", json.dumps(params)],
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

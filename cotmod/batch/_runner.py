@@ -35,8 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ._engine import AsyncModerator, Item
-from ._exceptions import (
+from .._exceptions import (
     AuthenticationError,
     ConfigError,
     CotmodError,
@@ -45,10 +44,11 @@ from ._exceptions import (
     RateLimitedError,
     TransportError,
 )
-from ._limits import LimitedBackend
-from ._pricing import price_for
-from ._verdict import Verdict
-from ._version import __version__
+from .._verdict import Verdict
+from .._version import __version__
+from ..backends._limits import LimitedBackend
+from ..backends._pricing import price_for
+from ..engine._moderator import AsyncModerator, Item
 
 __all__ = ["RunSummary", "Runner", "read_items"]
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import InputError
-from ._yamlfile import read_yaml_mapping
+from .._exceptions import InputError
+from .._yamlfile import read_yaml_mapping
 
 __all__ = ["apply_band", "load_thresholds"]
 

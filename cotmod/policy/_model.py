@@ -2,7 +2,7 @@
 
 A policy file is YAML (one policy per file). Its format is defined by :class:`Policy` and shipped
 as JSON Schema (``cotmod schema policy``). Loading keeps YAML line numbers so every problem can
-be reported as ``file:line: field: message``; see :mod:`cotmod._lint` for the checks.
+be reported as ``file:line: field: message``; see :mod:`cotmod.policy._lint` for the checks.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ class PolicySet:
         for pid in dict.fromkeys(ids):
             if pid not in self._by_id:
                 known = ", ".join(sorted(self._by_id)) or "none"
-                from ._exceptions import ConfigError
+                from .._exceptions import ConfigError
 
                 raise ConfigError(f"unknown policy {pid!r} (known: {known})")
             out.append(self._by_id[pid])
@@ -228,7 +228,7 @@ def slug_ok(value: str) -> bool:
 
 def bundled_dir(name: str) -> Path:
     """``name/`` (guidelines, prompts) of the source tree, or its copy inside the installed wheel."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     for cand in (here / "_bundled" / name, here.parent / name):
         if cand.is_dir():
             return cand

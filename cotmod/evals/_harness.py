@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ._engine import AsyncModerator
-from ._exceptions import ConfigError, InputError
+from .._exceptions import ConfigError, InputError
+from .._version import __version__
+from ..batch._runner import Runner, RunSummary
+from ..engine._moderator import AsyncModerator
 from ._golden import GoldenSet, LabelMapping, load_golden, load_mapping
 from ._metrics import (
     average_precision,
@@ -37,8 +39,6 @@ from ._metrics import (
     pr_curve,
     roc_auc,
 )
-from ._runner import Runner, RunSummary
-from ._version import __version__
 
 __all__ = ["compute_metrics", "run_eval"]
 

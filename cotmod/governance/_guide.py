@@ -12,7 +12,7 @@ import html
 import json
 from datetime import datetime, timezone
 
-from ._policy import Policy, PolicySet
+from ..policy._model import Policy, PolicySet
 
 __all__ = ["guide_fingerprint", "guide_html", "guide_markdown"]
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import InputError
-from ._lint import load_policies
-from ._policy import ACTIONS, Policy, PolicySet
+from .._exceptions import InputError
+from ..policy._lint import load_policies
+from ..policy._model import ACTIONS, Policy, PolicySet
 
 __all__ = ["Change", "PolicyDiff", "diff_policies", "load_bundle"]
 

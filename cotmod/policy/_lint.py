@@ -23,13 +23,13 @@ import jsonschema
 import yaml
 from pydantic import ValidationError
 
-from ._exceptions import LintIssue, PolicyError
-from ._policy import ACTIONS, Policy, PolicySet, default_guidelines_dir
+from .._exceptions import LintIssue, PolicyError
+from ._model import ACTIONS, Policy, PolicySet, default_guidelines_dir
 
 __all__ = ["LintReport", "lint_paths", "load_policies", "load_policy_file"]
 
 PathKey = tuple[str | int, ...]
-SCHEMA_PATH = Path(__file__).with_name("schemas") / "policy.schema.json"
+SCHEMA_PATH = Path(__file__).parent.parent / "schemas" / "policy.schema.json"
 MIN_EXAMPLES_RECOMMENDED = 4
 
 

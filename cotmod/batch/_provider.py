@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._client import OpenAIBackend
-from ._engine import AsyncModerator, Item, _Outcome
-from ._exceptions import ConfigError, InputError
-from ._pricing import price_for
+from .._exceptions import ConfigError, InputError
+from .._verdict import ErrorInfo, Usage
+from ..backends._openai import OpenAIBackend
+from ..backends._pricing import price_for
+from ..engine._moderator import AsyncModerator, Item, _Outcome
+from ..prompting._decision import OutputInvalid, parse_decision
 from ._runner import Row, Runner, RunSummary, _Appender, _digest, read_items, repair_jsonl
-from ._verdict import ErrorInfo, OutputInvalid, Usage, parse_decision
 
 __all__ = ["export_batch", "import_batch"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ._exceptions import InputError
+from .._exceptions import InputError
 from ._metrics import binary_metrics, paired_comparison, pr_curve, threshold_for_precision
 
 __all__ = ["compare_runs", "parse_fail_on", "tune"]

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import InputError
-from ._policy import PolicySet
-from ._yamlfile import read_yaml_mapping
+from .._exceptions import InputError
+from .._yamlfile import read_yaml_mapping
+from ..policy._model import PolicySet
 
 __all__ = ["GoldenItem", "GoldenSet", "LabelMapping", "load_golden", "load_mapping"]
 

@@ -1,0 +1,10 @@
+"""The ``cotmod`` command line (click), split by command group.
+
+Library errors become one clear line at this boundary, and only here; user mistakes never print a
+traceback (set COTMOD_DEBUG=1 to see one). Importing this package registers every command.
+"""
+
+from . import _batch, _evals, _governance, _local, _moderate, _policies  # noqa: F401  (register commands)
+from ._app import cli, main
+
+__all__ = ["cli", "main"]

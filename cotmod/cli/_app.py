@@ -1,0 +1,164 @@
+"""The ``cotmod`` command line. Library errors become one clear line and exit code 1 here, and
+only here; user mistakes never print a traceback (set COTMOD_DEBUG=1 to see one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .._exceptions import CotmodError, InputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _Group(click.Group):
+    """Turns cotmod errors into clean CLI errors at the boundary."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CotmodError as exc:
+            if os.environ.get("COTMOD_DEBUG"):
+                raise
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(package_name="cotmod", prog_name="cotmod")
+def cli() -> None:
+    """cotmod: chain-of-thought content moderation.
+
+    Policies in guidelines/ (YAML) compile into prompts; an LLM (an OpenAI-compatible endpoint,
+    or the embedded local model) returns schema-valid verdicts with its reasoning.
+
+    \b
+    Endpoint: --base-url/--model/--api-key, or COTMOD_BASE_URL, COTMOD_MODEL, COTMOD_API_KEY,
+    or a cotmod.toml. With no endpoint the embedded model runs on 127.0.0.1.
+    """
+
+
+def _endpoint_options(f: F) -> F:
+    opts = [
+        click.option("--guidelines", "-g", type=click.Path(exists=True), help="Policy directory or file [default: the starter pack]."),
+        click.option("--policy", "-p", "policies", multiple=True, help="Policy id to apply (repeatable) [default: all]."),
+        click.option("--base-url", envvar="COTMOD_BASE_URL", help="OpenAI-compatible endpoint (default: embedded local model)."),
+        click.option("--model", "-m", envvar="COTMOD_MODEL", help="Model name at the endpoint."),
+        click.option("--api-key", envvar="COTMOD_API_KEY", help="API key (prefer the COTMOD_API_KEY env var)."),
+        click.option("--local-model", help="Embedded model to use when no endpoint is set (see: cotmod models list)."),
+        click.option("--strategy", type=click.Choice(["per_policy", "combined"]), help="One call per policy, or all in one call."),
+        click.option("--logprobs/--no-logprobs", default=None, help="Score decisions by token log-probabilities (servers that return them)."),
+        click.option(
+            "--votes",
+            type=click.IntRange(1, 25),
+            default=None,
+            help="Self-consistency: sample K verdicts per policy call (at --vote-temperature); the majority decides and the score is the vote share.",
+        ),
+        click.option("--vote-temperature", type=click.FloatRange(0, 2, min_open=True), default=None, help="Sampling temperature of the votes [default: 0.7]."),
+        click.option("--config", "config_file", type=click.Path(), help="TOML config file."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _settings(**kw: Any) -> Any:
+    from .._config import Settings
+
+    config_file = kw.pop("config_file", None)
+    return Settings.load(config_file, **{k: v for k, v in kw.items() if v is not None})
+
+
+def _check_text(text: str, where: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{where}: text is not valid UTF-8") from None
+    return text
+
+
+def _read_items(path: str) -> Iterator[dict[str, Any]]:
+    """Items from a text file (one per line) or JSONL (objects with id and text)."""
+    p = Path(path)
+    is_jsonl = p.suffix in (".jsonl", ".ndjson")
+    with p.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{n}: not valid UTF-8 (byte {exc.start})") from None
+            if not line.strip():
+                continue
+            if is_jsonl or (line.lstrip().startswith("{") and p.suffix != ".txt"):
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+                if not isinstance(obj, dict) or "text" not in obj:
+                    raise InputError(f"{path}:{n}: expected an object with a 'text' field")
+                if not isinstance(obj["text"], str):
+                    raise InputError(f"{path}:{n}: field 'text' must be a string")
+                yield {"id": str(obj.get("id", n)), "text": obj["text"]}
+            else:
+                yield {"id": str(n), "text": line}
+
+
+def _print_verdict(v: Any) -> None:
+    head = click.style(v.item_id, bold=True)
+    if v.status != "ok":
+        click.echo(f"{head}  " + click.style("ERROR", fg="red", bold=True) + f"  {v.error.message if v.error else ''}")
+        return
+    label = click.style("VIOLATES", fg="red", bold=True) if v.violates else click.style("SAFE", fg="green", bold=True)
+    esc = click.style("  escalate", fg="yellow") if v.escalate else ""
+    click.echo(f"{head}  {label}  action={v.action}{esc}  ({v.latency_ms / 1000:.1f}s, {v.usage.total_tokens} tokens)")
+    for d in v.decisions:
+        if d.violates:
+            click.echo(f"  - {d.policy_id} {d.policy_version}: {', '.join(d.rule_ids)} severity={d.severity} -> {d.action} (confidence {d.confidence:.2f})")
+            click.echo(f"    {d.rationale}")
+    for step in v.reasoning:
+        click.echo(click.style(f"    · {step}", dim=True))
+    if v.truncated:
+        click.echo(click.style(f"  (item truncated: {v.truncated.kept_tokens} of {v.truncated.item_tokens} tokens judged)", fg="yellow"))
+
+
+def _print_summary(d: dict[str, Any]) -> None:
+    lat = d["latency_ms"]
+    cost = "unknown price" if d["cost_usd"] is None else f"${d['cost_usd']:.4f}"
+
+    def fmt_ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    click.echo(f"output: {d['output']}")
+    click.echo(
+        f"processed {d['processed']} (resumed past {d['resumed_skipped']}), errors {d['errors']}, "
+        f"dead-lettered {d['dead_lettered']}, cache hits {d['cache_hits']}, {d['items_per_s'] or 0:.2f} items/s"
+    )
+    click.echo(f"decisions: {d['by_decision']}  actions: {d['by_action']}")
+    for pid, counts in d["by_policy"].items():
+        click.echo(f"  {pid}: {counts}")
+    click.echo(
+        f"tokens in/out {d['tokens']['prompt']}/{d['tokens']['completion']}, cost {cost}; latency ms "
+        f"p50 {fmt_ms(lat['p50'])} p95 {fmt_ms(lat['p95'])} p99 {fmt_ms(lat['p99'])}; transport retries "
+        f"{d['transport_retries']}, re-asks {d['reasks']}, 429s {d['throttled_429']}"
+    )
+
+
+def main() -> None:
+    import signal
+
+    # SIGTERM exits normally so cleanup (stopping an embedded server) runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cli(prog_name="cotmod")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,147 @@
+"""Golden-set evaluation: ``eval``, ``report``, ``tune`` and ``compare``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._app import (
+    CONTEXT,
+    _endpoint_options,
+    _settings,
+    cli,
+)
+
+
+def _write_reports(metrics: dict[str, Any], run_dir: Path, as_json: bool) -> None:
+    from ..evals._report import html_report, text_table
+
+    (run_dir / "report.html").write_text(html_report(metrics), encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in metrics.items() if k != "predictions"}, indent=2))
+    else:
+        click.echo(text_table(metrics))
+        click.echo(f"\nreport: {run_dir / 'report.html'}  metrics: {run_dir / 'metrics.json'}")
+
+
+@cli.command("eval", context_settings=CONTEXT)
+@click.argument("golden", type=click.Path(exists=True, dir_okay=False))
+@click.option("--mapping", "-M", "mapping_path", type=click.Path(exists=True, dir_okay=False), help="Label mapping YAML [default: mapping.yaml beside GOLDEN].")
+@click.option("--output", "-o", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory (e.g. runs/NAME); resumable.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1))
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N items with known labels.")
+@click.option("--thresholds", "thresholds_path", type=click.Path(exists=True, dir_okay=False), help="Score thresholds (cotmod tune) to decide with.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
+@_endpoint_options
+def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: int | None, limit: int | None, thresholds_path: str | None, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
+    """Run GOLDEN (JSONL/CSV with expected labels) through the engine and measure it.
+
+    Predictions go through the batch runner (cached, resumable) into the run directory with a
+    manifest; metrics per label and rule with 95% bootstrap CIs, AUPRC/ROC-AUC, calibration and
+    root-cause analysis go to metrics.json, report.html and the terminal.
+    """
+    from .._config import cotmod_home
+    from ..engine._cache import SqliteCache
+    from ..engine._moderator import AsyncModerator
+    from ..engine._thresholds import load_thresholds
+    from ..evals._harness import compute_metrics, run_eval
+
+    mapping_file = Path(mapping_path) if mapping_path else Path(golden).parent / "mapping.yaml"
+    if not mapping_file.exists():
+        raise click.UsageError(f"no --mapping given and {mapping_file} does not exist")
+    settings = _settings(**kw)
+    if concurrency is not None:
+        settings = settings.model_copy(update={"concurrency": concurrency})
+    cache = SqliteCache(cotmod_home() / "cache.sqlite")
+    try:
+        mod = AsyncModerator(settings.guidelines, settings=settings, cache=cache)
+        show = sys.stderr.isatty() and not as_json
+        if show:
+            from ._progress import RunProgress
+
+            with RunProgress() as bar:
+                run_eval(mod, golden, mapping_file, run_dir, limit=limit, on_progress=bar.update)
+        else:
+            run_eval(mod, golden, mapping_file, run_dir, limit=limit)
+    finally:
+        cache.close()
+    metrics = compute_metrics(run_dir, thresholds=load_thresholds(thresholds_path))
+    _write_reports(metrics, Path(run_dir), as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--thresholds", "thresholds_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def report(run_dir: str, thresholds_path: str | None, as_json: bool) -> None:
+    """Recompute metrics and the HTML report of a run directory (no model calls)."""
+    from ..engine._thresholds import load_thresholds
+    from ..evals._harness import compute_metrics
+
+    metrics = compute_metrics(run_dir, thresholds=load_thresholds(thresholds_path))
+    _write_reports(metrics, Path(run_dir), as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Thresholds YAML to write.")
+@click.option("--target-precision", type=click.FloatRange(0, 1), help="Review threshold: lowest reaching this precision.")
+@click.option("--cost-fp", type=click.FloatRange(min=0), help="Cost of a false positive (with --cost-fn).")
+@click.option("--cost-fn", type=click.FloatRange(min=0), help="Cost of a false negative.")
+@click.option("--auto-precision", type=click.FloatRange(0, 1), default=0.99, show_default=True, help="Auto-action threshold: lowest reaching this precision.")
+@click.option("--json", "as_json", is_flag=True)
+def tune(run_dir: str, output: str, target_precision: float | None, cost_fp: float | None, cost_fn: float | None, auto_precision: float, as_json: bool) -> None:
+    """Choose per-policy score thresholds from a run, with bands auto-action / review / allow.
+
+    Apply them with `cotmod run/moderate --config` (thresholds = "FILE") or `cotmod eval --thresholds`.
+    """
+    from ..evals._compare import tune as tune_fn
+    from ..evals._compare import write_thresholds
+    from ..evals._harness import compute_metrics
+
+    metrics = compute_metrics(run_dir, bootstrap_rounds=0)
+    data = tune_fn(metrics, target_precision=target_precision, cost_fp=cost_fp, cost_fn=cost_fn, auto_precision=auto_precision)
+    write_thresholds(data, output)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for label, ev in data["evidence"].items():
+        if ev.get("reachable") is False:
+            click.echo(f"{label}: {ev['note']}")
+        else:
+            click.echo(f"{label}: review >= {ev['review']:.3f} (precision {ev['precision']:.3f}, recall {ev['recall']:.3f}), auto_action >= {_fmt_opt(ev['auto_action'])}")
+    click.echo(f"wrote {output}")
+
+
+def _fmt_opt(v: float | None) -> str:
+    return "none reaches the auto precision" if v is None else f"{v:.3f}"
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False))
+@click.option("--fail-on", multiple=True, help="Regression rule, e.g. 'precision drop > 2' (points); exit 1 if met.")
+@click.option("--json", "as_json", is_flag=True)
+def compare(run_a: str, run_b: str, fail_on: tuple[str, ...], as_json: bool) -> None:
+    """Compare two runs on the same golden set: deltas B−A with 95% CIs, McNemar, flipped items."""
+    from ..evals._compare import compare_runs
+
+    data = compare_runs(run_a, run_b, fail_on=list(fail_on))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(f"A {run_a} ({data['a_manifest']['prompt_fingerprint']})  vs  B {run_b} ({data['b_manifest']['prompt_fingerprint']})")
+        for label, e in data["labels"].items():
+            click.echo(f"{label} (n={e['n_paired']}, McNemar p={e['mcnemar']['p_value']:.4f}, {len(e['flipped'])} flipped)")
+            for metric, d in e["metrics"].items():
+                ci = d["ci95"]
+                ci_s = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
+                click.echo(f"  {metric:<9} {d['a']:.3f} -> {d['b']:.3f}  delta {d['delta']:+.3f}{ci_s}")
+        for f in data["failures"]:
+            click.echo(click.style("REGRESSION ", fg="red") + f)
+    if data["failures"]:
+        sys.exit(1)

@@ -1,0 +1,113 @@
+"""Change management: ``sync`` (the enforcement manifest) and ``impact``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._app import (
+    CONTEXT,
+    _endpoint_options,
+    _Group,
+    _settings,
+    cli,
+)
+
+
+@cli.group(cls=_Group, context_settings=CONTEXT)
+def sync() -> None:
+    """Keep every enforcement pathway bound to the current policy versions (enforcement.yaml)."""
+
+
+@sync.command("check", context_settings=CONTEXT)
+@click.argument("manifest", type=click.Path(dir_okay=False), default="enforcement.yaml")
+@click.option("--json", "as_json", is_flag=True)
+@_endpoint_options
+def sync_check(manifest: str, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
+    """List pathways bound to an old policy version or prompt fingerprint; exit 1 if any."""
+    from ..engine._moderator import AsyncModerator
+    from ..governance._sync import check_manifest
+
+    settings = _settings(**kw)
+    findings = check_manifest(manifest, AsyncModerator(settings.guidelines, settings=settings))
+    if as_json:
+        click.echo(json.dumps([f.to_dict() for f in findings], indent=2))
+    else:
+        for f in findings:
+            click.echo(click.style("stale ", fg="red") + str(f))
+        click.echo("in sync" if not findings else f"{len(findings)} stale binding(s)")
+    if findings:
+        sys.exit(1)
+
+
+@sync.command("update", context_settings=CONTEXT)
+@click.argument("manifest", type=click.Path(dir_okay=False), default="enforcement.yaml")
+@click.option("--create", is_flag=True, help="Create the manifest if it does not exist.")
+@_endpoint_options
+def sync_update(manifest: str, create: bool, policies: tuple[str, ...], **kw: Any) -> None:
+    """Regenerate what can be derived (versions, fingerprints, guide, criterion routes) and say
+    what needs a human; exit 1 while something does."""
+    from ..engine._moderator import AsyncModerator
+    from ..governance._sync import update_manifest
+
+    settings = _settings(**kw)
+    done, remaining = update_manifest(manifest, AsyncModerator(settings.guidelines, settings=settings), create=create)
+    for d in done:
+        click.echo(click.style("updated ", fg="green") + d)
+    for f in remaining:
+        click.echo(click.style("needs a human ", fg="yellow") + str(f))
+    if not done and not remaining:
+        click.echo("already in sync")
+    if remaining:
+        sys.exit(1)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("old")
+@click.argument("new")
+@click.option("--golden", required=True, type=click.Path(exists=True, dir_okay=False), help="Golden set.")
+@click.option("--mapping", "-M", "mapping_path", type=click.Path(exists=True, dir_okay=False), help="Label mapping [default: beside GOLDEN].")
+@click.option("--sample", type=click.Path(exists=True, dir_okay=False), help="Unlabelled production sample (JSONL/CSV/Parquet).")
+@click.option("--output", "-o", "work_dir", required=True, type=click.Path(file_okay=False), help="Directory for the runs and impact.json.")
+@click.option("--limit", type=click.IntRange(min=1))
+@click.option("--repo", default=".", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_endpoint_options
+def impact(old: str, new: str, golden: str, mapping_path: str | None, sample: str | None, work_dir: str, limit: int | None, repo: str, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
+    """Preview a policy change: re-run only the changed policies (the rest is cached) on a golden
+    set and a production sample; metric deltas with significance, and the decisions that flip."""
+    from .._config import cotmod_home
+    from ..engine._cache import SqliteCache
+    from ..governance._diff import load_bundle
+    from ..governance._impact import impact as impact_fn
+
+    a, _ = load_bundle(old, repo=repo)
+    b, _ = load_bundle(new, repo=repo)
+    mapping_file = Path(mapping_path) if mapping_path else Path(golden).parent / "mapping.yaml"
+    settings = _settings(**kw)
+    cache = SqliteCache(cotmod_home() / "cache.sqlite")
+    try:
+        res = impact_fn(a, b, settings=settings, cache=cache, golden=golden, mapping=mapping_file, work_dir=work_dir, sample=sample, limit=limit)
+    finally:
+        cache.close()
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(f"changed policies: {', '.join(res['changed_policies']) or 'none'}; model calls old/new: {res['golden']['model_calls']}")
+    for e in res["version_errors"]:
+        click.echo(click.style("version error ", fg="red") + e)
+    for label, e in res["golden"]["comparison"]["labels"].items():
+        click.echo(f"{label}: McNemar p={e['mcnemar']['p_value']:.4f}, {len(e['flipped'])} flipped")
+        for metric, d in e["metrics"].items():
+            click.echo(f"  {metric:<9} {d['a']:.3f} -> {d['b']:.3f} ({d['delta']:+.3f})")
+        for f in e["flipped"][:20]:
+            click.echo(f"  flip {f['id']}: gold {f['y']} {f['a']} -> {f['b']} {', '.join(f['new_rules'])} {' | '.join(f['new_rationale'])[:160]}")
+    if "sample" in res:
+        s = res["sample"]
+        click.echo(f"production sample: {len(s['flipped'])} decisions flip on {s['items']} items ({100 * s['flip_rate']:.1f}%)")
+        for f in s["flipped"][:20]:
+            click.echo(f"  {f['id']} {f['policy']}: {f['before']} -> {f['after']} {', '.join(f['rules'])} {f['rationale'][:160]}")

@@ -1,0 +1,260 @@
+"""The decision schema the model is constrained to, and parsing a completion against it.
+
+* :func:`decision_schema` (per policy set): ``reasoning`` steps first, then per policy the cited
+  rule IDs, exceptions, the ``violates`` flag, a confidence and a short rationale. Reasoning comes
+  first so constrained decoding produces the chain of thought before the decision.
+* :func:`parse_decision` validates a raw completion against the decision schema (jsonschema) and
+  cross-checks it against the policies (rule IDs exist, ``violates`` agrees with the cited rules).
+  Anything that fails raises :class:`OutputInvalid`, whose message is fed back to the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from typing import Any
+
+import jsonschema
+
+from .._verdict import PolicyDecision
+from ..policy._model import ACTIONS, Policy, PolicySet
+
+__all__ = ["OutputInvalid", "constrain_decisions", "decision_schema", "parse_decision", "violates_probabilities"]
+
+MAX_STEP_CHARS = 400
+MAX_RATIONALE_CHARS = 400
+MAX_CITED = 4
+
+
+class OutputInvalid(ValueError):
+    """The model's output is not a valid decision. The message is what the model is told."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision schema the model is constrained to.
+
+
+def _policy_decision_schema(policy: Policy, limits: bool) -> dict[str, Any]:
+    def arr(enum: list[str]) -> dict[str, Any]:
+        s: dict[str, Any] = {"type": "array", "items": {"type": "string", "enum": enum}}
+        if limits:
+            s["maxItems"] = MAX_CITED
+        return s
+
+    rationale: dict[str, Any] = {"type": "string"}
+    if limits:
+        rationale["maxLength"] = MAX_RATIONALE_CHARS
+    props: dict[str, Any] = {
+        "rationale": rationale,
+        "rule_ids": arr(policy.rule_ids),
+        "exception_ids": arr(policy.exception_ids) if policy.exceptions else {"type": "array", "maxItems": 0, "items": {"type": "string"}},
+        "violates": {"type": "boolean"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    }
+    if policy.escalation:
+        props["escalation_ids"] = arr([e.id for e in policy.escalation])
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(props),
+        "additionalProperties": False,
+    }
+
+
+def decision_schema(policies: PolicySet, *, max_steps: int = 6, limits: bool = True) -> dict[str, Any]:
+    """JSON Schema of the model's output for these policies (reasoning first)."""
+    step: dict[str, Any] = {"type": "string"}
+    reasoning: dict[str, Any] = {"type": "array", "items": step}
+    if limits:
+        step["maxLength"] = MAX_STEP_CHARS
+        reasoning["minItems"] = 1
+        reasoning["maxItems"] = max_steps
+    per_policy = {p.id: _policy_decision_schema(p, limits) for p in policies}
+    return {
+        "type": "object",
+        "properties": {
+            "reasoning": reasoning,
+            "decisions": {
+                "type": "object",
+                "properties": per_policy,
+                "required": list(per_policy),
+                "additionalProperties": False,
+            },
+        },
+        "required": ["reasoning", "decisions"],
+        "additionalProperties": False,
+    }
+
+
+def constrain_decisions(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema sent to the server: ``decision_schema`` with ``violates`` tied to ``rule_ids``.
+
+    Each policy's decision becomes ``anyOf`` two shapes, "no rule cited and violates false" or "at
+    least one rule cited and violates true", so a grammar-constrained server (llama.cpp, vLLM,
+    OpenAI strict mode) cannot emit a decision the cross-checks would reject: the model reaches
+    ``violates`` after ``rule_ids`` and only the consistent value is left. Without this a small
+    model writes "No rule is met. Decision: VIOLATES." with ``rule_ids: []``, and re-asks rarely
+    change its mind. The verdict is still validated against the plain schema, so a server that
+    ignores the schema gets the precise re-ask message instead of an ``anyOf`` error.
+    """
+    out = copy.deepcopy(schema)
+    decisions = out["properties"]["decisions"]["properties"]
+    for pid, dec in decisions.items():
+        none_cited = copy.deepcopy(dec)
+        none_cited["properties"]["rule_ids"]["maxItems"] = 0
+        none_cited["properties"]["violates"] = {"type": "boolean", "const": False}
+        some_cited = copy.deepcopy(dec)
+        some_cited["properties"]["rule_ids"]["minItems"] = 1
+        some_cited["properties"]["violates"] = {"type": "boolean", "const": True}
+        decisions[pid] = {"anyOf": [none_cited, some_cited]}
+    return out
+
+
+_VALIDATORS: dict[int, tuple[dict[str, Any], jsonschema.Draft202012Validator]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    """Validators are costly to build; reuse one per schema object."""
+    hit = _VALIDATORS.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    v = jsonschema.Draft202012Validator(schema)
+    if len(_VALIDATORS) > 256:
+        _VALIDATORS.clear()
+    _VALIDATORS[id(schema)] = (schema, v)
+    return v
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.S)
+
+
+def extract_json(raw: str) -> Any:
+    """Parse JSON from a completion: the whole text, a fenced block, or the outermost braces."""
+    text = raw.strip()
+    if not text:
+        raise OutputInvalid("the output was empty; reply with one JSON object")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as first:
+        m = _FENCE.search(text)
+        candidates = [m.group(1)] if m else []
+        start, end = text.find("{"), text.rfind("}")
+        if start != -1 and end > start:
+            candidates.append(text[start : end + 1])
+        for c in candidates:
+            try:
+                return json.loads(c)
+            except json.JSONDecodeError:
+                continue
+        raise OutputInvalid(
+            f"the output is not valid JSON ({first.msg} at line {first.lineno} column {first.colno}); "
+            "reply with one complete JSON object"
+        ) from None
+
+
+def parse_decision(
+    raw: str,
+    policies: PolicySet,
+    schema: dict[str, Any],
+    *,
+    finish_reason: str | None = None,
+) -> tuple[list[str], list[PolicyDecision]]:
+    """Validate a completion; return (reasoning steps, decisions). Raises :class:`OutputInvalid`."""
+    if finish_reason == "length":
+        raise OutputInvalid(
+            "the output was cut off by the token limit before the JSON closed; "
+            "keep reasoning steps short and do not repeat yourself"
+        )
+    data = extract_json(raw)
+    errors = sorted(_validator(schema).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        msgs = []
+        for e in errors[:5]:
+            where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+            msgs.append(f"{where}: {e.message[:200]}")
+        raise OutputInvalid("the JSON does not match the required schema: " + "; ".join(msgs))
+    problems: list[str] = []
+    decisions: list[PolicyDecision] = []
+    for policy in policies:
+        d = data["decisions"][policy.id]
+        rule_ids = list(dict.fromkeys(d["rule_ids"]))
+        exc_ids = list(dict.fromkeys(d["exception_ids"]))
+        unknown = [r for r in rule_ids if r not in policy.rule_ids]
+        if unknown:
+            problems.append(f"{policy.id}: unknown rule ids {unknown}")
+            continue
+        violates = bool(d["violates"])
+        if violates and not rule_ids:
+            problems.append(
+                f"{policy.id}: violates is true but rule_ids is empty; cite the VIOLATES rule(s) the "
+                "text meets, or set violates to false"
+            )
+            continue
+        if not violates and rule_ids:
+            problems.append(
+                f"{policy.id}: violates is false but rule_ids cites {rule_ids}; rule_ids lists only "
+                "rules the text violates. Set violates to true, or empty rule_ids"
+            )
+            continue
+        confidence = float(d["confidence"])
+        esc_ids = list(dict.fromkeys(d.get("escalation_ids", [])))
+        if violates:
+            severity = max((policy.rule(r).severity for r in rule_ids), key=policy.severity_rank)
+            tier = policy.tier(severity)
+            action = tier.action
+            escalate = tier.escalate or bool(esc_ids)
+        else:
+            severity, action, escalate = None, "allow", bool(esc_ids)
+        assert action in ACTIONS
+        score = confidence if violates else 1.0 - confidence
+        decisions.append(
+            PolicyDecision(
+                policy_id=policy.id,
+                policy_version=policy.version,
+                rationale=d["rationale"],
+                violates=violates,
+                rule_ids=rule_ids,
+                exception_ids=exc_ids,
+                severity=severity,
+                action=action,  # type: ignore[arg-type]
+                escalate=escalate,
+                escalation_ids=esc_ids,
+                confidence=confidence,
+                score=score,
+            )
+        )
+    if problems:
+        raise OutputInvalid("; ".join(problems))
+    return [str(s) for s in data["reasoning"]], decisions
+
+
+def violates_probabilities(logprobs: list[dict[str, Any]] | None) -> list[float | None]:
+    """P(violates = true) for each ``"violates":`` value in a completion, in order of appearance,
+    from the tokens' top log-probabilities (true vs false); None where neither is among them."""
+    if not logprobs:
+        return []
+    out: list[float | None] = []
+    text = ""
+    armed = False
+    for tok in logprobs:
+        piece = str(tok.get("token", ""))
+        if armed and piece.strip():
+            p_true = p_false = 0.0
+            for cand in tok.get("top_logprobs") or [{"token": piece, "logprob": tok.get("logprob", 0.0)}]:
+                t = str(cand.get("token", "")).strip().lower()
+                lp = float(cand.get("logprob", -1e9))
+                if t and "true".startswith(t[:4]) and t[0] == "t":
+                    p_true += math.exp(lp)
+                elif t and "false".startswith(t[:5]) and t[0] == "f":
+                    p_false += math.exp(lp)
+            out.append(p_true / (p_true + p_false) if p_true + p_false > 0 else None)
+            armed = False
+        text += piece
+        if not armed and text.rstrip().endswith('"violates":'):
+            armed = True
+            text = ""
+        elif len(text) > 64:
+            text = text[-64:]
+    return out
