@@ -77,24 +77,24 @@ def test_moderate_against_an_endpoint(tmp_path: Path) -> None:
 
 def test_clean_errors_no_tracebacks(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["moderate", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "-p", "nope", "hi"])
-    assert r.exit_code == 1 and "unknown policy 'nope'" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "unknown policy 'nope'" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, ["moderate", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "   "])
-    assert r.exit_code == 1 and "empty" in r.output
+    assert r.exit_code == 2 and "empty" in r.output
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine\n\xff\xfe broken\n")
     r = CliRunner().invoke(cli, ["moderate", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--file", str(bad)])
-    assert r.exit_code == 1 and f"{bad}:2: not valid UTF-8" in r.output
+    assert r.exit_code == 2 and f"{bad}:2: not valid UTF-8" in r.output
     with FakeOpenAIServer(fail_first=100, fail_status=401) as srv:
         r = CliRunner().invoke(cli, ["moderate", "--base-url", srv.base_url, "--model", "m", "--api-key", "sk-SECRET-abcdef", "-p", "spam_scams", "hi"])
-    assert r.exit_code == 1 and "authentication failed" in r.output and "sk-SECRET-abcdef" not in r.output
+    assert r.exit_code == 3 and "authentication failed" in r.output and "sk-SECRET-abcdef" not in r.output
     r = CliRunner().invoke(cli, ["moderate", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "-p", "spam_scams", "hi"], env={"COTMOD_DEBUG": ""})
-    assert r.exit_code == 1 and "unreachable" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 3 and "unreachable" in r.output and "Traceback" not in r.output
 
 
 def test_missing_local_model_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("COTMOD_HOME", str(tmp_path))
     r = CliRunner().invoke(cli, ["moderate", "-p", "spam_scams", "--local-model", "smollm2-135m", "hi"])
-    assert r.exit_code == 1 and "cotmod models pull smollm2-135m" in r.output
+    assert r.exit_code == 3 and "cotmod models pull smollm2-135m" in r.output
 
 
 def test_models_list_json(tmp_path: Path, monkeypatch) -> None:

@@ -12,14 +12,29 @@ from typing import Any, TypeVar
 
 import click
 
-from .._exceptions import CotmodError, InputError
+from .._exceptions import CotmodError, InputError, UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+# Exit codes (documented in README "Exit codes"; tests/test_cli.py checks each one).
+EXIT_OK = 0  # every item decided (or: the check passed)
+EXIT_UNDECIDED = 1  # the command ran, but some items got error verdicts or were dead-lettered
+#                     (or: a check found problems: lint errors, sync drift, a compare regression)
+EXIT_USAGE = 2  # a usage, configuration, policy or input mistake: fix the command or the files
+EXIT_FAILURE = 3  # a runtime failure stopped the command (endpoint unreachable, auth, model missing)
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+class _CotmodClickError(click.ClickException):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class _Group(click.Group):
-    """Turns cotmod errors into clean CLI errors at the boundary."""
+    """Turns cotmod errors into clean CLI errors at the boundary: one line, a distinct exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -27,10 +42,11 @@ class _Group(click.Group):
         except CotmodError as exc:
             if os.environ.get("COTMOD_DEBUG"):
                 raise
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+            code = EXIT_USAGE if isinstance(exc, UserError) else EXIT_FAILURE
+            raise _CotmodClickError(f"{type(exc).__name__}: {exc}", code) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
