@@ -13,9 +13,14 @@ from *runtime failures* (the model or the transport misbehaved: retry, page some
     ├── ModelNotAvailableError         a local model is not pulled, or its checksum is wrong
     ├── TransportError                 the endpoint could not be used
     │   ├── EndpointUnreachableError   connection refused / DNS / timeout after retries
+    │   │   └── RequestTimeoutError    no response within the per-request timeout, every attempt
     │   ├── AuthenticationError        401/403 (the key is never included in the message)
     │   ├── RateLimitedError           429 after all transport retries
-    │   └── ServerError                5xx (or other status) after all transport retries
+    │   ├── ServerError                5xx (or other status) after all transport retries
+    │   │   └── MalformedResponseError 200 whose body is not a chat completion (HTML, cut-off
+    │   │                              or invalid JSON), after all transport retries
+    │   └── CircuitOpenError           too many consecutive requests failed: refused without
+    │                                  contacting the endpoint until the cool-down has passed
     └── ModelOutputError               the model's output failed validation after all re-asks
                                        (carries the raw output, attempts and token usage)
 
@@ -29,15 +34,18 @@ from typing import Any
 
 __all__ = [
     "AuthenticationError",
+    "CircuitOpenError",
     "ConfigError",
     "CotmodError",
     "EndpointUnreachableError",
     "InputError",
     "LintIssue",
+    "MalformedResponseError",
     "ModelNotAvailableError",
     "ModelOutputError",
     "PolicyError",
     "RateLimitedError",
+    "RequestTimeoutError",
     "ServerError",
     "TemplateError",
     "TransportError",
@@ -127,6 +135,43 @@ class RateLimitedError(TransportError):
 
 class ServerError(TransportError):
     """The endpoint kept failing (5xx or another unexpected status)."""
+
+
+class RequestTimeoutError(EndpointUnreachableError):
+    """No response within the per-request timeout (``Settings.timeout``), on every attempt.
+
+    ``timeout`` is the per-request limit in seconds."""
+
+    def __init__(self, message: str, *, timeout: float, attempts: int = 1) -> None:
+        super().__init__(message, attempts=attempts)
+        self.timeout = timeout
+
+
+class MalformedResponseError(ServerError):
+    """The endpoint answered HTTP 200 with a body that is not a chat completion (an HTML page
+    from a proxy, a cut-off or otherwise invalid JSON body), on every attempt. A transport
+    failure, retried like a 5xx; never sent back to the model as a validation re-ask."""
+
+
+class CircuitOpenError(TransportError):
+    """The backend's circuit breaker is open: ``failures`` consecutive requests exhausted their
+    retries on 429/5xx, so requests are refused without contacting the endpoint until
+    ``retry_at`` (the backend's clock); then one probe request decides whether to close it.
+    ``status_code`` is the last failure's HTTP status; ``attempts`` is 0 (nothing was sent)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failures: int,
+        retry_in: float,
+        retry_at: float,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, attempts=0)
+        self.failures = failures
+        self.retry_in = retry_in
+        self.retry_at = retry_at
 
 
 class ModelOutputError(CotmodError):
