@@ -7,6 +7,8 @@ import re
 
 import pytest
 
+import cotmod
+
 from .conftest import ROOT, e2e_model
 
 README = (ROOT / "README.md").read_text()
@@ -25,5 +27,12 @@ def test_readme_has_the_two_commands_at_the_top() -> None:
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_blocks_run(index: int, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("COTMOD_LOCAL_MODEL", e2e_model())
-    exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {})
+    namespace: dict[str, object] = {}
+    exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), namespace)
     assert capsys.readouterr().out.strip()
+    # Every verdict the example produced was decided: an error verdict would print too, so the
+    # printed output alone cannot tell a working example from a broken one.
+    verdicts = [v for v in namespace.values() if isinstance(v, cotmod.Verdict)]
+    assert verdicts, "each README example should leave its verdict in a variable"
+    for v in verdicts:
+        assert v.status == "ok", f"README block {index} produced an error verdict: {v.error}"
