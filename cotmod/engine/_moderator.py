@@ -13,11 +13,21 @@ the raw output; it is never counted as a decision. Usage of every attempt is sum
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import threading
 import time
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +36,7 @@ from .._config import Settings
 from .._exceptions import ConfigError, InputError
 from .._verdict import ErrorInfo, PolicyDecision, Truncation, Usage, Verdict
 from .._version import __version__
-from ..backends._openai import Backend, ChatRequest, OpenAIBackend
+from ..backends._openai import Backend, ChatRequest, ChatResult, OpenAIBackend
 from ..policy._lint import load_policies
 from ..policy._model import Policy, PolicySet, default_guidelines_dir
 from ..prompting._compiler import CompiledPrompt, Compiler, PromptTemplates
@@ -34,9 +44,10 @@ from ..prompting._decision import OutputInvalid, parse_decision, violates_probab
 from ._cache import Cache, cache_key
 from ._thresholds import apply_band, load_thresholds
 
-__all__ = ["AsyncModerator", "Item", "Moderator"]
+__all__ = ["AsyncModerator", "GroupOutcome", "Item", "Moderator"]
 
 T = TypeVar("T")
+B = TypeVar("B", bound=Backend)
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,13 @@ def _load_policy_set(policies: PolicySet | Iterable[Policy] | str | Path | None,
 
 
 @dataclass
-class _Outcome:
+class GroupOutcome:
+    """What the model answered for one policy group of one item (before thresholds).
+
+    ``error`` is set when no valid answer was obtained; then ``reasoning`` and ``decisions`` are
+    empty. :meth:`AsyncModerator.build_verdict` combines the outcomes of an item's groups.
+    """
+
     reasoning: list[str]
     decisions: list[PolicyDecision]
     usage: Usage
@@ -84,6 +101,31 @@ class _Outcome:
     model: str
     error: ErrorInfo | None = None
     cached: bool = False
+
+
+_Outcome = GroupOutcome  # the old private name (cotmod.batch used it)
+
+
+def _looks_like_path(name: str) -> bool:
+    """A file path rather than a model name ("org/model" names are not paths)."""
+    return (
+        name.lower().endswith(".gguf")
+        or name.startswith(("/", "\\", "~", "./", "../"))
+        or (len(name) > 2 and name[1] == ":" and name[2] in "/\\")
+    )
+
+
+def _model_label(reported: str | None, requested: str) -> str:
+    """The model name a verdict records: the name the server reports (e.g. a dated snapshot of
+    the requested model), except that a llama.cpp server reports the path of the GGUF file it
+    loaded; then the requested name, or the file's stem (cotmod's model name) if that is a path
+    too. A verdict never carries a filesystem path."""
+    for name in (reported, requested):
+        if name and not _looks_like_path(name):
+            return name
+    name = reported or requested
+    stem = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem
 
 
 def _with_logprob_scores(decisions: list[PolicyDecision], raw: str, logprobs: list[dict[str, Any]]) -> list[PolicyDecision]:
@@ -130,6 +172,7 @@ class AsyncModerator:
         self._owns_backend = backend is None
         self._backend_lock: asyncio.Lock | None = None
         self._compilers: dict[tuple[str, ...], Compiler] = {}
+        self._concurrency = self.settings.concurrency
         self._sem: asyncio.Semaphore | None = None
 
     # -- configuration -------------------------------------------------------------------------
@@ -138,6 +181,24 @@ class AsyncModerator:
         if self._backend is not None:
             return self._backend.model_name
         return self.settings.model or self.settings.local_model
+
+    @property
+    def concurrency(self) -> int:
+        """Model requests in flight at most, over all calls of this moderator (default:
+        ``settings.concurrency``). Setting it applies to requests that start afterwards."""
+        return self._concurrency
+
+    @concurrency.setter
+    def concurrency(self, value: int) -> None:
+        if value < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {value}")
+        self._concurrency = value
+        self._sem = None
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self._concurrency)
+        return self._sem
 
     def compiler(self, policy_ids: Sequence[str]) -> Compiler:
         key = tuple(policy_ids)
@@ -154,7 +215,12 @@ class AsyncModerator:
             self._compilers[key] = comp
         return comp
 
-    def _groups(self, policies: Sequence[str] | None) -> list[tuple[str, ...]]:
+    def policy_groups(self, policies: Sequence[str] | None = None) -> list[tuple[str, ...]]:
+        """The policy groups an item is sent to the model in: one model call per group.
+
+        Each group is a tuple of policy ids: one per policy with ``strategy="per_policy"``, one
+        group of all of them with ``"combined"``. ``policies`` defaults to all loaded policies.
+        """
         ids = self.policies.select(policies).ids if policies is not None else self.policies.ids
         if not ids:
             raise InputError("no policies selected")
@@ -162,9 +228,11 @@ class AsyncModerator:
             return [tuple(ids)]
         return [(pid,) for pid in ids]
 
+    _groups = policy_groups  # the old private name
+
     def fingerprint(self, policies: Sequence[str] | None = None) -> str:
         """The prompt fingerprint verdicts for these policies carry."""
-        groups = self._groups(policies)
+        groups = self.policy_groups(policies)
         fps = [self.compiler(g).fingerprint for g in groups]
         if len(fps) == 1:
             return fps[0]
@@ -173,9 +241,10 @@ class AsyncModerator:
 
     def render(self, text: str, policies: Sequence[str] | None = None) -> list[CompiledPrompt]:
         """The exact prompts the model would receive for ``text`` (no model call)."""
-        return [self.compiler(g).compile(text) for g in self._groups(policies)]
+        return [self.compiler(g).compile(text) for g in self.policy_groups(policies)]
 
-    async def _get_backend(self) -> Backend:
+    async def get_backend(self) -> Backend:
+        """The backend calls go to; the embedded local server is started here when needed."""
         if self._backend is not None:
             return self._backend
         if self._backend_lock is None:
@@ -208,6 +277,25 @@ class AsyncModerator:
                     )
         return self._backend
 
+    _get_backend = get_backend  # the old private name
+
+    @contextlib.asynccontextmanager
+    async def wrapped_backend(self, wrap: Callable[[Backend], B]) -> AsyncIterator[B]:
+        """Send every call through ``wrap(backend)`` inside the ``async with`` block.
+
+        For load control around the moderator's own backend, e.g.
+        ``async with mod.wrapped_backend(lambda b: LimitedBackend(b, rpm=60)) as limited: ...``.
+        The wrapper is yielded; the original backend is restored on exit.
+        """
+        inner = await self.get_backend()
+        outer = wrap(inner)
+        self._backend = outer
+        try:
+            yield outer
+        finally:
+            if self._backend is outer:
+                self._backend = inner
+
     # -- the work ------------------------------------------------------------------------------
     def request_for(
         self,
@@ -237,21 +325,21 @@ class AsyncModerator:
             prompt_tokens=prompt.prompt_tokens + (attempt - 1) * (s.max_tokens + 64),
         )
 
-    async def _decide(self, backend: Backend, prompt: CompiledPrompt, vote: int | None = None) -> _Outcome:
+    async def _decide(self, backend: Backend, prompt: CompiledPrompt, vote: int | None = None) -> GroupOutcome:
         s = self.settings
         messages = list(prompt.messages)
         usage = Usage()
         retries = 0
         raw: str | None = None
         last_error = ""
-        model = backend.model_name
+        model = _model_label(None, backend.model_name)
         max_attempts = s.max_reasks + 1
         for attempt in range(1, max_attempts + 1):
             result = await backend.complete(self.request_for(prompt, messages, attempt, vote))
             usage.add(result.usage)
             retries += result.transport_retries
             raw = result.text
-            model = result.model or model
+            model = _model_label(result.model, backend.model_name)
             try:
                 reasoning, decisions = parse_decision(
                     raw, prompt.policies, prompt.schema, finish_reason=result.finish_reason
@@ -268,8 +356,8 @@ class AsyncModerator:
                         {"role": "user", "content": comp.reask_message(last_error, attempt, max_attempts)},
                     ]
                 continue
-            return _Outcome(reasoning, decisions, usage, attempt, retries, attempt - 1, model)
-        return _Outcome(
+            return GroupOutcome(reasoning, decisions, usage, attempt, retries, attempt - 1, model)
+        return GroupOutcome(
             [],
             [],
             usage,
@@ -291,27 +379,25 @@ class AsyncModerator:
     ) -> Verdict:
         """Moderate one item against ``policies`` (default: all loaded policies)."""
         it = Item.coerce(item)
-        groups = self._groups(policies)
+        groups = self.policy_groups(policies)
         prompts = [self.compiler(g).compile(it.text, item_id=it.id) for g in groups]
-        backend = await self._get_backend()
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.settings.concurrency)
+        backend = await self.get_backend()
         start = time.perf_counter()
-        sem = self._sem
+        sem = self._semaphore()
 
-        async def guarded(p: CompiledPrompt) -> _Outcome:
+        async def guarded(p: CompiledPrompt) -> GroupOutcome:
             key = self._cache_key(it.text, p, backend) if self.cache is not None else None
             if key is not None and self.cache is not None:
                 hit = self.cache.get(key)
                 if hit is not None:
-                    return _Outcome(
+                    return GroupOutcome(
                         list(hit["reasoning"]),
                         [PolicyDecision.model_validate(d) for d in hit["decisions"]],
                         Usage(),
                         0,
                         0,
                         0,
-                        str(hit["model"]),
+                        _model_label(str(hit["model"]), backend.model_name),
                         cached=True,
                     )
             if self.settings.votes > 1:
@@ -330,11 +416,11 @@ class AsyncModerator:
                 )
             return outcome
 
-        outcomes: list[_Outcome] = list(await asyncio.gather(*(guarded(p) for p in prompts)))
+        outcomes: list[GroupOutcome] = list(await asyncio.gather(*(guarded(p) for p in prompts)))
         latency = (time.perf_counter() - start) * 1000
-        return self._verdict(it, groups, prompts, outcomes, latency)
+        return self.build_verdict(it, groups, prompts, outcomes, latency)
 
-    async def _vote(self, backend: Backend, prompt: CompiledPrompt, sem: asyncio.Semaphore) -> _Outcome:
+    async def _vote(self, backend: Backend, prompt: CompiledPrompt, sem: asyncio.Semaphore) -> GroupOutcome:
         """Self-consistency: ``votes`` sampled verdicts; the majority decides each policy.
 
         Each vote is one request (with its own re-asks) under the concurrency limit. A policy
@@ -345,7 +431,7 @@ class AsyncModerator:
         are invalid the outcome is an error, as for a single call.
         """
 
-        async def one(i: int) -> _Outcome:
+        async def one(i: int) -> GroupOutcome:
             async with sem:
                 return await self._decide(backend, prompt, vote=i)
 
@@ -359,7 +445,7 @@ class AsyncModerator:
         valid = [o for o in outcomes if o.error is None]
         if not valid:
             first = outcomes[0]
-            return _Outcome([], [], usage, attempts, retries, reasks, first.model, first.error)
+            return GroupOutcome([], [], usage, attempts, retries, reasks, first.model, first.error)
         decisions: list[PolicyDecision] = []
         reasoning: list[str] = []
         by_policy = [{d.policy_id: d for d in o.decisions} for o in valid]
@@ -373,7 +459,7 @@ class AsyncModerator:
             decisions.append(
                 d.model_copy(update={"score": ayes / len(valid), "score_source": "votes", "votes": [ayes, len(valid) - ayes]})
             )
-        return _Outcome(reasoning, decisions, usage, attempts, retries, reasks, valid[0].model)
+        return GroupOutcome(reasoning, decisions, usage, attempts, retries, reasks, valid[0].model)
 
     def sampling(self) -> dict[str, Any]:
         s = self.settings
@@ -391,14 +477,34 @@ class AsyncModerator:
     def _cache_key(self, text: str, prompt: CompiledPrompt, backend: Backend) -> str:
         return cache_key(text, prompt.fingerprint, backend.model_name, self.sampling())
 
-    def _verdict(
+    def outcome_from_output(self, prompt: CompiledPrompt, result: ChatResult) -> GroupOutcome:
+        """Validate one model output obtained elsewhere (e.g. a provider Batch API result)
+        exactly like a live answer, without re-asking: an invalid output gives an outcome with
+        a ``ModelOutputError``."""
+        model = _model_label(result.model, self.model_name)
+        try:
+            reasoning, decisions = parse_decision(
+                result.text, prompt.policies, prompt.schema, finish_reason=result.finish_reason
+            )
+            if self.settings.logprobs and result.logprobs:
+                decisions = _with_logprob_scores(decisions, result.text, result.logprobs)
+        except OutputInvalid as exc:
+            error = ErrorInfo(type="ModelOutputError", message=f"invalid output (no re-ask): {exc}", raw_output=result.text)
+            return GroupOutcome([], [], result.usage, 1, result.transport_retries, 0, model, error)
+        return GroupOutcome(reasoning, decisions, result.usage, 1, result.transport_retries, 0, model)
+
+    def build_verdict(
         self,
         item: Item,
-        groups: list[tuple[str, ...]],
-        prompts: list[CompiledPrompt],
-        outcomes: list[_Outcome],
-        latency_ms: float,
+        groups: Sequence[Sequence[str]],
+        prompts: Sequence[CompiledPrompt],
+        outcomes: Sequence[GroupOutcome],
+        latency_ms: float = 0.0,
     ) -> Verdict:
+        """The verdict for ``item`` from the outcomes of its policy groups (same order as
+        :meth:`policy_groups`), with thresholds applied. ``prompts`` are the compiled prompts
+        of those groups; only their truncation is read. Used by :meth:`moderate` and by code
+        that obtains model outputs itself (the provider Batch API import)."""
         usage = Usage()
         reasoning: list[str] = []
         decisions: list[PolicyDecision] = []
@@ -435,7 +541,7 @@ class AsyncModerator:
             escalate=any(d.escalate for d in decisions) if ok else None,
             policy_versions={pid: self.policies[pid].version for pid in ids},
             prompt_fingerprint=self.fingerprint(ids),
-            model=outcomes[0].model if outcomes else self.model_name,
+            model=outcomes[0].model if outcomes else _model_label(None, self.model_name),
             usage=usage,
             latency_ms=round(latency_ms, 2),
             attempts=sum(o.attempts for o in outcomes),
@@ -446,6 +552,8 @@ class AsyncModerator:
             error=error,
             cotmod_version=__version__,
         )
+
+    _verdict = build_verdict  # the old private name
 
     async def moderate_many(
         self,
@@ -521,6 +629,14 @@ class Moderator:
     def model_name(self) -> str:
         return self._async.model_name
 
+    @property
+    def concurrency(self) -> int:
+        return self._async.concurrency
+
+    @concurrency.setter
+    def concurrency(self, value: int) -> None:
+        self._async.concurrency = value
+
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._portal is None:
             self._portal = _Portal()
@@ -529,11 +645,54 @@ class Moderator:
     def compiler(self, policy_ids: Sequence[str]) -> Compiler:
         return self._async.compiler(policy_ids)
 
+    def policy_groups(self, policies: Sequence[str] | None = None) -> list[tuple[str, ...]]:
+        return self._async.policy_groups(policies)
+
     def fingerprint(self, policies: Sequence[str] | None = None) -> str:
         return self._async.fingerprint(policies)
 
     def render(self, text: str, policies: Sequence[str] | None = None) -> list[CompiledPrompt]:
         return self._async.render(text, policies)
+
+    def sampling(self) -> dict[str, Any]:
+        return self._async.sampling()
+
+    def request_for(
+        self,
+        prompt: CompiledPrompt,
+        messages: list[dict[str, str]] | None = None,
+        attempt: int = 1,
+        vote: int | None = None,
+    ) -> ChatRequest:
+        return self._async.request_for(prompt, messages, attempt, vote)
+
+    def get_backend(self) -> Backend:
+        return self._call(self._async.get_backend())
+
+    @contextlib.contextmanager
+    def wrapped_backend(self, wrap: Callable[[Backend], B]) -> Iterator[B]:
+        """See :meth:`AsyncModerator.wrapped_backend`."""
+        inner = self.get_backend()
+        outer = wrap(inner)
+        self._async._backend = outer
+        try:
+            yield outer
+        finally:
+            if self._async._backend is outer:
+                self._async._backend = inner
+
+    def outcome_from_output(self, prompt: CompiledPrompt, result: ChatResult) -> GroupOutcome:
+        return self._async.outcome_from_output(prompt, result)
+
+    def build_verdict(
+        self,
+        item: Item,
+        groups: Sequence[Sequence[str]],
+        prompts: Sequence[CompiledPrompt],
+        outcomes: Sequence[GroupOutcome],
+        latency_ms: float = 0.0,
+    ) -> Verdict:
+        return self._async.build_verdict(item, groups, prompts, outcomes, latency_ms)
 
     def moderate(self, item: str | Item | Mapping[str, Any], policies: Sequence[str] | None = None) -> Verdict:
         return self._call(self._async.moderate(item, policies))
