@@ -36,8 +36,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from cotmod import AsyncModerator  # noqa: E402
 from cotmod.backends._local import ensure_local_server  # noqa: E402
-from cotmod.evals._harness import compute_metrics, run_eval  # noqa: E402
-from cotmod.evals._metrics import binary_metrics, bootstrap_ci, paired_comparison  # noqa: E402
+from cotmod.evals import compute_metrics, paired_comparison, run_eval, write_metrics  # noqa: E402
+from cotmod.evals._metrics import binary_metrics, bootstrap_ci  # noqa: E402
 
 NAIVE_SYSTEM = "Is this content harmful? Answer yes or no."
 NAIVE_SCHEMA = {
@@ -106,7 +106,7 @@ def summarise(name: str, ys: list[int], ps: list[int], seconds: float, n_items: 
 def paired(ys: list[int], a: list[int], b: list[int]) -> dict[str, Any]:
     """b − a on the same items (paired-bootstrap CIs, exact McNemar): resampling items keeps the
     pairing, so a delta's CI is much narrower than the two marginal CIs suggest."""
-    pc = paired_comparison(ys, a, b, metrics=("precision", "recall", "f1", "fpr", "accuracy"))
+    pc = paired_comparison(ys, a, b, metrics=("precision", "recall", "f1", "fpr", "accuracy")).model_dump(mode="json")
     return {**pc["metrics"], "mcnemar": pc["mcnemar"]}
 
 
@@ -176,7 +176,8 @@ def main() -> None:
         run_eval(mod, gold, mapping, work / "run")
     t_cot = time.perf_counter() - t0
     metrics = compute_metrics(work / "run", bootstrap_rounds=200)
-    done_ids = {r["id"] for lab in metrics["predictions"].values() for r in lab}
+    write_metrics(metrics)
+    done_ids = {r.id for lab in metrics.predictions.values() for r in lab}
     if args.reuse:
         items = [it for it in items if it["id"] in done_ids]
         # seconds per verdict from the verdicts' own latencies (items ran args.concurrency at a time)
@@ -185,7 +186,7 @@ def main() -> None:
     preds_naive, t_naive = asyncio.run(naive(url, args.model, items, args.concurrency))
 
     by_id = {it["id"]: it for it in items}
-    cot_pred = {r["id"]: r["pred"] for lab in metrics["predictions"].values() for r in lab}
+    cot_pred = {r.id: r.pred for lab in metrics.predictions.values() for r in lab}
     ids = [i for i in by_id if i in cot_pred and i in preds_naive]
     gold_y = {i: int(by_id[i]["labels"].get("hateful", by_id[i]["labels"].get("unsafe"))) for i in ids}
     rows = []
@@ -209,7 +210,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['prompt']:<30}{r['precision']:>12.3f}{r['recall']:>10.3f}{r['f1']:>8.3f}{r['fpr']:>8.3f}{r['s_per_item']:>9.2f}")
         print(f"{'  95% CI':<30}{[round(x, 3) for x in r['precision_ci95'] or []]!s:>12}{[round(x, 3) for x in r['recall_ci95'] or []]!s:>10}")
-    errors = {lab: e["errors"] + e["missing"] for lab, e in metrics["labels"].items()}
+    errors = {lab: e.errors + e.missing for lab, e in metrics.labels.items()}
     print("per set:", json.dumps(per_set))
     print("cotmod − naive on the same items (paired bootstrap 95% CI; exact McNemar on correctness):")
     for subset, d in diff.items():

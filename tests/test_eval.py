@@ -5,7 +5,6 @@ import random
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from scipy.stats import binomtest
@@ -13,8 +12,9 @@ from sklearn import metrics as skm
 
 from cotmod import AsyncModerator, InputError
 from cotmod.cli import cli
+from cotmod.cli._app import EXIT_UNDECIDED
 from cotmod.evals._compare import compare_runs, tune
-from cotmod.evals._harness import compute_metrics, run_eval
+from cotmod.evals._harness import compute_metrics, run_eval, write_metrics
 from cotmod.evals._metrics import (
     average_precision,
     binary_metrics,
@@ -56,16 +56,16 @@ def test_paired_comparison_equals_sklearn_and_scipy() -> None:
     a = [v if rng.random() < 0.6 else 1 - v for v in y]
     b = [v if rng.random() < 0.8 else 1 - v for v in y]
     got = paired_comparison(y, a, b, metrics=("f1", "accuracy"), rounds=200)
-    f1 = got["metrics"]["f1"]
-    assert f1["delta"] == pytest.approx(skm.f1_score(y, b) - skm.f1_score(y, a))
-    assert f1["ci95"][0] < f1["delta"] < f1["ci95"][1]
-    acc = got["metrics"]["accuracy"]
-    assert (acc["a"], acc["b"]) == (pytest.approx(skm.accuracy_score(y, a)), pytest.approx(skm.accuracy_score(y, b)))
+    f1 = got.metrics["f1"]
+    assert f1.delta == pytest.approx(skm.f1_score(y, b) - skm.f1_score(y, a))
+    assert f1.ci95 is not None and f1.ci95[0] < f1.delta < f1.ci95[1]
+    acc = got.metrics["accuracy"]
+    assert (acc.a, acc.b) == (pytest.approx(skm.accuracy_score(y, a)), pytest.approx(skm.accuracy_score(y, b)))
     a_only = sum(1 for t, u, v in zip(y, a, b, strict=True) if u == t != v)
     b_only = sum(1 for t, u, v in zip(y, a, b, strict=True) if v == t != u)
-    m = got["mcnemar"]
-    assert (m["a_correct_only"], m["b_correct_only"]) == (a_only, b_only)
-    assert m["p_value"] == pytest.approx(binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue)
+    m = got.mcnemar
+    assert (m.a_correct_only, m.b_correct_only) == (a_only, b_only)
+    assert m.p_value == pytest.approx(binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue)
 
 
 GOLD_ROWS = [
@@ -105,7 +105,7 @@ def test_eval_end_to_end_metrics_rca_and_report(tmp_path: Path) -> None:
         r = CliRunner().invoke(cli, ["eval", str(g), "-M", str(m), "-o", str(run), "--base-url", srv.base_url, "--model", "m", "--json"])
         assert r.exit_code == 0, r.output
         assert srv.requests == 6  # the unknown-label row is not sent
-    data = json.loads(r.output)
+    data = json.loads(r.stdout)
     e = data["labels"]["hateful"]
     y = [1, 1, 0, 0, 1, 0]
     p = [1, 1, 0, 1, 0, 0]
@@ -177,8 +177,11 @@ def test_tune_thresholds_and_engine_applies_them(tmp_path: Path) -> None:
         run_eval(AsyncModerator(base_url=srv.base_url, model="m"), g, m, run)
     metrics = compute_metrics(run)
     data = tune(metrics, target_precision=0.6)
-    th = data["thresholds"]["hate_speech"]
-    assert th["review"] == pytest.approx(0.9)
+    th = data.thresholds["hate_speech"]
+    assert th.review == pytest.approx(0.9) and th.policy_version == HATE_V and th.label == "hateful"
+    # the operating point: 2 of the 3 flagged items are hateful, 2 of the 3 hateful ones flagged
+    assert (th.precision, th.recall) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert th.precision_ci95 is not None and th.precision_ci95[0] <= 2 / 3 <= th.precision_ci95[1]
     out = tmp_path / "th.yaml"
     r = CliRunner().invoke(cli, ["tune", str(run), "-o", str(out), "--target-precision", "0.6"])
     assert r.exit_code == 0 and "review >= 0.900" in r.output
@@ -192,8 +195,6 @@ def test_tune_thresholds_and_engine_applies_them(tmp_path: Path) -> None:
         v, v2 = asyncio.run(both())
         assert v.decisions[0].band == "human_review" and v.escalate
         assert v2.decisions[0].band == "allow" and v2.action == "allow"
-    cost = tune(metrics, cost_fp=1, cost_fn=10)
-    assert cost["thresholds"]["hate_speech"]["review"] <= 0.9
 
 
 def test_compare_runs_and_fail_on(tmp_path: Path) -> None:
@@ -206,16 +207,19 @@ def test_compare_runs_and_fail_on(tmp_path: Path) -> None:
 
     with FakeOpenAIServer(handler=worse) as srv:
         run_eval(AsyncModerator(base_url=srv.base_url, model="m2"), g, m, tmp_path / "b")
-    compute_metrics(tmp_path / "a")
-    compute_metrics(tmp_path / "b")
+    write_metrics(compute_metrics(tmp_path / "a"))
+    write_metrics(compute_metrics(tmp_path / "b"))
     data = compare_runs(tmp_path / "a", tmp_path / "b", fail_on=["precision drop > 2"])
-    e = data["labels"]["hateful"]
-    assert e["metrics"]["precision"]["delta"] == pytest.approx(0.5 - 2 / 3)
-    assert {f["id"] for f in e["flipped"]} == {"g2", "g4", "g5"}
-    assert e["mcnemar"] == {"a_correct_only": 2, "b_correct_only": 1, "p_value": pytest.approx(1.0)}
-    assert not data["ok"]
+    e = data.labels["hateful"]
+    assert e.metrics["precision"].delta == pytest.approx(0.5 - 2 / 3)
+    assert {f.id for f in e.flipped} == {"g2", "g4", "g5"}
+    assert e.mcnemar.model_dump() == {"a_correct_only": 2, "b_correct_only": 1, "p_value": pytest.approx(1.0)}
+    assert not data.ok and [(x.label, x.metric, x.direction) for x in data.regressions] == [("hateful", "precision", "drop")]
+    assert data.regressions[0].points == pytest.approx(100 * (2 / 3 - 0.5))
     r = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--fail-on", "precision drop > 2"])
-    assert r.exit_code == 1 and "REGRESSION" in r.output
+    assert r.exit_code == EXIT_UNDECIDED and "REGRESSION hateful: precision drop 16.7 points > 2.0" in r.output
+    as_json = json.loads(CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--fail-on", "precision drop > 2", "--json"]).stdout)
+    assert as_json["ok"] is False and as_json["failures"] == ["hateful: precision drop 16.7 points > 2.0"]
     r = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--fail-on", "precision drop > 2"])
     assert r.exit_code == 0
 
@@ -230,7 +234,11 @@ def test_shipped_goldsets_and_mappings_load() -> None:
         gs = load_golden(next(d.glob("*.normalized.jsonl.gz")), mp)
         assert len(gs) >= 100 and (d / "README.txt").exists()
         assert "CC BY 4.0" in mp.license or "CC0" in mp.license
-    assert np.isfinite(1.0)
+        # every mapped label is known on rows of the set and has positives, so recall and AUPRC
+        # are defined on it (SimpleSafetyTests is all unsafe: a recall-only set)
+        for label in mp.labels:
+            known = [it.labels[label] for it in gs.items if it.labels[label] is not None]
+            assert known and 0 < sum(known) <= len(known), (d.name, label)
 
 
 def test_eval_with_self_consistency_votes_scores_by_vote_share(tmp_path: Path) -> None:
@@ -246,7 +254,7 @@ def test_eval_with_self_consistency_votes_scores_by_vote_share(tmp_path: Path) -
         r = CliRunner().invoke(cli, ["eval", str(g), "-M", str(m), "-o", str(run), "--base-url", srv.base_url, "--model", "m", "--votes", "3", "--json"])
         assert r.exit_code == 0, r.output
         assert srv.requests == 18  # 6 labelled rows x 3 votes
-    data = json.loads(r.output)["labels"]["hateful"]
+    data = json.loads(r.stdout)["labels"]["hateful"]
     assert data["confusion"] == {"tp": 2, "fp": 1, "fn": 1, "tn": 2}  # the majority decides
     scores = {p["id"]: p["score"] for p in json.loads((run / "metrics.json").read_text())["predictions"]["hateful"]}
     assert scores["g0"] == pytest.approx(2 / 3) and scores["g2"] == pytest.approx(1 / 3)
@@ -282,7 +290,7 @@ def test_interrupted_eval_can_be_reported_then_resumed(tmp_path: Path) -> None:
     assert manifest["complete"] is False
     r = CliRunner().invoke(cli, ["report", str(run)])
     assert r.exit_code == 0 and "INCOMPLETE RUN" in r.output
-    partial = json.loads(CliRunner().invoke(cli, ["report", str(run), "--json"]).output)["labels"]["hateful"]
+    partial = json.loads(CliRunner().invoke(cli, ["report", str(run), "--json"]).stdout)["labels"]["hateful"]
     assert partial["missing"] == 3 and partial["n"] == 3  # metrics over the judged items; the rest counted missing
     # resuming judges only the 3 missing items and marks the run complete
     backend = FakeBackend(default=lambda req: decision({"hate_speech": ["HATE-1"] if "VIOLATE" in req.messages[-1]["content"] else []}))

@@ -5,27 +5,34 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ._app import (
     CONTEXT,
+    EXIT_UNDECIDED,
     _endpoint_options,
     _settings,
     cli,
 )
 
+if TYPE_CHECKING:
+    from ..evals._results import EvalResult
 
-def _write_reports(metrics: dict[str, Any], run_dir: Path, as_json: bool) -> None:
-    from ..evals._report import html_report, text_table
 
-    (run_dir / "report.html").write_text(html_report(metrics), encoding="utf-8")
+def _write_reports(result: EvalResult, run_dir: Path, as_json: bool) -> None:
+    """Save metrics.json and report.html of ``result``, then print the table (or the JSON)."""
+    from ..evals._harness import write_metrics
+    from ..evals._report import text_table, write_report
+
+    metrics_path = write_metrics(result, run_dir)
+    report_path = write_report(result, run_dir)
     if as_json:
-        click.echo(json.dumps({k: v for k, v in metrics.items() if k != "predictions"}, indent=2))
+        click.echo(json.dumps(result.model_dump(mode="json", exclude={"predictions"}), indent=2))
     else:
-        click.echo(text_table(metrics))
-        click.echo(f"\nreport: {run_dir / 'report.html'}  metrics: {run_dir / 'metrics.json'}")
+        click.echo(text_table(result))
+        click.echo(f"\nreport: {report_path}  metrics: {metrics_path}")
 
 
 @cli.command("eval", context_settings=CONTEXT)
@@ -43,6 +50,10 @@ def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: i
     Predictions go through the batch runner (cached, resumable) into the run directory with a
     manifest; metrics per label and rule with 95% bootstrap CIs, AUPRC/ROC-AUC, calibration and
     root-cause analysis go to metrics.json, report.html and the terminal.
+
+    With -p/--policy only those policies are evaluated: each label keeps the selected ones of
+    its policies; labels none of them decides are left out. Exits 1 (metrics still written) when
+    some items were not decided (error verdicts).
     """
     from .._config import cotmod_home
     from ..engine._cache import SqliteCache
@@ -64,13 +75,18 @@ def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: i
             from ._progress import RunProgress
 
             with RunProgress() as bar:
-                run_eval(mod, golden, mapping_file, run_dir, limit=limit, on_progress=bar.update)
+                run_eval(mod, golden, mapping_file, run_dir, policies=policies, limit=limit, on_progress=bar.update)
         else:
-            run_eval(mod, golden, mapping_file, run_dir, limit=limit)
+            run_eval(mod, golden, mapping_file, run_dir, policies=policies, limit=limit)
     finally:
         cache.close()
-    metrics = compute_metrics(run_dir, thresholds=load_thresholds(thresholds_path))
-    _write_reports(metrics, Path(run_dir), as_json)
+    result = compute_metrics(run_dir, thresholds=load_thresholds(thresholds_path))
+    _write_reports(result, Path(run_dir), as_json)
+    if result.undecided:
+        from ..evals._report import undecided_note
+
+        click.echo(f"cotmod eval: {undecided_note(result)}", err=True)
+        sys.exit(EXIT_UNDECIDED)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -82,8 +98,7 @@ def report(run_dir: str, thresholds_path: str | None, as_json: bool) -> None:
     from ..engine._thresholds import load_thresholds
     from ..evals._harness import compute_metrics
 
-    metrics = compute_metrics(run_dir, thresholds=load_thresholds(thresholds_path))
-    _write_reports(metrics, Path(run_dir), as_json)
+    _write_reports(compute_metrics(run_dir, thresholds=load_thresholds(thresholds_path)), Path(run_dir), as_json)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -97,23 +112,29 @@ def report(run_dir: str, thresholds_path: str | None, as_json: bool) -> None:
 def tune(run_dir: str, output: str, target_precision: float | None, cost_fp: float | None, cost_fn: float | None, auto_precision: float, as_json: bool) -> None:
     """Choose per-policy score thresholds from a run, with bands auto-action / review / allow.
 
+    Each label's operating point is shown with its precision and recall (95% bootstrap CIs);
+    the file records the policy versions it was tuned for. The run directory is only read.
     Apply them with `cotmod run/moderate --config` (thresholds = "FILE") or `cotmod eval --thresholds`.
     """
     from ..evals._compare import tune as tune_fn
     from ..evals._compare import write_thresholds
     from ..evals._harness import compute_metrics
 
-    metrics = compute_metrics(run_dir, bootstrap_rounds=0)
-    data = tune_fn(metrics, target_precision=target_precision, cost_fp=cost_fp, cost_fn=cost_fn, auto_precision=auto_precision)
+    # the predictions and scores are all tune needs: no metric CIs, and metrics.json is left as is
+    result = compute_metrics(run_dir, bootstrap_rounds=0)
+    data = tune_fn(result, target_precision=target_precision, cost_fp=cost_fp, cost_fn=cost_fn, auto_precision=auto_precision)
     write_thresholds(data, output)
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(data.model_dump(mode="json"), indent=2))
         return
-    for label, ev in data["evidence"].items():
-        if ev.get("reachable") is False:
-            click.echo(f"{label}: {ev['note']}")
+    for label, ev in data.evidence.items():
+        if not ev.reachable:
+            click.echo(f"{label}: {ev.note}")
         else:
-            click.echo(f"{label}: review >= {ev['review']:.3f} (precision {ev['precision']:.3f}, recall {ev['recall']:.3f}), auto_action >= {_fmt_opt(ev['auto_action'])}")
+            click.echo(
+                f"{label}: review >= {_fmt_opt(ev.review)} (precision {ev.precision:.3f}{_fmt_ci(ev.precision_ci95)}, "
+                f"recall {ev.recall:.3f}{_fmt_ci(ev.recall_ci95)}), auto_action >= {_fmt_opt(ev.auto_action)}"
+            )
     click.echo(f"wrote {output}")
 
 
@@ -121,10 +142,14 @@ def _fmt_opt(v: float | None) -> str:
     return "none reaches the auto precision" if v is None else f"{v:.3f}"
 
 
+def _fmt_ci(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_a", type=click.Path(exists=True, file_okay=False))
 @click.argument("run_b", type=click.Path(exists=True, file_okay=False))
-@click.option("--fail-on", multiple=True, help="Regression rule, e.g. 'precision drop > 2' (points); exit 1 if met.")
+@click.option("--fail-on", multiple=True, help="Regression rule, e.g. 'precision drop > 2' (points); exit 1 if any label meets it.")
 @click.option("--json", "as_json", is_flag=True)
 def compare(run_a: str, run_b: str, fail_on: tuple[str, ...], as_json: bool) -> None:
     """Compare two runs on the same golden set: deltas B−A with 95% CIs, McNemar, flipped items."""
@@ -132,16 +157,15 @@ def compare(run_a: str, run_b: str, fail_on: tuple[str, ...], as_json: bool) -> 
 
     data = compare_runs(run_a, run_b, fail_on=list(fail_on))
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(data.model_dump(mode="json"), indent=2))
     else:
-        click.echo(f"A {run_a} ({data['a_manifest']['prompt_fingerprint']})  vs  B {run_b} ({data['b_manifest']['prompt_fingerprint']})")
-        for label, e in data["labels"].items():
-            click.echo(f"{label} (n={e['n_paired']}, McNemar p={e['mcnemar']['p_value']:.4f}, {len(e['flipped'])} flipped)")
-            for metric, d in e["metrics"].items():
-                ci = d["ci95"]
-                ci_s = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
-                click.echo(f"  {metric:<9} {d['a']:.3f} -> {d['b']:.3f}  delta {d['delta']:+.3f}{ci_s}")
-        for f in data["failures"]:
+        click.echo(f"A {run_a} ({data.a_manifest['prompt_fingerprint']})  vs  B {run_b} ({data.b_manifest['prompt_fingerprint']})")
+        for label, e in data.labels.items():
+            click.echo(f"{label} (n={e.n_paired}, McNemar p={e.mcnemar.p_value:.4f}, {len(e.flipped)} flipped)")
+            for metric, d in e.metrics.items():
+                ci_s = f" [{d.ci95[0]:+.3f}, {d.ci95[1]:+.3f}]" if d.ci95 else ""
+                click.echo(f"  {metric:<9} {d.a:.3f} -> {d.b:.3f}  delta {d.delta:+.3f}{ci_s}")
+        for f in data.failures:
             click.echo(click.style("REGRESSION ", fg="red") + f)
-    if data["failures"]:
-        sys.exit(1)
+    if data.regressions:
+        sys.exit(EXIT_UNDECIDED)

@@ -1,7 +1,102 @@
-"""Golden-set evaluation: golden sets, metrics, the harness, tuning, comparison and reports."""
+"""Golden-set evaluation as a typed library API.
 
-from ._compare import compare_runs, tune
+Computing is pure and returns pydantic models; writing files is separate::
+
+    from cotmod.evals import compute_metrics, write_metrics, write_report, tune, write_thresholds
+
+    result = compute_metrics("runs/a")            # EvalResult: per-label LabelMetrics with CIs
+    write_metrics(result)                         # runs/a/metrics.json (result.model_dump())
+    write_report(result)                          # runs/a/report.html
+    write_thresholds(tune(result, target_precision=0.9), "thresholds.yaml")
+    compare(result, compute_metrics("runs/b"))    # Comparison: paired deltas, McNemar, regressions
+"""
+
+from ._compare import compare, compare_runs, parse_fail_on, tune, write_thresholds
 from ._golden import GoldenItem, GoldenSet, LabelMapping, load_golden, load_mapping
-from ._harness import compute_metrics, run_eval
+from ._harness import compute_metrics, load_result, run_eval, write_metrics
+from ._metrics import metric_cis, paired_comparison
+from ._report import html_report, text_table, write_report
+from ._results import (
+    CI,
+    Averages,
+    Calibration,
+    CalibrationBin,
+    Comparison,
+    Confusion,
+    CurvePoint,
+    EvalResult,
+    Example,
+    Flip,
+    GoldenRef,
+    LabelComparison,
+    LabelMetrics,
+    LabelOperatingPoint,
+    MappingRef,
+    McNemar,
+    MetricCIs,
+    MetricDelta,
+    MicroAverages,
+    PairedComparison,
+    PolicyAttribution,
+    PolicyThreshold,
+    Prediction,
+    Regression,
+    RootCauses,
+    RuleStats,
+    RunManifest,
+    StratumErrors,
+    Thresholds,
+    TuneMethod,
+)
 
-__all__ = ["GoldenItem", "GoldenSet", "LabelMapping", "compare_runs", "compute_metrics", "load_golden", "load_mapping", "run_eval", "tune"]
+__all__ = [
+    "CI",
+    "Averages",
+    "Calibration",
+    "CalibrationBin",
+    "Comparison",
+    "Confusion",
+    "CurvePoint",
+    "EvalResult",
+    "Example",
+    "Flip",
+    "GoldenItem",
+    "GoldenRef",
+    "GoldenSet",
+    "LabelComparison",
+    "LabelMapping",
+    "LabelMetrics",
+    "LabelOperatingPoint",
+    "MappingRef",
+    "McNemar",
+    "MetricCIs",
+    "MetricDelta",
+    "MicroAverages",
+    "PairedComparison",
+    "PolicyAttribution",
+    "PolicyThreshold",
+    "Prediction",
+    "Regression",
+    "RootCauses",
+    "RuleStats",
+    "RunManifest",
+    "StratumErrors",
+    "Thresholds",
+    "TuneMethod",
+    "compare",
+    "compare_runs",
+    "compute_metrics",
+    "html_report",
+    "load_golden",
+    "load_mapping",
+    "load_result",
+    "metric_cis",
+    "paired_comparison",
+    "parse_fail_on",
+    "run_eval",
+    "text_table",
+    "tune",
+    "write_metrics",
+    "write_report",
+    "write_thresholds",
+]

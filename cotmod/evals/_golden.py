@@ -27,7 +27,7 @@ import gzip
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,33 @@ class LabelMapping:
     @property
     def policies(self) -> list[str]:
         return list(dict.fromkeys(p for ps in self.labels.values() for p in ps))
+
+    @property
+    def evaluated_labels(self) -> dict[str, list[str]]:
+        """The labels that are evaluated: those decided by at least one policy."""
+        return {label: pids for label, pids in self.labels.items() if pids}
+
+    def restrict(self, policies: Sequence[str], where: str) -> LabelMapping:
+        """This mapping with only ``policies`` deciding labels (``cotmod eval -p``).
+
+        Each label keeps those of its policies that are selected; a label none of them decides
+        keeps an empty list: it is not evaluated (its values are treated as unknown), but rows
+        may still carry it. Every selected policy must decide some label.
+        """
+        unused = [p for p in policies if p not in self.policies]
+        if unused:
+            raise InputError(
+                f"{where}: policy {unused[0]!r} (from --policy) decides no label of the mapping "
+                f"{self.name!r} (its policies: {', '.join(self.policies)})"
+            )
+        keep = set(policies)
+        return LabelMapping(
+            name=self.name,
+            labels={label: [p for p in pids if p in keep] for label, pids in self.labels.items()},
+            strata=self.strata,
+            source=self.source,
+            license=self.license,
+        )
 
     def validate(self, policies: PolicySet, where: str) -> None:
         for label, pids in self.labels.items():

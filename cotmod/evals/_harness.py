@@ -10,6 +10,10 @@ A run directory holds everything needed to reproduce and compare::
       verdicts.errors.jsonl
       metrics.json       every figure (what the terminal table and the HTML report show)
 
+:func:`run_eval` runs (or resumes) the model calls. :func:`compute_metrics` is pure: it reads
+the run directory and returns an :class:`EvalResult`; :func:`write_metrics` writes it to
+``metrics.json`` (and ``cotmod.evals.write_report`` the HTML page).
+
 Scores for curves and thresholds: per label, the highest ``score`` among its policies' decisions
 (``score`` is the verdict's probability-like score: stated confidence by default, token
 log-probabilities when the server returns them).
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,18 +35,34 @@ from .._exceptions import ConfigError, InputError
 from .._version import __version__
 from ..batch._runner import Runner, RunSummary
 from ..engine._moderator import AsyncModerator
-from ._golden import GoldenSet, LabelMapping, load_golden, load_mapping
+from ._golden import GoldenItem, LabelMapping, load_golden, load_mapping
 from ._metrics import (
     average_precision,
     binary_metrics,
-    bootstrap_ci,
     calibration,
     from_confusion,
+    metric_cis,
     pr_curve,
     roc_auc,
 )
+from ._results import (
+    Averages,
+    Calibration,
+    Confusion,
+    CurvePoint,
+    EvalResult,
+    Example,
+    LabelMetrics,
+    MicroAverages,
+    PolicyAttribution,
+    Prediction,
+    RootCauses,
+    RuleStats,
+    RunManifest,
+    StratumErrors,
+)
 
-__all__ = ["compute_metrics", "run_eval"]
+__all__ = ["compute_metrics", "load_result", "run_eval", "write_metrics"]
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -55,14 +77,25 @@ def run_eval(
     mapping_path: str | Path,
     run_dir: str | Path,
     *,
+    policies: Sequence[str] | None = None,
     concurrency: int | None = None,
     limit: int | None = None,
-    on_progress: Any = None,
-) -> tuple[dict[str, Any], RunSummary]:
-    """Run (or resume) an evaluation; returns (manifest, runner summary)."""
+    on_progress: Callable[[RunSummary, int | None], None] | None = None,
+) -> tuple[RunManifest, RunSummary]:
+    """Run (or resume) an evaluation; returns (manifest, runner summary).
+
+    ``policies`` evaluates only those policies (``cotmod eval -p``): each label keeps the
+    selected ones among its policies, labels decided by none of them are not evaluated, and
+    items whose only known labels are those are not sent.
+    """
     mapping = load_mapping(mapping_path)
     mapping.validate(moderator.policies, str(mapping_path))
     golden = load_golden(golden_path, mapping)
+    if policies:
+        for pid in policies:
+            if pid not in moderator.policies:
+                raise InputError(f"--policy {pid!r}: unknown policy (known: {', '.join(moderator.policies.ids)})")
+        mapping = mapping.restrict(list(dict.fromkeys(policies)), str(mapping_path))
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     mpath = out / "manifest.json"
@@ -90,7 +123,13 @@ def run_eval(
         "cotmod_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(),
         "golden": {"path": str(golden_path), "sha256": golden.sha256, "rows": len(golden)},
-        "mapping": {"path": str(mapping_path), "name": mapping.name, "labels": mapping.labels, "strata": mapping.strata},
+        "mapping": {
+            "path": str(mapping_path),
+            "name": mapping.name,
+            "labels": mapping.labels,
+            "strata": mapping.strata,
+            "only_policies": list(dict.fromkeys(policies)) if policies else None,
+        },
         "limit": limit,
     }
     # written first, so an interrupted run can still be reported on (cotmod report) and resumed
@@ -100,50 +139,96 @@ def run_eval(
     )
     manifest["complete"] = True
     _write_json(mpath, manifest)
-    return manifest, summary
+    return RunManifest.model_validate(manifest), summary
 
 
-def _load_run(run_dir: Path) -> tuple[dict[str, Any], GoldenSet, LabelMapping, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+@dataclass
+class _Run:
+    manifest: RunManifest
+    mapping: LabelMapping
+    items: list[GoldenItem]  # the items sent to the model, in golden-set order
+    verdicts: dict[str, dict[str, Any]]
+    errors: dict[str, dict[str, Any]]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if not path.exists():
+        return out
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if not line.endswith("\n"):
+                    break  # a torn last line (a run stopped mid-write): the runner repairs it on resume
+                raise InputError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+    return out
+
+
+def _load_run(run_dir: Path) -> _Run:
     mpath = run_dir / "manifest.json"
     if not mpath.exists():
         raise InputError(f"{run_dir}: not a run directory (no manifest.json); create one with cotmod eval")
-    manifest = json.loads(mpath.read_text())
-    mapping = LabelMapping(
-        name=manifest["mapping"]["name"],
-        labels=manifest["mapping"]["labels"],
-        strata=manifest["mapping"].get("strata", []),
-    )
-    golden = load_golden(manifest["golden"]["path"], mapping)
-    if golden.sha256 != manifest["golden"]["sha256"]:
-        raise InputError(f"{manifest['golden']['path']} changed since the run {run_dir} was made")
-    verdicts: dict[str, dict[str, Any]] = {}
+    try:
+        manifest = RunManifest.model_validate_json(mpath.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"{mpath}: not a cotmod eval manifest ({str(exc).splitlines()[0]})") from None
+    mapping = LabelMapping(name=manifest.mapping.name, labels=manifest.mapping.labels, strata=manifest.mapping.strata)
+    golden = load_golden(manifest.golden.path, mapping)
+    if golden.sha256 != manifest.golden.sha256:
+        raise InputError(f"{manifest.golden.path} changed since the run {run_dir} was made")
+    sent_path = run_dir / "items.jsonl"
+    if sent_path.exists():
+        sent = {str(r["id"]) for r in _read_jsonl(sent_path)}
+        items = [it for it in golden.items if it.id in sent]
+    else:  # not written by this cotmod: every item with a known, evaluated label
+        items = [it for it in golden.items if any(v is not None and mapping.labels[lab] for lab, v in it.labels.items())]
     vpath = run_dir / "verdicts.jsonl"
-    if vpath.exists():
-        with vpath.open() as f:
-            for line in f:
-                v = json.loads(line)
-                verdicts[str(v["item_id"])] = v
-    errors: dict[str, dict[str, Any]] = {}
-    epath = Runner.errors_path(vpath)
-    if epath.exists():
-        with epath.open() as f:
-            for line in f:
-                e = json.loads(line)
-                errors[str(e["id"])] = e
-    return manifest, golden, mapping, verdicts, errors
+    verdicts = {str(v["item_id"]): v for v in _read_jsonl(vpath)}
+    errors = {str(e["id"]): e for e in _read_jsonl(Runner.errors_path(vpath))}
+    return _Run(manifest, mapping, items, verdicts, errors)
 
 
-def _label_view(v: dict[str, Any], policies: list[str], thresholds: dict[str, dict[str, float]]) -> tuple[int, float, list[str], list[dict[str, Any]]]:
-    """(prediction, score, cited rules, decisions) for one label from one verdict."""
+@dataclass
+class _Row:
+    """One decided item seen through one label."""
+
+    id: str
+    text: str
+    y: int
+    pred: int
+    score: float
+    rules: list[str]
+    flagged_by: list[str]  # the label's policies whose decision made the item positive
+    expected_rules: list[str]
+    rationale: str
+    reasoning: list[str]
+    strata: dict[str, Any] = field(default_factory=dict)
+
+
+def _row(it: GoldenItem, y: int, label: str, v: dict[str, Any], policies: list[str], thresholds: dict[str, dict[str, float]], strata: list[str]) -> _Row:
     decs = [d for d in v["decisions"] if d["policy_id"] in policies]
-    score = max((float(d["score"]) for d in decs), default=0.0)
-    pred = 0
+    flagged = []
     for d in decs:
         th = thresholds.get(d["policy_id"])
         if (th is not None and float(d["score"]) >= th["review"]) or (th is None and d["violates"]):
-            pred = 1
-    rules = [r for d in decs for r in d["rule_ids"]]
-    return pred, score, rules, decs
+            flagged.append(d["policy_id"])
+    return _Row(
+        id=it.id,
+        text=it.text,
+        y=y,
+        pred=1 if flagged else 0,
+        score=max((float(d["score"]) for d in decs), default=0.0),
+        rules=[r for d in decs for r in d["rule_ids"]],
+        flagged_by=flagged,
+        expected_rules=it.expected_rules.get(label, []),
+        rationale=" | ".join(d["rationale"] for d in decs if d["violates"]) or (decs[0]["rationale"] if decs else ""),
+        reasoning=list(v.get("reasoning", [])),
+        strata={s: it.meta.get(s) for s in strata},
+    )
 
 
 def compute_metrics(
@@ -153,146 +238,168 @@ def compute_metrics(
     bootstrap_rounds: int = 1000,
     seed: int = 0,
     max_examples: int = 50,
-) -> dict[str, Any]:
-    """Every figure of a run: per label and per rule, averages, curves, calibration, RCA."""
+) -> EvalResult:
+    """Every figure of a run: per label and per rule, averages, curves, calibration, RCA.
+
+    Pure: reads the run directory (manifest, golden set, verdicts) and writes nothing; save the
+    result with :func:`write_metrics`. ``thresholds`` (as ``cotmod tune`` writes them, per
+    policy) decide by score instead of the model's ``violates``. ``bootstrap_rounds=0`` skips
+    the confidence intervals (they are then ``None``).
+    """
     rd = Path(run_dir)
-    manifest, golden, mapping, verdicts, errors = _load_run(rd)
+    run = _load_run(rd)
     thresholds = thresholds or {}
-    labels_out: dict[str, Any] = {}
+    strata = run.mapping.strata
+    labels_out: dict[str, LabelMetrics] = {}
+    predictions: dict[str, list[Prediction]] = {}
     pooled = Counter[str]()
-    rows_by_label: dict[str, list[dict[str, Any]]] = {}
-    for label, pols in mapping.labels.items():
-        rows: list[dict[str, Any]] = []
+    for label, pols in run.mapping.evaluated_labels.items():
+        rows: list[_Row] = []
         n_known = n_error = n_missing = 0
-        for it in golden.items:
+        for it in run.items:
             gold = it.labels.get(label)
             if gold is None:
                 continue
             n_known += 1
-            v = verdicts.get(it.id)
+            v = run.verdicts.get(it.id)
             if v is None:
-                if it.id in errors:
+                if it.id in run.errors:
                     n_error += 1
                 else:
                     n_missing += 1
                 continue
-            pred, score, rules, decs = _label_view(v, pols, thresholds)
-            rows.append(
-                {
-                    "id": it.id,
-                    "text": it.text,
-                    "y": int(gold),
-                    "pred": pred,
-                    "score": score,
-                    "rules": rules,
-                    "expected_rules": it.expected_rules.get(label, []),
-                    "rationale": " | ".join(d["rationale"] for d in decs if d["violates"]) or (decs[0]["rationale"] if decs else ""),
-                    "reasoning": v.get("reasoning", []),
-                    "strata": {s: it.meta.get(s) for s in mapping.strata},
-                }
-            )
-        rows_by_label[label] = rows
-        y: Any = np.array([r["y"] for r in rows], dtype=int)
-        p: Any = np.array([r["pred"] for r in rows], dtype=int)
-        s: Any = np.array([r["score"] for r in rows], dtype=float)
-        m = binary_metrics(y.tolist(), p.tolist())
+            rows.append(_row(it, int(gold), label, v, pols, thresholds, strata))
+        y = [r.y for r in rows]
+        p = [r.pred for r in rows]
+        s = [r.score for r in rows]
+        m = binary_metrics(y, p)
         for k, val in m["confusion"].items():
             pooled[k] += val
-
-        def ci(metric: str, y: Any = y, p: Any = p) -> list[float] | None:
-            r = bootstrap_ci(
-                lambda idx: binary_metrics(y[idx].tolist(), p[idx].tolist())[metric],
-                len(y),
-                rounds=bootstrap_rounds,
-                seed=seed,
-            )
-            return list(r) if r else None
-
-        entry: dict[str, Any] = {
-            "policies": pols,
+        labels_out[label] = LabelMetrics(
+            policies=pols,
             **{k: m[k] for k in ("precision", "recall", "f1", "fpr", "support", "n", "confusion")},
-            "known": n_known,
-            "errors": n_error,
-            "missing": n_missing,
-            "error_rate": (n_error + n_missing) / n_known if n_known else 0.0,
-            "auprc": average_precision(y.tolist(), s.tolist()) if len(rows) else None,
-            "roc_auc": roc_auc(y.tolist(), s.tolist()) if len(rows) else None,
-            "ci95": {k: ci(k) for k in ("precision", "recall", "f1", "fpr")},
-            "calibration": calibration(y.tolist(), s.tolist()) if len(rows) else None,
-            "pr_curve": pr_curve(y.tolist(), s.tolist()) if len(rows) else [],
-            "per_rule": _per_rule(rows),
-            "rca": _rca(rows, mapping.strata, max_examples),
-        }
-        labels_out[label] = entry
-    macro = {k: float(np.mean([e[k] for e in labels_out.values()])) if labels_out else 0.0 for k in ("precision", "recall", "f1", "fpr")}
-    micro = {**from_confusion(dict(pooled)), "confusion": dict(pooled)}
-    result = {
-        "run": str(rd),
-        "manifest": manifest,
-        "thresholds": thresholds,
-        "labels": labels_out,
-        "micro": micro,
-        "macro": macro,
-        "predictions": {lab: [{k: r[k] for k in ("id", "y", "pred", "score")} for r in rows] for lab, rows in rows_by_label.items()},
-    }
-    _write_json(rd / "metrics.json", result)
-    return result
+            known=n_known,
+            errors=n_error,
+            missing=n_missing,
+            error_rate=(n_error + n_missing) / n_known if n_known else 0.0,
+            auprc=average_precision(y, s) if rows else None,
+            roc_auc=roc_auc(y, s) if rows else None,
+            ci95=metric_cis(y, p, rounds=bootstrap_rounds, seed=seed),
+            calibration=Calibration.model_validate(calibration(y, s)) if rows else None,
+            pr_curve=[CurvePoint(**pt) for pt in pr_curve(y, s)],
+            per_rule=_per_rule(rows),
+            per_policy=_per_policy(rows, pols),
+            rca=_rca(rows, strata, max_examples),
+        )
+        predictions[label] = [Prediction(id=r.id, y=r.y, pred=r.pred, score=r.score) for r in rows]
+    pooled_c = {k: pooled[k] for k in ("tp", "fp", "fn", "tn")}
+    names = ("precision", "recall", "f1", "fpr")
+    macro = {k: float(np.mean([getattr(e, k) for e in labels_out.values()])) if labels_out else 0.0 for k in names}
+    undecided = [it.id for it in run.items if it.id not in run.verdicts]
+    n_errors = sum(1 for i in undecided if i in run.errors)
+    return EvalResult(
+        run=str(rd),
+        manifest=run.manifest,
+        thresholds=thresholds,
+        labels=labels_out,
+        micro=MicroAverages(**from_confusion(pooled_c), confusion=Confusion(**pooled_c)),
+        macro=Averages(**macro),
+        predictions=predictions,
+        items=len(run.items),
+        errors=n_errors,
+        missing=len(undecided) - n_errors,
+    )
 
 
-def _per_rule(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def write_metrics(result: EvalResult, run_dir: str | Path | None = None) -> Path:
+    """Write ``result`` as ``metrics.json`` into ``run_dir`` (default: the run it measures)."""
+    path = Path(run_dir if run_dir is not None else result.run) / "metrics.json"
+    _write_json(path, result.model_dump(mode="json"))
+    return path
+
+
+def load_result(run_dir: str | Path) -> EvalResult:
+    """The :class:`EvalResult` saved in a run directory's ``metrics.json``."""
+    p = Path(run_dir) / "metrics.json"
+    if not p.exists():
+        raise InputError(f"{run_dir}: no metrics.json; run cotmod eval (or cotmod report) first")
+    try:
+        return EvalResult.model_validate_json(p.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"{p}: not a cotmod metrics file ({str(exc).splitlines()[0]}); recreate it with cotmod report") from None
+
+
+def _per_rule(rows: list[_Row]) -> dict[str, RuleStats]:
     """For each cited rule: how often cited, precision of its citations, recall where expected."""
     cited: dict[str, list[int]] = defaultdict(list)
     expected: dict[str, list[int]] = defaultdict(list)
     for r in rows:
-        for rule in set(r["rules"]):
-            cited[rule].append(r["y"])
-        for rule in set(r["expected_rules"]):
-            expected[rule].append(1 if rule in r["rules"] else 0)
-    out: dict[str, Any] = {}
+        for rule in set(r.rules):
+            cited[rule].append(r.y)
+        for rule in set(r.expected_rules):
+            expected[rule].append(1 if rule in r.rules else 0)
+    out: dict[str, RuleStats] = {}
     for rule in sorted(set(cited) | set(expected)):
         ys = cited.get(rule, [])
         ex = expected.get(rule, [])
-        out[rule] = {
-            "cited": len(ys),
-            "true_positive": int(sum(ys)),
-            "false_positive": len(ys) - int(sum(ys)),
-            "precision": (sum(ys) / len(ys)) if ys else None,
-            "expected": len(ex),
-            "recall": (sum(ex) / len(ex)) if ex else None,
-        }
+        out[rule] = RuleStats(
+            cited=len(ys),
+            true_positive=sum(ys),
+            false_positive=len(ys) - sum(ys),
+            precision=(sum(ys) / len(ys)) if ys else None,
+            expected=len(ex),
+            recall=(sum(ex) / len(ex)) if ex else None,
+        )
     return out
 
 
-def _rca(rows: list[dict[str, Any]], strata: list[str], max_examples: int) -> dict[str, Any]:
+def _per_policy(rows: list[_Row], policies: list[str]) -> dict[str, PolicyAttribution]:
+    """For each policy of the label: the items it flagged, how many were gold positives, and how
+    many no other policy of the label flagged."""
+    out: dict[str, PolicyAttribution] = {}
+    for pid in policies:
+        flagged = [r for r in rows if pid in r.flagged_by]
+        tp = sum(r.y for r in flagged)
+        out[pid] = PolicyAttribution(
+            flagged=len(flagged),
+            true_positive=tp,
+            false_positive=len(flagged) - tp,
+            precision=tp / len(flagged) if flagged else None,
+            only_this_policy=sum(1 for r in flagged if len(r.flagged_by) == 1),
+        )
+    return out
+
+
+def _rca(rows: list[_Row], strata: list[str], max_examples: int) -> RootCauses:
     """False positives and negatives with their reasoning, grouped by cited rule and by stratum."""
-    fps = [r for r in rows if r["y"] == 0 and r["pred"] == 1]
-    fns = [r for r in rows if r["y"] == 1 and r["pred"] == 0]
-    by_rule: Counter[str] = Counter(rule for r in fps for rule in set(r["rules"]))
-    by_stratum: dict[str, dict[str, dict[str, int]]] = {}
+    fps = [r for r in rows if r.y == 0 and r.pred == 1]
+    fns = [r for r in rows if r.y == 1 and r.pred == 0]
+    by_rule: Counter[str] = Counter(rule for r in fps for rule in set(r.rules))
+    by_stratum: dict[str, dict[str, StratumErrors]] = {}
     for s in strata:
-        table: dict[str, dict[str, int]] = defaultdict(lambda: {"n": 0, "fp": 0, "fn": 0, "errors": 0})
+        table: dict[str, StratumErrors] = defaultdict(StratumErrors)
         for r in rows:
-            if r["strata"].get(s) in (None, ""):
+            if r.strata.get(s) in (None, ""):
                 continue  # this row has no value for the stratum (e.g. another set's field)
-            key = str(r["strata"].get(s))
-            table[key]["n"] += 1
-            if r["y"] == 0 and r["pred"] == 1:
-                table[key]["fp"] += 1
-            if r["y"] == 1 and r["pred"] == 0:
-                table[key]["fn"] += 1
-        for v in table.values():
-            v["errors"] = v["fp"] + v["fn"]
+            cell = table[str(r.strata.get(s))]
+            cell.n += 1
+            if r.y == 0 and r.pred == 1:
+                cell.fp += 1
+            if r.y == 1 and r.pred == 0:
+                cell.fn += 1
+        for cell in table.values():
+            cell.errors = cell.fp + cell.fn
         if table:
-            by_stratum[s] = dict(sorted(table.items(), key=lambda kv: -kv[1]["errors"]))
+            by_stratum[s] = dict(sorted(table.items(), key=lambda kv: -kv[1].errors))
 
-    def ex(r: dict[str, Any]) -> dict[str, Any]:
-        return {k: r[k] for k in ("id", "text", "score", "rules", "rationale", "reasoning", "strata")}
+    def ex(r: _Row) -> Example:
+        return Example(id=r.id, text=r.text, score=r.score, rules=r.rules, rationale=r.rationale, reasoning=r.reasoning, strata=r.strata)
 
-    return {
-        "false_positives": len(fps),
-        "false_negatives": len(fns),
-        "fp_by_rule": dict(by_rule.most_common()),
-        "by_stratum": by_stratum,
-        "fp_examples": [ex(r) for r in sorted(fps, key=lambda r: -r["score"])[:max_examples]],
-        "fn_examples": [ex(r) for r in sorted(fns, key=lambda r: r["score"])[:max_examples]],
-    }
+    return RootCauses(
+        false_positives=len(fps),
+        false_negatives=len(fns),
+        fp_by_rule=dict(by_rule.most_common()),
+        by_stratum=by_stratum,
+        fp_examples=[ex(r) for r in sorted(fps, key=lambda r: -r.score)[:max_examples]],
+        fn_examples=[ex(r) for r in sorted(fns, key=lambda r: r.score)[:max_examples]],
+    )

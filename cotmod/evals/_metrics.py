@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ._results import McNemar, MetricCIs, MetricDelta, PairedComparison
+
 __all__ = [
     "average_precision",
     "binary_metrics",
@@ -18,6 +20,7 @@ __all__ = [
     "calibration",
     "confusion",
     "mcnemar_exact",
+    "metric_cis",
     "paired_comparison",
     "pr_curve",
     "roc_auc",
@@ -165,6 +168,30 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(min(1.0, 2 * tail))
 
 
+def metric_cis(y: Sequence[int], p: Sequence[int], *, rounds: int = 1000, seed: int = 0, level: float = 0.95) -> MetricCIs:
+    """Percentile-bootstrap CIs of precision, recall, F1 and FPR of predictions ``p``.
+
+    One pass: each resample of items gives all four metrics. The resamples are the ones
+    :func:`bootstrap_ci` draws with the same seed, so each CI equals
+    ``bootstrap_ci(lambda idx: binary_metrics(y[idx], p[idx])[metric], len(y), ...)``.
+    """
+    names = ("precision", "recall", "f1", "fpr")
+    n = len(y)
+    if n == 0 or rounds <= 0:
+        return MetricCIs()
+    ya: Arr = np.asarray(y, dtype=int)
+    pa: Arr = np.asarray(p, dtype=int)
+    rng = np.random.default_rng(seed)
+    vals: dict[str, list[float]] = {k: [] for k in names}
+    for _ in range(rounds):
+        idx = rng.integers(0, n, n)
+        m = from_confusion(confusion(ya[idx], pa[idx]))
+        for k in names:
+            vals[k].append(m[k])
+    a = (1 - level) / 2
+    return MetricCIs(**{k: (float(np.quantile(v, a)), float(np.quantile(v, 1 - a))) for k, v in vals.items()})
+
+
 def paired_comparison(
     y: Sequence[int],
     a: Sequence[int],
@@ -173,7 +200,7 @@ def paired_comparison(
     metrics: Sequence[str] = ("precision", "recall", "f1", "fpr"),
     rounds: int = 1000,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> PairedComparison:
     """Predictions ``b`` against ``a`` on the same items: per metric (any of binary_metrics', or
     ``accuracy``) a, b, the delta b − a and its paired-bootstrap 95% CI (items are resampled
     together, which keeps the pairing), and an exact McNemar test on which side got each item right."""
@@ -185,16 +212,16 @@ def paired_comparison(
         return float(binary_metrics(ya[idx].tolist(), x[idx].tolist())[metric])
 
     every = np.arange(len(ya))
-    out: dict[str, Any] = {}
+    out: dict[str, MetricDelta] = {}
     for metric in metrics:
         def stat(idx: Arr, metric: str = metric) -> float:
             return value(idx, xb, metric) - value(idx, xa, metric)
 
         va, vb = value(every, xa, metric), value(every, xb, metric)
-        out[metric] = {"a": va, "b": vb, "delta": vb - va, "ci95": bootstrap_ci(stat, len(ya), rounds=rounds, seed=seed)}
+        out[metric] = MetricDelta(a=va, b=vb, delta=vb - va, ci95=bootstrap_ci(stat, len(ya), rounds=rounds, seed=seed))
     correct_a, correct_b = xa == ya, xb == ya
     a_only, b_only = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
-    return {
-        "metrics": out,
-        "mcnemar": {"a_correct_only": a_only, "b_correct_only": b_only, "p_value": mcnemar_exact(a_only, b_only)},
-    }
+    return PairedComparison(
+        metrics=out,
+        mcnemar=McNemar(a_correct_only=a_only, b_correct_only=b_only, p_value=mcnemar_exact(a_only, b_only)),
+    )

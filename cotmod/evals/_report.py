@@ -1,14 +1,19 @@
 """Reports of a run: a terminal table and a self-contained HTML page with inline SVG plots.
 
-Every number in the HTML comes from the same ``metrics.json`` dictionary the JSON output prints.
+Both render an :class:`EvalResult` through ``result.model_dump(mode="json")``, the very
+dictionary :func:`write_metrics` saves as ``metrics.json`` and ``--json`` prints: every number in
+the HTML is the one in ``metrics.json``.
 """
 
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Any
 
-__all__ = ["html_report", "text_table"]
+from ._results import EvalResult
+
+__all__ = ["html_report", "text_table", "undecided_note", "write_report"]
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -23,7 +28,19 @@ def _ci(v: Any) -> str:
     return "" if not v else f" [{v[0]:.3f}, {v[1]:.3f}]"
 
 
-def text_table(m: dict[str, Any]) -> str:
+def undecided_note(result: EvalResult) -> str:
+    """One line on the items sent to the model that have no verdict (empty when none)."""
+    if not result.undecided:
+        return ""
+    return (
+        f"{result.undecided} of {result.items} items not decided ({result.errors} error verdicts in "
+        f"verdicts.errors.jsonl, {result.missing} not judged yet); the metrics cover the decided items"
+    )
+
+
+def text_table(result: EvalResult) -> str:
+    """The terminal summary of a run: a row per label (with 95% CIs), averages and root causes."""
+    m = result.model_dump(mode="json")
     man = m["manifest"]
     lines = [
         f"run {m['run']}  model {man.get('model')}  fingerprint {man.get('prompt_fingerprint')}",
@@ -31,6 +48,7 @@ def text_table(m: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in man.get("policies", {}).items()),
         "",
         *(["INCOMPLETE RUN: not every item has been judged yet; resume it with the same cotmod eval command", ""] if man.get("complete") is False else []),
+        *([undecided_note(result), ""] if result.undecided else []),
         f"{'label':<16}{'n':>6}{'support':>9}{'precision':>26}{'recall':>26}{'F1':>26}{'FPR':>8}{'AUPRC':>8}{'ROC-AUC':>9}{'ECE':>7}{'err%':>7}",
     ]
     for label, e in m["labels"].items():
@@ -134,7 +152,16 @@ svg{background:#fff;border:1px solid #dde2e7;border-radius:4px}.t{font-size:12px
 """
 
 
-def html_report(m: dict[str, Any]) -> str:
+def write_report(result: EvalResult, run_dir: str | Path | None = None) -> Path:
+    """Write :func:`html_report` as ``report.html`` into ``run_dir`` (default: the run it measures)."""
+    path = Path(run_dir if run_dir is not None else result.run) / "report.html"
+    path.write_text(html_report(result), encoding="utf-8")
+    return path
+
+
+def html_report(result: EvalResult) -> str:
+    """A self-contained HTML page: summary table, plots, per-rule and per-policy tables, root causes."""
+    m = result.model_dump(mode="json")
     man = m["manifest"]
     esc = html.escape
     out = [
@@ -142,6 +169,7 @@ def html_report(m: dict[str, Any]) -> str:
         f"<title>cotmod eval — {esc(str(man['mapping']['name']))}</title><style>{CSS}</style></head><body>",
         f"<h1>cotmod evaluation: {esc(str(man['mapping']['name']))}</h1>",
         *(["<p><b>Incomplete run</b>: not every item has been judged yet; resume it with the same <code>cotmod eval</code> command.</p>"] if man.get("complete") is False else []),
+        *([f"<p><b>Undecided items</b>: {esc(undecided_note(result))}</p>"] if result.undecided else []),
         f'<p class="meta">model <b>{esc(str(man.get("model")))}</b> · prompt fingerprint <code>{esc(str(man.get("prompt_fingerprint")))}</code> · '
         f"policies {esc(', '.join(f'{k} {v}' for k, v in man.get('policies', {}).items()))} · golden set "
         f"<code>{esc(man['golden']['path'])}</code> ({man['golden']['rows']} rows, sha256 {man['golden']['sha256'][:12]}…) · "
@@ -177,6 +205,17 @@ def html_report(m: dict[str, Any]) -> str:
                 out.append(
                     f"<tr><td class=l>{esc(rule)}</td><td>{r['cited']}</td><td>{r['true_positive']}</td><td>{r['false_positive']}</td>"
                     f"<td>{_f(r['precision'])}</td><td>{r['expected']}</td><td>{_f(r['recall'])}</td></tr>"
+                )
+            out.append("</table>")
+        if len(e["policies"]) > 1 and e.get("per_policy"):
+            out.append(
+                "<h3>Per policy (which policy flagged the item)</h3><table><tr><th>policy</th><th>flagged</th>"
+                "<th>true positives</th><th>false positives</th><th>precision</th><th>only this policy</th></tr>"
+            )
+            for pid, a in e["per_policy"].items():
+                out.append(
+                    f"<tr><td class=l>{esc(pid)}</td><td>{a['flagged']}</td><td>{a['true_positive']}</td><td>{a['false_positive']}</td>"
+                    f"<td>{_f(a['precision'])}</td><td>{a['only_this_policy']}</td></tr>"
                 )
             out.append("</table>")
         rca = e["rca"]

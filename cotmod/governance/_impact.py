@@ -17,8 +17,8 @@ from .._config import Settings
 from ..batch._runner import Runner
 from ..engine._cache import Cache
 from ..engine._moderator import AsyncModerator
-from ..evals._compare import compare_runs
-from ..evals._harness import compute_metrics, run_eval
+from ..evals._compare import compare
+from ..evals._harness import compute_metrics, run_eval, write_metrics
 from ..policy._model import PolicySet
 from ._diff import diff_policies
 
@@ -61,11 +61,13 @@ def impact(
         return AsyncModerator(policies, settings=settings, cache=cache, backend=backend)
 
     calls: dict[str, int] = {}
+    measured = {}
     for name, bundle in (("old", old), ("new", new)):
         _, summary = run_eval(moderator(bundle), golden, mapping, work / name, limit=limit)
         calls[name] = summary.model_calls
-        compute_metrics(work / name)
-    cmp = compare_runs(work / "old", work / "new")
+        measured[name] = compute_metrics(work / name)
+        write_metrics(measured[name])
+    cmp = compare(measured["old"], measured["new"]).model_dump(mode="json")
     new_verdicts = _verdicts(work / "new" / "verdicts.jsonl")
     for label in cmp["labels"].values():
         for f in label["flipped"]:

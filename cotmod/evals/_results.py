@@ -1,0 +1,395 @@
+"""Typed results of the eval library: what ``compute_metrics``, ``tune`` and ``compare`` return.
+
+They are pydantic models whose ``model_dump(mode="json")`` is the on-disk shape: ``metrics.json``
+is an :class:`EvalResult`, a thresholds file written by ``cotmod tune`` is a :class:`Thresholds`,
+and ``cotmod compare --json`` prints a :class:`Comparison`. Files written by earlier versions load
+(fields added since have defaults).
+
+A 95% confidence interval (``CI``) is ``(low, high)`` from a percentile bootstrap over items, or
+``None`` when it could not be computed (no items, or bootstrapping turned off).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+__all__ = [
+    "CI",
+    "Averages",
+    "Calibration",
+    "CalibrationBin",
+    "Comparison",
+    "Confusion",
+    "CurvePoint",
+    "EvalResult",
+    "Example",
+    "Flip",
+    "GoldenRef",
+    "LabelComparison",
+    "LabelMetrics",
+    "LabelOperatingPoint",
+    "MappingRef",
+    "McNemar",
+    "MetricCIs",
+    "MetricDelta",
+    "MicroAverages",
+    "PairedComparison",
+    "PolicyAttribution",
+    "PolicyThreshold",
+    "Prediction",
+    "Regression",
+    "RootCauses",
+    "RuleStats",
+    "RunManifest",
+    "StratumErrors",
+    "Thresholds",
+    "TuneMethod",
+]
+
+CI = tuple[float, float] | None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- run metadata ----------------------------------------------------------------------------------
+
+
+class GoldenRef(_Model):
+    """The golden set a run was made on (its rows are checked against ``sha256`` on reload)."""
+
+    path: str
+    sha256: str
+    rows: int
+
+
+class MappingRef(_Model):
+    """The label mapping a run used. ``labels`` maps each dataset label to the policies that
+    decide it; a label with no policies was not evaluated (``cotmod eval -p`` left it out)."""
+
+    path: str | None = None
+    name: str
+    labels: dict[str, list[str]]
+    strata: list[str] = Field(default_factory=list)
+    only_policies: list[str] | None = None
+
+
+class RunManifest(BaseModel):
+    """``manifest.json`` of a run directory: policy versions, prompt fingerprint, model, sampling,
+    cotmod version, date, golden set and mapping. Keys written by the batch runner that are not
+    listed here are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    policies: dict[str, str] = Field(default_factory=dict)
+    prompt_fingerprint: str | None = None
+    model: str | None = None
+    cotmod_version: str | None = None
+    created_at: str | None = None
+    golden: GoldenRef
+    mapping: MappingRef
+    limit: int | None = None
+    complete: bool | None = None
+
+
+# -- per label -------------------------------------------------------------------------------------
+
+
+class Confusion(_Model):
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+
+class MetricCIs(_Model):
+    precision: CI = None
+    recall: CI = None
+    f1: CI = None
+    fpr: CI = None
+
+
+class CalibrationBin(_Model):
+    bin: tuple[float, float]
+    n: int
+    mean_score: float
+    fraction_positive: float
+
+
+class Calibration(_Model):
+    """Expected calibration error over equal-width score bins, and the reliability table."""
+
+    ece: float
+    bins: list[CalibrationBin]
+
+
+class CurvePoint(_Model):
+    """One point of the precision–recall curve: predicting positive at ``score >= threshold``."""
+
+    threshold: float
+    precision: float
+    recall: float
+    fpr: float
+
+
+class RuleStats(_Model):
+    """A rule's citations: how often cited, how many of those were gold positives, and (where the
+    golden set lists ``expected_rules``) how often it was cited when expected."""
+
+    cited: int
+    true_positive: int
+    false_positive: int
+    precision: float | None
+    expected: int
+    recall: float | None
+
+
+class PolicyAttribution(_Model):
+    """Which policy was blamed: among the items of a label, those this policy flagged (its
+    decision made the item positive), how many were gold positives, and how many only this
+    policy flagged (no other policy of the label did)."""
+
+    flagged: int
+    true_positive: int
+    false_positive: int
+    precision: float | None
+    only_this_policy: int
+
+
+class StratumErrors(_Model):
+    n: int = 0
+    fp: int = 0
+    fn: int = 0
+    errors: int = 0
+
+
+class Example(_Model):
+    """A misclassified item with the model's score, cited rules, rationale and reasoning."""
+
+    id: str
+    text: str
+    score: float
+    rules: list[str]
+    rationale: str
+    reasoning: list[str]
+    strata: dict[str, Any]
+
+
+class RootCauses(_Model):
+    """False positives and negatives grouped by cited rule and by stratum, with examples."""
+
+    false_positives: int
+    false_negatives: int
+    fp_by_rule: dict[str, int]
+    by_stratum: dict[str, dict[str, StratumErrors]]
+    fp_examples: list[Example]
+    fn_examples: list[Example]
+
+
+class LabelMetrics(_Model):
+    """Every figure of one dataset label: counts over the items with a known label and a verdict
+    (``n``), bootstrap CIs, ranking metrics on the score, calibration, the PR curve, per-rule
+    and per-policy statistics and root causes. ``errors`` and ``missing`` count items with a
+    known label that got an error verdict or no verdict yet; they are not in ``n``."""
+
+    policies: list[str]
+    precision: float
+    recall: float
+    f1: float
+    fpr: float
+    support: int
+    n: int
+    confusion: Confusion
+    known: int
+    errors: int
+    missing: int
+    error_rate: float
+    auprc: float | None
+    roc_auc: float | None
+    ci95: MetricCIs
+    calibration: Calibration | None
+    pr_curve: list[CurvePoint]
+    per_rule: dict[str, RuleStats]
+    per_policy: dict[str, PolicyAttribution] = Field(default_factory=dict)
+    rca: RootCauses
+
+
+class Averages(_Model):
+    precision: float
+    recall: float
+    f1: float
+    fpr: float
+
+
+class MicroAverages(Averages):
+    confusion: Confusion
+
+
+class Prediction(_Model):
+    """One item's gold label ``y``, prediction and score for a label (what tune/compare use)."""
+
+    id: str
+    y: int
+    pred: int
+    score: float
+
+
+class EvalResult(_Model):
+    """Everything measured on a run directory; ``metrics.json`` is its ``model_dump(mode="json")``.
+
+    ``items`` is how many items were sent to the model; ``errors`` of them got an error verdict
+    (dead-lettered) and ``missing`` have no verdict yet (an interrupted run): ``undecided`` is
+    their sum, and the metrics cover only the decided items.
+    """
+
+    run: str
+    manifest: RunManifest
+    thresholds: dict[str, dict[str, float]] = Field(default_factory=dict)
+    labels: dict[str, LabelMetrics]
+    micro: MicroAverages
+    macro: Averages
+    predictions: dict[str, list[Prediction]]
+    items: int = 0
+    errors: int = 0
+    missing: int = 0
+
+    @property
+    def undecided(self) -> int:
+        return self.errors + self.missing
+
+
+# -- tune ------------------------------------------------------------------------------------------
+
+
+class TuneMethod(_Model):
+    target_precision: float | None = None
+    cost_fp: float | None = None
+    cost_fn: float | None = None
+    auto_precision: float = 0.99
+
+
+class LabelOperatingPoint(_Model):
+    """The operating point chosen on a label's predictions: the review threshold and its
+    precision and recall (with bootstrap CIs over items), or ``reachable=False`` and a note."""
+
+    reachable: bool = True
+    note: str = ""
+    review: float | None = None
+    auto_action: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    precision_ci95: CI = None
+    recall_ci95: CI = None
+    n: int = 0
+
+
+class PolicyThreshold(_Model):
+    """A policy's bands on the decision score: ``>= auto_action`` enforce automatically,
+    ``>= review`` human review, below: allow. ``policy_version`` is the version the threshold
+    was tuned for; ``label`` the dataset label whose operating point set it."""
+
+    review: float
+    auto_action: float | None = None
+    policy_version: str | None = None
+    label: str | None = None
+    precision: float | None = None
+    recall: float | None = None
+    precision_ci95: CI = None
+    recall_ci95: CI = None
+
+
+class Thresholds(_Model):
+    """What ``tune`` chose: thresholds per policy, the operating point per label, the method,
+    and the run (policy versions, prompt fingerprint, model) they were tuned on."""
+
+    thresholds: dict[str, PolicyThreshold]
+    evidence: dict[str, LabelOperatingPoint]
+    method: TuneMethod
+    run: str
+    policies: dict[str, str] = Field(default_factory=dict)
+    prompt_fingerprint: str | None = None
+    model: str | None = None
+    created_at: str
+
+
+# -- compare ---------------------------------------------------------------------------------------
+
+
+class MetricDelta(_Model):
+    """A metric of A and of B on the same items, the delta B − A and its paired-bootstrap CI."""
+
+    a: float
+    b: float
+    delta: float
+    ci95: CI
+
+
+class McNemar(_Model):
+    """Exact McNemar test on which side got each item right (two-sided p-value)."""
+
+    a_correct_only: int
+    b_correct_only: int
+    p_value: float
+
+
+class PairedComparison(_Model):
+    metrics: dict[str, MetricDelta]
+    mcnemar: McNemar
+
+
+class Flip(_Model):
+    """An item whose prediction differs between A and B."""
+
+    id: str
+    y: int
+    a: int
+    b: int
+    score_a: float
+    score_b: float
+
+
+class LabelComparison(_Model):
+    n_paired: int
+    metrics: dict[str, MetricDelta]
+    mcnemar: McNemar
+    flipped: list[Flip]
+
+
+class Regression(_Model):
+    """A ``--fail-on`` rule that B met: ``metric`` moved ``points`` (percentage points) in
+    ``direction``, more than the rule's ``limit``."""
+
+    label: str
+    metric: str
+    direction: str
+    points: float
+    limit: float
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.metric} {self.direction} {self.points:.1f} points > {self.limit}"
+
+
+class Comparison(_Model):
+    """Run B against run A on the same golden set, per label; ``regressions`` are the
+    ``--fail-on`` rules B met (``ok`` when none)."""
+
+    a: str
+    b: str
+    a_manifest: dict[str, Any]
+    b_manifest: dict[str, Any]
+    labels: dict[str, LabelComparison]
+    regressions: list[Regression] = Field(default_factory=list)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def failures(self) -> list[str]:
+        """The regressions as one line each."""
+        return [str(r) for r in self.regressions]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ok(self) -> bool:
+        return not self.regressions
