@@ -232,3 +232,15 @@ def test_saved_benchmark_runs_still_load_compare_and_recompute(tmp_path: Path, m
     assert (fresh["errors"], fresh["items"]) == (4, 200)  # 4 error verdicts in that run
     r = CliRunner().invoke(cli, ["report", str(a)])
     assert r.exit_code == 0 and "4 of 200 items not decided" in r.output
+
+
+def test_broken_run_files_are_one_clear_line(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text('{"golden": {"path": "g.jsonl", "sha256": "x", "rows": 1}}')
+    r = CliRunner().invoke(cli, ["report", str(run)])
+    assert r.exit_code == EXIT_USAGE and f"{run / 'manifest.json'}: not a cotmod eval manifest (mapping: Field required)" in r.output
+    (run / "metrics.json").write_text("{not json")
+    r = CliRunner().invoke(cli, ["compare", str(run), str(run)])
+    assert r.exit_code == EXIT_USAGE and f"{run / 'metrics.json'}: not a cotmod metrics file (Invalid JSON" in r.output
+    assert "Traceback" not in r.output

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from .._exceptions import ConfigError, InputError
 from .._version import __version__
@@ -174,8 +175,8 @@ def _load_run(run_dir: Path) -> _Run:
         raise InputError(f"{run_dir}: not a run directory (no manifest.json); create one with cotmod eval")
     try:
         manifest = RunManifest.model_validate_json(mpath.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InputError(f"{mpath}: not a cotmod eval manifest ({str(exc).splitlines()[0]})") from None
+    except ValidationError as exc:
+        raise InputError(f"{mpath}: not a cotmod eval manifest ({_why(exc)})") from None
     mapping = LabelMapping(name=manifest.mapping.name, labels=manifest.mapping.labels, strata=manifest.mapping.strata)
     golden = load_golden(manifest.golden.path, mapping)
     if golden.sha256 != manifest.golden.sha256:
@@ -325,8 +326,17 @@ def load_result(run_dir: str | Path) -> EvalResult:
         raise InputError(f"{run_dir}: no metrics.json; run cotmod eval (or cotmod report) first")
     try:
         return EvalResult.model_validate_json(p.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InputError(f"{p}: not a cotmod metrics file ({str(exc).splitlines()[0]}); recreate it with cotmod report") from None
+    except ValidationError as exc:
+        raise InputError(f"{p}: not a cotmod metrics file ({_why(exc)}); recreate it with cotmod report") from None
+
+
+def _why(exc: ValidationError) -> str:
+    """The first problem pydantic found, as ``field.path: message``."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(x) for x in first["loc"])
+    more = f" and {len(errors) - 1} more" if len(errors) > 1 else ""
+    return (f"{loc}: {first['msg']}" if loc else first["msg"]) + more
 
 
 def _per_rule(rows: list[_Row]) -> dict[str, RuleStats]:

@@ -69,6 +69,11 @@ def text_table(result: EvalResult) -> str:
         lines.append(f"{label}: {rca['false_positives']} false positives, {rca['false_negatives']} false negatives")
         if rca["fp_by_rule"]:
             lines.append("  false positives by cited rule: " + ", ".join(f"{k} {v}" for k, v in rca["fp_by_rule"].items()))
+        if len(e["policies"]) > 1 and e.get("per_policy"):
+            lines.append(
+                "  flagged by policy (true/false positives): "
+                + ", ".join(f"{pid} {a['true_positive']}/{a['false_positive']}" for pid, a in e["per_policy"].items() if a["flagged"])
+            )
         for stratum, table in rca["by_stratum"].items():
             worst = [(k, v) for k, v in table.items() if v["errors"]][:6]
             if worst:
