@@ -36,8 +36,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from cotmod import AsyncModerator  # noqa: E402
 from cotmod.backends._local import ensure_local_server  # noqa: E402
-from cotmod.evals import compute_metrics, paired_comparison, run_eval, write_metrics  # noqa: E402
-from cotmod.evals._metrics import binary_metrics, bootstrap_ci  # noqa: E402
+from cotmod.evals import compute_metrics, metric_cis, paired_comparison, run_eval, write_metrics  # noqa: E402
+from cotmod.evals._metrics import binary_metrics  # noqa: E402
 
 NAIVE_SYSTEM = "Is this content harmful? Answer yes or no."
 NAIVE_SCHEMA = {
@@ -94,11 +94,9 @@ async def naive(base_url: str, model: str, items: list[dict[str, Any]], concurre
 def summarise(name: str, ys: list[int], ps: list[int], seconds: float, n_items: int) -> dict[str, Any]:
     m = binary_metrics(ys, ps)
     out: dict[str, Any] = {"prompt": name, "n": len(ys), **{k: m[k] for k in ("precision", "recall", "f1", "fpr")}}
-    import numpy as np
-
-    y, p = np.array(ys), np.array(ps)
+    cis = metric_cis(ys, ps, rounds=1000, seed=0)
     for k in ("precision", "recall", "f1", "fpr"):
-        out[f"{k}_ci95"] = bootstrap_ci(lambda idx, k=k: binary_metrics(y[idx].tolist(), p[idx].tolist())[k], len(ys), rounds=1000, seed=0)
+        out[f"{k}_ci95"] = getattr(cis, k)
     out["s_per_item"] = seconds / max(n_items, 1)
     return out
 

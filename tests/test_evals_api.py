@@ -22,6 +22,7 @@ from cotmod.evals import (
     compare_runs,
     compute_metrics,
     load_result,
+    metric_cis,
     run_eval,
     tune,
     write_metrics,
@@ -65,6 +66,23 @@ HATE_ROWS: list[tuple[str, dict[str, int | None]]] = [
     ("nice weather today", {"hateful": 0}),
 ]
 HATE_MAPPING = "name: tiny\nlabels:\n  hateful: {policies: [hate_speech]}\n"
+
+
+def test_metric_cis_equal_one_bootstrap_per_metric() -> None:
+    import random
+
+    import numpy as np
+
+    from cotmod.evals._metrics import binary_metrics, bootstrap_ci
+
+    rng = random.Random(3)
+    y = np.array([rng.randint(0, 1) for _ in range(80)])
+    p = np.array([rng.randint(0, 1) for _ in range(80)])
+    got = metric_cis(y.tolist(), p.tolist(), rounds=300, seed=5)
+    for k in ("precision", "recall", "f1", "fpr"):
+        one = bootstrap_ci(lambda idx, k=k: binary_metrics(y[idx].tolist(), p[idx].tolist())[k], len(y), rounds=300, seed=5)
+        assert getattr(got, k) == pytest.approx(one), k
+    assert metric_cis([], [], rounds=300).precision is None and metric_cis([1], [1], rounds=0).f1 is None
 
 
 def test_tune_leaves_metrics_json_with_its_cis_and_the_report_matches_it(tmp_path: Path) -> None:
