@@ -3,9 +3,39 @@
 Precedence: explicit arguments > environment variables > config file > defaults.
 
 Environment: ``COTMOD_BASE_URL``, ``COTMOD_API_KEY`` (else ``OPENAI_API_KEY``), ``COTMOD_MODEL``,
-``COTMOD_LOCAL_MODEL``, ``COTMOD_CONFIG`` (path of a TOML config file), ``COTMOD_HOME`` (models, server state).
-Config file (TOML, flat keys named like the fields of :class:`Settings`): ``$COTMOD_CONFIG``, else
-``./cotmod.toml``, else ``$COTMOD_HOME/config.toml``. Unknown keys are an error naming the file.
+``COTMOD_LOCAL_MODEL``, ``COTMOD_TIMEOUT`` (seconds per HTTP request), ``COTMOD_CONFIG`` (path of a
+TOML config file), ``COTMOD_HOME`` (models, server state).
+
+Config file (TOML, flat keys named like the fields of :class:`Settings`, plus ``api_key_env``):
+``--config``/``config_file``, else ``$COTMOD_CONFIG``, else ``./cotmod.toml``, else
+``$COTMOD_HOME/config.toml``. Unknown keys are an error naming the file. Relative paths in a
+config file (``guidelines``, ``prompts``, ``thresholds``) are relative to the file's directory.
+
+API keys and a ``cotmod.toml`` found in the current directory
+-------------------------------------------------------------
+A ``./cotmod.toml`` is picked up implicitly, so whoever controls the directory you run cotmod in
+controls it (a cloned repository, a shared folder). The rule:
+
+* The config file in use is always reported (the CLI prints ``cotmod: using config ./cotmod.toml``).
+* An implicitly found ``./cotmod.toml`` may set the endpoint (``base_url``), but the API key from the
+  environment (``COTMOD_API_KEY`` / ``OPENAI_API_KEY``) is **not** sent to an endpoint that this file
+  introduced, unless the same file names the variable the key comes from
+  (``api_key_env = "COTMOD_API_KEY"``): then the key is read from that variable. The key is sent as
+  usual when the endpoint comes from the environment (``COTMOD_BASE_URL``) or an argument
+  (``--base-url``), when the key itself is an argument (``--api-key``), and when the config file was
+  chosen explicitly (``--config``, ``COTMOD_CONFIG``) or is the user's own
+  ``$COTMOD_HOME/config.toml``.
+* ``api_key_env`` in any config file: the key is read from that environment variable only.
+* A literal ``api_key`` in a ``./cotmod.toml`` is used (it is that file's own key, not yours) but
+  draws a warning: a key stored in a working directory ends up in version control.
+
+What was decided is in :attr:`LoadedSettings.notices` (one line each; the CLI prints them on stderr).
+
+Policy source
+-------------
+Where the policies come from when a caller names none (:func:`resolve_policy_source`):
+``--guidelines`` > the config file's ``guidelines`` > ``./guidelines`` when that directory exists
+> the starter pack shipped with cotmod. The CLI says which, on stderr.
 
 With no ``base_url``, cotmod uses the embedded local backend (``local_model``), started on
 127.0.0.1 on first use.
@@ -13,18 +43,34 @@ With no ``base_url``, cotmod uses the embedded local backend (``local_model``), 
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-import tomllib
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from ._exceptions import ConfigError
 
-__all__ = ["Settings", "cotmod_home"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = ["LoadedSettings", "PolicySource", "Settings", "cotmod_home", "resolve_policy_source"]
 
 DEFAULT_LOCAL_MODEL = "qwen2.5-coder-1.5b"
+#: Environment variables an API key is read from, in order.
+API_KEY_ENV = ("COTMOD_API_KEY", "OPENAI_API_KEY")
+#: Config-file keys that are not settings.
+CONFIG_ONLY_KEYS = ("api_key_env",)
+#: Settings holding a path; relative values in a config file are relative to its directory.
+PATH_SETTINGS = ("guidelines", "prompts", "thresholds")
+
+ConfigOrigin = Literal["argument", "environment", "cwd", "home"]
 
 
 def cotmod_home() -> Path:
@@ -36,10 +82,35 @@ def cotmod_home() -> Path:
     return Path(platformdirs.user_data_dir("cotmod"))
 
 
-class Settings(BaseModel):
-    """Everything that configures a moderator. Validated on construction."""
+def _check_url(value: str) -> str:
+    """``value`` if it is an http(s) URL with a host, else ValueError naming it."""
+    why = None
+    if value != value.strip() or any(c.isspace() for c in value):
+        why = "contains whitespace"
+    else:
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            why = str(exc)
+        else:
+            if not parts.scheme:
+                why = "no scheme (expected http:// or https://)"
+            elif parts.scheme not in ("http", "https"):
+                why = f"scheme {parts.scheme!r} (expected http or https)"
+            elif not host:
+                why = "no host"
+    if why:
+        raise ValueError(f"{value!r} is not a URL: {why}")
+    return value
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Settings(BaseModel):
+    """Everything that configures a moderator. Validated on construction: numbers must be
+    finite (no nan/inf) and in range, ``base_url`` must be an http(s) URL with a host."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; None = embedded local model")
     api_key: SecretStr | None = Field(default=None, description="Never logged or shown")
@@ -85,28 +156,87 @@ class Settings(BaseModel):
     local_ctx: int = Field(default=8192, ge=512, description="Context size of the embedded server")
     local_threads: int = Field(default=0, ge=0, description="Threads of the embedded server (0 = all cores)")
 
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v)
+
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
-        """Build settings from a config file, the environment and ``overrides`` (highest)."""
-        values: dict[str, Any] = {}
-        path = _config_path(config_file)
+        """Build settings from a config file, the environment and ``overrides`` (highest).
+        See the module docstring for which config file is used and when an API key is sent."""
+        return cls.resolve(config_file, **overrides).settings
+
+    @classmethod
+    def resolve(cls, config_file: str | Path | None = None, **overrides: Any) -> LoadedSettings:
+        """Like :meth:`load`, and say where things came from: the config file in use, the policy
+        source, and notices (key withheld, key stored in a working directory)."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        found = _find_config(config_file)
+        path, origin = found if found else (None, None)
+        config: dict[str, Any] = _read_config(path) if path is not None else {}
+        notices: list[str] = []
         if path is not None:
-            values.update(_read_config(path))
-        env = {
+            notices.append(f"cotmod: using config {_show(path)}")
+        key_env = config.pop("api_key_env", None)
+
+        values: dict[str, Any] = dict(config)
+        env: dict[str, Any] = {
             "base_url": os.environ.get("COTMOD_BASE_URL"),
-            "api_key": os.environ.get("COTMOD_API_KEY") or os.environ.get("OPENAI_API_KEY"),
             "model": os.environ.get("COTMOD_MODEL"),
             "local_model": os.environ.get("COTMOD_LOCAL_MODEL"),
         }
+        timeout = os.environ.get("COTMOD_TIMEOUT")
+        if timeout:
+            try:
+                env["timeout"] = float(timeout)
+            except ValueError:
+                raise ConfigError(f"COTMOD_TIMEOUT: {timeout!r} is not a number of seconds") from None
         values.update({k: v for k, v in env.items() if v})
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values.update(overrides)
+
+        # The API key (see "API keys and a cotmod.toml found in the current directory").
+        if "api_key" not in overrides:
+            if key_env is not None:
+                key = os.environ.get(key_env)
+                if key:
+                    values["api_key"] = key
+                else:
+                    values.pop("api_key", None)
+                    notices.append(f"cotmod: {_show(path)} reads the API key from ${key_env}, which is not set")
+            else:
+                env_name = next((n for n in API_KEY_ENV if os.environ.get(n)), None)
+                endpoint_from_cwd_file = (
+                    origin == "cwd" and "base_url" in config and values.get("base_url") == config["base_url"]
+                    and "base_url" not in overrides and not env["base_url"]
+                )
+                if env_name and "api_key" not in config:
+                    if endpoint_from_cwd_file:
+                        notices.append(
+                            f"cotmod: not sending ${env_name} to {config['base_url']}: that endpoint comes from "
+                            f"{_show(path)} in the current directory (to send it: --config {_show(path)}, "
+                            f'api_key_env = "{env_name}" in that file, or --api-key)'
+                        )
+                    else:
+                        values["api_key"] = os.environ[env_name]
+        if origin == "cwd" and config.get("api_key"):
+            notices.append(
+                f"cotmod: warning: {_show(path)} stores an API key in plain text; prefer "
+                'api_key_env = "NAME_OF_AN_ENV_VAR" (and keep keys out of version control)'
+            )
+
+        source = resolve_policy_source(overrides.get("guidelines"), config_file=path, _config=config)
+        if source.origin in ("cwd", "config"):
+            values["guidelines"] = str(source.path)
         try:
-            return cls(**values)
+            settings = cls(**values)
         except ValidationError as exc:
             where = f" (config file {path})" if path else ""
             first = exc.errors()[0]
-            field = ".".join(str(x) for x in first["loc"])
-            raise ConfigError(f"invalid setting {field}: {first['msg']}{where}") from None
+            name = ".".join(str(x) for x in first["loc"])
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise ConfigError(f"invalid setting {name}: {msg}{where}") from None
+        return LoadedSettings(settings, path, origin, source, notices)
 
     def redacted(self) -> dict[str, Any]:
         data = self.model_dump()
@@ -114,21 +244,92 @@ class Settings(BaseModel):
         return data
 
 
-def _config_path(explicit: str | Path | None) -> Path | None:
+@dataclass(frozen=True)
+class PolicySource:
+    """Where the policies come from, and why."""
+
+    path: Path
+    origin: Literal["argument", "config", "cwd", "starter pack"]
+    files: int
+
+    def describe(self) -> str:
+        """One line, e.g. ``cotmod: policies from ./guidelines (12 files)``."""
+        n = f"{self.files} file{'s' if self.files != 1 else ''}"
+        if self.origin == "starter pack":
+            return f"cotmod: policies from the starter pack ({n}; use --guidelines DIR for your own)"
+        if self.origin == "config":
+            return f"cotmod: policies from {_show(self.path)} (config file; {n})"
+        return f"cotmod: policies from {_show(self.path)} ({n})"
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """The result of :meth:`Settings.resolve`."""
+
+    settings: Settings
+    config_file: Path | None
+    config_origin: ConfigOrigin | None
+    policies: PolicySource
+    notices: list[str] = field(default_factory=list)
+
+
+def resolve_policy_source(
+    explicit: str | Path | None = None,
+    *,
+    config_file: str | Path | None = None,
+    _config: dict[str, Any] | None = None,
+) -> PolicySource:
+    """The policies to use: ``explicit`` > the config file's ``guidelines`` > ``./guidelines``
+    when it is a directory > the starter pack. ``config_file`` None: the config file found by the
+    usual rules (see the module docstring)."""
+    from .policy._model import default_guidelines_dir
+
+    if _config is None:
+        found = _find_config(config_file)
+        _config = _read_config(found[0]) if found else {}
+    configured = _config.get("guidelines")
+    origin: Literal["argument", "config", "cwd", "starter pack"]
+    if explicit is not None:
+        path, origin = Path(explicit), "argument"
+    elif configured is not None:
+        path, origin = Path(configured), "config"
+        if not path.exists():
+            where = f" (guidelines in {_show(Path(config_file))})" if config_file else ""
+            raise ConfigError(f"policy directory or file not found: {path}{where}")
+    elif Path("guidelines").is_dir():
+        path, origin = Path("guidelines"), "cwd"
+    else:
+        path, origin = default_guidelines_dir(), "starter pack"
+    if path.is_dir():
+        files = len([q for q in path.iterdir() if q.suffix in (".yaml", ".yml")])
+    else:
+        files = 1 if path.exists() else 0
+    return PolicySource(path, origin, files)
+
+
+def _show(path: Path | None) -> str:
+    if path is None:
+        return "-"
+    return str(path) if path.is_absolute() or str(path).startswith(".") else f"./{path}"
+
+
+def _find_config(explicit: str | Path | None) -> tuple[Path, ConfigOrigin] | None:
     if explicit is not None:
         p = Path(explicit)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        return p
+        return p, "argument"
     env = os.environ.get("COTMOD_CONFIG")
     if env:
         p = Path(env)
         if not p.is_file():
             raise ConfigError(f"COTMOD_CONFIG points to a missing file: {p}")
-        return p
-    for cand in (Path("cotmod.toml"), cotmod_home() / "config.toml"):
-        if cand.is_file():
-            return cand
+        return p, "environment"
+    if Path("cotmod.toml").is_file():
+        return Path("cotmod.toml"), "cwd"
+    home = cotmod_home() / "config.toml"
+    if home.is_file():
+        return home, "home"
     return None
 
 
@@ -139,8 +340,18 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    known = set(Settings.model_fields)
+    known = set(Settings.model_fields) | set(CONFIG_ONLY_KEYS)
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    key_env = data.get("api_key_env")
+    if key_env is not None and (not isinstance(key_env, str) or not key_env):
+        raise ConfigError(f"{path}: api_key_env must be the name of an environment variable")
+    for k in PATH_SETTINGS:
+        v = data.get(k)
+        if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
+            data[k] = str(path.parent / v) if str(path.parent) != "." else v
+    for k, v in data.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{path}: {k} = {v}: not a finite number")
     return data

@@ -160,6 +160,7 @@ class FakeOpenAIServer:
         self.retry_after = retry_after
         self.requests = 0
         self.bodies: list[dict[str, Any]] = []
+        self.auth_headers: list[str | None] = []  # the Authorization header of each POST
         self._server: Any = None
         self._thread: Any = None
 
@@ -204,6 +205,7 @@ class FakeOpenAIServer:
                 outer.requests += 1
                 n = outer.requests
                 outer.bodies.append(body)
+                outer.auth_headers.append(self.headers.get("authorization"))
                 if outer.delay:
                     time.sleep(outer.delay)
                 if n <= outer.fail_first:

@@ -1,5 +1,7 @@
-"""The ``cotmod`` command line. Library errors become one clear line and exit code 1 here, and
-only here; user mistakes never print a traceback (set COTMOD_DEBUG=1 to see one)."""
+"""The ``cotmod`` command line: the group, shared options and helpers. Library errors become one
+clear line here, and only here (exit 2 for user mistakes, 3 for runtime failures); user mistakes
+never print a traceback (set COTMOD_DEBUG=1 to see one). Which config file and which policies are
+in use is said on stderr, so stdout stays clean for --json."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 class _CotmodClickError(click.ClickException):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares a class default
 
 
 class _Group(click.Group):
@@ -60,16 +62,25 @@ def cli() -> None:
     \b
     Endpoint: --base-url/--model/--api-key, or COTMOD_BASE_URL, COTMOD_MODEL, COTMOD_API_KEY,
     or a cotmod.toml. With no endpoint the embedded model runs on 127.0.0.1.
+    Policies: --guidelines, else the config's guidelines, else ./guidelines, else the starter pack.
     """
 
 
 def _endpoint_options(f: F) -> F:
     opts = [
-        click.option("--guidelines", "-g", type=click.Path(exists=True), help="Policy directory or file [default: the starter pack]."),
+        click.option(
+            "--guidelines",
+            "-g",
+            type=click.Path(exists=True),
+            help="Policy directory or file [default: the config's guidelines, else ./guidelines, else the starter pack].",
+        ),
         click.option("--policy", "-p", "policies", multiple=True, help="Policy id to apply (repeatable) [default: all]."),
         click.option("--base-url", envvar="COTMOD_BASE_URL", help="OpenAI-compatible endpoint (default: embedded local model)."),
         click.option("--model", "-m", envvar="COTMOD_MODEL", help="Model name at the endpoint."),
-        click.option("--api-key", envvar="COTMOD_API_KEY", help="API key (prefer the COTMOD_API_KEY env var)."),
+        # No envvar here: Settings reads COTMOD_API_KEY itself and decides whether an endpoint from a
+        # ./cotmod.toml may receive it (see cotmod._config).
+        click.option("--api-key", help="API key (prefer the COTMOD_API_KEY env var)."),
+        click.option("--timeout", type=float, default=None, help="Seconds per HTTP request (env COTMOD_TIMEOUT) [default: 120]."),
         click.option("--local-model", help="Embedded model to use when no endpoint is set (see: cotmod models list)."),
         click.option("--strategy", type=click.Choice(["per_policy", "combined"]), help="One call per policy, or all in one call."),
         click.option("--logprobs/--no-logprobs", default=None, help="Score decisions by token log-probabilities (servers that return them)."),
@@ -87,11 +98,33 @@ def _endpoint_options(f: F) -> F:
     return f
 
 
+def _notice(line: str) -> None:
+    """One informational line on stderr (stdout stays clean for --json)."""
+    click.echo(line, err=True)
+
+
 def _settings(**kw: Any) -> Any:
+    """Settings from the shared options; says on stderr which config file and policies are used."""
     from .._config import Settings
 
     config_file = kw.pop("config_file", None)
-    return Settings.load(config_file, **{k: v for k, v in kw.items() if v is not None})
+    loaded = Settings.resolve(config_file, **{k: v for k, v in kw.items() if v is not None})
+    for line in loaded.notices:
+        _notice(line)
+    if loaded.policies.origin != "argument":
+        _notice(loaded.policies.describe())
+    return loaded.settings
+
+
+def _policy_source(explicit: str | None, config_file: str | None = None) -> Path:
+    """The policies for commands without endpoint options (lint, guide export): the same rule as
+    :func:`_settings` (--guidelines > config > ./guidelines > the starter pack), said on stderr."""
+    from .._config import resolve_policy_source
+
+    source = resolve_policy_source(explicit, config_file=config_file)
+    if source.origin != "argument":
+        _notice(source.describe())
+    return source.path
 
 
 def _check_text(text: str, where: str) -> str:
