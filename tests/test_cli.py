@@ -24,23 +24,23 @@ def test_help_everywhere() -> None:
 
 def test_lint_ok_and_errors(tmp_path: Path) -> None:
     r = run("lint")
-    assert r.exit_code == 0 and r.output.startswith("ok: 10 file(s)")
+    assert r.exit_code == 0 and r.stdout.startswith("ok: 10 file(s)")
     bad = tmp_path / "hate_speech.yaml"
     bad.write_text((GUIDELINES / "hate_speech.yaml").read_text().replace("  - id: HATE-3", "  - id: HATE-1"))
     r = run("lint", str(bad))
     assert r.exit_code == 1
     assert f"{bad}:" in r.output and "rules[2].id: duplicate ID 'HATE-1'" in r.output
     r = run("lint", "--json", str(bad))
-    data = json.loads(r.output)
+    data = json.loads(r.stdout)
     assert r.exit_code == 1 and data["ok"] is False and data["errors"][0]["line"] > 1
 
 
 def test_schema_and_render() -> None:
     r = run("schema", "verdict")
-    schema = json.loads(r.output)
+    schema = json.loads(r.stdout)
     assert "reasoning" in schema["properties"] and "decisions" in schema["properties"]
     r = run("render", "-p", "spam_scams", "--json", "Win {{ 7*7 }} now")
-    data = json.loads(r.output)
+    data = json.loads(r.stdout)
     msgs = data["prompts"][0]["messages"]
     assert "{{ 7*7 }}" in msgs[-1]["content"] and data["prompts"][0]["tokens"]["system"] > 200
     r = run("render", "--vars")
@@ -51,22 +51,23 @@ def test_render_counts_tokens_per_message() -> None:
     """Few-shot turns repeat the user/assistant roles: each message gets its own count."""
     from cotmod.prompting._tokens import count_tokens
 
-    data = json.loads(run("render", "-p", "hate_speech", "--json", "short").output)["prompts"][0]
+    data = json.loads(run("render", "-p", "hate_speech", "--json", "short").stdout)["prompts"][0]
     msgs, per = data["messages"], data["message_tokens"]
     assert len(msgs) > 3 and per == [count_tokens(m["content"]) for m in msgs]
     assert data["tokens"]["assistant"] == sum(n for m, n in zip(msgs, per, strict=True) if m["role"] == "assistant")
     assert data["tokens"]["user"] > per[-1]  # the example turns plus the item
-    text = run("render", "-p", "hate_speech", "short").output
+    text = run("render", "-p", "hate_speech", "short").stdout
     heads = [line for line in text.splitlines() if line.startswith("--- ")]
-    assert [int(h.split("(")[1].split()[0]) for h in heads] == per
+    # the two renders' item messages differ by their random content boundary: compare the prefix
+    assert len(heads) == len(per) and [int(h.split("(")[1].split()[0]) for h in heads][:-1] == per[:-1]
 
 
 def test_moderate_against_an_endpoint(tmp_path: Path) -> None:
     with FakeOpenAIServer() as srv:
         r = run("moderate", "--base-url", srv.base_url, "--model", "m", "-p", "hate_speech", "-p", "spam_scams", "--json", "please VIOLATE")
         assert r.exit_code == 0, r.output
-        v = json.loads(r.output)
-        jsonschema.validate(v, json.loads(run("schema", "verdict").output))
+        v = json.loads(r.stdout)
+        jsonschema.validate(v, json.loads(run("schema", "verdict").stdout))
         assert v["violates"] is True and [d["policy_id"] for d in v["decisions"]] == ["hate_speech", "spam_scams"]
         posts = tmp_path / "posts.jsonl"
         posts.write_text('{"id": "a", "text": "hello"}\n{"id": "b", "text": "VIOLATE me"}\n')
@@ -102,3 +103,70 @@ def test_models_list_json(tmp_path: Path, monkeypatch) -> None:
     data = json.loads(run("models", "list", "--json").output)
     assert {d["name"] for d in data} == {"smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
     assert not any(d["installed"] for d in data)
+
+
+def test_commands_use_the_guidelines_of_the_current_directory(tmp_path: Path, monkeypatch) -> None:
+    """Inside a policy repo, every command uses ./guidelines (not the starter pack) and says so."""
+    import shutil
+
+    import yaml
+
+    from .conftest import HATE_V
+
+    shutil.copytree(GUIDELINES, tmp_path / "starter")
+    # the manifest is created against the starter pack
+    r = run("sync", "update", str(tmp_path / "enforcement.yaml"), "--create", "-g", str(tmp_path / "starter"))
+    data = yaml.safe_load((tmp_path / "enforcement.yaml").read_text())
+    assert data["policies"]["hate_speech"]["version"] == HATE_V
+    # the user's own repo: two policies, hate_speech changed
+    own = tmp_path / "guidelines"
+    own.mkdir()
+    for name in ("hate_speech", "spam_scams"):
+        shutil.copy(GUIDELINES / f"{name}.yaml", own)
+    f = own / "hate_speech.yaml"
+    f.write_text(f.read_text().replace(f"version: {HATE_V}", "version: 9.0.0").replace("denies their humanity", "denies that they are human"))
+    monkeypatch.chdir(tmp_path)
+
+    r = run("lint")
+    assert r.exit_code == 0 and r.stdout.startswith("ok: 2 file(s), 2 valid")
+    assert r.stderr == "cotmod: policies from ./guidelines (2 files)\n"
+    r = run("render", "-p", "hate_speech", "--json", "hi")
+    assert r.exit_code == 0 and json.loads(r.stdout)["prompts"][0]["policies"] == {"hate_speech": "9.0.0"}
+    assert "policies from ./guidelines (2 files)" in r.stderr
+    r = run("render", "-p", "minor_safety", "hi")  # not in ./guidelines
+    assert r.exit_code == 2 and "unknown policy 'minor_safety'" in r.output
+    r = run("schema", "decision")
+    assert set(json.loads(r.stdout)["properties"]["decisions"]["properties"]) == {"hate_speech", "spam_scams"}
+    r = run("guide", "export")
+    assert "hate_speech` v9.0.0" in r.stdout and "SCAM-1" in r.stdout and "MINOR-1" not in r.stdout
+    r = run("sync", "check", "--json")  # default manifest ./enforcement.yaml, default policies ./guidelines
+    assert r.exit_code == 1, r.output
+    stale = {(x["policy"], x["pathway"]) for x in json.loads(r.stdout)}
+    assert ("hate_speech", "version") in stale and ("minor_safety", "manifest") in stale
+    # --guidelines still wins, and is not announced (what is left needs a human: escalation queues)
+    r = run("sync", "check", "-g", str(tmp_path / "starter"), "--json")
+    assert r.exit_code == 1 and "policies from" not in r.stderr
+    assert {x["fix"] for x in json.loads(r.stdout)} == {"human"}
+
+
+def test_lint_and_commands_use_the_starter_pack_elsewhere(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = run("lint")
+    assert r.exit_code == 0 and r.stdout.startswith("ok: 10 file(s)")
+    assert r.stderr.startswith("cotmod: policies from the starter pack (10 files")
+
+
+def test_timeout_option_reaches_the_settings(monkeypatch) -> None:
+    from cotmod.cli import _app
+
+    seen = {}
+    real = _app._settings
+
+    def spy(**kw):
+        s = real(**kw)
+        seen["timeout"] = s.timeout
+        return s
+
+    monkeypatch.setattr("cotmod.cli._policies._settings", spy)
+    r = run("render", "-p", "spam_scams", "--timeout", "2.5", "hi")
+    assert r.exit_code == 0 and seen["timeout"] == 2.5

@@ -139,3 +139,77 @@ def test_load_policies_raises_with_every_issue(tmp_path: Path) -> None:
         load_policies([write(tmp_path, text)])
     assert len(ei.value.issues) == 2
     assert str(tmp_path / "hate_speech.yaml") in str(ei.value)
+
+
+def billion_laughs() -> str:
+    """A few hundred bytes that expand to 9**9 strings when every alias is followed."""
+    doc = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    prev = "a"
+    for name in "bcdefghi":
+        doc += f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]\n"
+        prev = name
+    return doc
+
+
+def test_alias_bomb_is_refused_with_file_and_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cotmod.cli import cli
+
+    bomb = write(tmp_path, billion_laughs())
+    assert len(bomb.read_bytes()) < 1000
+    report = lint_paths([bomb])  # returns at once instead of exhausting memory
+    assert codes(report) == ["yaml-guard"]
+    assert str(report.errors[0]).startswith(f"{bomb}:2: document expands to more than")
+    r = CliRunner().invoke(cli, ["lint", str(bomb)])
+    assert r.exit_code == 1 and f"{bomb}:2:" in r.output and "alias" in r.output
+    recursive = write(tmp_path, "id: &x [1, *x]\n", "loop.yaml")
+    assert "recursive alias" in str(lint_paths([recursive]).errors[0])
+    deep = write(tmp_path, "id: " + "[" * 20000 + "]" * 20000 + "\n", "deep.yaml")
+    assert "nesting too deep" in str(lint_paths([deep]).errors[0])
+
+
+def test_a_few_aliases_are_fine(tmp_path: Path) -> None:
+    data = yaml.safe_load(HATE)
+    text = HATE.replace("\nsummary: ", "\nsummary: &s ", 1) + "definitions_note_unused: *s\n"
+    assert "&s" in text
+    report = lint_paths([write(tmp_path, text)])
+    assert codes(report) == ["unknown-field"]  # the alias itself is fine; the extra key is not
+    assert data["summary"]
+
+
+def test_oversized_policy_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    big = tmp_path / "hate_speech.yaml"
+    big.write_text(HATE + "#" * (5 * 1024 * 1024) + "\n")
+    report = lint_paths([big])
+    assert codes(report) == ["too-large"] and str(report.errors[0]).startswith(f"{big}: too large")
+
+
+def test_policy_with_errors_is_not_counted_as_valid(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cotmod.cli import cli
+
+    bad = write(tmp_path, HATE.replace("  - id: HATE-3", "  - id: HATE-1"))  # parses, but a semantic error
+    report = lint_paths([bad])
+    assert report.policies == [] and report.invalid_files == [str(bad)]
+    r = CliRunner().invoke(cli, ["lint", str(bad), str(GUIDELINES / "spam_scams.yaml")])
+    assert r.exit_code == 1
+    assert "FAILED: 2 file(s), 1 valid polic(ies), 1 invalid file(s), 2 error(s)" in r.stdout
+    data = json.loads(CliRunner().invoke(cli, ["lint", "--json", str(bad)]).stdout)
+    assert data["policies"] == {} and data["invalid_files"] == [str(bad)]
+
+
+def test_yaml_mapping_files_are_guarded(tmp_path: Path) -> None:
+    from cotmod._exceptions import InputError
+    from cotmod._yamlfile import read_yaml_mapping
+
+    p = tmp_path / "mapping.yaml"
+    p.write_text(billion_laughs())
+    with pytest.raises(InputError, match=r"mapping\.yaml:2: document expands"):
+        read_yaml_mapping(p, "label mapping")
+    p.write_text("labels: {}\n" + "#" * (5 * 1024 * 1024 + 1))
+    with pytest.raises(InputError, match=r"mapping\.yaml: too large"):
+        read_yaml_mapping(p, "label mapping")
+    p.write_text("x: &v [1, 2]\ny: *v\n")
+    assert read_yaml_mapping(p, "label mapping") == {"x": [1, 2], "y": [1, 2]}

@@ -14,6 +14,7 @@ from ._app import (
     _check_text,
     _endpoint_options,
     _Group,
+    _policy_source,
     _settings,
     cli,
 )
@@ -23,15 +24,16 @@ from ._app import (
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
-def lint(paths: tuple[str, ...], as_json: bool, strict: bool) -> None:
-    """Check policy files (default: the starter pack) against the schema and semantic rules.
+@click.option("--config", "config_file", type=click.Path(), help="TOML config file (for its guidelines).")
+def lint(paths: tuple[str, ...], as_json: bool, strict: bool, config_file: str | None) -> None:
+    """Check policy files against the schema and semantic rules (default: the config's
+    guidelines, else ./guidelines, else the starter pack).
 
     Prints FILE:LINE: FIELD: MESSAGE for every problem; exits 1 on any error.
     """
     from ..policy._lint import lint_paths
-    from ..policy._model import default_guidelines_dir
 
-    report = lint_paths(list(paths) or [default_guidelines_dir()])
+    report = lint_paths(list(paths) or [_policy_source(None, config_file)])
     failed = bool(report.errors or (strict and report.warnings))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -41,9 +43,11 @@ def lint(paths: tuple[str, ...], as_json: bool, strict: bool) -> None:
         for w in report.warnings:
             click.echo(click.style("warning ", fg="yellow") + str(w))
         status = "FAILED" if failed else "ok"
+        invalid = len(report.invalid_files)
         click.echo(
-            f"{status}: {len(report.files)} file(s), {len(report.policies)} valid polic(ies), "
-            f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+            f"{status}: {len(report.files)} file(s), {len(report.policies)} valid polic(ies)"
+            + (f", {invalid} invalid file(s)" if invalid else "")
+            + f", {len(report.errors)} error(s), {len(report.warnings)} warning(s)"
         )
     if failed:
         sys.exit(1)
@@ -99,11 +103,13 @@ def render(text: str, as_json: bool, show_vars: bool, policies: tuple[str, ...],
 @cli.command(context_settings=CONTEXT)
 @click.argument("which", type=click.Choice(["verdict", "policy", "decision"]))
 @click.option("--policy", "-p", "policies", multiple=True, help="For 'decision': the policies (default: all).")
-def schema(which: str, policies: tuple[str, ...]) -> None:
+@click.option("--guidelines", "-g", type=click.Path(exists=True), help="For 'decision': policy directory or file [default: as for lint].")
+@click.option("--config", "config_file", type=click.Path(), help="TOML config file (for its guidelines).")
+def schema(which: str, policies: tuple[str, ...], guidelines: str | None, config_file: str | None) -> None:
     """Print a JSON Schema: the verdict cotmod returns, the policy file format, or the model's
     decision output for some policies."""
     from .._verdict import verdict_json_schema
-    from ..policy._lint import default_policies
+    from ..policy._lint import load_policies
     from ..policy._model import policy_json_schema
     from ..prompting._decision import decision_schema
 
@@ -112,8 +118,10 @@ def schema(which: str, policies: tuple[str, ...]) -> None:
     elif which == "policy":
         data = policy_json_schema()
     else:
-        data = decision_schema(default_policies().select(list(policies) or None))
+        ps = load_policies([_policy_source(guidelines, config_file)])
+        data = decision_schema(ps.select(list(policies) or None))
     click.echo(json.dumps(data, indent=2))
+
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("old")
@@ -167,14 +175,15 @@ def guide() -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="File to write [default: stdout].")
 @click.option("--guidelines", "-g", type=click.Path(exists=True), help="Policy directory or file.")
 @click.option("--policy", "-p", "policies", multiple=True, help="Policy id (repeatable) [default: all].")
-def guide_export(fmt: str, output: str | None, guidelines: str | None, policies: tuple[str, ...]) -> None:
+@click.option("--config", "config_file", type=click.Path(), help="TOML config file (for its guidelines).")
+def guide_export(fmt: str, output: str | None, guidelines: str | None, policies: tuple[str, ...], config_file: str | None) -> None:
     """Export the reviewers' guide: definitions, rules, exceptions, examples, decision flow,
-    severity → action and escalation tables, with versions and a fingerprint."""
+    severity → action and escalation tables, with versions and a fingerprint. Policies: as for
+    lint (--guidelines, else the config's, else ./guidelines, else the starter pack)."""
     from ..governance._guide import guide_html, guide_markdown
     from ..policy._lint import load_policies
-    from ..policy._model import default_guidelines_dir
 
-    ps = load_policies([guidelines or default_guidelines_dir()]).select(list(policies) or None)
+    ps = load_policies([_policy_source(guidelines, config_file)]).select(list(policies) or None)
     text = guide_html(ps) if fmt == "html" else guide_markdown(ps)
     if output:
         Path(output).write_text(text, encoding="utf-8")

@@ -2,7 +2,9 @@
 
 Checks, in order:
 
-1. YAML syntax, and duplicate keys (which plain YAML loaders silently overwrite).
+1. Size (``file: too large`` over 5 MB), YAML syntax, duplicate keys (which plain YAML loaders
+   silently overwrite), and aliases that expand to a huge or recursive document (an "alias
+   bomb", see :mod:`cotmod._yamlfile`).
 2. The shipped JSON Schema (``cotmod/schemas/policy.schema.json``) via ``jsonschema``: unknown
    fields, missing sections, wrong types, bad IDs and versions.
 3. Semantic checks the schema cannot express: duplicate rule/exception/escalation IDs, rules whose
@@ -23,7 +25,8 @@ import jsonschema
 import yaml
 from pydantic import ValidationError
 
-from .._exceptions import LintIssue, PolicyError
+from .._exceptions import InputError, LintIssue, PolicyError
+from .._yamlfile import GuardedLoader, YamlGuardError, read_text_limited, safe_compose
 from ._model import ACTIONS, Policy, PolicySet, default_guidelines_dir
 
 __all__ = ["LintReport", "lint_paths", "load_policies", "load_policy_file"]
@@ -33,8 +36,8 @@ SCHEMA_PATH = Path(__file__).parent.parent / "schemas" / "policy.schema.json"
 MIN_EXAMPLES_RECOMMENDED = 4
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects duplicate keys."""
+class _LineLoader(GuardedLoader):
+    """A SafeLoader that rejects duplicate keys and alias bombs."""
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -108,6 +111,7 @@ class LintReport:
         self.warnings: list[LintIssue] = []
         self.policies: list[Policy] = []
         self.files: list[str] = []
+        self.invalid_files: list[str] = []
 
     @property
     def ok(self) -> bool:
@@ -118,6 +122,7 @@ class LintReport:
             "ok": self.ok,
             "files": self.files,
             "policies": {p.id: p.version for p in self.policies},
+            "invalid_files": self.invalid_files,
             "errors": [e.to_dict() for e in self.errors],
             "warnings": [w.to_dict() for w in self.warnings],
         }
@@ -134,7 +139,10 @@ def _lint_one(path: Path, report: LintReport) -> Policy | None:
         report.warnings.append(LintIssue(name, line, field, msg, code))
 
     try:
-        raw = path.read_bytes()
+        raw = read_text_limited(path)
+    except InputError as exc:
+        err(None, "", str(exc).removeprefix(f"{name}: "), "too-large")
+        return None
     except OSError as exc:
         err(None, "", f"cannot read file: {exc.strerror or exc}", "unreadable")
         return None
@@ -145,12 +153,17 @@ def _lint_one(path: Path, report: LintReport) -> Policy | None:
         err(line, "", f"not valid UTF-8 (byte offset {exc.start})", "encoding")
         return None
     try:
-        node = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=_LineLoader)
+        node, data = safe_compose(text, _LineLoader)
+    except YamlGuardError as exc:
+        err(exc.line, "", exc.message, "yaml-guard")
+        return None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         yline = mark.line + 1 if mark else None
         err(yline, "", f"YAML error: {exc.problem or exc}", "yaml")
+        return None
+    except yaml.YAMLError as exc:
+        err(None, "", f"YAML error: {exc}", "yaml")
         return None
     if node is None or not isinstance(data, dict):
         err(1, "", "expected a mapping (id, title, version, rules, ...) at the top level", "structure")
@@ -273,11 +286,15 @@ def lint_paths(paths: Iterable[str | Path] | None = None) -> LintReport:
         report.errors.append(LintIssue(str(next(iter(paths or []), "guidelines")), None, "", "no .yaml policy files found", "empty"))
     by_id: dict[str, str] = {}
     for f in files:
+        errors_before = len(report.errors)
         policy = _lint_one(f, report)
-        if policy is None:
+        if policy is None or len(report.errors) > errors_before:
+            # a policy with any error is not valid, even when it parsed
+            report.invalid_files.append(str(f))
             continue
         if policy.id in by_id:
             report.errors.append(LintIssue(str(f), 1, "id", f"duplicate policy id {policy.id!r} (also in {by_id[policy.id]})", "duplicate-policy"))
+            report.invalid_files.append(str(f))
             continue
         by_id[policy.id] = str(f)
         report.policies.append(policy)
