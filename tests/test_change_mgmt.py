@@ -218,12 +218,79 @@ def test_broken_yaml_files_are_clear_errors(tmp_path: Path, policy_dir: Path) ->
 
     m, mod = make_manifest(tmp_path, policy_dir)
     (tmp_path / "th.yaml").write_text("thresholds: [unclosed\n")
-    with pytest.raises(InputError, match=r"th\.yaml: invalid YAML"):
+    with pytest.raises(InputError, match=r"th\.yaml:2: invalid YAML"):
         check_manifest(m, mod)
-    with pytest.raises(InputError, match=r"th\.yaml: invalid YAML"):
+    with pytest.raises(InputError, match=r"th\.yaml:2: invalid YAML"):
         load_thresholds(tmp_path / "th.yaml")
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(InputError, match="expected a mapping at the top level of the label mapping"):
         load_mapping(tmp_path / "list.yaml")
     with pytest.raises(InputError, match="thresholds file not found"):
         load_thresholds(tmp_path / "nope.yaml")
+
+
+def test_sync_policy_option_restricts_check_and_update(tmp_path: Path, policy_dir: Path) -> None:
+    m, _ = make_manifest(tmp_path, policy_dir)
+    edit(policy_dir, "hate_speech", f"version: {HATE_V}", "version: 9.0.0")
+    edit(policy_dir, "hate_speech", "denies their humanity", "denies that they are human")
+    edit(policy_dir, "spam_scams", "version: 1.0.0", "version: 1.0.1")
+    edit(policy_dir, "spam_scams", "seek", "look for", -1)
+
+    def check(*pols: str) -> tuple[int, list[dict]]:
+        args = ["sync", "check", str(m), "-g", str(policy_dir), "--json"]
+        for p in pols:
+            args += ["-p", p]
+        r = CliRunner().invoke(cli, args)
+        return r.exit_code, json.loads(r.stdout) if r.exit_code in (0, 1) else []
+
+    code, found = check("self_harm")
+    assert code == 0 and found == []  # self_harm did not change; the other policies are not checked
+    code, found = check("hate_speech")
+    assert code == 1 and {x["policy"] for x in found} == {"hate_speech"}  # no spam_scams, no guide
+    r = CliRunner().invoke(cli, ["sync", "check", str(m), "-g", str(policy_dir), "-p", "nope"])
+    assert r.exit_code == 2 and "unknown policy 'nope'" in r.output
+    guide_before = (tmp_path / "guide.md").read_text()
+    r = CliRunner().invoke(cli, ["sync", "update", str(m), "-g", str(policy_dir), "-p", "spam_scams"])
+    assert r.exit_code == 0, r.output
+    assert "spam_scams: version 1.0.0 -> 1.0.1" in r.stdout and "hate_speech" not in r.stdout
+    data = yaml.safe_load(m.read_text())
+    assert data["policies"]["spam_scams"]["version"] == "1.0.1"
+    assert data["policies"]["hate_speech"]["version"] == HATE_V  # left alone
+    assert (tmp_path / "guide.md").read_text() == guide_before
+    assert check("spam_scams") == (0, [])
+    code, found = check()
+    assert code == 1 and {x["policy"] for x in found} == {"hate_speech", "*"}
+
+
+def test_impact_policy_option_previews_only_those_policies(tmp_path: Path, policy_dir: Path) -> None:
+    gold = tmp_path / "gold.jsonl"
+    rows = [("VIOLATE a", 1), ("calm b", 0), ("borderline c", 1), ("VIOLATE d", 0)]
+    gold.write_text("".join(json.dumps({"id": f"g{i}", "text": t, "labels": {"harm": y}}) + "\n" for i, (t, y) in enumerate(rows)))
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text("labels:\n  harm: {policies: [hate_speech, spam_scams]}\n")
+    old = load_policies([policy_dir])
+    edit(policy_dir, "hate_speech", f"version: {HATE_V}", "version: 9.1.0")
+    edit(policy_dir, "hate_speech", "HATE-7", "HATE-8", -1)
+    new = load_policies([policy_dir])
+    asked: list[str] = []
+
+    def respond(req):
+        pid = next(iter(req.schema["properties"]["decisions"]["properties"]))
+        asked.append(pid)
+        return decision({pid: []})
+
+    def run(pols, work):
+        return impact(old, new, settings=Settings(), cache=MemoryCache(), golden=gold, mapping=mapping,
+                      work_dir=tmp_path / work, backend=FakeBackend(default=respond), policies=pols)
+
+    res = run(["spam_scams"], "a")
+    assert res["changed_policies"] == [] and set(asked) == {"spam_scams"}
+    assert res["golden"]["model_calls"] == {"old": 4, "new": 0}  # the new run came from the cache
+    asked.clear()
+    res = run(["hate_speech"], "b")
+    assert res["changed_policies"] == ["hate_speech"] and set(asked) == {"hate_speech"}
+    assert res["golden"]["model_calls"] == {"old": 4, "new": 4}
+    from cotmod._exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown policy"):
+        run(["nope"], "c")

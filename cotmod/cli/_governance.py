@@ -28,12 +28,14 @@ def sync() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @_endpoint_options
 def sync_check(manifest: str, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
-    """List pathways bound to an old policy version or prompt fingerprint; exit 1 if any."""
+    """List pathways bound to an old policy version or prompt fingerprint; exit 1 if any.
+
+    -p restricts the check to those policies' bindings (the shared labeling guide is then not checked)."""
     from ..engine._moderator import AsyncModerator
     from ..governance._sync import check_manifest
 
     settings = _settings(**kw)
-    findings = check_manifest(manifest, AsyncModerator(settings.guidelines, settings=settings))
+    findings = check_manifest(manifest, AsyncModerator(settings.guidelines, settings=settings), list(policies) or None)
     if as_json:
         click.echo(json.dumps([f.to_dict() for f in findings], indent=2))
     else:
@@ -50,12 +52,15 @@ def sync_check(manifest: str, as_json: bool, policies: tuple[str, ...], **kw: An
 @_endpoint_options
 def sync_update(manifest: str, create: bool, policies: tuple[str, ...], **kw: Any) -> None:
     """Regenerate what can be derived (versions, fingerprints, guide, criterion routes) and say
-    what needs a human; exit 1 while something does."""
+    what needs a human; exit 1 while something does.
+
+    -p restricts the update to those policies' bindings (the shared labeling guide is then left alone)."""
     from ..engine._moderator import AsyncModerator
     from ..governance._sync import update_manifest
 
     settings = _settings(**kw)
-    done, remaining = update_manifest(manifest, AsyncModerator(settings.guidelines, settings=settings), create=create)
+    mod = AsyncModerator(settings.guidelines, settings=settings)
+    done, remaining = update_manifest(manifest, mod, create=create, policies=list(policies) or None)
     for d in done:
         click.echo(click.style("updated ", fg="green") + d)
     for f in remaining:
@@ -79,7 +84,9 @@ def sync_update(manifest: str, create: bool, policies: tuple[str, ...], **kw: An
 @_endpoint_options
 def impact(old: str, new: str, golden: str, mapping_path: str | None, sample: str | None, work_dir: str, limit: int | None, repo: str, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
     """Preview a policy change: re-run only the changed policies (the rest is cached) on a golden
-    set and a production sample; metric deltas with significance, and the decisions that flip."""
+    set and a production sample; metric deltas with significance, and the decisions that flip.
+
+    -p previews only those policies (their labels in the golden set, their decisions in the sample)."""
     from .._config import cotmod_home
     from ..engine._cache import SqliteCache
     from ..governance._diff import load_bundle
@@ -91,7 +98,10 @@ def impact(old: str, new: str, golden: str, mapping_path: str | None, sample: st
     settings = _settings(**kw)
     cache = SqliteCache(cotmod_home() / "cache.sqlite")
     try:
-        res = impact_fn(a, b, settings=settings, cache=cache, golden=golden, mapping=mapping_file, work_dir=work_dir, sample=sample, limit=limit)
+        res = impact_fn(
+            a, b, settings=settings, cache=cache, golden=golden, mapping=mapping_file, work_dir=work_dir,
+            sample=sample, limit=limit, policies=list(policies) or None,
+        )
     finally:
         cache.close()
     if as_json:

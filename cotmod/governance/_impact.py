@@ -10,10 +10,12 @@ flips, with the new rationale.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .._config import Settings
+from .._exceptions import ConfigError
 from ..batch._runner import Runner
 from ..engine._cache import Cache
 from ..engine._moderator import AsyncModerator
@@ -46,11 +48,19 @@ def impact(
     sample: str | Path | None = None,
     limit: int | None = None,
     backend: Any = None,
+    policies: Sequence[str] | None = None,
 ) -> dict[str, Any]:
+    """``policies``: preview only these policies (``cotmod impact -p``); None = every policy."""
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     diffs = diff_policies(old, new)
-    changed = [d.policy_id for d in diffs if d.status in ("changed", "added") and d.policy_id in new]
+    if policies:
+        for pid in policies:
+            if pid not in new and pid not in old:
+                known = ", ".join(sorted(set(new.ids) | set(old.ids)))
+                raise ConfigError(f"--policy {pid!r}: unknown policy (known: {known})")
+        diffs = [d for d in diffs if d.policy_id in policies]
+    changed = [d.policy_id for d in diffs if d.policy_id in new and d.status in ("changed", "added")]
     result: dict[str, Any] = {
         "changed_policies": changed,
         "diff": [d.to_dict() for d in diffs if d.status != "unchanged"],
@@ -63,7 +73,8 @@ def impact(
     calls: dict[str, int] = {}
     measured = {}
     for name, bundle in (("old", old), ("new", new)):
-        _, summary = run_eval(moderator(bundle), golden, mapping, work / name, limit=limit)
+        only = [p for p in policies if p in bundle] if policies else None
+        _, summary = run_eval(moderator(bundle), golden, mapping, work / name, limit=limit, policies=only)
         calls[name] = summary.model_calls
         measured[name] = compute_metrics(work / name)
         write_metrics(measured[name])

@@ -14,6 +14,9 @@
           - {severity: critical, queue: threat-assessment, sla_hours: 1}
           - {criterion: HATE-X2, queue: hate-speech-specialists, sla_hours: 24}
 
+``policies=[...]`` (``cotmod sync check/update -p``) restricts both to those policies' bindings;
+the labeling guide, which covers every bound policy, is then left alone.
+
 ``check`` lists every pathway still bound to an old version or fingerprint (or to rules, tiers
 or criteria that no longer exist). ``update`` rewrites what can be derived from the policies
 (versions, prompt fingerprints, the guide, routes for escalation criteria) and lists what needs
@@ -22,6 +25,7 @@ a human (re-tuning thresholds on a fresh eval, queues for new escalating tiers, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,9 +63,24 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
-def check_manifest(path: str | Path, moderator: AsyncModerator) -> list[Finding]:
-    """Every stale or broken binding in the manifest (empty list = all pathways in sync)."""
-    p = Path(path)
+def _selected(moderator: AsyncModerator, policies: Sequence[str] | None) -> set[str] | None:
+    if not policies:
+        return None
+    moderator.policies.select(policies)  # ConfigError naming an unknown policy
+    return set(policies)
+
+
+def check_manifest(path: str | Path, moderator: AsyncModerator, policies: Sequence[str] | None = None) -> list[Finding]:
+    """Every stale or broken binding in the manifest (empty list = all pathways in sync);
+    ``policies``: only those policies' bindings (and not the shared guide)."""
+    only = _selected(moderator, policies)
+    found = _check(Path(path), moderator)
+    if only is None:
+        return found
+    return [f for f in found if f.policy in only]
+
+
+def _check(p: Path, moderator: AsyncModerator) -> list[Finding]:
     data = _load(p)
     base = p.parent
     policies: PolicySet = moderator.policies
@@ -134,25 +153,30 @@ def check_manifest(path: str | Path, moderator: AsyncModerator) -> list[Finding]
     return out
 
 
-def update_manifest(path: str | Path, moderator: AsyncModerator, *, create: bool = False) -> tuple[list[str], list[Finding]]:
-    """Regenerate the derivable bindings; returns (what was updated, what still needs a human)."""
+def update_manifest(
+    path: str | Path, moderator: AsyncModerator, *, create: bool = False, policies: Sequence[str] | None = None
+) -> tuple[list[str], list[Finding]]:
+    """Regenerate the derivable bindings; returns (what was updated, what still needs a human).
+    ``policies``: only those policies' bindings (the shared guide is left alone)."""
+    only = _selected(moderator, policies)
+    selection = list(policies) if policies else None
     p = Path(path)
     if not p.exists() and create:
         p.write_text(yaml.safe_dump({"guide": {"path": "labeling-guide.md"}, "policies": {}}, sort_keys=False))
     data = _load(p)
     base = p.parent
-    policies = moderator.policies
+    pset = moderator.policies
     done: list[str] = []
     bound = data["policies"]
-    for pid in policies.ids:
-        if pid not in bound:
+    for pid in pset.ids:
+        if pid not in bound and (only is None or pid in only):
             bound[pid] = {}
             done.append(f"{pid}: bound")
     for pid, spec in list(bound.items()):
-        if pid not in policies:
+        if pid not in pset or (only is not None and pid not in only):
             continue
         spec = bound[pid] = spec or {}
-        pol = policies[pid]
+        pol = pset[pid]
         if spec.get("version") != pol.version:
             done.append(f"{pid}: version {spec.get('version')} -> {pol.version}")
             spec["version"] = pol.version
@@ -179,9 +203,9 @@ def update_manifest(path: str | Path, moderator: AsyncModerator, *, create: bool
                 done.append(f"{pid}: routed {x.id} -> {x.queue}")
         spec["escalation"] = kept
     guide = data.get("guide")
-    if guide is not None:
+    if guide is not None and only is None:
         gpath = base / guide.setdefault("path", "labeling-guide.md")
-        in_guide = policies.select([pid for pid in bound if pid in policies])
+        in_guide = pset.select([pid for pid in bound if pid in pset])
         fp = guide_fingerprint(in_guide)
         text = guide_html(in_guide) if gpath.suffix in (".html", ".htm") else guide_markdown(in_guide)
         if not gpath.is_file() or fp not in gpath.read_text(encoding="utf-8") or guide.get("fingerprint") != fp:
@@ -196,5 +220,5 @@ def update_manifest(path: str | Path, moderator: AsyncModerator, *, create: bool
         encoding="utf-8",
     )
     tmp.replace(p)
-    remaining = [f for f in check_manifest(p, moderator) if f.fix == "human"]
+    remaining = [f for f in check_manifest(p, moderator, selection) if f.fix == "human"]
     return done, remaining
