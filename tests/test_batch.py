@@ -86,5 +86,5 @@ def test_batch_cli(tmp_path: Path) -> None:
     fake_provider(req, tmp_path / "res.jsonl")
     r = CliRunner().invoke(cli, ["batch", "import", str(tmp_path / "res.jsonl"), "--requests", str(req), "-o", str(tmp_path / "v.jsonl"), "--model", "gpt-4o-mini", "--base-url", "http://127.0.0.1:9/v1", "--json"])
     assert r.exit_code == 0, r.output
-    data = json.loads(r.output)
+    data = json.loads(r.stdout)
     assert data["processed"] == 3 and data["cost_usd"] == pytest.approx(3 * (900 * 0.15 + 80 * 0.60) / 1e6)

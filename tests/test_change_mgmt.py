@@ -158,7 +158,7 @@ def test_sync_check_catches_each_stale_pathway(tmp_path: Path, policy_dir: Path)
     assert ("hate_speech", "escalation", "auto") in found  # route of the removed HATE-X2
     assert ("*", "guide", "auto") in found
     r = CliRunner().invoke(cli, ["sync", "check", str(m), "-g", str(policy_dir), "--json"])
-    assert r.exit_code == 1 and {x["pathway"] for x in json.loads(r.output)} >= {"version", "llm", "classifier", "guide", "escalation"}
+    assert r.exit_code == 1 and {x["pathway"] for x in json.loads(r.stdout)} >= {"version", "llm", "classifier", "guide", "escalation"}
     r = CliRunner().invoke(cli, ["sync", "update", str(m), "-g", str(policy_dir)])
     assert r.exit_code == 1  # thresholds still need a human
     assert f"version {HATE_V} -> 9.0.0" in r.output and "needs a human" in r.output and "re-run cotmod eval" in r.output
