@@ -20,11 +20,13 @@ from typing import Any
 
 from .._exceptions import ConfigError, InputError
 from .._verdict import ErrorInfo, Usage
-from ..backends._openai import OpenAIBackend
+from ..backends._openai import ChatResult, OpenAIBackend
 from ..backends._pricing import price_for
-from ..engine._moderator import AsyncModerator, Item, _Outcome
-from ..prompting._decision import OutputInvalid, parse_decision
-from ._runner import Row, Runner, RunSummary, _Appender, _digest, read_items, repair_jsonl
+from ..engine._moderator import AsyncModerator, GroupOutcome, Item
+from ..prompting._compiler import CompiledPrompt
+from ._reader import read_items
+from ._runner import Runner, RunSummary
+from ._store import Appender, digest, read_manifest, repair_jsonl, write_json_atomic
 
 __all__ = ["export_batch", "import_batch"]
 
@@ -49,7 +51,7 @@ def export_batch(
         raise ConfigError("batch export sends one request per policy call; self-consistency votes > 1 run live only (cotmod run --votes)")
     req_path = Path(requests_path)
     model_name = model or moderator.settings.model or moderator.model_name
-    groups = moderator._groups(policies)
+    groups = moderator.policy_groups(policies)
     manifest = Runner(moderator).manifest(policies)
     manifest["model"] = model_name
     manifest["groups"] = [list(g) for g in groups]
@@ -57,11 +59,11 @@ def export_batch(
     seen: set[int] = set()
     counts = {"items": 0, "requests": 0, "bad_rows": 0}
     tmp_req, tmp_idx = req_path.with_suffix(".tmp"), _index_path(req_path).with_suffix(".tmp")
-    errors = _Appender(Runner.errors_path(req_path))
+    errors = Appender(Runner.errors_path(req_path))
     try:
         with tmp_req.open("w", encoding="utf-8") as rf, tmp_idx.open("w", encoding="utf-8") as xf:
             for row in read_items(input_path, id_field=id_field, text_field=text_field, fmt=fmt):
-                d = _digest(row.id)
+                d = digest(row.id)
                 problem = row.problem or (f"duplicate id {row.id!r}" if d in seen else None)
                 seen.add(d)
                 if problem is not None:
@@ -80,7 +82,7 @@ def export_batch(
         errors.close()
     os.replace(tmp_req, req_path)
     os.replace(tmp_idx, _index_path(req_path))
-    Runner.manifest_path(req_path).write_text(json.dumps(manifest, indent=2))
+    write_json_atomic(Runner.manifest_path(req_path), manifest)
     return counts
 
 
@@ -109,15 +111,31 @@ def import_batch(
     results_path: str | Path,
     requests_path: str | Path,
     output_path: str | Path,
+    *,
+    policies: list[str] | None = None,
 ) -> RunSummary:
-    """Turn a Batch API output file into verdicts (appended to ``output_path``, resumable)."""
+    """Turn a Batch API output file into verdicts (appended to ``output_path``, resumable).
+
+    ``policies``, if given, must be the policies the requests were exported for (in any order);
+    a mismatch is a :class:`~cotmod.ConfigError` (the answers cover exactly the exported ones).
+    """
     req_path, out = Path(requests_path), Path(output_path)
     mpath = Runner.manifest_path(req_path)
     if not mpath.exists() or not _index_path(req_path).exists():
         raise ConfigError(f"{req_path}: missing {mpath.name} or index; export it with cotmod batch export")
-    manifest = json.loads(mpath.read_text())
-    groups = [tuple(g) for g in manifest["groups"]]
-    policies = [pid for g in groups for pid in g]
+    manifest = read_manifest(mpath, req_path)
+    assert manifest is not None
+    try:
+        groups = [tuple(str(p) for p in g) for g in manifest["groups"]]
+    except (KeyError, TypeError):
+        raise InputError(f"{mpath}: no 'groups' list; it was not written by cotmod batch export, export again") from None
+    exported = [pid for g in groups for pid in g]
+    if policies and set(policies) != set(exported):
+        raise ConfigError(
+            f"--policy {' '.join(policies)} does not match the policies {req_path} was exported for "
+            f"({', '.join(exported)}); import with those, or without --policy"
+        )
+    policies = exported
     current = Runner(moderator).manifest(policies)
     if current["prompt_fingerprint"] != manifest["prompt_fingerprint"] or current["policies"] != manifest["policies"]:
         raise ConfigError(
@@ -128,15 +146,25 @@ def import_batch(
     run_manifest = {k: manifest.get(k, current[k]) for k in current}
     runner = Runner(moderator)
     # the output manifest: same shape as cotmod run's, so run --retry-errors can continue it
-    if out.exists() and out.stat().st_size > 0 and Runner.manifest_path(out).exists():
-        old = json.loads(Runner.manifest_path(out).read_text())
+    written = any(p.exists() and p.stat().st_size > 0 for p in (out, runner.errors_path(out)))
+    old = read_manifest(Runner.manifest_path(out), out)
+    if written and old is None:
+        raise ConfigError(f"{out} exists but was not written by cotmod (no {Runner.manifest_path(out).name}); choose another output")
+    if written and old is not None:
         diffs = [k for k in run_manifest if old.get(k) != run_manifest[k]]
         if diffs:
             raise ConfigError(f"{out} holds verdicts from a different configuration ({', '.join(diffs)} differ)")
-    Runner.manifest_path(out).write_text(json.dumps(run_manifest, indent=2))
     results = _read_results(Path(results_path))
-    done = repair_jsonl(out) | repair_jsonl(runner.errors_path(out))  # dead-lettered ids count as done
-    writer, dead = _Appender(out), _Appender(runner.errors_path(out))
+    decided = repair_jsonl(out)
+    failed = repair_jsonl(runner.errors_path(out))
+    done = decided | failed  # dead-lettered ids count as done
+    write_json_atomic(Runner.manifest_path(out), run_manifest)
+    writer = Appender(out)
+    try:
+        dead = Appender(runner.errors_path(out))
+    except BaseException:
+        writer.close()
+        raise
     summary = RunSummary(output=str(out))
     summary.price_in, summary.price_out = price_for(str(manifest["model"]))
     compilers = [moderator.compiler(g) for g in groups]
@@ -144,29 +172,32 @@ def import_batch(
         for entry in _index(_index_path(req_path)):
             item_id = str(entry["id"])
             summary.input_rows += 1
-            if _digest(item_id) in done:
+            d = digest(item_id)
+            if d in done:
                 summary.resumed_skipped += 1
+                if d not in decided:
+                    summary.previously_dead_lettered += 1
                 continue
-            outcomes: list[_Outcome] = []
+            outcomes: list[GroupOutcome] = []
             missing = False
-            for gi, comp in enumerate(compilers):
+            prompts = [c.compile("x", item_id=item_id) for c in compilers]
+            for gi, prompt in enumerate(prompts):
                 res = results.get(f"{gi}:{item_id}")
                 if res is None:
                     missing = True
                     break
-                outcomes.append(_outcome_from_result(res, comp, manifest["model"]))
-            row = Row(int(entry.get("line", 0)), item_id, None)
+                outcomes.append(_outcome_from_result(moderator, res, prompt, str(manifest["model"])))
+            line = int(entry.get("line", 0))
             if missing:
-                dead.write({"id": item_id, "line": row.line, "error_type": "MissingResult", "message": "no result for this item in the batch output", "retryable": True})
+                dead.write({"id": item_id, "line": line, "error_type": "MissingResult", "message": "no result for this item in the batch output", "retryable": True})
                 summary.dead_lettered += 1
                 continue
-            prompts = [c.compile("x", item_id=item_id) for c in compilers]
             if entry.get("truncated"):
                 prompts = [
                     dataclasses.replace(p, item_tokens=int(entry["item_tokens"]), kept_tokens=moderator.settings.max_item_tokens, truncated=True)
                     for p in prompts
                 ]
-            v = moderator._verdict(Item("x", item_id), groups, prompts, outcomes, 0.0)
+            v = moderator.build_verdict(Item("x", item_id), groups, prompts, outcomes, 0.0)
             summary.add(v)
             if v.status == "ok":
                 writer.write(v.model_dump_json())
@@ -174,7 +205,7 @@ def import_batch(
                 dead.write(
                     {
                         "id": item_id,
-                        "line": row.line,
+                        "line": line,
                         "error_type": v.error.type if v.error else "ModelOutputError",
                         "message": v.error.message if v.error else "invalid output",
                         "raw_output": v.error.raw_output if v.error else None,
@@ -189,13 +220,13 @@ def import_batch(
     return summary
 
 
-def _outcome_from_result(res: dict[str, Any], comp: Any, model: str) -> _Outcome:
+def _outcome_from_result(moderator: AsyncModerator, res: dict[str, Any], prompt: CompiledPrompt, model: str) -> GroupOutcome:
     response = res.get("response") or {}
     body = response.get("body") or {}
     status = response.get("status_code")
     if res.get("error") or status != 200:
         msg = json.dumps(res.get("error") or body.get("error") or {"status_code": status})[:500]
-        return _Outcome([], [], Usage(), 1, 0, 0, model, ErrorInfo(type="BatchRequestError", message=msg))
+        return GroupOutcome([], [], Usage(), 1, 0, 0, model, ErrorInfo(type="BatchRequestError", message=msg))
     u = body.get("usage") or {}
     usage = Usage(
         prompt_tokens=int(u.get("prompt_tokens") or 0),
@@ -207,9 +238,11 @@ def _outcome_from_result(res: dict[str, Any], comp: Any, model: str) -> _Outcome
         raw = choice["message"].get("content") or ""
         finish = choice.get("finish_reason")
     except (KeyError, IndexError, TypeError, AttributeError):
-        return _Outcome([], [], usage, 1, 0, 0, model, ErrorInfo(type="BatchRequestError", message="result has no choices"))
-    try:
-        reasoning, decisions = parse_decision(raw, comp.policies, comp.schema, finish_reason=finish)
-    except OutputInvalid as exc:
-        return _Outcome([], [], usage, 1, 0, 0, str(body.get("model") or model), ErrorInfo(type="ModelOutputError", message=f"invalid output (batch, no re-ask): {exc}", raw_output=raw))
-    return _Outcome(reasoning, decisions, usage, 1, 0, 0, str(body.get("model") or model))
+        return GroupOutcome([], [], usage, 1, 0, 0, model, ErrorInfo(type="BatchRequestError", message="result has no choices"))
+    result = ChatResult(text=str(raw), finish_reason=finish, usage=usage, model=str(body.get("model") or model))
+    outcome = moderator.outcome_from_output(prompt, result)
+    if outcome.error is not None:
+        outcome.error = ErrorInfo(
+            type=outcome.error.type, message=f"invalid output (batch, no re-ask): {outcome.error.message}", raw_output=outcome.error.raw_output
+        )
+    return outcome

@@ -1,47 +1,55 @@
-"""The batch runner: stream items from a file through the engine into a verdict file, resumably.
+"""The batch runner: stream items through the engine into a verdict file, resumably.
+
+The items come from a file (JSONL, CSV, Parquet or text, ``.gz`` too; see :mod:`._reader`) or from
+any iterable or async iterable of :class:`~cotmod.Item`, ``{"id", "text"[, metadata...]}`` dicts or
+strings (for services and Ray).
 
 Guarantees
 ----------
 * **Exactly one verdict per input id**, however often the run is killed (Ctrl-C, ``kill -9``)
   and restarted: the output is append-only JSONL, each verdict written with one ``write`` call;
-  on restart a torn last line is cut off, and ids already present (or already dead-lettered)
-  are skipped.
-* **Nothing silently dropped**: unreadable rows (with their line number), duplicate ids, empty
-  texts, invalid model output and transport failures go to ``<output>.errors.jsonl`` with the
-  error type, message, raw output and attempts; ``retry_errors`` reprocesses exactly those.
+  on restart a torn final line is repaired and ids already present (or already dead-lettered)
+  are skipped. Any other unreadable line of the output stops the run (``FILE:LINE: ...``) and
+  nothing is deleted.
+* **Nothing silently dropped**: unreadable rows (with their line number), rows whose text or id
+  is not valid Unicode (a lone surrogate), duplicate ids, empty texts, invalid model output and
+  transport failures of single items go to ``<output>.errors.jsonl`` with the error type,
+  message, raw output and attempts, and the run goes on; ``retry_errors`` reprocesses exactly
+  those. Only failures that would hit every item (authentication, an unreachable endpoint, an
+  open circuit breaker, a missing local model) stop the run; everything written is kept.
 * **No mixed verdicts**: ``<output>.manifest.json`` records the policies, prompt fingerprint,
-  model and sampling; a run whose configuration differs refuses to append to that output.
-* **Flat memory**: the input is streamed (JSONL, CSV, Parquet in batches) through a bounded queue;
-  only 8-byte digests of seen ids are kept.
+  model and sampling; a run whose configuration differs refuses to append to that output (also
+  when the output holds only dead letters).
+* **Flat memory**: the input is streamed through a bounded queue; only 8-byte digests of seen
+  ids are kept.
 
-Id rule: a row without an id gets ``line-N`` (its 1-based line or row number). A duplicate id is
-dead-lettered (the first occurrence wins).
+Id rule: a row without an id gets ``line-N`` (its 1-based line or row number, or position in an
+iterable). A duplicate id is dead-lettered (the first occurrence wins).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import csv
-import hashlib
-import json
+import math
 import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from .._exceptions import (
     AuthenticationError,
+    CircuitOpenError,
     ConfigError,
-    CotmodError,
     EndpointUnreachableError,
     InputError,
+    ModelNotAvailableError,
     RateLimitedError,
+    RequestTimeoutError,
     TransportError,
 )
 from .._verdict import Verdict
@@ -49,232 +57,53 @@ from .._version import __version__
 from ..backends._limits import LimitedBackend
 from ..backends._pricing import price_for
 from ..engine._moderator import AsyncModerator, Item
+from ._reader import Row, _bad_text, count_rows, detect_format, read_items, row_from_record
+from ._store import (
+    Appender,
+    IdSet,
+    digest,
+    errors_path,
+    manifest_path,
+    os_error,
+    read_dead_letters,
+    read_manifest,
+    repair_jsonl,
+    write_json_atomic,
+)
 
-__all__ = ["RunSummary", "Runner", "read_items"]
+__all__ = [
+    "IdSet",
+    "ItemSource",
+    "LimitedBackend",
+    "Row",
+    "RunSummary",
+    "Runner",
+    "count_rows",
+    "detect_format",
+    "is_fatal",
+    "read_items",
+    "repair_jsonl",
+]
 
-csv.field_size_limit(1 << 30)
+# old private names, kept for code that imports them from here
+_digest = digest
+_Appender = Appender
+
 LATENCY_SAMPLE = 10_000
 _RNG = random.Random(0)
 RATE_LIMIT_REQUEUES = 6
 
-
-@dataclass
-class Row:
-    """One input row: an item, or the reason it cannot be one."""
-
-    line: int
-    id: str
-    text: str | None
-    problem: str | None = None
-    policies: list[str] | None = None
+ItemLike: TypeAlias = "Item | Mapping[str, Any] | str"
+#: What :meth:`Runner.run` reads items from: a file path, or an (async) iterable of items.
+ItemSource: TypeAlias = "str | os.PathLike[str] | Iterable[ItemLike] | AsyncIterable[ItemLike]"
 
 
-class IdSet:
-    """A set of 64-bit id digests in a numpy open-addressing table: ~16 bytes per id instead of
-    ~80 for a Python set of ints, so memory stays flat-ish for millions of ids."""
-
-    def __init__(self, capacity: int = 1024) -> None:
-        import numpy as np
-
-        self._np = np
-        cap = 1 << max(10, (capacity * 2 - 1).bit_length())
-        self._keys = np.zeros(cap, dtype=np.uint64)
-        self._n = 0
-
-    def __len__(self) -> int:
-        return self._n
-
-    def _slot(self, key: int) -> int:
-        keys = self._keys
-        mask = len(keys) - 1
-        i = (key * 0x9E3779B97F4A7C15 >> 17) & mask
-        while True:
-            k = int(keys[i])
-            if k == 0 or k == key:
-                return int(i)
-            i = (i + 1) & mask
-
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, int):
-            return False
-        key = key or 1
-        return int(self._keys[self._slot(key)]) == key
-
-    def add(self, key: int) -> None:
-        key = key or 1
-        i = self._slot(key)
-        if int(self._keys[i]) == key:
-            return
-        self._keys[i] = key
-        self._n += 1
-        if self._n * 2 > len(self._keys):
-            old = self._keys[self._keys != 0]
-            self._keys = self._np.zeros(len(self._keys) * 2, dtype=self._np.uint64)
-            self._n = 0
-            for k in old.tolist():
-                self.add(int(k))
-
-    def __ior__(self, other: IdSet) -> IdSet:
-        for k in other._keys[other._keys != 0].tolist():
-            self.add(int(k))
-        return self
-
-    def __or__(self, other: IdSet) -> IdSet:
-        out = IdSet(len(self) + len(other))
-        out |= self
-        out |= other
-        return out
-
-
-def _digest(value: str) -> int:
-    return int.from_bytes(hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
-
-
-def detect_format(path: Path, fmt: str | None) -> str:
-    if fmt:
-        return fmt
-    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
-    mapping = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".txt": "text"}
-    if suffix not in mapping:
-        raise ConfigError(f"{path}: cannot tell the format from the extension; pass --format jsonl|csv|parquet|text")
-    return mapping[suffix]
-
-
-def read_items(
-    path: str | Path,
-    *,
-    id_field: str = "id",
-    text_field: str = "text",
-    fmt: str | None = None,
-    policies_field: str | None = None,
-) -> Iterator[Row]:
-    """Stream rows from JSONL, CSV, Parquet or plain text (one item per line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"input file not found: {p}")
-    kind = detect_format(p, fmt)
-    if kind == "jsonl":
-        yield from _read_jsonl(p, id_field, text_field, policies_field)
-    elif kind == "csv":
-        yield from _read_csv(p, id_field, text_field)
-    elif kind == "parquet":
-        yield from _read_parquet(p, id_field, text_field)
-    elif kind == "text":
-        yield from _read_text(p)
-    else:
-        raise ConfigError(f"unknown input format {kind!r} (jsonl, csv, parquet, text)")
-
-
-def _row(line: int, raw_id: Any, text: Any, text_field: str) -> Row:
-    rid = str(raw_id) if raw_id not in (None, "") else f"line-{line}"
-    if text is None:
-        return Row(line, rid, None, f"missing field {text_field!r}")
-    if not isinstance(text, str):
-        return Row(line, rid, None, f"field {text_field!r} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        return Row(line, rid, None, "empty text")
-    return Row(line, rid, text)
-
-
-def _read_jsonl(p: Path, id_field: str, text_field: str, policies_field: str | None = None) -> Iterator[Row]:
-    with p.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                yield Row(n, f"line-{n}", None, f"not valid UTF-8 (byte {exc.start})")
-                continue
-            except json.JSONDecodeError as exc:
-                yield Row(n, f"line-{n}", None, f"invalid JSON: {exc.msg} at column {exc.colno}")
-                continue
-            if not isinstance(obj, dict):
-                yield Row(n, f"line-{n}", None, "expected a JSON object")
-                continue
-            row = _row(n, obj.get(id_field), obj.get(text_field), text_field)
-            if policies_field is not None and row.problem is None:
-                pol = obj.get(policies_field)
-                if pol is not None:
-                    if not isinstance(pol, list) or not all(isinstance(x, str) for x in pol) or not pol:
-                        row = Row(n, row.id, None, f"field {policies_field!r} must be a non-empty list of policy ids")
-                    else:
-                        row.policies = pol
-            yield row
-
-
-def _read_csv(p: Path, id_field: str, text_field: str) -> Iterator[Row]:
-    with p.open("r", encoding="utf-8", newline="", errors="strict") as f:
-        reader = csv.DictReader(f)
-        try:
-            header = reader.fieldnames or []
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{p}: header is not valid UTF-8 ({exc.reason})") from None
-        if text_field not in header:
-            raise ConfigError(f"{p}: no column {text_field!r} (columns: {', '.join(header) or 'none'}); use --text-field")
-        has_id = id_field in header
-        n = 1
-        while True:
-            try:
-                rec = next(reader)
-            except StopIteration:
-                return
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{p}: after line {reader.line_num}: not valid UTF-8 ({exc.reason})") from None
-            except csv.Error as exc:
-                yield Row(reader.line_num, f"line-{reader.line_num}", None, f"unreadable CSV row: {exc}")
-                continue
-            n += 1
-            if None in rec:
-                yield Row(reader.line_num, str(rec.get(id_field) or f"line-{reader.line_num}"), None, "row has more fields than the header")
-                continue
-            yield _row(reader.line_num, rec.get(id_field) if has_id else None, rec.get(text_field), text_field)
-
-
-def _read_parquet(p: Path, id_field: str, text_field: str) -> Iterator[Row]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ConfigError("Parquet input needs pyarrow: pip install 'cotmod[parquet]'") from None
-    pf = pq.ParquetFile(str(p))
-    names = pf.schema_arrow.names
-    if text_field not in names:
-        raise ConfigError(f"{p}: no column {text_field!r} (columns: {', '.join(names)}); use --text-field")
-    cols = [text_field] + ([id_field] if id_field in names else [])
-    row = 0
-    for batch in pf.iter_batches(batch_size=2048, columns=cols):
-        texts = batch.column(text_field).to_pylist()
-        ids = batch.column(id_field).to_pylist() if id_field in names else [None] * len(texts)
-        for rid, text in zip(ids, texts, strict=True):
-            row += 1
-            yield _row(row, rid, text, text_field)
-
-
-def _read_text(p: Path) -> Iterator[Row]:
-    with p.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                yield Row(n, f"line-{n}", None, f"not valid UTF-8 (byte {exc.start})")
-                continue
-            if line.strip():
-                yield Row(n, f"line-{n}", line)
-
-
-def count_rows(path: Path, fmt: str | None) -> int | None:
-    """A cheap total for the progress bar (None if unknown)."""
-    try:
-        kind = detect_format(path, fmt)
-        if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            return int(pq.ParquetFile(str(path)).metadata.num_rows)
-        with path.open("rb") as f:
-            n = sum(buf.count(b"\n") for buf in iter(lambda: f.read(1 << 20), b""))
-        return max(n - 1, 0) if kind == "csv" else n
-    except Exception:
-        return None
+def is_fatal(exc: BaseException) -> bool:
+    """Errors that would hit every item: they stop a run (what was written is kept). Any other
+    transport failure concerns one item, which is dead-lettered (retryable)."""
+    if isinstance(exc, RequestTimeoutError):
+        return False  # one slow item; a dead endpoint opens the circuit breaker instead
+    return isinstance(exc, (AuthenticationError, EndpointUnreachableError, CircuitOpenError, ModelNotAvailableError, ConfigError))
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:
@@ -287,7 +116,13 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 
 @dataclass
 class RunSummary:
-    """What a run did. ``to_dict()`` is what ``cotmod run --json`` prints."""
+    """What a run did. ``to_dict()`` is what ``cotmod run --json`` prints.
+
+    ``undecided`` is the number of input items without a verdict when the run ended: those
+    dead-lettered by this run (``dead_lettered``: bad rows, duplicate ids, error verdicts,
+    transport failures) plus those dead-lettered by an earlier run and not retried
+    (``previously_dead_lettered``). ``cotmod run`` exits 1 when it is not 0.
+    """
 
     output: str
     input_rows: int = 0
@@ -295,6 +130,7 @@ class RunSummary:
     resumed_skipped: int = 0
     errors: int = 0
     dead_lettered: int = 0
+    previously_dead_lettered: int = 0
     cache_hits: int = 0
     model_calls: int = 0
     transport_retries: int = 0
@@ -307,16 +143,28 @@ class RunSummary:
     by_action: Counter[str] = field(default_factory=Counter)
     by_policy: dict[str, Counter[str]] = field(default_factory=dict)
     error_types: Counter[str] = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)  # a uniform reservoir sample
-    _lat_seen: int = 0
+    latencies_ms: list[float] = field(default_factory=list, repr=False)  # a uniform reservoir sample
+    latencies_seen: int = field(default=0, repr=False)
     price_in: float | None = None
     price_out: float | None = None
+
+    @property
+    def undecided(self) -> int:
+        return self.dead_lettered + self.previously_dead_lettered
 
     @property
     def cost_usd(self) -> float | None:
         if self.price_in is None or self.price_out is None:
             return None
         return round((self.prompt_tokens * self.price_in + self.completion_tokens * self.price_out) / 1e6, 6)
+
+    @property
+    def items_per_s(self) -> float | None:
+        return round(self.processed / self.elapsed_s, 3) if self.elapsed_s > 0 else None
+
+    def latency_percentile(self, q: float) -> float | None:
+        """Latency (ms) at quantile ``q`` of the model-call items (exact up to 10k items, then sampled)."""
+        return _percentile(sorted(self.latencies_ms), q)
 
     def add(self, v: Verdict) -> None:
         self.processed += 1
@@ -339,11 +187,11 @@ class RunSummary:
 
     def _add_latency(self, ms: float) -> None:
         """Reservoir sampling (Algorithm R): exact percentiles up to 10k items, flat memory after."""
-        self._lat_seen += 1
+        self.latencies_seen += 1
         if len(self.latencies_ms) < LATENCY_SAMPLE:
             self.latencies_ms.append(ms)
         else:
-            j = _RNG.randrange(self._lat_seen)
+            j = _RNG.randrange(self.latencies_seen)
             if j < LATENCY_SAMPLE:
                 self.latencies_ms[j] = ms
 
@@ -356,6 +204,8 @@ class RunSummary:
             "resumed_skipped": self.resumed_skipped,
             "errors": self.errors,
             "dead_lettered": self.dead_lettered,
+            "previously_dead_lettered": self.previously_dead_lettered,
+            "undecided": self.undecided,
             "cache_hits": self.cache_hits,
             "model_calls": self.model_calls,
             "transport_retries": self.transport_retries,
@@ -369,7 +219,7 @@ class RunSummary:
                 "p99": _percentile(lat, 0.99),
             },
             "elapsed_s": round(self.elapsed_s, 3),
-            "items_per_s": round(self.processed / self.elapsed_s, 3) if self.elapsed_s > 0 else None,
+            "items_per_s": self.items_per_s,
             "by_decision": dict(self.by_decision),
             "by_action": dict(self.by_action),
             "by_policy": {k: dict(v) for k, v in self.by_policy.items()},
@@ -377,60 +227,53 @@ class RunSummary:
         }
 
 
-class _Appender:
-    """Append whole lines with one write() each; refuse nothing silently (disk full → error)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-
-    def write(self, obj: dict[str, Any] | str) -> None:
-        line = (obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)) + "\n"
-        data = line.encode("utf-8", "surrogatepass")
-        try:
-            n = os.write(self.fd, data)
-            if n != len(data):
-                raise OSError(f"short write ({n} of {len(data)} bytes)")
-        except OSError as exc:
-            raise CotmodError(
-                f"cannot write to {self.path}: {exc.strerror or exc}; verdicts already written are kept, "
-                "free space and rerun the same command to resume"
-            ) from None
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.fsync(self.fd)
-        os.close(self.fd)
+def _row_from_obj(n: int, obj: Any, id_field: str, text_field: str, policies_field: str | None) -> Row:
+    """One item of an iterable source as a :class:`Row` (``line`` is its 1-based position)."""
+    if isinstance(obj, Item):
+        rid = obj.id or f"line-{n}"
+        if _bad_text(rid):
+            return Row(n, f"line-{n}", None, f"the id {rid!a}: {_bad_text(rid)}")
+        rec: dict[str, Any] = {"id": rid, "text": obj.text}
+        return row_from_record(n, rec, metadata=obj.metadata)
+    if isinstance(obj, str):
+        return row_from_record(n, {"text": obj})
+    if isinstance(obj, Mapping):
+        meta = {k: v for k, v in obj.items() if k not in (id_field, text_field, policies_field)}
+        return row_from_record(n, obj, id_field=id_field, text_field=text_field, policies_field=policies_field, metadata=meta)
+    return Row(n, f"line-{n}", None, f"expected an Item, a mapping with {text_field!r} or a str, got {type(obj).__name__}")
 
 
-def repair_jsonl(path: Path) -> IdSet:
-    """Cut a torn last line (a kill during a write) and return digests of the ids present."""
-    ids = IdSet()
-    if not path.exists():
-        return ids
-    good_end = 0
-    with path.open("rb") as f:
-        offset = 0
-        for raw in f:
-            end = offset + len(raw)
-            if raw.endswith(b"\n"):
-                try:
-                    obj = json.loads(raw)
-                    rid = obj.get("item_id", obj.get("id"))
-                    if rid is not None:
-                        ids.add(_digest(str(rid)))
-                    good_end = end
-                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-                    break
-            offset = end
-    if good_end != path.stat().st_size:
-        with path.open("r+b") as f:
-            f.truncate(good_end)
-    return ids
+async def _iter_rows(
+    source: ItemSource, *, id_field: str, text_field: str, fmt: str | None, policies_field: str | None
+) -> AsyncIterator[Row]:
+    if isinstance(source, (str, os.PathLike)):
+        for i, row in enumerate(read_items(Path(source), id_field=id_field, text_field=text_field, fmt=fmt, policies_field=policies_field)):
+            yield row
+            if i % 256 == 255:
+                await asyncio.sleep(0)
+    elif isinstance(source, AsyncIterable):
+        n = 0
+        async for obj in source:
+            n += 1
+            yield _row_from_obj(n, obj, id_field, text_field, policies_field)
+    else:
+        for n, obj in enumerate(source, start=1):
+            yield _row_from_obj(n, obj, id_field, text_field, policies_field)
+            if n % 256 == 0:
+                await asyncio.sleep(0)
+
+
+def _finite(name: str, value: float | None, *, positive: bool = True) -> float | None:
+    if value is None:
+        return None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ConfigError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
+    return value
 
 
 class Runner:
-    """Runs an :class:`AsyncModerator` over a file. ``run`` is async; ``run_sync`` blocks."""
+    """Runs an :class:`AsyncModerator` over a file or an iterable of items into a verdict file.
+    ``run`` is async; ``run_sync`` blocks."""
 
     def __init__(
         self,
@@ -446,19 +289,19 @@ class Runner:
         self.concurrency = concurrency or moderator.settings.concurrency
         if self.concurrency < 1:
             raise ConfigError("concurrency must be >= 1")
-        self.rpm = rpm
-        self.tpm = tpm
-        self.price_in = price_in
-        self.price_out = price_out
+        self.rpm = _finite("rpm", rpm)
+        self.tpm = _finite("tpm", tpm)
+        self.price_in = _finite("price_in", price_in, positive=False)
+        self.price_out = _finite("price_out", price_out, positive=False)
 
     # -- paths -----------------------------------------------------------------------------------
     @staticmethod
     def errors_path(output: Path) -> Path:
-        return output.with_name(output.name + ".errors.jsonl") if output.suffix != ".jsonl" else output.with_suffix(".errors.jsonl")
+        return errors_path(output)
 
     @staticmethod
     def manifest_path(output: Path) -> Path:
-        return output.with_name(output.name + ".manifest.json")
+        return manifest_path(output)
 
     def manifest(self, policies: list[str] | None) -> dict[str, Any]:
         m = self.moderator
@@ -472,18 +315,28 @@ class Runner:
             "thresholds": m.thresholds,
         }
 
+    @staticmethod
+    def _has_content(path: Path) -> bool:
+        return path.exists() and path.stat().st_size > 0
+
     def _check_manifest(self, output: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+        """Refuse to append to an output written with another configuration (checked whenever the
+        output or its errors file holds anything), then record this run's configuration."""
         mpath = self.manifest_path(output)
         if overwrite:
             for p in (output, self.errors_path(output), mpath):
-                p.unlink(missing_ok=True)
-        if output.exists() and output.stat().st_size > 0:
-            if not mpath.exists():
+                try:
+                    p.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise os_error(p, exc, "remove") from None
+        written = self._has_content(output) or self._has_content(self.errors_path(output))
+        old = read_manifest(mpath, output)
+        if written:
+            if old is None:
                 raise ConfigError(
                     f"{output} exists but was not written by cotmod run (no {mpath.name}); "
                     "choose another output or pass --overwrite"
                 )
-            old = json.loads(mpath.read_text())
             diffs = [k for k in manifest if old.get(k) != manifest[k]]
             if diffs:
                 raise ConfigError(
@@ -491,10 +344,10 @@ class Runner:
                     f"{old.get(diffs[0])!r} vs {manifest[diffs[0]]!r}); refusing to mix verdicts. "
                     "Write to another output, or pass --overwrite to start over"
                 )
+
+    def _write_manifest(self, output: Path, manifest: dict[str, Any]) -> None:
         body = {**manifest, "cotmod_version": __version__, "updated_at": datetime.now(timezone.utc).isoformat()}
-        tmp = mpath.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body, indent=2))
-        os.replace(tmp, mpath)
+        write_json_atomic(self.manifest_path(output), body)
 
     # -- the run ---------------------------------------------------------------------------------
     def run_sync(self, *args: Any, **kwargs: Any) -> RunSummary:
@@ -510,7 +363,7 @@ class Runner:
 
     async def run(
         self,
-        input_path: str | Path,
+        source: ItemSource,
         output_path: str | Path,
         *,
         policies: list[str] | None = None,
@@ -523,11 +376,28 @@ class Runner:
         on_progress: Callable[[RunSummary, int | None], None] | None = None,
         policies_field: str | None = None,
     ) -> RunSummary:
-        inp, out = Path(input_path), Path(output_path)
-        if inp.resolve() == out.resolve():
-            raise ConfigError("the output must not be the input file")
-        if out.parent and not out.parent.exists():
+        """Moderate every item of ``source`` into ``output_path``; returns a :class:`RunSummary`.
+
+        ``source`` is a file path (JSONL, CSV, Parquet or text; ``.gz`` too), or an iterable or
+        async iterable of :class:`~cotmod.Item`, mappings (``id_field``/``text_field``, other keys
+        become metadata; ``policies_field`` selects policies per item) or strings. Raises
+        :class:`~cotmod.CotmodError` when a failure that would hit every item stops the run
+        (what was written is kept: rerun to resume).
+        """
+        out = Path(output_path)
+        inp = Path(source) if isinstance(source, (str, os.PathLike)) else None
+        if inp is not None:
+            if not inp.is_file():
+                raise ConfigError(f"input file not found: {inp}")
+            detect_format(inp, fmt)  # fail fast on an unknown extension
+            if inp.resolve() == out.resolve():
+                raise ConfigError("the output must not be the input file")
+        if out.is_dir():
+            raise ConfigError(f"cannot write {out}: it is a directory; give a file name")
+        try:
             out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise os_error(out.parent, exc, "create the output directory") from None
         mod = self.moderator
         if policies:
             mod.policies.select(policies)
@@ -536,44 +406,52 @@ class Runner:
         errors_file = self.errors_path(out)
 
         done = repair_jsonl(out)
+        dead_letters = read_dead_letters(errors_file)
         retry_ids = IdSet()
+        failed_before = IdSet()  # dead-lettered earlier, still without a verdict, not retried now
         kept_errors: list[str] = []
-        if errors_file.exists():
-            repair_jsonl(errors_file)
-            with errors_file.open("rb") as f:
-                for raw in f:
-                    entry = json.loads(raw)
-                    d = _digest(str(entry.get("id")))
-                    if retry_errors and entry.get("retryable", True) and d not in done:
-                        retry_ids.add(d)
-                    elif d not in done:
-                        kept_errors.append(raw.decode().rstrip("\n"))
-                        done.add(d)
-            if retry_errors:
-                # rewrite the dead-letter file with only what is not being retried
-                tmp = errors_file.with_suffix(".tmp")
-                tmp.write_text("".join(line + "\n" for line in kept_errors))
+        for entry in dead_letters:
+            d = digest(entry.id)
+            if d in done:
+                continue
+            if retry_errors and entry.retryable:
+                retry_ids.add(d)
+            else:
+                kept_errors.append(entry.raw)
+                failed_before.add(d)
+                if not retry_errors:
+                    done.add(d)
+        self._write_manifest(out, manifest)
+        if retry_errors and len(dead_letters) != len(kept_errors):
+            # rewrite the dead-letter file with only what is not being retried
+            tmp = errors_file.with_name(errors_file.name + ".tmp")
+            try:
+                tmp.write_text("".join(line + "\n" for line in kept_errors), encoding="utf-8")
                 os.replace(tmp, errors_file)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise os_error(errors_file, exc) from None
+        summary = RunSummary(output=str(out))
         if retry_errors and not retry_ids:
-            summary = RunSummary(output=str(out))
+            summary.previously_dead_lettered = len(failed_before)
             return summary
 
-        summary = RunSummary(output=str(out))
         summary.price_in, summary.price_out = (
             (self.price_in, self.price_out) if self.price_in is not None and self.price_out is not None else price_for(mod.model_name)
         )
-        total = count_rows(inp, fmt)
-        backend = await mod._get_backend()
-        limited = LimitedBackend(backend, concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm)
-        mod._backend = limited
-        # the adaptive limiter bounds requests in flight; the engine's own bound must not be lower
-        mod._sem = asyncio.Semaphore(self.concurrency * max(1, len(mod._groups(policies))))
-        writer = _Appender(out)
-        dead = _Appender(errors_file)
+        total = count_rows(inp, fmt) if inp is not None else None
+        where = str(inp) if inp is not None else "<items>"
+        writer = Appender(out)
+        try:
+            dead = Appender(errors_file)
+        except BaseException:
+            writer.close()
+            raise
         seen = IdSet()
         queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=self.concurrency * 4)
         fatal: list[BaseException] = []
         start = time.perf_counter()
+        workers_n = self.concurrency
 
         def dead_letter(row: Row, etype: str, message: str, *, raw: str | None = None, attempts: int = 0, retryable: bool = True) -> None:
             dead.write(
@@ -585,41 +463,72 @@ class Runner:
                     "raw_output": raw,
                     "attempts": attempts,
                     "retryable": retryable,
-                    "input": str(inp),
+                    "input": where,
                     "at": datetime.now(timezone.utc).isoformat(),
                 }
             )
             summary.dead_lettered += 1
 
+        def progress() -> None:
+            summary.elapsed_s = time.perf_counter() - start
+            summary.throttled = limited.throttles
+            if on_progress is not None:
+                on_progress(summary, total)
+
         async def produce() -> None:
             count = 0
-            for row in read_items(inp, id_field=id_field, text_field=text_field, fmt=fmt, policies_field=policies_field):
-                if fatal:
-                    break
-                summary.input_rows += 1
-                d = _digest(row.id)
-                if retry_errors:
-                    if d not in retry_ids or d in seen:
+            try:
+                async for row in _iter_rows(source, id_field=id_field, text_field=text_field, fmt=fmt, policies_field=policies_field):
+                    if fatal:
+                        break
+                    summary.input_rows += 1
+                    d = digest(row.id)
+                    if retry_errors:
+                        if d not in retry_ids or d in seen:
+                            if d in failed_before and d not in seen:
+                                summary.previously_dead_lettered += 1
+                            seen.add(d)
+                            continue
+                    elif d in done:
+                        # already decided or dead-lettered (a repeated id was dead-lettered then)
+                        if d not in seen:
+                            summary.resumed_skipped += 1
+                            if d in failed_before:
+                                summary.previously_dead_lettered += 1
+                            seen.add(d)
                         continue
-                elif d in done:
-                    summary.resumed_skipped += 1
+                    if d in seen:
+                        dead_letter(row, "DuplicateId", f"line {row.line}: duplicate id {row.id!r} (the first occurrence wins)", retryable=False)
+                        progress()
+                        continue
                     seen.add(d)
-                    continue
-                if d in seen:
-                    dead_letter(row, "DuplicateId", f"line {row.line}: duplicate id {row.id!r} (the first occurrence wins)", retryable=False)
-                    continue
-                seen.add(d)
-                if row.problem is not None:
-                    dead_letter(row, "BadRow", f"{inp}:{row.line}: {row.problem}", retryable=False)
-                    continue
-                await queue.put(row)
-                count += 1
-                if limit is not None and count >= limit:
-                    break
-                if count % 256 == 0:
-                    await asyncio.sleep(0)
+                    if row.problem is not None:
+                        dead_letter(row, "BadRow", f"{where}:{row.line}: {row.problem}", retryable=False)
+                        progress()
+                        continue
+                    await queue.put(row)
+                    count += 1
+                    if limit is not None and count >= limit:
+                        break
+            except Exception as exc:  # an unreadable input file (not a row): stop, keep what was written
+                fatal.append(exc)
+            # not in a finally: a cancelled run must not wait here for workers that are gone
             for _ in range(workers_n):
                 await queue.put(None)
+
+        async def moderate_row(row: Row) -> Verdict:
+            assert row.text is not None
+            item = Item(row.text, row.id, row.metadata)
+            for requeue in range(RATE_LIMIT_REQUEUES + 1):
+                try:
+                    return await mod.moderate(item, row.policies or policies)
+                except RateLimitedError:
+                    # the server keeps saying 429: back off (the limiter has already cut
+                    # concurrency) and try the item again before giving up on it
+                    if requeue == RATE_LIMIT_REQUEUES:
+                        raise
+                    await asyncio.sleep(min(30.0, 0.5 * 2**requeue) * (1 + random.random()))
+            raise AssertionError("unreachable")
 
         async def work() -> None:
             while True:
@@ -628,56 +537,59 @@ class Runner:
                     return
                 if fatal:
                     continue
-                assert row.text is not None
                 try:
-                    v = None
-                    for requeue in range(RATE_LIMIT_REQUEUES + 1):
-                        try:
-                            v = await mod.moderate(Item(row.text, row.id), row.policies or policies)
-                            break
-                        except RateLimitedError:
-                            # the server keeps saying 429: back off (the limiter has already cut
-                            # concurrency) and try the item again before giving up on it
-                            if requeue == RATE_LIMIT_REQUEUES:
-                                raise
-                            await asyncio.sleep(min(30.0, 0.5 * 2**requeue) * (1 + random.random()))
-                    assert v is not None
-                except (AuthenticationError, EndpointUnreachableError, ConfigError) as exc:
+                    await handle(row)
+                except Exception as exc:  # e.g. the disk is full: stop, keep what was written
                     fatal.append(exc)
-                    continue
-                except TransportError as exc:
-                    dead_letter(row, type(exc).__name__, str(exc), attempts=exc.attempts)
-                    summary.errors += 1
-                    summary.error_types[type(exc).__name__] += 1
-                    continue
-                except InputError as exc:
-                    dead_letter(row, "InputError", str(exc), retryable=False)
-                    continue
-                summary.add(v)
-                if v.status == "ok":
-                    writer.write(v.model_dump_json())
-                else:
-                    dead_letter(
-                        row,
-                        v.error.type if v.error else "ModelOutputError",
-                        v.error.message if v.error else "invalid output",
-                        raw=v.error.raw_output if v.error else None,
-                        attempts=v.attempts,
-                    )
-                summary.elapsed_s = time.perf_counter() - start
-                summary.throttled = limited.throttles
-                if on_progress is not None:
-                    on_progress(summary, total)
 
-        workers_n = self.concurrency
+        async def handle(row: Row) -> None:
+            """Moderate one row into a verdict or a dead letter; raises only what stops the run."""
+            try:
+                v = await moderate_row(row)
+            except TransportError as exc:
+                if is_fatal(exc):
+                    fatal.append(exc)
+                    return
+                # one item's failure after the transport's retries (5xx, an HTML or cut-off
+                # body, a timeout): dead-letter it (retryable) and go on
+                dead_letter(row, type(exc).__name__, str(exc), attempts=exc.attempts)
+                summary.errors += 1
+                summary.error_types[type(exc).__name__] += 1
+                progress()
+                return
+            except InputError as exc:
+                dead_letter(row, "InputError", str(exc), retryable=False)
+                progress()
+                return
+            summary.add(v)
+            if v.status == "ok":
+                writer.write(v.model_dump_json())
+            else:
+                dead_letter(
+                    row,
+                    v.error.type if v.error else "ModelOutputError",
+                    v.error.message if v.error else "invalid output",
+                    raw=v.error.raw_output if v.error else None,
+                    attempts=v.attempts,
+                )
+            progress()
+
         try:
-            await asyncio.gather(produce(), *(work() for _ in range(workers_n)))
+            async with mod.wrapped_backend(
+                lambda b: LimitedBackend(b, concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm)
+            ) as limited:
+                # the adaptive limiter bounds requests in flight; the engine's own bound must not be lower
+                old_concurrency = mod.concurrency
+                mod.concurrency = self.concurrency * max(1, len(mod.policy_groups(policies)))
+                try:
+                    await asyncio.gather(produce(), *(work() for _ in range(workers_n)))
+                finally:
+                    mod.concurrency = old_concurrency
+                    summary.throttled = limited.throttles
         finally:
             writer.close()
             dead.close()
-            mod._backend = backend
             summary.elapsed_s = time.perf_counter() - start
-            summary.throttled = limited.throttles
         if fatal:
             raise fatal[0]
         return summary
