@@ -103,15 +103,16 @@ def _notice(line: str) -> None:
     click.echo(line, err=True)
 
 
-def _settings(**kw: Any) -> Any:
-    """Settings from the shared options; says on stderr which config file and policies are used."""
+def _settings(*, announce_policies: bool = True, **kw: Any) -> Any:
+    """Settings from the shared options; says on stderr which config file and (unless the command
+    takes its policies from elsewhere, like ``impact``) which policies are used."""
     from .._config import Settings
 
     config_file = kw.pop("config_file", None)
     loaded = Settings.resolve(config_file, **{k: v for k, v in kw.items() if v is not None})
     for line in loaded.notices:
         _notice(line)
-    if loaded.policies.origin != "argument":
+    if announce_policies and loaded.policies.origin != "argument":
         _notice(loaded.policies.describe())
     return loaded.settings
 

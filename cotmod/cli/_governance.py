@@ -95,7 +95,7 @@ def impact(old: str, new: str, golden: str, mapping_path: str | None, sample: st
     a, _ = load_bundle(old, repo=repo)
     b, _ = load_bundle(new, repo=repo)
     mapping_file = Path(mapping_path) if mapping_path else Path(golden).parent / "mapping.yaml"
-    settings = _settings(**kw)
+    settings = _settings(announce_policies=False, **kw)  # the policies are OLD and NEW
     cache = SqliteCache(cotmod_home() / "cache.sqlite")
     try:
         res = impact_fn(
