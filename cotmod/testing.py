@@ -138,11 +138,26 @@ def body_schema(request_body: Mapping[str, Any]) -> dict[str, Any]:
     return schema
 
 
+FAULTS = ("html", "truncated", "invalid_json", "hang", "slow_body")
+
+
 class FakeOpenAIServer:
     """A real HTTP server on 127.0.0.1 speaking the chat-completions API, for tests and
     benchmarks. It answers with :func:`answer_for` (or ``handler(body) -> dict|str``), after
     ``delay`` seconds. ``fail_first`` makes the first N requests fail with ``fail_status``.
-    Use as a context manager; ``base_url`` is ready on entry; ``requests`` counts calls."""
+    Use as a context manager; ``base_url`` is ready on entry; ``requests`` counts calls.
+
+    ``fault`` makes requests misbehave at the HTTP level (the first ``fault_first`` of them, or
+    all when it is None; counted after ``fail_first``):
+
+    * ``"html"`` — HTTP 200 with an HTML error page (``content-type: text/html``), like a proxy;
+    * ``"truncated"`` — HTTP 200, ``application/json``, a completion cut off half-way;
+    * ``"invalid_json"`` — HTTP 200, ``application/json``, a body that is not JSON at all;
+    * ``"hang"`` — accept the request and never answer (until the server stops);
+    * ``"slow_body"`` — send the headers, then one byte of body every 50 ms, never finishing.
+
+    ``faults`` counts the requests that got a fault.
+    """
 
     def __init__(
         self,
@@ -152,17 +167,25 @@ class FakeOpenAIServer:
         fail_first: int = 0,
         fail_status: int = 500,
         retry_after: float | None = None,
+        fault: str | None = None,
+        fault_first: int | None = None,
     ) -> None:
+        if fault is not None and fault not in FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(FAULTS)}; got {fault!r}")
         self.handler = handler or answer_for
         self.delay = delay
         self.fail_first = fail_first
         self.fail_status = fail_status
         self.retry_after = retry_after
+        self.fault = fault
+        self.fault_first = fault_first
         self.requests = 0
+        self.faults = 0
         self.bodies: list[dict[str, Any]] = []
         self.auth_headers: list[str | None] = []  # the Authorization header of each POST
         self._server: Any = None
         self._thread: Any = None
+        self._stopping: Any = None
 
     @property
     def base_url(self) -> str:
@@ -174,6 +197,7 @@ class FakeOpenAIServer:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         outer = self
+        self._stopping = threading.Event()
 
         class H(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -212,21 +236,50 @@ class FakeOpenAIServer:
                     hdrs = {"retry-after": str(outer.retry_after)} if outer.retry_after is not None else {}
                     self._send(outer.fail_status, {"error": {"message": "injected failure", "type": "server_error"}}, hdrs)
                     return
+                if outer.fault is not None and (outer.fault_first is None or n - outer.fail_first <= outer.fault_first):
+                    outer.faults += 1
+                    self._fault(str(outer.fault), n)
+                    return
                 answer = outer.handler(body)
                 text = answer if isinstance(answer, str) else json.dumps(answer)
-                self._send(
-                    200,
-                    {
-                        "id": f"chatcmpl-{n}",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": body.get("model", "fake"),
-                        "choices": [
-                            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                        ],
-                        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
-                    },
-                )
+                self._send(200, self._completion(n, body, text))
+
+            def _completion(self, n: int, body: Mapping[str, Any], text: str) -> dict[str, Any]:
+                return {
+                    "id": f"chatcmpl-{n}",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body.get("model", "fake"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+                }
+
+            def _raw(self, content_type: str, data: bytes, length: int | None = None) -> None:
+                self.send_response(200)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(data) if length is None else length))
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+
+            def _fault(self, fault: str, n: int) -> None:
+                if fault == "html":
+                    page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
+                    self._raw("text/html; charset=utf-8", page)
+                elif fault == "truncated":
+                    full = json.dumps(self._completion(n, {}, "cut")).encode()
+                    self._raw("application/json", full[: len(full) // 2])
+                elif fault == "invalid_json":
+                    self._raw("application/json", b"upstream connect error or disconnect/reset before headers")
+                elif fault == "hang":
+                    outer._stopping.wait()
+                    self.close_connection = True
+                elif fault == "slow_body":
+                    self._raw("application/json", b"{", length=1_000_000)
+                    while not outer._stopping.wait(0.05):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                    self.close_connection = True
 
         class Server(ThreadingHTTPServer):
             def handle_error(self, request: Any, client_address: Any) -> None:
@@ -239,5 +292,6 @@ class FakeOpenAIServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()

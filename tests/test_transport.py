@@ -1,11 +1,15 @@
-"""Transport layer: retries, Retry-After, error mapping, key hygiene and the request payload.
+"""Transport layer: retries, Retry-After, error mapping, key hygiene, the request payload,
+broken bodies, timeouts, the circuit breaker and base-URL checks.
 
-Every test talks to an in-process ``httpx2.MockTransport`` (or a closed 127.0.0.1 port), never
-to the network. Backoffs are tiny so the whole file runs in about a second.
+Tests talk to an in-process ``httpx2.MockTransport``, a closed 127.0.0.1 port, or a real HTTP
+server on 127.0.0.1 (:class:`cotmod.testing.FakeOpenAIServer` with fault modes), never to the
+network. Backoffs are tiny or skipped (an injected ``sleep``), and the circuit breaker runs on a
+fake clock, so the whole file runs in a few seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -21,12 +25,19 @@ import pytest
 from cotmod import ChatRequest, OpenAIBackend
 from cotmod._exceptions import (
     AuthenticationError,
+    CircuitOpenError,
+    ConfigError,
     CotmodError,
     EndpointUnreachableError,
+    MalformedResponseError,
+    ModelOutputError,
     RateLimitedError,
+    RequestTimeoutError,
     ServerError,
     TransportError,
 )
+from cotmod.backends import CircuitBreaker
+from cotmod.testing import FakeOpenAIServer
 
 SECRET = "sk-test-SECRET123456"
 BASE_URL = "http://127.0.0.1:9/v1"
@@ -421,12 +432,14 @@ async def test_client_error_detail_is_redacted(make_backend: BackendFactory) -> 
     assert "HTTP 400" in str(ei.value)
 
 
-async def test_response_without_choices_is_a_server_error(make_backend: BackendFactory) -> None:
+async def test_response_without_choices_is_a_retried_server_error(make_backend: BackendFactory) -> None:
     body = completion()
     body["choices"] = []
-    rec = Recorder(httpx2.Response(200, json=body))
-    with pytest.raises(ServerError, match="no choices"):
-        await make_backend(rec).complete(request())
+    rec = Recorder(httpx2.Response(200, json=body), repeat_last=True)
+    with pytest.raises(MalformedResponseError, match="no choices") as ei:
+        await make_backend(rec, max_retries=2).complete(request())
+    assert isinstance(ei.value, ServerError)
+    assert rec.calls == 3 and ei.value.attempts == 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,3 +602,324 @@ async def test_extra_headers_are_sent(make_backend: BackendFactory) -> None:
     await make_backend(rec, extra_headers={"x-gateway-route": "moderation"}).complete(request())
     assert rec.requests[0].headers["x-gateway-route"] == "moderation"
     assert rec.requests[0].headers["authorization"] == f"Bearer {SECRET}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Against a real HTTP server: broken bodies, hangs, the circuit breaker
+
+
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def no_sleep(seconds: float) -> None:
+    """Backoff that does not wait (retry delays are irrelevant to these tests)."""
+
+
+def server_backend(url: str, **kw: Any) -> OpenAIBackend:
+    kw.setdefault("max_retries", 2)
+    kw.setdefault("sleep", no_sleep)
+    kw.setdefault("api_key", SECRET)
+    return OpenAIBackend(base_url=url, model="m", **kw)
+
+
+@pytest.mark.parametrize("fault", ["html", "truncated", "invalid_json"])
+async def test_http_200_with_a_broken_body_is_a_retried_transport_error(
+    fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAIServer(fault=fault) as srv:
+        backend = server_backend(srv.base_url, max_retries=2)
+        try:
+            with pytest.raises(MalformedResponseError) as ei:
+                await backend.complete(request())
+        finally:
+            await backend.aclose()
+    exc = ei.value
+    assert isinstance(exc, TransportError) and isinstance(exc, ServerError)
+    assert not isinstance(exc, ModelOutputError)  # never a validation re-ask
+    assert srv.requests == 3 and srv.faults == 3  # retried like a 5xx
+    assert exc.attempts == 3 and exc.status_code == 200
+    message = str(exc)
+    assert srv.base_url in message and "HTTP 200 but not a chat completion" in message
+    assert "3 attempt(s)" in message
+    assert "\n" not in message
+    stats = backend.stats
+    assert (stats.attempts, stats.retries, stats.malformed, stats.failures) == (3, 2, 3, 1)
+
+
+async def test_html_page_is_named_as_such() -> None:
+    with FakeOpenAIServer(fault="html") as srv:
+        backend = server_backend(srv.base_url, max_retries=0)
+        try:
+            with pytest.raises(MalformedResponseError, match=r"an HTML page.*Bad Gateway"):
+                await backend.complete(request())
+        finally:
+            await backend.aclose()
+
+
+@pytest.mark.parametrize("fault", ["html", "truncated"])
+async def test_broken_body_then_a_good_one_succeeds(fault: str) -> None:
+    with FakeOpenAIServer(fault=fault, fault_first=2, handler=lambda body: "fine") as srv:
+        backend = server_backend(srv.base_url, max_retries=3)
+        try:
+            result = await backend.complete(request())
+        finally:
+            await backend.aclose()
+    assert result.text == "fine"
+    assert result.transport_retries == 2
+    assert srv.requests == 3
+
+
+async def test_broken_body_never_leaks_the_key(make_backend: BackendFactory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    page = f"<html><body>502 upstream rejected key {SECRET}</body></html>"
+    rec = Recorder(httpx2.Response(200, text=page, headers={"content-type": "text/html"}), repeat_last=True)
+    with pytest.raises(MalformedResponseError) as ei:
+        await make_backend(rec, max_retries=1).complete(request())
+    assert rec.calls == 2
+    assert "upstream rejected key" in str(ei.value)  # the snippet is shown ...
+    assert SECRET not in str(ei.value)  # ... redacted
+    assert SECRET not in "".join(traceback.format_exception(ei.value))
+    assert SECRET not in caplog.text
+
+
+async def test_a_server_that_never_answers_is_bounded_by_the_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAIServer(fault="hang") as srv:
+        backend = server_backend(srv.base_url, timeout=0.2, max_retries=2)
+        try:
+            with pytest.raises(RequestTimeoutError) as ei:
+                await asyncio.wait_for(backend.complete(request()), 60)  # safety net only
+        finally:
+            await backend.aclose()
+    exc = ei.value
+    assert isinstance(exc, EndpointUnreachableError)
+    assert srv.requests == 3  # each attempt gave up after its timeout; then no more
+    assert exc.attempts == 3 and exc.timeout == 0.2
+    assert "no response within 0.2 s" in str(exc)
+    assert "--timeout" in str(exc) and "COTMOD_TIMEOUT" in str(exc)
+    assert "3 attempt(s)" in str(exc)
+    assert backend.stats.timeouts == 3
+    assert SECRET not in str(exc) and SECRET not in caplog.text
+
+
+async def test_a_body_that_never_ends_is_bounded_by_the_timeout() -> None:
+    # headers arrive, then a byte every 50 ms: no single read waits for the timeout, so only a
+    # deadline on the whole request ends it
+    with FakeOpenAIServer(fault="slow_body") as srv:
+        backend = server_backend(srv.base_url, timeout=0.3, max_retries=1)
+        try:
+            with pytest.raises(RequestTimeoutError, match=r"no response within 0\.3 s") as ei:
+                await asyncio.wait_for(backend.complete(request()), 60)  # safety net only
+        finally:
+            await backend.aclose()
+    assert ei.value.attempts == 2
+    assert srv.requests == 2
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf")])
+def test_timeout_must_be_positive_and_finite(timeout: float) -> None:
+    with pytest.raises(ConfigError, match="timeout"):
+        OpenAIBackend(base_url=BASE_URL, model="m", timeout=timeout)
+
+
+async def test_circuit_opens_after_consecutive_429s_and_stops_hitting_the_server() -> None:
+    clock = FakeClock()
+    with FakeOpenAIServer(fail_first=10**9, fail_status=429, handler=lambda body: "ok") as srv:
+        backend = server_backend(
+            srv.base_url, max_retries=2, circuit_failures=3, circuit_cooldown=30.0, clock=clock
+        )
+        try:
+            for _ in range(3):  # each call uses all of its 3 attempts
+                with pytest.raises(RateLimitedError):
+                    await backend.complete(request())
+                clock.advance(1.0)
+            assert srv.requests == 9
+            assert backend.stats.circuit.state == "open"
+            assert backend.stats.circuit.opened == 1
+
+            clock.advance(10.0)  # 11 s after it opened
+            for _ in range(5):
+                with pytest.raises(CircuitOpenError) as ei:
+                    await backend.complete(request())
+            assert srv.requests == 9  # refused without touching the server
+            exc = ei.value
+            assert isinstance(exc, TransportError)
+            assert exc.failures == 3 and exc.attempts == 0 and exc.status_code == 429
+            assert exc.retry_in == pytest.approx(19.0)
+            assert "circuit open after 3 consecutive failed requests" in str(exc)
+            assert "RateLimitedError HTTP 429" in str(exc)
+            assert "in 19.0 s" in str(exc)
+            assert backend.stats.circuit.rejected == 5
+
+            clock.advance(19.0)  # cool-down over: one probe, a single attempt, fails: open again
+            with pytest.raises(RateLimitedError) as probe:
+                await backend.complete(request())
+            assert probe.value.attempts == 1
+            assert srv.requests == 10
+            assert backend.stats.circuit.state == "open" and backend.stats.circuit.opened == 2
+            with pytest.raises(CircuitOpenError):
+                await backend.complete(request())
+            assert srv.requests == 10
+
+            srv.fail_first = srv.requests  # the quota is back
+            clock.advance(30.0)
+            result = await backend.complete(request())  # the probe succeeds: closed
+            assert result.transport_retries == 0
+            assert backend.stats.circuit.state == "closed"
+            assert backend.stats.circuit.consecutive_failures == 0
+            await backend.complete(request())
+            assert srv.requests == 12
+        finally:
+            await backend.aclose()
+    stats = backend.stats
+    assert stats.calls == 12 and stats.attempts == 12 and stats.failures == 10
+    assert stats.circuit.probes == 2 and stats.circuit.rejected == 6
+
+
+async def test_circuit_breaker_can_be_disabled() -> None:
+    clock = FakeClock()
+    with FakeOpenAIServer(fail_first=10**9, fail_status=503) as srv:
+        backend = server_backend(srv.base_url, max_retries=1, circuit_failures=0, clock=clock)
+        try:
+            for _ in range(8):
+                with pytest.raises(ServerError):
+                    await backend.complete(request())
+        finally:
+            await backend.aclose()
+    assert srv.requests == 16
+    assert backend.stats.circuit.state == "closed" and backend.stats.circuit.opened == 0
+
+
+async def test_circuit_messages_never_contain_the_key(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    clock = FakeClock()
+    url_with_key = "http://127.0.0.1:9/v1"
+    rec = Recorder(error(429, f"quota exceeded for {SECRET}"), repeat_last=True)
+    backend = OpenAIBackend(
+        base_url=url_with_key,
+        model="m",
+        api_key=SECRET,
+        max_retries=0,
+        sleep=no_sleep,
+        clock=clock,
+        circuit_failures=1,
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(rec)),
+    )
+    try:
+        with pytest.raises(RateLimitedError):
+            await backend.complete(request())
+        with pytest.raises(CircuitOpenError) as ei:
+            await backend.complete(request())
+    finally:
+        await backend.aclose()
+    assert SECRET not in str(ei.value) and SECRET not in caplog.text
+    assert any("circuit open" in r.getMessage() for r in caplog.records if r.name == "cotmod")
+
+
+def test_circuit_needs_consecutive_failures_within_the_window() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=3, window=60.0, cooldown=30.0, clock=clock)
+    fail = RateLimitedError("429", status_code=429)
+    for _ in range(10):  # spread out: never 3 within 60 s
+        assert breaker.before_call() is False
+        breaker.record_failure(fail, probe=False)
+        clock.advance(31.0)
+    assert breaker.state == "closed"
+    # a success resets the count
+    breaker.record_failure(fail, probe=False)
+    breaker.record_failure(fail, probe=False)
+    breaker.record_success(probe=False)
+    breaker.record_failure(fail, probe=False)
+    breaker.record_failure(fail, probe=False)
+    assert breaker.state == "closed" and breaker.stats.consecutive_failures == 2
+    # errors that say nothing about load neither count nor reset
+    breaker.record_failure(AuthenticationError("401", status_code=401), probe=False)
+    breaker.record_failure(TransportError("400", status_code=400), probe=False)
+    assert breaker.stats.consecutive_failures == 2
+    breaker.record_failure(ServerError("502", status_code=502), probe=False)
+    assert breaker.state == "open"
+
+
+def test_half_open_lets_exactly_one_probe_through() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=1, cooldown=5.0, clock=clock)
+    breaker.record_failure(RequestTimeoutError("slow", timeout=1.0), probe=False)
+    assert breaker.state == "open"
+    clock.advance(5.0)
+    assert breaker.before_call() is True  # the probe
+    with pytest.raises(CircuitOpenError, match="probe request is in flight"):
+        breaker.before_call()
+    breaker.record_abandoned(probe=True)  # e.g. cancelled: the next call probes instead
+    assert breaker.before_call() is True
+    breaker.record_success(probe=True)
+    assert breaker.state == "closed"
+    assert breaker.before_call() is False
+    assert breaker.stats.probes == 2 and breaker.stats.rejected == 1
+
+
+@pytest.mark.parametrize("threshold,window,cooldown", [(-1, 60.0, 30.0), (5, 0.0, 30.0), (5, 60.0, float("nan"))])
+def test_circuit_settings_are_checked(threshold: int, window: float, cooldown: float) -> None:
+    with pytest.raises(ConfigError, match="circuit breaker"):
+        CircuitBreaker(threshold=threshold, window=window, cooldown=cooldown)
+
+
+# ---------------------------------------------------------------------------------------------
+# Base URL
+
+
+@pytest.mark.parametrize(
+    "url,why",
+    [
+        ("localhost:8080/v1", "no scheme"),
+        ("127.0.0.1:8080", "no scheme"),
+        ("htp://localhost:8080/v1", "is not http:// or https://"),
+        ("ftp://example.com/v1", "is not http:// or https://"),
+        ("http://exa mple.com/v1", "whitespace"),
+        (" http://localhost:8080/v1", "whitespace"),
+        ("http://localhost:8080/v1\n", "whitespace"),
+        ("http:///v1", "no host"),
+        ("http://", "no host"),
+        ("", "empty"),
+        ("http://localhost:99999/v1", "out of range"),
+        ("http://[::1/v1", "IPv6"),
+    ],
+)
+def test_malformed_base_url_is_a_config_error_naming_it(url: str, why: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        OpenAIBackend(base_url=url, model="m")
+    assert repr(url) in str(ei.value)
+    assert "is not a URL" in str(ei.value) and why in str(ei.value)
+    assert not isinstance(ei.value, EndpointUnreachableError)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/v1", "https://api.openai.com/v1", "http://[::1]:8080/v1", "HTTPS://Example.com"])
+def test_good_base_urls_are_accepted(url: str) -> None:
+    assert OpenAIBackend(base_url=url, model="m").base_url == url
+
+
+def test_base_url_credentials_are_masked() -> None:
+    with pytest.raises(ConfigError) as ei:
+        OpenAIBackend(base_url=f"http://user:{SECRET}@host:port/v1", model="m", api_key=SECRET)
+    assert SECRET not in str(ei.value)
+    backend = OpenAIBackend(base_url=f"http://user:{SECRET}@host/v1", model="m")
+    assert SECRET not in repr(backend)
+
+
+async def test_user_on_retry_and_listeners_are_both_called(make_backend: BackendFactory) -> None:
+    seen: list[str] = []
+    rec = Recorder(error(429), ok())
+    backend = make_backend(rec, on_retry=lambda e, d: seen.append("on_retry"))
+    backend.add_retry_listener(lambda e, d: seen.append("listener"))
+    await backend.complete(request())
+    assert seen == ["on_retry", "listener"]

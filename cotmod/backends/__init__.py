@@ -1,6 +1,29 @@
 """Backends: the OpenAI-compatible transport, load control, and the embedded local model."""
 
-from ._limits import AdaptiveLimiter, LimitedBackend, RateLimiter
-from ._openai import Backend, ChatRequest, ChatResult, OpenAIBackend
+from ._circuit import CircuitBreaker, CircuitStats
+from ._limits import AdaptiveLimiter, LimitedBackend, LimiterStats, RateLimiter
+from ._openai import (
+    AttemptHooks,
+    Backend,
+    ChatRequest,
+    ChatResult,
+    OpenAIBackend,
+    TransportStats,
+    check_base_url,
+)
 
-__all__ = ["AdaptiveLimiter", "Backend", "ChatRequest", "ChatResult", "LimitedBackend", "OpenAIBackend", "RateLimiter"]
+__all__ = [
+    "AdaptiveLimiter",
+    "AttemptHooks",
+    "Backend",
+    "ChatRequest",
+    "ChatResult",
+    "CircuitBreaker",
+    "CircuitStats",
+    "LimitedBackend",
+    "LimiterStats",
+    "OpenAIBackend",
+    "RateLimiter",
+    "TransportStats",
+    "check_base_url",
+]

@@ -4,7 +4,15 @@
   one-minute token budget (``tpm``), so a capped run does not cause 429s in the first place.
 * :class:`AdaptiveLimiter` bounds requests in flight. On a 429 it halves the limit (at most once
   per cool-down), and grows it back by one slot per ``limit`` successes (AIMD), up to the maximum.
-* :class:`LimitedBackend` wraps any backend with both.
+* :class:`LimitedBackend` wraps any backend with both. It is itself a backend: hand it to the
+  moderator in place of the inner one. Nothing else needs patching: when the inner backend
+  supports :class:`~cotmod.backends.AttemptHooks` (``OpenAIBackend`` does), the rate limits
+  apply to every transport attempt, retries included, and transport-level 429 retries cut the
+  concurrency; otherwise the rate limits apply once per call. Its counters are in
+  :attr:`LimitedBackend.stats`.
+
+Time comes from an injectable ``clock`` (monotonic seconds) and ``sleep`` coroutine, so tests can
+run them on a fake clock.
 """
 
 from __future__ import annotations
@@ -12,51 +20,76 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from .._exceptions import ConfigError, RateLimitedError
 from ..prompting._tokens import count_tokens
-from ._openai import Backend, ChatRequest, ChatResult
+from ._openai import AttemptHooks, Backend, ChatRequest, ChatResult
 
-__all__ = ["AdaptiveLimiter", "LimitedBackend", "RateLimiter"]
+__all__ = ["AdaptiveLimiter", "LimitedBackend", "LimiterStats", "RateLimiter"]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class RateLimiter:
-    """At most ``rpm`` requests and ``tpm`` tokens per minute (either may be None)."""
+    """At most ``rpm`` requests and ``tpm`` tokens per minute (either may be None).
 
-    def __init__(self, rpm: float | None = None, tpm: float | None = None) -> None:
-        if rpm is not None and rpm <= 0:
-            raise ConfigError("rpm must be > 0")
-        if tpm is not None and tpm <= 0:
-            raise ConfigError("tpm must be > 0")
+    ``acquire`` waits (with ``sleep``) until the request may go: requests are spaced
+    ``60 / rpm`` seconds apart, and the tokens acquired in the last 60 s stay within ``tpm``
+    (one request asking for more than ``tpm`` is counted as ``tpm``)."""
+
+    def __init__(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if rpm is not None and not rpm > 0:
+            raise ConfigError(f"rpm must be > 0, got {rpm}")
+        if tpm is not None and not tpm > 0:
+            raise ConfigError(f"tpm must be > 0, got {tpm}")
         self.rpm = rpm
         self.tpm = tpm
-        self._next = 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._next: float | None = None
         self._lock = asyncio.Lock()
         self._tokens: deque[tuple[float, int]] = deque()
         self._token_sum = 0
+        self.acquired = 0
+        self.waited_s = 0.0
+
+    async def _wait(self, seconds: float) -> None:
+        self.waited_s += seconds
+        await self._sleep(seconds)
 
     async def acquire(self, tokens: int = 0) -> None:
         if self.rpm is None and self.tpm is None:
             return
         async with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             if self.rpm is not None:
                 interval = 60.0 / self.rpm
-                slot = max(now, self._next)
+                slot = now if self._next is None else max(now, self._next)
                 self._next = slot + interval
                 if slot > now:
-                    await asyncio.sleep(slot - now)
+                    await self._wait(slot - now)
             if self.tpm is not None:
-                tokens = min(tokens, int(self.tpm))
+                tokens = min(max(tokens, 0), int(self.tpm))
                 while True:
-                    now = time.monotonic()
+                    now = self._clock()
                     while self._tokens and self._tokens[0][0] <= now - 60.0:
                         self._token_sum -= self._tokens.popleft()[1]
                     if self._token_sum + tokens <= self.tpm:
                         break
-                    await asyncio.sleep(max(self._tokens[0][0] + 60.0 - now, 0.01))
-                self._tokens.append((time.monotonic(), tokens))
+                    await self._wait(max(self._tokens[0][0] + 60.0 - now, 0.01))
+                self._tokens.append((self._clock(), tokens))
                 self._token_sum += tokens
+            self.acquired += 1
 
 
 class AdaptiveLimiter:
@@ -64,15 +97,16 @@ class AdaptiveLimiter:
     once per ``cooldown``); it grows by one slot after ``limit`` consecutive successes with no
     429 for a ``cooldown``, up to the maximum."""
 
-    def __init__(self, maximum: int, *, cooldown: float = 1.0) -> None:
+    def __init__(self, maximum: int, *, cooldown: float = 1.0, clock: Clock = time.monotonic) -> None:
         if maximum < 1:
-            raise ConfigError("concurrency must be >= 1")
+            raise ConfigError(f"concurrency must be >= 1, got {maximum}")
         self.maximum = maximum
         self.limit = float(maximum)
         self.in_flight = 0
         self.cooldown = cooldown
-        self._last_cut = -1e9
-        self._last_429 = -1e9
+        self._clock = clock
+        self._last_cut: float | None = None
+        self._last_429: float | None = None
         self._successes = 0
         self._cond = asyncio.Condition()
         self.cuts = 0
@@ -86,7 +120,8 @@ class AdaptiveLimiter:
     async def release(self, *, ok: bool) -> None:
         async with self._cond:
             self.in_flight -= 1
-            if ok and self.limit < self.maximum and time.monotonic() - self._last_429 >= self.cooldown:
+            quiet = self._last_429 is None or self._clock() - self._last_429 >= self.cooldown
+            if ok and self.limit < self.maximum and quiet:
                 self._successes += 1
                 if self._successes >= int(self.limit):
                     self._successes = 0
@@ -96,33 +131,81 @@ class AdaptiveLimiter:
     def throttled(self) -> None:
         """A 429 was seen: cut the limit, at most once per cool-down (429s right after a cut
         answer requests sent under the old limit); growth waits a cool-down after any 429."""
-        now = time.monotonic()
+        now = self._clock()
         self._successes = 0
         self._last_429 = now
-        if now - self._last_cut >= self.cooldown:
+        if self._last_cut is None or now - self._last_cut >= self.cooldown:
             self.limit = max(1.0, self.limit / 2)
             self.cuts += 1
             self.min_seen = min(self.min_seen, int(self.limit))
             self._last_cut = now
 
 
-class LimitedBackend:
-    """A backend wrapped with a rate limiter and an adaptive concurrency limiter."""
+@dataclass(frozen=True)
+class LimiterStats:
+    """A snapshot of a :class:`LimitedBackend`'s load control."""
 
-    def __init__(self, inner: Backend, *, concurrency: int, rpm: float | None = None, tpm: float | None = None) -> None:
+    throttles: int
+    """429s seen (transport retries and calls that ended rate-limited)."""
+    limit: int
+    """Current concurrency limit."""
+    maximum: int
+    """Configured concurrency."""
+    min_limit: int
+    """Lowest concurrency limit reached."""
+    cuts: int
+    """How many times the concurrency limit was halved."""
+    in_flight: int
+    """Calls in flight now."""
+    rate_acquired: int
+    """Requests admitted by the rate limiter."""
+    rate_waited_s: float
+    """Total time requests waited for the rate limiter (seconds on its clock)."""
+
+
+class LimitedBackend:
+    """A backend wrapped with a rate limiter and an adaptive concurrency limiter.
+
+    ``rpm``/``tpm`` cap requests/tokens per minute (None = no cap); ``concurrency`` is the most
+    calls in flight, halved on 429s and grown back (``cooldown`` seconds). ``clock``/``sleep`` are
+    injectable for tests. Each wrapper registers its hooks on the inner backend once, at
+    construction; wrap a backend once."""
+
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        concurrency: int,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        cooldown: float = 1.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self.inner = inner
         self.model_name = inner.model_name
-        self.rate = RateLimiter(rpm, tpm)
-        self.adaptive = AdaptiveLimiter(concurrency)
+        self.rate = RateLimiter(rpm, tpm, clock=clock, sleep=sleep)
+        self.adaptive = AdaptiveLimiter(concurrency, cooldown=cooldown, clock=clock)
         self.throttles = 0
-        hook = getattr(inner, "on_retry", "absent")
-        if hook != "absent":
-            inner.on_retry = self._on_retry  # type: ignore[attr-defined]
         # Rate limits apply to every attempt, transport retries included, where the transport
-        # lets us hook in; otherwise once per call.
-        self._per_attempt = hasattr(inner, "before_request")
-        if self._per_attempt:
-            inner.before_request = self._before_request  # type: ignore[attr-defined]
+        # offers attempt hooks; otherwise once per call.
+        self._per_attempt = isinstance(inner, AttemptHooks)
+        if isinstance(inner, AttemptHooks):
+            inner.add_before_request(self._before_request)
+            inner.add_retry_listener(self._on_retry)
+
+    @property
+    def stats(self) -> LimiterStats:
+        return LimiterStats(
+            throttles=self.throttles,
+            limit=max(1, int(self.adaptive.limit)),
+            maximum=self.adaptive.maximum,
+            min_limit=self.adaptive.min_seen,
+            cuts=self.adaptive.cuts,
+            in_flight=self.adaptive.in_flight,
+            rate_acquired=self.rate.acquired,
+            rate_waited_s=self.rate.waited_s,
+        )
 
     def _on_retry(self, exc: BaseException, delay: float) -> None:
         if getattr(exc, "status_code", None) == 429:

@@ -1,10 +1,18 @@
 """Transport: one chat completion against an OpenAI-compatible endpoint, with transport retries.
 
-This is the *transport* retry layer only: 408/409/429/5xx, timeouts and connection errors are
-retried with exponential backoff and jitter (tenacity), honouring ``Retry-After`` /
-``retry-after-ms``, up to ``max_retries`` times; the number of retries is returned with the
-result. Validation *re-asks* live in the engine, not here. The SDK's own retries are disabled so
-there is exactly one retry policy. API keys never appear in errors or logs.
+This is the *transport* retry layer only: 408/409/429/5xx, timeouts, connection errors and
+HTTP 200 responses whose body is not a chat completion (an HTML page from a proxy, a cut-off or
+invalid JSON body) are retried with exponential backoff and jitter (tenacity), honouring
+``Retry-After`` / ``retry-after-ms``, up to ``max_retries`` times; the number of retries is
+returned with the result and counted in :attr:`OpenAIBackend.stats`. Validation *re-asks* (the
+model answered, but not with a valid decision) live in the engine, not here: a broken HTTP body
+is never re-asked. The SDK's own retries are disabled so there is exactly one retry policy.
+
+Bounds: each attempt has a hard deadline of ``timeout`` seconds (connecting, waiting and reading
+the body together), so one call takes at most ``timeout × (max_retries + 1)`` plus backoff; when
+every attempt timed out the error is a :class:`~cotmod.RequestTimeoutError` naming the timeout.
+A :class:`~cotmod.backends.CircuitBreaker` stops calling an endpoint that keeps failing (see
+``circuit_*`` below). API keys never appear in errors or logs.
 """
 
 from __future__ import annotations
@@ -12,15 +20,17 @@ from __future__ import annotations
 import asyncio
 import datetime
 import email.utils
+import json
 import logging
+import math
 import random
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import openai
-from openai.types.chat import ChatCompletion
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -30,14 +40,33 @@ from tenacity import (
 
 from .._exceptions import (
     AuthenticationError,
+    CircuitOpenError,
+    ConfigError,
     EndpointUnreachableError,
+    MalformedResponseError,
     RateLimitedError,
+    RequestTimeoutError,
     ServerError,
     TransportError,
 )
 from .._verdict import Usage
+from ._circuit import (
+    DEFAULT_COOLDOWN,
+    DEFAULT_THRESHOLD,
+    DEFAULT_WINDOW,
+    CircuitBreaker,
+    CircuitStats,
+)
 
-__all__ = ["Backend", "ChatRequest", "ChatResult", "OpenAIBackend"]
+__all__ = [
+    "AttemptHooks",
+    "Backend",
+    "ChatRequest",
+    "ChatResult",
+    "OpenAIBackend",
+    "TransportStats",
+    "check_base_url",
+]
 
 log = logging.getLogger("cotmod")
 
@@ -86,6 +115,151 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class AttemptHooks(Protocol):
+    """A backend that lets a wrapper (e.g. :class:`~cotmod.backends.LimitedBackend`) hook into
+    each transport attempt, retries included, without patching it."""
+
+    def add_before_request(self, hook: Callable[[ChatRequest], Awaitable[None]]) -> None:
+        """``await hook(request)`` before every attempt (outside the attempt's timeout)."""
+
+    def add_retry_listener(self, listener: Callable[[BaseException, float], None]) -> None:
+        """``listener(error, delay)`` before each transport retry sleeps."""
+
+
+@dataclass(frozen=True)
+class TransportStats:
+    """Counters of one :class:`OpenAIBackend` since it was made (a snapshot)."""
+
+    calls: int
+    """``complete()`` calls, refused ones included."""
+    attempts: int
+    """HTTP requests sent (first attempts and retries)."""
+    retries: int
+    """Transport retries (attempts after the first)."""
+    failures: int
+    """Calls that ended in a :class:`~cotmod.TransportError`, refused ones included."""
+    timeouts: int
+    """Attempts with no complete response within the timeout."""
+    malformed: int
+    """Attempts answered with HTTP 200 and a body that is not a chat completion."""
+    circuit: CircuitStats
+    """The circuit breaker's state and counters."""
+
+
+def check_base_url(value: str) -> str:
+    """Return ``value`` if it is a usable http(s) endpoint URL, else raise :class:`ConfigError`
+    naming it (credentials in it are masked)."""
+    shown = _mask_url(value)
+    problem: str | None = None
+    if not isinstance(value, str) or not value:
+        problem = "it is empty"
+    elif value != value.strip() or any(c.isspace() for c in value):
+        problem = "it contains whitespace"
+    else:
+        try:
+            parts = urllib.parse.urlsplit(value)
+            port = parts.port  # raises ValueError when out of range or not a number
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            if not parts.scheme or "://" not in value:
+                problem = "it has no scheme (http:// or https://)"
+            elif parts.scheme.lower() not in ("http", "https"):
+                problem = f"scheme {parts.scheme + '://'!r} is not http:// or https://"
+            elif not parts.hostname:
+                problem = "it has no host"
+            elif port == 0:
+                problem = "port 0 is not a port"
+    if problem is not None:
+        raise ConfigError(f"base URL {shown!r} is not a URL: {problem} (expected e.g. http://localhost:8080/v1)")
+    return value
+
+
+def _mask_url(value: object) -> str:
+    text = str(value)
+    try:
+        parts = urllib.parse.urlsplit(text)
+        if parts.password:
+            return text.replace(":" + parts.password + "@", ":***@", 1)
+    except ValueError:
+        pass
+    return text
+
+
+class _AttemptTimeout(Exception):
+    """An attempt hit its hard deadline (no complete response within ``timeout``)."""
+
+
+class _MalformedBody(Exception):
+    """HTTP 200 whose body is not a chat completion."""
+
+
+@dataclass
+class _Completion:
+    text: str
+    finish_reason: str | None
+    usage: Usage
+    model: str | None
+    logprobs: list[dict[str, Any]] | None
+
+
+def _snippet(text: str, limit: int = 80) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "…"
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _parse_completion(body: str) -> _Completion:
+    """The parts of a chat-completion body cotmod uses; :class:`_MalformedBody` if it is not one."""
+    if not body.strip():
+        raise _MalformedBody("the body is empty")
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        what = "an HTML page" if body.lstrip().startswith("<") else "not valid JSON (cut off?)"
+        raise _MalformedBody(f"the body is {what}: {exc.__class__.__name__} at char {getattr(exc, 'pos', '?')}, starting {_snippet(body)!r}") from None
+    if not isinstance(data, dict):
+        raise _MalformedBody(f"the body is JSON but not an object: {_snippet(body)!r}")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            raise _MalformedBody(f"the body is an error, not a completion: {_snippet(str(err['message']), 200)!r}")
+        raise _MalformedBody("response has no choices")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise _MalformedBody("the first choice has no message")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise _MalformedBody(f"message content is {type(content).__name__}, not a string")
+    finish = choice.get("finish_reason")
+    usage = Usage()
+    raw_usage = data.get("usage")
+    if isinstance(raw_usage, dict):
+        usage.prompt_tokens = _int(raw_usage.get("prompt_tokens"))
+        usage.completion_tokens = _int(raw_usage.get("completion_tokens"))
+        usage.total_tokens = _int(raw_usage.get("total_tokens")) or (usage.prompt_tokens + usage.completion_tokens)
+        details = raw_usage.get("prompt_tokens_details")
+        usage.cached_prompt_tokens = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    logprobs = None
+    raw_lp = choice.get("logprobs")
+    if isinstance(raw_lp, dict) and isinstance(raw_lp.get("content"), list) and raw_lp["content"]:
+        logprobs = [c for c in raw_lp["content"] if isinstance(c, dict)]
+    model = data.get("model")
+    return _Completion(
+        text=content or "",
+        finish_reason=finish if isinstance(finish, str) else None,
+        usage=usage,
+        model=model if isinstance(model, str) else None,
+        logprobs=logprobs,
+    )
+
+
 def _retry_after_seconds(exc: BaseException) -> float | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
@@ -114,6 +288,8 @@ def _retry_after_seconds(exc: BaseException) -> float | None:
 
 
 def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (_AttemptTimeout, _MalformedBody)):
+        return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRY_STATUSES or exc.status_code >= 500
     return isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError))
@@ -140,7 +316,18 @@ class _Wait:
 
 
 class OpenAIBackend:
-    """Chat completions through the official ``openai`` SDK's async client."""
+    """Chat completions through the official ``openai`` SDK's async client.
+
+    ``timeout`` is the hard limit, in seconds, for one HTTP request (attempt); ``max_retries``
+    the transport retries after the first attempt. ``circuit_failures`` consecutive calls that
+    failed after their retries with 429/5xx/a malformed body/timeouts, each within
+    ``circuit_window`` seconds of the newest, open the circuit breaker for ``circuit_cooldown``
+    seconds (``circuit_failures=0`` disables it); see :mod:`cotmod.backends._circuit`. ``clock``
+    (monotonic seconds) drives the breaker and ``sleep`` the backoff between retries; both are
+    injectable for tests. Counters: :attr:`stats`.
+
+    Raises :class:`~cotmod.ConfigError` for a malformed ``base_url`` or a non-positive timeout.
+    """
 
     def __init__(
         self,
@@ -155,22 +342,72 @@ class OpenAIBackend:
         http_client: Any | None = None,
         on_retry: Callable[[BaseException, float], None] | None = None,
         extra_headers: dict[str, str] | None = None,
+        circuit_failures: int = DEFAULT_THRESHOLD,
+        circuit_window: float = DEFAULT_WINDOW,
+        circuit_cooldown: float = DEFAULT_COOLDOWN,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        check_base_url(base_url)
+        if isinstance(timeout, bool) or not (timeout > 0 and math.isfinite(timeout)):
+            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.model_name = model
         self.base_url = base_url
         self.max_retries = max_retries
         self._api_key = api_key or "not-needed"
+        self._shown_url = self._redact(_mask_url(base_url))
         self._wait = _Wait(initial_backoff, max_backoff)
         self.on_retry = on_retry
-        # awaited before every attempt, retries included (the runner's rate limiter)
-        self.before_request: Callable[[ChatRequest], Awaitable[None]] | None = None
-        self._timeout = timeout
+        self._retry_listeners: list[Callable[[BaseException, float], None]] = []
+        self._before_request: list[Callable[[ChatRequest], Awaitable[None]]] = []
+        self._timeout = float(timeout)
+        self._sleep = sleep
         self._http_client = http_client
         self._headers = dict(extra_headers or {})
         self._client = self._new_client()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.circuit = CircuitBreaker(
+            threshold=circuit_failures,
+            window=circuit_window,
+            cooldown=circuit_cooldown,
+            clock=clock,
+            name=self._shown_url,
+        )
+        self._calls = 0
+        self._attempts = 0
+        self._retries = 0
+        self._failures = 0
+        self._timeouts = 0
+        self._malformed = 0
+
+    @property
+    def timeout(self) -> float:
+        """Seconds allowed for one HTTP request (attempt)."""
+        return self._timeout
+
+    @property
+    def stats(self) -> TransportStats:
+        """Counters since the backend was made, and the circuit breaker's state."""
+        return TransportStats(
+            calls=self._calls,
+            attempts=self._attempts,
+            retries=self._retries,
+            failures=self._failures,
+            timeouts=self._timeouts,
+            malformed=self._malformed,
+            circuit=self.circuit.stats,
+        )
+
+    def add_before_request(self, hook: Callable[[ChatRequest], Awaitable[None]]) -> None:
+        """``await hook(request)`` before every attempt, retries included (e.g. a rate limiter);
+        the time it takes does not count against the request timeout."""
+        self._before_request.append(hook)
+
+    def add_retry_listener(self, listener: Callable[[BaseException, float], None]) -> None:
+        """``listener(error, delay)`` before each transport retry sleeps (after ``on_retry``)."""
+        self._retry_listeners.append(listener)
 
     def _new_client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
@@ -195,7 +432,7 @@ class OpenAIBackend:
         return self._client
 
     def __repr__(self) -> str:  # never show the key
-        return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model_name!r})"
+        return f"OpenAIBackend(base_url={self._shown_url!r}, model={self.model_name!r})"
 
     def _redact(self, text: str) -> str:
         if self._api_key and self._api_key != "not-needed" and len(self._api_key) >= 4:
@@ -223,12 +460,52 @@ class OpenAIBackend:
             kwargs["response_format"] = {"type": "json_object"}
         return kwargs
 
+    async def _attempt(self, client: openai.AsyncOpenAI, payload: dict[str, Any]) -> _Completion:
+        """One HTTP request with a hard deadline, its body checked to be a chat completion."""
+        self._attempts += 1
+        try:
+            # The SDK's documented low-level post(): same auth and status errors as
+            # chat.completions.create, without its per-request recursive transform of the
+            # (large, static) messages and schema, which dominated CPU at scale. The body comes
+            # back as text so that a broken body is a transport error we can retry, not a crash.
+            body = await asyncio.wait_for(
+                client.post("/chat/completions", cast_to=str, body=payload), timeout=self._timeout
+            )
+        except (asyncio.TimeoutError, openai.APITimeoutError):
+            self._timeouts += 1
+            raise _AttemptTimeout() from None
+        try:
+            return _parse_completion(body)
+        except _MalformedBody:
+            self._malformed += 1
+            raise
+
     async def complete(self, request: ChatRequest) -> ChatResult:
+        self._calls += 1
+        try:
+            probe = self.circuit.before_call()
+        except CircuitOpenError:
+            self._failures += 1
+            raise
+        try:
+            result = await self._complete(request, probe)
+        except TransportError as exc:
+            self._failures += 1
+            self.circuit.record_failure(exc, probe)
+            raise
+        except BaseException:
+            self.circuit.record_abandoned(probe)
+            raise
+        self.circuit.record_success(probe)
+        return result
+
+    async def _complete(self, request: ChatRequest, probe: bool) -> ChatResult:
         retries = 0
 
         def before_sleep(state: RetryCallState) -> None:
             nonlocal retries
             retries += 1
+            self._retries += 1
             exc = state.outcome.exception() if state.outcome else None
             delay = state.next_action.sleep if state.next_action else 0.0
             status = getattr(exc, "status_code", None)
@@ -240,42 +517,47 @@ class OpenAIBackend:
                 f" (HTTP {status})" if status else "",
                 delay,
             )
-            if self.on_retry is not None and exc is not None:
-                self.on_retry(exc, delay)
+            if exc is not None:
+                if self.on_retry is not None:
+                    self.on_retry(exc, delay)
+                for listener in self._retry_listeners:
+                    listener(exc, delay)
 
         payload = self._payload(request)
         client = self._client_for_loop()
+        attempts = 1 if probe else self.max_retries + 1
+        url = self._shown_url
         start = time.perf_counter()
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.max_retries + 1),
+                stop=stop_after_attempt(attempts),
                 wait=self._wait,
                 retry=retry_if_exception(_is_retryable),
                 before_sleep=before_sleep,
+                sleep=self._sleep,
                 reraise=True,
             ):
                 with attempt:
-                    if self.before_request is not None:
-                        await self.before_request(request)
-                    # The SDK's documented low-level post(): same auth, errors and parsing as
-                    # chat.completions.create, without its per-request recursive transform of
-                    # the (large, static) messages and schema, which dominated CPU at scale.
-                    resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=payload)
+                    if retries:
+                        self.circuit.check_attempt(probe)
+                    for hook in self._before_request:
+                        await hook(request)
+                    parsed = await self._attempt(client, payload)
         except openai.AuthenticationError as exc:
             raise AuthenticationError(
-                f"{self.base_url}: authentication failed (HTTP {exc.status_code}); check the API key",
+                f"{url}: authentication failed (HTTP {exc.status_code}); check the API key",
                 status_code=exc.status_code,
                 attempts=retries + 1,
             ) from None
         except openai.PermissionDeniedError as exc:
             raise AuthenticationError(
-                f"{self.base_url}: permission denied (HTTP {exc.status_code}) for model {self.model_name!r}",
+                f"{url}: permission denied (HTTP {exc.status_code}) for model {self.model_name!r}",
                 status_code=exc.status_code,
                 attempts=retries + 1,
             ) from None
         except openai.RateLimitError:
             raise RateLimitedError(
-                f"{self.base_url}: rate limited (HTTP 429) after {retries + 1} attempts",
+                f"{url}: rate limited (HTTP 429) after {retries + 1} attempts",
                 status_code=429,
                 attempts=retries + 1,
             ) from None
@@ -283,38 +565,35 @@ class OpenAIBackend:
             detail = self._redact(str(exc.message))[:300]
             cls = ServerError if exc.status_code >= 500 else TransportError
             raise cls(
-                f"{self.base_url}: HTTP {exc.status_code} after {retries + 1} attempt(s): {detail}",
+                f"{url}: HTTP {exc.status_code} after {retries + 1} attempt(s): {detail}",
                 status_code=exc.status_code,
                 attempts=retries + 1,
             ) from None
-        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-            kind = "timed out" if isinstance(exc, openai.APITimeoutError) else "is unreachable"
-            raise EndpointUnreachableError(
-                f"{self.base_url} {kind} after {retries + 1} attempt(s)", attempts=retries + 1
+        except _AttemptTimeout:
+            raise RequestTimeoutError(
+                f"{url} timed out after {retries + 1} attempt(s): no response within {self._timeout:g} s; "
+                "raise it with --timeout or COTMOD_TIMEOUT",
+                timeout=self._timeout,
+                attempts=retries + 1,
             ) from None
+        except _MalformedBody as exc:
+            raise MalformedResponseError(
+                f"{url}: HTTP 200 but not a chat completion after {retries + 1} attempt(s): "
+                f"{self._redact(str(exc))}",
+                status_code=200,
+                attempts=retries + 1,
+            ) from None
+        except openai.APIConnectionError:
+            raise EndpointUnreachableError(f"{url} is unreachable after {retries + 1} attempt(s)", attempts=retries + 1) from None
         latency = time.perf_counter() - start
-        if not resp.choices:
-            raise ServerError(f"{self.base_url}: response has no choices", attempts=retries + 1)
-        choice = resp.choices[0]
-        usage = Usage()
-        if resp.usage is not None:
-            usage.prompt_tokens = resp.usage.prompt_tokens or 0
-            usage.completion_tokens = resp.usage.completion_tokens or 0
-            usage.total_tokens = resp.usage.total_tokens or (usage.prompt_tokens + usage.completion_tokens)
-            details = getattr(resp.usage, "prompt_tokens_details", None)
-            cached = getattr(details, "cached_tokens", None) if details is not None else None
-            usage.cached_prompt_tokens = int(cached or 0)
-        logprobs = None
-        if choice.logprobs is not None and choice.logprobs.content:
-            logprobs = [c.model_dump() for c in choice.logprobs.content]
         return ChatResult(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason,
-            usage=usage,
-            model=resp.model or self.model_name,
+            text=parsed.text,
+            finish_reason=parsed.finish_reason,
+            usage=parsed.usage,
+            model=parsed.model or self.model_name,
             transport_retries=retries,
             latency_s=latency,
-            logprobs=logprobs,
+            logprobs=parsed.logprobs,
         )
 
     async def aclose(self) -> None:
