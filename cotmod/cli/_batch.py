@@ -9,6 +9,8 @@ import click
 
 from ._app import (
     CONTEXT,
+    EXIT_OK,
+    EXIT_UNDECIDED,
     _endpoint_options,
     _Group,
     _print_summary,
@@ -25,7 +27,7 @@ def batch() -> None:
 @batch.command("export", context_settings=CONTEXT)
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Batch API request file (JSONL).")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "text"]))
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "text"]), help="Input format [default: from the extension; .gz is looked through].")
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -57,16 +59,21 @@ def batch_import(results: str, requests_path: str, output: str, as_json: bool, p
     """Validate a Batch API output file RESULTS into verdicts, like live ones.
 
     Invalid answers go to <output>.errors.jsonl; `cotmod run INPUT -o OUTPUT --retry-errors`
-    can then redo them live.
+    can then redo them live. --policy, if given, must name the policies the requests were
+    exported for. Exits 1 if some items got no verdict.
     """
     from ..batch._provider import import_batch
     from ..engine._moderator import AsyncModerator
 
     settings = _settings(**kw)
     mod = AsyncModerator(settings.guidelines, settings=settings)
-    summary = import_batch(mod, results, requests_path, output)
+    summary = import_batch(mod, results, requests_path, output, policies=list(policies) or None)
     data = summary.to_dict()
+    code = EXIT_UNDECIDED if summary.undecided else EXIT_OK
+    data["exit_code"] = code
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
         _print_summary(data)
+    if code != EXIT_OK:
+        click.get_current_context().exit(code)

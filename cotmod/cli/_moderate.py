@@ -1,33 +1,100 @@
-"""Moderating: ``cotmod moderate`` (a text or a file) and ``cotmod run`` (a batch, resumable)."""
+"""Moderating: ``cotmod moderate`` (a text or a file) and ``cotmod run`` (a batch, resumable).
+
+Exit codes: 0 every item decided; 1 some item got an error verdict or was dead-lettered (``run``
+also counts items dead-lettered by an earlier run and not retried); 2 a usage, configuration or
+input mistake; 3 a runtime failure stopped the command (verdicts written so far are kept); 130
+interrupted.
+"""
 
 from __future__ import annotations
 
 import json
-import sys
+import math
+from pathlib import Path
 from typing import Any
 
 import click
 
-from .._exceptions import InputError
+from .._exceptions import CotmodError, InputError, UserError
 from ._app import (
     CONTEXT,
+    EXIT_OK,
+    EXIT_UNDECIDED,
     _check_text,
     _endpoint_options,
     _print_summary,
     _print_verdict,
-    _read_items,
     _settings,
     cli,
 )
 
 
+class FiniteFloat(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2; the floor is 8.1
+    """A finite float (``nan`` and ``inf`` are usage errors), at least ``min`` (or above it when
+    ``min_open``)."""
+
+    name = "number"
+
+    def __init__(self, min: float = 0.0, *, min_open: bool = False) -> None:
+        self.min = min
+        self.min_open = min_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            f = float(value)
+        else:
+            try:
+                f = float(str(value))
+            except ValueError:
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(f):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if f < self.min or (self.min_open and f == self.min):
+            self.fail(f"{value!r} must be {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
+        return f
+
+
+def _make_moderator(settings: Any, cache: Any = None) -> Any:
+    """The moderator the commands use (tests replace it to inject a fake backend)."""
+    from ..engine._moderator import AsyncModerator
+
+    return AsyncModerator(settings.guidelines, settings=settings, cache=cache)
+
+
+def _file_items(path: str, fmt: str | None) -> list[Any]:
+    """The items of ``--file`` through the batch reader; a bad row is one clear error."""
+    from ..batch._reader import detect_format, read_items
+    from ..engine._moderator import Item
+
+    try:
+        kind = detect_format(path, fmt)
+    except UserError:
+        kind = "text"  # moderate --file takes any text file, one item per line
+    items = []
+    for row in read_items(path, fmt=kind):
+        if row.problem is not None or row.text is None:
+            raise InputError(f"{path}:{row.line}: {row.problem}")
+        items.append(Item(row.text, row.id, row.metadata))
+    if not items:
+        raise InputError(f"{path}: no items")
+    return items
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("text", required=False)
-@click.option("--file", "-f", "file_", type=click.Path(exists=True, dir_okay=False), help="Text file (one item per line) or JSONL with id/text.")
+@click.option("--file", "-f", "file_", type=click.Path(exists=True, dir_okay=False), help="Items: JSONL (id/text), CSV, Parquet or text (one per line); .gz too.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "text"]), help="Format of --file [default: from the extension, else text].")
 @click.option("--json", "as_json", is_flag=True, help="Print verdicts as JSON (one object per line).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress on stderr (a bar on a terminal, occasional lines otherwise).")
 @_endpoint_options
-def moderate(text: str | None, file_: str | None, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
+def moderate(text: str | None, file_: str | None, fmt: str | None, as_json: bool, progress: bool, policies: tuple[str, ...], **kw: Any) -> None:
     """Moderate TEXT (or each item of --file) and print the verdicts.
+
+    Exits 1 if any verdict is an error verdict (the model gave no valid answer).
 
     \b
     Examples:
@@ -35,50 +102,85 @@ def moderate(text: str | None, file_: str | None, as_json: bool, policies: tuple
       cotmod moderate -p hate_speech -p violent_threats --json "some post"
       cotmod moderate --file examples/posts.jsonl
     """
-    from ..engine._moderator import Moderator
+    import asyncio
+    import contextlib
+    import io
+
+    from ..engine._moderator import Item
+    from ._progress import Reporter
 
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
     if text is not None:
-        items = [{"id": "text", "text": _check_text(text, "TEXT")}]
+        items = [Item(_check_text(text, "TEXT"), "text")]
     else:
         assert file_ is not None
-        items = list(_read_items(file_))
-        if not items:
-            raise InputError(f"{file_}: no items")
+        items = _file_items(file_, fmt)
     settings = _settings(**kw)
-    with Moderator(settings.guidelines, settings=settings) as mod:
-        sel = list(policies) or None
-        mod.policies.select(sel)  # fail fast on unknown ids
-        show_progress = len(items) > 1 and not as_json and sys.stderr.isatty()
-        for it in items:
-            verdict = mod.moderate(it, policies=sel)
-            if as_json:
-                click.echo(verdict.model_dump_json())
-            else:
-                _print_verdict(verdict)
-        if show_progress:
-            click.echo(f"{len(items)} items", err=True)
+    mod = _make_moderator(settings)
+    sel = list(policies) or None
+    n_policies = len(mod.policies.select(sel).ids) if sel else len(mod.policies.ids)  # fail fast on unknown ids
+    failed = 0
+
+    async def go(rep: Reporter) -> None:
+        nonlocal failed
+        heartbeat: asyncio.Task[None] | None = None
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                rep.tick()
+
+        try:
+            heartbeat = asyncio.create_task(beat())
+            if not settings.base_url:
+                rep.note(f"starting the embedded model {settings.local_model} (the first start can take minutes)")
+                t0 = rep.elapsed()
+                await mod.get_backend()
+                rep.note(f"embedded model ready ({rep.elapsed() - t0:.0f} s)")
+            rep.begin(len(items), f"moderating {_plural(len(items), 'item')} × {n_policies} {'policy' if n_policies == 1 else 'policies'}")
+            for i, it in enumerate(items, start=1):
+                verdict = await mod.moderate(it, sel)
+                if verdict.status != "ok":
+                    failed += 1
+                if as_json:
+                    click.echo(verdict.model_dump_json())
+                else:
+                    _print_verdict(verdict)
+                rep.show(i, len(items), f"{failed} error verdict(s)" if failed else "")
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+            await mod.aclose()
+
+    stream = None if progress else io.StringIO()
+    with Reporter(stream=stream, rich=None if progress else False) as rep:
+        asyncio.run(go(rep))
+    if failed:
+        click.echo(f"{_plural(failed, 'item')} of {len(items)} not decided (error verdicts)", err=True)
+        click.get_current_context().exit(EXIT_UNDECIDED)
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Verdicts JSONL (appended; resumable).")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "text"]), help="Input format [default: from the extension].")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "text"]), help="Input format [default: from the extension; .gz is looked through].")
 @click.option("--id-field", default="id", show_default=True, help="Column/field holding the item id.")
 @click.option("--text-field", default="text", show_default=True, help="Column/field holding the text.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Maximum requests in flight [default: settings, 4].")
-@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests-per-minute cap.")
-@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens-per-minute cap.")
+@click.option("--rpm", type=FiniteFloat(0, min_open=True), help="Requests-per-minute cap.")
+@click.option("--tpm", type=FiniteFloat(0, min_open=True), help="Tokens-per-minute cap.")
 @click.option("--retry-errors", is_flag=True, help="Reprocess only the items in <output>.errors.jsonl.")
 @click.option("--overwrite", is_flag=True, help="Discard an existing output (and its errors/manifest) first.")
 @click.option("--limit", type=click.IntRange(min=1), help="Process at most N new items.")
-@click.option("--price-in", type=float, help="USD per 1M input tokens (default: built-in table).")
-@click.option("--price-out", type=float, help="USD per 1M output tokens.")
+@click.option("--price-in", type=FiniteFloat(0), help="USD per 1M input tokens (default: built-in table).")
+@click.option("--price-out", type=FiniteFloat(0), help="USD per 1M output tokens.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), help="Result cache file [default: $COTMOD_HOME/cache.sqlite].")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the result cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
+@click.option("--progress/--no-progress", default=None, help="Progress on stderr [default: a bar when a terminal].")
 @_endpoint_options
 def run(
     input_path: str,
@@ -101,56 +203,79 @@ def run(
     policies: tuple[str, ...],
     **kw: Any,
 ) -> None:
-    """Moderate every item of INPUT (JSONL, CSV, Parquet or text) into a verdict file, at scale.
+    """Moderate every item of INPUT (JSONL, CSV, Parquet or text; .gz too) into a verdict file, at scale.
 
     Resumable: kill it at any time and run the same command again; the output keeps exactly one
-    verdict per input id. Failures go to <output>.errors.jsonl (see --retry-errors). Unchanged
+    verdict per input id. Items that get no verdict (bad rows, error verdicts, failures of single
+    requests) go to <output>.errors.jsonl and the run goes on (see --retry-errors). Unchanged
     items are served from the result cache without a model call.
+
+    Exits 0 when every item has a verdict, 1 when some have none (dead-lettered, now or by an
+    earlier run), 3 when a failure that hits every item (authentication, unreachable endpoint,
+    open circuit breaker) stopped the run; verdicts written so far are kept either way.
 
     \b
     Examples:
       cotmod run posts.jsonl -o verdicts.jsonl -p hate_speech -c 8 --rpm 600
-      cotmod run posts.csv --text-field body --id-field post_id -o out.jsonl --json
+      cotmod run posts.csv.gz --text-field body --id-field post_id -o out.jsonl --json
     """
     import asyncio
+    import sys
 
     from .._config import cotmod_home
     from ..batch._runner import Runner
     from ..engine._cache import SqliteCache
-    from ..engine._moderator import AsyncModerator
 
     settings = _settings(**kw)
     if concurrency is not None:
         settings = settings.model_copy(update={"concurrency": concurrency})
     cache = None if no_cache else SqliteCache(cache_path or cotmod_home() / "cache.sqlite")
-    mod = AsyncModerator(settings.guidelines, settings=settings, cache=cache)
+    mod = _make_moderator(settings, cache)
     runner = Runner(mod, rpm=rpm, tpm=tpm, price_in=price_in, price_out=price_out)
     show = progress if progress is not None else (sys.stderr.isatty() and not as_json)
+    out_path = output
 
     async def go() -> Any:
+        kwargs: dict[str, Any] = {
+            "policies": list(policies) or None,
+            "id_field": id_field,
+            "text_field": text_field,
+            "fmt": fmt,
+            "retry_errors": retry_errors,
+            "overwrite": overwrite,
+            "limit": limit,
+        }
         try:
             if not show:
-                return await runner.run(
-                    input_path, output, policies=list(policies) or None, id_field=id_field, text_field=text_field,
-                    fmt=fmt, retry_errors=retry_errors, overwrite=overwrite, limit=limit,
-                )
+                return await runner.run(input_path, output, **kwargs)
             from ._progress import RunProgress
 
             with RunProgress() as bar:
-                return await runner.run(
-                    input_path, output, policies=list(policies) or None, id_field=id_field, text_field=text_field,
-                    fmt=fmt, retry_errors=retry_errors, overwrite=overwrite, limit=limit, on_progress=bar.update,
-                )
+                return await runner.run(input_path, output, on_progress=bar.update, **kwargs)
         finally:
             await mod.aclose()
 
     try:
         summary = asyncio.run(go())
+    except CotmodError as exc:
+        if not isinstance(exc, UserError):
+            click.echo(f"cotmod: the run stopped; verdicts already written to {out_path} are kept: rerun the same command to resume", err=True)
+        raise
     finally:
         if cache is not None:
             cache.close()
     data = summary.to_dict()
+    code = EXIT_UNDECIDED if summary.undecided else EXIT_OK
+    data["exit_code"] = code
     if as_json:
         click.echo(json.dumps(data, indent=2))
-        return
-    _print_summary(data)
+    else:
+        _print_summary(data)
+        if summary.undecided:
+            click.echo(
+                f"{_plural(summary.undecided, 'item')} without a verdict (see {runner.errors_path(Path(output))}; "
+                "--retry-errors redoes the retryable ones)",
+                err=True,
+            )
+    if code != EXIT_OK:
+        click.get_current_context().exit(code)
