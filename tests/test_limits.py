@@ -208,11 +208,15 @@ def too_many() -> httpx2.Response:
 async def test_limited_backend_is_a_backend_and_wraps_without_patching() -> None:
     inner = mock_backend(lambda r: completion())
     assert isinstance(inner, AttemptHooks)
+    before = dict(vars(inner))
     limited = LimitedBackend(inner, concurrency=2)
     assert limited.model_name == "m"
-    assert "before_request" not in vars(inner) and "complete" not in vars(inner)
     result = await limited.complete(request())
     assert result.text == "ok"
+    after = dict(vars(inner))
+    changed = {k for k in before.keys() | after.keys() if before.get(k) is not after.get(k)}
+    assert changed <= {"_calls", "_attempts", "_loop"}  # only its own counters moved
+    assert inner.on_retry is None
     await limited.aclose()
 
 
@@ -289,3 +293,33 @@ async def test_limited_backend_bounds_calls_in_flight() -> None:
     gate.set()
     await asyncio.gather(*tasks)
     assert peak == 3
+
+
+async def test_wrapping_the_same_backend_again_starts_fresh() -> None:
+    # a runner wraps the moderator's backend for each run: an earlier wrapper's limits must not
+    # keep applying to the inner backend
+    t = FakeTime()
+    inner = mock_backend(lambda r: completion())
+    first = LimitedBackend(inner, concurrency=1, rpm=1, clock=t.clock, sleep=t.sleep)
+    await first.complete(request())
+    second = LimitedBackend(inner, concurrency=1, clock=t.clock, sleep=t.sleep)
+    for _ in range(3):
+        await second.complete(request())
+    await inner.complete(request())
+    assert t.sleeps == []
+    assert first.stats.rate_acquired == 1
+    await inner.aclose()
+
+
+async def test_wrappers_compose_per_attempt() -> None:
+    t = FakeTime()
+    steps = [too_many(), completion()]
+    inner = mock_backend(lambda r: steps.pop(0), max_retries=2)
+    inside = LimitedBackend(inner, concurrency=4, rpm=60, clock=t.clock, sleep=t.sleep)
+    outside = LimitedBackend(inside, concurrency=4, rpm=30, clock=t.clock, sleep=t.sleep)
+    assert isinstance(inside, AttemptHooks)
+    await outside.complete(request())
+    assert inside.stats.rate_acquired == 2 and outside.stats.rate_acquired == 2
+    assert inside.stats.throttles == 1 and outside.stats.throttles == 1
+    assert t.now == pytest.approx(2.0)  # the outer cap (one per 2 s) spaced the two attempts
+    await outside.aclose()

@@ -916,10 +916,16 @@ def test_base_url_credentials_are_masked() -> None:
     assert SECRET not in repr(backend)
 
 
-async def test_user_on_retry_and_listeners_are_both_called(make_backend: BackendFactory) -> None:
+async def test_per_call_hooks_run_with_the_backends_own_on_retry(make_backend: BackendFactory) -> None:
     seen: list[str] = []
-    rec = Recorder(error(429), ok())
+    rec = Recorder(error(429), error(503), ok())
     backend = make_backend(rec, on_retry=lambda e, d: seen.append("on_retry"))
-    backend.add_retry_listener(lambda e, d: seen.append("listener"))
-    await backend.complete(request())
-    assert seen == ["on_retry", "listener"]
+
+    async def before(req: ChatRequest) -> None:
+        seen.append("before")
+
+    await backend.complete_with_hooks(request(), before_attempt=before, on_retry=lambda e, d: seen.append("hook"))
+    assert seen == ["before", "on_retry", "hook", "before", "on_retry", "hook", "before"]
+    seen.clear()
+    await make_backend(Recorder(ok()), on_retry=lambda e, d: seen.append("on_retry")).complete(request())
+    assert seen == []  # hooks belong to the call they were passed to

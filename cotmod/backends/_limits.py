@@ -5,11 +5,12 @@
 * :class:`AdaptiveLimiter` bounds requests in flight. On a 429 it halves the limit (at most once
   per cool-down), and grows it back by one slot per ``limit`` successes (AIMD), up to the maximum.
 * :class:`LimitedBackend` wraps any backend with both. It is itself a backend: hand it to the
-  moderator in place of the inner one. Nothing else needs patching: when the inner backend
-  supports :class:`~cotmod.backends.AttemptHooks` (``OpenAIBackend`` does), the rate limits
-  apply to every transport attempt, retries included, and transport-level 429 retries cut the
-  concurrency; otherwise the rate limits apply once per call. Its counters are in
-  :attr:`LimitedBackend.stats`.
+  moderator in place of the inner one. Nothing is patched or registered on the inner backend:
+  when it supports :class:`~cotmod.backends.AttemptHooks` (``OpenAIBackend`` does), each call
+  passes its hooks along, so the rate limits apply to every transport attempt, retries
+  included, and transport-level 429 retries cut the concurrency; otherwise the rate limits
+  apply once per call. Wrappers compose (a LimitedBackend supports AttemptHooks itself). Its
+  counters are in :attr:`LimitedBackend.stats`.
 
 Time comes from an injectable ``clock`` (monotonic seconds) and ``sleep`` coroutine, so tests can
 run them on a fake clock.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from .._exceptions import ConfigError, RateLimitedError
 from ..prompting._tokens import count_tokens
-from ._openai import AttemptHooks, Backend, ChatRequest, ChatResult
+from ._openai import AttemptHooks, Backend, BeforeAttempt, ChatRequest, ChatResult, OnRetry
 
 __all__ = ["AdaptiveLimiter", "LimitedBackend", "LimiterStats", "RateLimiter"]
 
@@ -168,8 +169,8 @@ class LimitedBackend:
 
     ``rpm``/``tpm`` cap requests/tokens per minute (None = no cap); ``concurrency`` is the most
     calls in flight, halved on 429s and grown back (``cooldown`` seconds). ``clock``/``sleep`` are
-    injectable for tests. Each wrapper registers its hooks on the inner backend once, at
-    construction; wrap a backend once."""
+    injectable for tests. The inner backend is left untouched: wrapping it again later (a new
+    run) starts from fresh limits."""
 
     def __init__(
         self,
@@ -187,12 +188,6 @@ class LimitedBackend:
         self.rate = RateLimiter(rpm, tpm, clock=clock, sleep=sleep)
         self.adaptive = AdaptiveLimiter(concurrency, cooldown=cooldown, clock=clock)
         self.throttles = 0
-        # Rate limits apply to every attempt, transport retries included, where the transport
-        # offers attempt hooks; otherwise once per call.
-        self._per_attempt = isinstance(inner, AttemptHooks)
-        if isinstance(inner, AttemptHooks):
-            inner.add_before_request(self._before_request)
-            inner.add_retry_listener(self._on_retry)
 
     @property
     def stats(self) -> LimiterStats:
@@ -224,12 +219,37 @@ class LimitedBackend:
         await self.rate.acquire(self._estimate(request))
 
     async def complete(self, request: ChatRequest) -> ChatResult:
+        return await self.complete_with_hooks(request)
+
+    async def complete_with_hooks(
+        self,
+        request: ChatRequest,
+        *,
+        before_attempt: BeforeAttempt | None = None,
+        on_retry: OnRetry | None = None,
+    ) -> ChatResult:
+        """``complete``, also running an outer wrapper's hooks (see :class:`AttemptHooks`)."""
+
+        async def before(req: ChatRequest) -> None:
+            await self._before_request(req)
+            if before_attempt is not None:
+                await before_attempt(req)
+
+        def retried(exc: BaseException, delay: float) -> None:
+            self._on_retry(exc, delay)
+            if on_retry is not None:
+                on_retry(exc, delay)
+
         await self.adaptive.acquire()
         ok = False
         try:
-            if not self._per_attempt:
-                await self.rate.acquire(self._estimate(request))
-            result = await self.inner.complete(request)
+            # Rate limits apply to every attempt, transport retries included, where the inner
+            # backend takes attempt hooks; otherwise once per call.
+            if isinstance(self.inner, AttemptHooks):
+                result = await self.inner.complete_with_hooks(request, before_attempt=before, on_retry=retried)
+            else:
+                await before(request)
+                result = await self.inner.complete(request)
             ok = True
             return result
         except RateLimitedError:

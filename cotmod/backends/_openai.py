@@ -115,16 +115,26 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+BeforeAttempt = Callable[[ChatRequest], Awaitable[None]]
+OnRetry = Callable[[BaseException, float], None]
+
+
 @runtime_checkable
 class AttemptHooks(Protocol):
-    """A backend that lets a wrapper (e.g. :class:`~cotmod.backends.LimitedBackend`) hook into
-    each transport attempt, retries included, without patching it."""
+    """A backend that lets a wrapper (e.g. :class:`~cotmod.backends.LimitedBackend`) act on each
+    transport attempt of one call, retries included, without registering anything on it (so
+    wrapping the same backend again, e.g. one runner after another, adds nothing up)."""
 
-    def add_before_request(self, hook: Callable[[ChatRequest], Awaitable[None]]) -> None:
-        """``await hook(request)`` before every attempt (outside the attempt's timeout)."""
-
-    def add_retry_listener(self, listener: Callable[[BaseException, float], None]) -> None:
-        """``listener(error, delay)`` before each transport retry sleeps."""
+    async def complete_with_hooks(
+        self,
+        request: ChatRequest,
+        *,
+        before_attempt: BeforeAttempt | None = None,
+        on_retry: OnRetry | None = None,
+    ) -> ChatResult:
+        """Like ``complete``; ``await before_attempt(request)`` runs before every attempt
+        (outside the attempt's timeout), ``on_retry(error, delay)`` before each retry sleeps."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -360,8 +370,6 @@ class OpenAIBackend:
         self._shown_url = self._redact(_mask_url(base_url))
         self._wait = _Wait(initial_backoff, max_backoff)
         self.on_retry = on_retry
-        self._retry_listeners: list[Callable[[BaseException, float], None]] = []
-        self._before_request: list[Callable[[ChatRequest], Awaitable[None]]] = []
         self._timeout = float(timeout)
         self._sleep = sleep
         self._http_client = http_client
@@ -399,15 +407,6 @@ class OpenAIBackend:
             malformed=self._malformed,
             circuit=self.circuit.stats,
         )
-
-    def add_before_request(self, hook: Callable[[ChatRequest], Awaitable[None]]) -> None:
-        """``await hook(request)`` before every attempt, retries included (e.g. a rate limiter);
-        the time it takes does not count against the request timeout."""
-        self._before_request.append(hook)
-
-    def add_retry_listener(self, listener: Callable[[BaseException, float], None]) -> None:
-        """``listener(error, delay)`` before each transport retry sleeps (after ``on_retry``)."""
-        self._retry_listeners.append(listener)
 
     def _new_client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
@@ -481,6 +480,17 @@ class OpenAIBackend:
             raise
 
     async def complete(self, request: ChatRequest) -> ChatResult:
+        return await self.complete_with_hooks(request)
+
+    async def complete_with_hooks(
+        self,
+        request: ChatRequest,
+        *,
+        before_attempt: BeforeAttempt | None = None,
+        on_retry: OnRetry | None = None,
+    ) -> ChatResult:
+        """``complete``, with per-call hooks (see :class:`AttemptHooks`); ``on_retry`` runs
+        after the backend's own ``on_retry``."""
         self._calls += 1
         try:
             probe = self.circuit.before_call()
@@ -488,7 +498,7 @@ class OpenAIBackend:
             self._failures += 1
             raise
         try:
-            result = await self._complete(request, probe)
+            result = await self._complete(request, probe, before_attempt, on_retry)
         except TransportError as exc:
             self._failures += 1
             self.circuit.record_failure(exc, probe)
@@ -499,7 +509,9 @@ class OpenAIBackend:
         self.circuit.record_success(probe)
         return result
 
-    async def _complete(self, request: ChatRequest, probe: bool) -> ChatResult:
+    async def _complete(
+        self, request: ChatRequest, probe: bool, before_attempt: BeforeAttempt | None, on_retry: OnRetry | None
+    ) -> ChatResult:
         retries = 0
 
         def before_sleep(state: RetryCallState) -> None:
@@ -520,8 +532,8 @@ class OpenAIBackend:
             if exc is not None:
                 if self.on_retry is not None:
                     self.on_retry(exc, delay)
-                for listener in self._retry_listeners:
-                    listener(exc, delay)
+                if on_retry is not None:
+                    on_retry(exc, delay)
 
         payload = self._payload(request)
         client = self._client_for_loop()
@@ -540,8 +552,8 @@ class OpenAIBackend:
                 with attempt:
                     if retries:
                         self.circuit.check_attempt(probe)
-                    for hook in self._before_request:
-                        await hook(request)
+                    if before_attempt is not None:
+                        await before_attempt(request)
                     parsed = await self._attempt(client, payload)
         except openai.AuthenticationError as exc:
             raise AuthenticationError(
