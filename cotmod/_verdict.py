@@ -98,6 +98,9 @@ class Verdict(BaseModel):
     cache_hits: int = Field(default=0, description="Policy groups answered from the result cache")
     truncated: Truncation | None = None
     error: ErrorInfo | None = None
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="The item's metadata (fields other than id and text), unchanged"
+    )
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     cotmod_version: str = ""
 

@@ -67,8 +67,20 @@ async def test_invalid_json_is_reasked_with_the_error() -> None:
     second = fake.history[1].messages
     assert second[-2] == {"role": "assistant", "content": '{"reasoning": ["x"], "decisions": {'}
     assert "not valid JSON" in second[-1]["content"]
-    # usage of both attempts is summed
-    assert v.usage.prompt_tokens > sum(1 for _ in second)
+    # usage of both attempts is summed: exactly what the backend reported for each request
+    assert v.usage == sum_usage(fake.history, ['{"reasoning": ["x"], "decisions": {', json.dumps(decision({"spam_scams": []}))])
+
+
+def sum_usage(requests, answers) -> Usage:
+    """The usage FakeBackend reports for these requests and answers, summed."""
+    from cotmod.prompting._tokens import count_tokens
+
+    total = Usage()
+    for req, text in zip(requests, answers, strict=True):
+        p = sum(count_tokens(m["content"]) for m in req.messages)
+        c = count_tokens(text)
+        total.add(Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c))
+    return total
 
 
 async def test_inconsistent_decision_is_reasked() -> None:
@@ -139,10 +151,25 @@ def test_concurrency_must_be_positive() -> None:
 
 
 def test_sync_and_async_twins_have_the_same_methods() -> None:
-    for name in ("moderate", "moderate_many", "render", "fingerprint", "compiler"):
-        a = inspect.signature(getattr(AsyncModerator, name))
-        s = inspect.signature(getattr(Moderator, name))
-        assert list(a.parameters) == list(s.parameters), name
+    def public(cls: type) -> dict[str, object]:
+        return {n: v for n, v in inspect.getmembers(cls) if not n.startswith("_")}
+
+    def shape(fn: object) -> list[tuple[str, object, object]]:
+        sig = inspect.signature(fn)  # type: ignore[arg-type]
+        return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
+
+    renamed = {"aclose": "close"}  # the one method whose name says it is async
+    a_members, s_members = public(AsyncModerator), public(Moderator)
+    assert {"moderate", "moderate_many", "moderate_stream", "policy_groups", "build_verdict"} <= set(a_members)
+    for name, member in a_members.items():
+        twin = renamed.get(name, name)
+        assert twin in s_members, f"Moderator lacks {twin}"
+        if isinstance(member, property):
+            assert isinstance(s_members[twin], property), name
+            assert (member.fset is None) == (s_members[twin].fset is None), name  # type: ignore[attr-defined]
+        elif callable(member):
+            assert shape(member) == shape(s_members[twin]), name
+    assert shape(AsyncModerator.__init__) == shape(Moderator.__init__)
 
 
 def test_sync_moderator_works() -> None:
@@ -194,8 +221,8 @@ async def test_self_consistency_votes_majority_and_share() -> None:
     assert v.violates is True and d.rule_ids == ["HATE-6"]
     assert d.score == pytest.approx(2 / 3) and d.score_source == "votes" and d.votes == [2, 1]
     assert v.reasoning == ["vote with seed 0"]  # the first vote on the majority side
-    single = await make(FakeBackend(default=by_seed)).moderate("some post", policies=["hate_speech"])
-    assert v.attempts == 3 and v.usage.prompt_tokens == 3 * single.usage.prompt_tokens  # every vote is counted
+    # every vote is counted
+    assert v.attempts == 3 and v.usage == sum_usage(fake.history, [json.dumps(by_seed(r)) for r in fake.history])
     # the vote settings are part of the cache key and the manifest's sampling
     assert mod.sampling()["votes"] == 3 and "votes" not in make(FakeBackend()).sampling()
 

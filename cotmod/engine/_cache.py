@@ -31,6 +31,10 @@ def cache_key(text: str, fingerprint: str, model: str, sampling: dict[str, Any])
 
 
 class Cache(Protocol):
+    """What a result cache provides. The moderator calls ``get``/``put`` on its own cache thread
+    (off the event loop), one call at a time; a cache whose calls never block may set a class
+    attribute ``blocking = False`` to be called on the loop directly."""
+
     def get(self, key: str) -> dict[str, Any] | None: ...
 
     def put(self, key: str, value: dict[str, Any]) -> None: ...
@@ -40,6 +44,8 @@ class Cache(Protocol):
 
 class MemoryCache:
     """A dict-backed cache (tests, short-lived processes)."""
+
+    blocking = False  # in-memory: called directly on the event loop
 
     def __init__(self) -> None:
         self.data: dict[str, dict[str, Any]] = {}
@@ -55,7 +61,11 @@ class MemoryCache:
 
 
 class SqliteCache:
-    """A persistent cache in one SQLite file, safe to share between processes."""
+    """A persistent cache in one SQLite file, safe to share between processes and threads
+    (calls are serialised by a lock). Its calls block on disk I/O, so the moderator runs them
+    on its cache thread."""
+
+    blocking = True
 
     def __init__(self, path: str | Path, *, commit_every: int = 64, commit_seconds: float = 1.0) -> None:
         self.path = Path(path)

@@ -8,17 +8,35 @@ Re-asks (this layer) are separate from transport retries (:mod:`cotmod.backends.
 output fails validation, the error is fed back to the model as a new user turn, at most
 ``max_reasks`` times. If the output is still invalid, the verdict has ``status="error"`` and keeps
 the raw output; it is never counted as a decision. Usage of every attempt is summed.
+
+Concurrency: at most :attr:`AsyncModerator.concurrency` model requests are in flight.
+:meth:`AsyncModerator.moderate_many` returns verdicts in input order;
+:meth:`AsyncModerator.moderate_stream` yields them as they finish.
+
+Prefix warm-up (``warm_prefix=True``, the default, for every backend): the first request for a
+prompt prefix (a policy group's static system and few-shot messages) goes alone, and the other
+requests with that prefix wait for its answer before they start. A server with a prompt cache
+(llama.cpp, hosted APIs with prefix caching) then computes the long shared prefix once instead of
+in every slot at the same time, which on a small machine made concurrent cold requests time out.
+It costs only the latency of one request per prefix, once per moderator (again after
+:meth:`AsyncModerator.aclose`); different policy groups warm in parallel.
+
+Result cache: calls into a cache run on a dedicated thread, never on the event loop, unless the
+cache declares ``blocking = False`` (:class:`~cotmod.engine.MemoryCache` does). One thread, so a
+cache sees one call at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import threading
 import time
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -28,6 +46,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,6 +91,13 @@ class Item:
         if isinstance(value, bytes):
             raise InputError(f"item {default_id!r}: bytes given; decode the text to str first")
         raise InputError(f"item {default_id!r}: expected str, Item or mapping, got {type(value).__name__}")
+
+
+def _check_metadata(item: Item) -> None:
+    try:
+        json.dumps(dict(item.metadata), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"item {item.id!r}: metadata must be JSON-serialisable ({exc})") from None
 
 
 def _load_policy_set(policies: PolicySet | Iterable[Policy] | str | Path | None, settings: Settings) -> PolicySet:
@@ -155,9 +181,11 @@ class AsyncModerator:
         settings: Settings | None = None,
         backend: Backend | None = None,
         cache: Cache | None = None,
+        warm_prefix: bool = True,
         **overrides: Any,
     ) -> None:
         self.cache = cache
+        self.warm_prefix = warm_prefix
         if settings is not None and overrides:
             settings = settings.model_copy(update=overrides)
             settings = Settings.model_validate(settings.model_dump())
@@ -174,6 +202,9 @@ class AsyncModerator:
         self._compilers: dict[tuple[str, ...], Compiler] = {}
         self._concurrency = self.settings.concurrency
         self._sem: asyncio.Semaphore | None = None
+        self._warmed: set[str] = set()
+        self._warm_locks: dict[str, asyncio.Lock] = {}
+        self._cache_executor: ThreadPoolExecutor | None = None
 
     # -- configuration -------------------------------------------------------------------------
     @property
@@ -325,7 +356,13 @@ class AsyncModerator:
             prompt_tokens=prompt.prompt_tokens + (attempt - 1) * (s.max_tokens + 64),
         )
 
-    async def _decide(self, backend: Backend, prompt: CompiledPrompt, vote: int | None = None) -> GroupOutcome:
+    async def _decide(
+        self,
+        backend: Backend,
+        prompt: CompiledPrompt,
+        vote: int | None = None,
+        on_first_answer: Callable[[], None] | None = None,
+    ) -> GroupOutcome:
         s = self.settings
         messages = list(prompt.messages)
         usage = Usage()
@@ -336,6 +373,8 @@ class AsyncModerator:
         max_attempts = s.max_reasks + 1
         for attempt in range(1, max_attempts + 1):
             result = await backend.complete(self.request_for(prompt, messages, attempt, vote))
+            if attempt == 1 and on_first_answer is not None:
+                on_first_answer()
             usage.add(result.usage)
             retries += result.transport_retries
             raw = result.text
@@ -372,23 +411,71 @@ class AsyncModerator:
             ),
         )
 
+    async def _call_model(
+        self, backend: Backend, prompt: CompiledPrompt, sem: asyncio.Semaphore, vote: int | None = None
+    ) -> GroupOutcome:
+        """One model call (with its re-asks) under the concurrency limit, after prefix warm-up.
+
+        Warm-up: the first call for a prompt prefix (a policy group's static messages) goes
+        alone; the other calls with that prefix wait until its first answer has come back, so
+        the server processes the long shared prefix once and the rest reuse its prompt cache
+        instead of every slot computing it at the same time. Calls for other prefixes are not
+        held up. If the first call fails without an answer, the next waiting call warms instead.
+        """
+        key = f"{backend.model_name}\0{prompt.fingerprint}"
+        gate: asyncio.Lock | None = None
+        if self.warm_prefix and key not in self._warmed:
+            gate = self._warm_locks.setdefault(key, asyncio.Lock())
+            await gate.acquire()
+            if key in self._warmed:
+                gate.release()
+                gate = None
+
+        def warmed() -> None:
+            nonlocal gate
+            self._warmed.add(key)
+            if gate is not None:
+                gate.release()
+                gate = None
+
+        try:
+            async with sem:
+                return await self._decide(backend, prompt, vote, warmed if gate is not None else None)
+        finally:
+            if gate is not None:
+                gate.release()
+
+    async def _cache_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a cache method off the event loop (on the moderator's cache thread), unless the
+        cache says it does not block (``blocking = False``, e.g. :class:`MemoryCache`)."""
+        if not getattr(self.cache, "blocking", True):
+            return fn(*args)
+        if self._cache_executor is None:
+            self._cache_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cotmod-cache")
+        return await asyncio.get_running_loop().run_in_executor(self._cache_executor, functools.partial(fn, *args))
+
     async def moderate(
         self,
         item: str | Item | Mapping[str, Any],
         policies: Sequence[str] | None = None,
     ) -> Verdict:
-        """Moderate one item against ``policies`` (default: all loaded policies)."""
+        """Moderate one item against ``policies`` (default: all loaded policies).
+
+        The item's ``metadata`` is copied into the verdict unchanged (it must be JSON-serialisable).
+        """
         it = Item.coerce(item)
+        _check_metadata(it)
         groups = self.policy_groups(policies)
         prompts = [self.compiler(g).compile(it.text, item_id=it.id) for g in groups]
         backend = await self.get_backend()
         start = time.perf_counter()
         sem = self._semaphore()
+        cache = self.cache
 
         async def guarded(p: CompiledPrompt) -> GroupOutcome:
-            key = self._cache_key(it.text, p, backend) if self.cache is not None else None
-            if key is not None and self.cache is not None:
-                hit = self.cache.get(key)
+            key = self._cache_key(it.text, p, backend) if cache is not None else None
+            if key is not None and cache is not None:
+                hit = await self._cache_call(cache.get, key)
                 if hit is not None:
                     return GroupOutcome(
                         list(hit["reasoning"]),
@@ -403,17 +490,14 @@ class AsyncModerator:
             if self.settings.votes > 1:
                 outcome = await self._vote(backend, p, sem)
             else:
-                async with sem:
-                    outcome = await self._decide(backend, p)
-            if key is not None and self.cache is not None and outcome.error is None:
-                self.cache.put(
-                    key,
-                    {
-                        "reasoning": outcome.reasoning,
-                        "decisions": [d.model_dump() for d in outcome.decisions],
-                        "model": outcome.model,
-                    },
-                )
+                outcome = await self._call_model(backend, p, sem)
+            if key is not None and cache is not None and outcome.error is None:
+                value = {
+                    "reasoning": outcome.reasoning,
+                    "decisions": [d.model_dump() for d in outcome.decisions],
+                    "model": outcome.model,
+                }
+                await self._cache_call(cache.put, key, value)
             return outcome
 
         outcomes: list[GroupOutcome] = list(await asyncio.gather(*(guarded(p) for p in prompts)))
@@ -430,12 +514,9 @@ class AsyncModerator:
         for violates and the tally in ``votes``. Votes that stay invalid are left out; if all
         are invalid the outcome is an error, as for a single call.
         """
-
-        async def one(i: int) -> GroupOutcome:
-            async with sem:
-                return await self._decide(backend, prompt, vote=i)
-
-        outcomes = list(await asyncio.gather(*(one(i) for i in range(self.settings.votes))))
+        outcomes = list(
+            await asyncio.gather(*(self._call_model(backend, prompt, sem, vote=i) for i in range(self.settings.votes)))
+        )
         usage = Usage()
         for o in outcomes:
             usage.add(o.usage)
@@ -550,6 +631,7 @@ class AsyncModerator:
             cache_hits=sum(1 for o in outcomes if o.cached),
             truncated=truncated,
             error=error,
+            metadata=dict(item.metadata),
             cotmod_version=__version__,
         )
 
@@ -560,9 +642,64 @@ class AsyncModerator:
         items: Iterable[str | Item | Mapping[str, Any]],
         policies: Sequence[str] | None = None,
     ) -> list[Verdict]:
-        """Moderate several items concurrently (at most ``settings.concurrency`` calls in flight)."""
+        """Moderate several items concurrently; verdicts in the order of ``items``.
+
+        At most :attr:`concurrency` model requests are in flight. An item without an id gets its
+        position (``"0"``, ``"1"``, ...). To get verdicts as they finish, use :meth:`moderate_stream`.
+        """
         coerced = [Item.coerce(x, default_id=str(i)) for i, x in enumerate(items)]
         return list(await asyncio.gather(*(self.moderate(it, policies) for it in coerced)))
+
+    async def moderate_stream(
+        self,
+        items: Iterable[str | Item | Mapping[str, Any]],
+        policies: Sequence[str] | None = None,
+        *,
+        concurrency: int | None = None,
+    ) -> AsyncGenerator[Verdict, None]:
+        """Moderate items and yield each verdict as soon as it is ready (completion order).
+
+        ``items`` is read lazily: at most ``concurrency`` items (default :attr:`concurrency`)
+        are being moderated at a time, and model requests stay bounded by :attr:`concurrency`.
+        Ids default to the item's position, as in :meth:`moderate_many`. If an item fails (a bad
+        item, a transport error), no further items are started, the items in progress finish
+        and are yielded, then the first error is raised. Leaving the loop early cancels the
+        items in progress.
+        """
+        limit = self._concurrency if concurrency is None else concurrency
+        if limit < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {limit}")
+        source = iter(enumerate(items))
+        pending: set[asyncio.Future[Verdict]] = set()
+        failure: BaseException | None = None
+        try:
+            while True:
+                while failure is None and len(pending) < limit:
+                    nxt = next(source, None)
+                    if nxt is None:
+                        break
+                    try:
+                        item = Item.coerce(nxt[1], default_id=str(nxt[0]))
+                    except InputError as exc:
+                        failure = exc
+                        break
+                    pending.add(asyncio.ensure_future(self.moderate(item, policies)))
+                if not pending:
+                    break
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    err = task.exception()
+                    if err is not None:
+                        failure = failure or err
+                    else:
+                        yield task.result()
+            if failure is not None:
+                raise failure
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Close connections. A backend the moderator created itself is re-created on next use."""
@@ -572,6 +709,12 @@ class AsyncModerator:
                 self._backend = None
         self._backend_lock = None
         self._sem = None
+        # locks belong to the loop they were used on; the next use may be on another loop
+        self._warm_locks = {}
+        self._warmed = set()
+        if self._cache_executor is not None:
+            self._cache_executor.shutdown(wait=True)
+            self._cache_executor = None
 
     async def __aenter__(self) -> AsyncModerator:
         return self
@@ -612,9 +755,12 @@ class Moderator:
         settings: Settings | None = None,
         backend: Backend | None = None,
         cache: Cache | None = None,
+        warm_prefix: bool = True,
         **overrides: Any,
     ) -> None:
-        self._async = AsyncModerator(policies, settings=settings, backend=backend, cache=cache, **overrides)
+        self._async = AsyncModerator(
+            policies, settings=settings, backend=backend, cache=cache, warm_prefix=warm_prefix, **overrides
+        )
         self._portal: _Portal | None = None
 
     @property
@@ -637,7 +783,7 @@ class Moderator:
     def concurrency(self, value: int) -> None:
         self._async.concurrency = value
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _call(self, coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
         if self._portal is None:
             self._portal = _Portal()
         return self._portal.call(coro)
@@ -701,6 +847,25 @@ class Moderator:
         self, items: Iterable[str | Item | Mapping[str, Any]], policies: Sequence[str] | None = None
     ) -> list[Verdict]:
         return self._call(self._async.moderate_many(items, policies))
+
+    def moderate_stream(
+        self,
+        items: Iterable[str | Item | Mapping[str, Any]],
+        policies: Sequence[str] | None = None,
+        *,
+        concurrency: int | None = None,
+    ) -> Iterator[Verdict]:
+        """See :meth:`AsyncModerator.moderate_stream` (a plain generator here)."""
+        stream = self._async.moderate_stream(items, policies, concurrency=concurrency)
+        try:
+            while True:
+                try:
+                    verdict = self._call(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield verdict
+        finally:
+            self._call(stream.aclose())
 
     def close(self) -> None:
         if self._portal is not None:
