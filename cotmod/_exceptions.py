@@ -13,7 +13,7 @@ from *runtime failures* (the model or the transport misbehaved: retry, page some
     ├── ModelNotAvailableError         a local model is not pulled, or its checksum is wrong
     ├── TransportError                 the endpoint could not be used
     │   ├── EndpointUnreachableError   connection refused / DNS / timeout after retries
-    │   │   └── RequestTimeoutError    no response within the per-request timeout, every attempt
+    │   │   └── RequestTimeoutError    no response within the per-request timeout (--timeout)
     │   ├── AuthenticationError        401/403 (the key is never included in the message)
     │   ├── RateLimitedError           429 after all transport retries
     │   ├── ServerError                5xx (or other status) after all transport retries
@@ -138,7 +138,8 @@ class ServerError(TransportError):
 
 
 class RequestTimeoutError(EndpointUnreachableError):
-    """No response within the per-request timeout (``Settings.timeout``), on every attempt.
+    """No complete response within the per-request timeout (``Settings.timeout``) on the last
+    of the call's attempts (each attempt is bounded by it).
 
     ``timeout`` is the per-request limit in seconds."""
 
@@ -149,8 +150,9 @@ class RequestTimeoutError(EndpointUnreachableError):
 
 class MalformedResponseError(ServerError):
     """The endpoint answered HTTP 200 with a body that is not a chat completion (an HTML page
-    from a proxy, a cut-off or otherwise invalid JSON body), on every attempt. A transport
-    failure, retried like a 5xx; never sent back to the model as a validation re-ask."""
+    from a proxy, a cut-off or otherwise invalid JSON body, no choices) on the last of the call's
+    attempts. A transport failure, retried like a 5xx; never sent back to the model as a
+    validation re-ask."""
 
 
 class CircuitOpenError(TransportError):
