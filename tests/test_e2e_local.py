@@ -123,3 +123,34 @@ def test_real_server_grammar_cannot_emit_an_inconsistent_decision(local_url: str
         jsonschema.validate(out, comp.request_schema)
         dec = out["decisions"]["spam_scams"]
         assert dec["violates"] == bool(dec["rule_ids"]), dec
+
+
+@pytest.fixture(scope="module")
+def wide_local_url() -> str:
+    """A local server with more slots than cores (the cold-start report: -c 7 on 2 cores)."""
+    name = e2e_model()
+    if not model_path(name).is_file():
+        pytest.fail(f"the e2e model is not installed; run: cotmod models pull {name}")
+    # threads=2 makes it a server of its own, not the 2-slot one of local_url
+    return ensure_local_server(name, threads=2, n_parallel=4)
+
+
+def test_cold_start_with_concurrency_needs_no_transport_retries(wide_local_url: str) -> None:
+    """With prefix warm-up, the first request per policy group computes its ~4k-token prefix
+    alone and the rest follow; no request times out and is cancelled/retried (it did: every slot
+    prefilled the same prefix at once, past the 120 s timeout). The model is named, not a path."""
+    from cotmod import Settings
+
+    settings = Settings(base_url=wide_local_url, model=e2e_model(), concurrency=4, max_reasks=0, max_tokens=256)
+    texts = [
+        "Congratulations! You won a prize, text WIN to 80086",
+        "See you at lunch tomorrow",
+        "I will find where you live and hurt you",
+        "Does anyone have a recipe for banana bread?",
+    ]
+    with Moderator(settings=settings) as mod:
+        verdicts = list(mod.moderate_stream(texts, policies=["spam_scams", "violent_threats"], concurrency=4))
+    assert sorted(v.item_id for v in verdicts) == ["0", "1", "2", "3"]
+    assert sum(v.transport_retries for v in verdicts) == 0, [v.transport_retries for v in verdicts]
+    assert all(v.attempts == 2 for v in verdicts)  # one call per policy, none repeated
+    assert {v.model for v in verdicts} == {e2e_model()}  # llama.cpp reports the GGUF path; never recorded

@@ -400,3 +400,16 @@ async def test_votes_warm_too_and_a_failed_warm_up_hands_over() -> None:
     results = await asyncio.gather(*(mod.moderate(t, policies=["spam_scams"]) for t in "abc"), return_exceptions=True)
     assert isinstance(results[0], ServerError)
     assert [r.status for r in results[1:]] == ["ok", "ok"]  # type: ignore[union-attr]
+
+
+async def test_a_runs_verdict_lines_keep_the_items_metadata(tmp_path) -> None:
+    from cotmod.batch import Runner
+
+    items = [Item("hello", "a", {"lang": "en", "thread": {"n": 7}}), {"id": "b", "text": "hi there", "lang": "de"}, Item("plain", "c")]
+    out = tmp_path / "out.jsonl"
+    mod = make(FakeBackend(default=safe_answer))
+    await Runner(mod).run(items, out, policies=["spam_scams"])
+    lines = {v["item_id"]: v for v in map(json.loads, out.read_text().splitlines())}
+    assert lines["a"]["metadata"] == {"lang": "en", "thread": {"n": 7}}
+    assert lines["b"]["metadata"] == {"lang": "de"}
+    assert lines["c"]["metadata"] == {}
