@@ -827,15 +827,15 @@ async def test_circuit_messages_never_contain_the_key(caplog: pytest.LogCaptureF
     assert any("circuit open" in r.getMessage() for r in caplog.records if r.name == "cotmod")
 
 
-def test_circuit_needs_consecutive_failures_within_the_window() -> None:
+def test_circuit_needs_a_streak_without_quiet_spells() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(threshold=3, window=60.0, cooldown=30.0, clock=clock)
     fail = RateLimitedError("429", status_code=429)
-    for _ in range(10):  # spread out: never 3 within 60 s
+    for _ in range(10):  # rare failures, more than a window apart: never a streak of 3
         assert breaker.before_call() is False
         breaker.record_failure(fail, probe=False)
-        clock.advance(31.0)
-    assert breaker.state == "closed"
+        clock.advance(61.0)
+    assert breaker.state == "closed" and breaker.stats.consecutive_failures == 1
     # a success resets the count
     breaker.record_failure(fail, probe=False)
     breaker.record_failure(fail, probe=False)
@@ -849,6 +849,18 @@ def test_circuit_needs_consecutive_failures_within_the_window() -> None:
     assert breaker.stats.consecutive_failures == 2
     breaker.record_failure(ServerError("502", status_code=502), probe=False)
     assert breaker.state == "open"
+
+
+def test_calls_longer_than_the_window_still_make_a_streak() -> None:
+    # a hanging server: every call takes timeout x attempts, far longer than the window, and the
+    # next one starts right after
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=3, window=60.0, clock=clock)
+    for _ in range(3):
+        started = breaker.now()
+        clock.advance(480.0)
+        breaker.record_failure(RequestTimeoutError("slow", timeout=120.0, attempts=4), probe=False, started=started)
+    assert breaker.state == "open" and breaker.stats.opened == 1
 
 
 def test_half_open_lets_exactly_one_probe_through() -> None:

@@ -5,9 +5,12 @@ counts *calls* (not attempts) that ended in a counted failure after all transpor
 ``RateLimitedError`` (429), ``ServerError`` (5xx, including ``MalformedResponseError``) and
 ``RequestTimeoutError``. States:
 
-* **closed** — calls go through. ``threshold`` consecutive counted failures, each within
-  ``window`` seconds of the newest, open the circuit. A success resets the count; other errors
-  (4xx, auth, connection refused) neither count nor reset.
+* **closed** — calls go through. ``threshold`` consecutive counted failures open the circuit.
+  The streak is broken by a success, or by a quiet spell: a failed call that *started* more than
+  ``window`` seconds after the previous counted failure starts a new streak (so rare failures
+  hours apart never add up, while calls that each take longer than the window — a hanging
+  server, long Retry-After waits — still do). Other errors (4xx, auth, connection refused)
+  neither count nor break the streak.
 * **open** — calls fail at once with :class:`~cotmod.CircuitOpenError` without contacting the
   endpoint, until ``cooldown`` seconds have passed since it opened.
 * **half-open** — the next call is the *probe* (one attempt, no transport retries); the others
@@ -24,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -60,7 +62,7 @@ class CircuitStats:
 
     state: CircuitState
     consecutive_failures: int
-    """Counted failures since the last success (within the window), in the closed state."""
+    """The current streak of counted failures (see the module docstring)."""
     opened: int
     """How many times the circuit has opened (re-opening after a failed probe included)."""
     rejected: int
@@ -94,7 +96,8 @@ class CircuitBreaker:
         self.name = name
         self._clock = clock
         self._state: CircuitState = "closed"
-        self._failures: deque[float] = deque()
+        self._streak = 0
+        self._last_failure: float | None = None
         self._last_error = ""
         self._last_status: int | None = None
         self._opened_count = 0
@@ -116,7 +119,7 @@ class CircuitBreaker:
     def stats(self) -> CircuitStats:
         return CircuitStats(
             state=self._state,
-            consecutive_failures=len(self._failures),
+            consecutive_failures=self._streak,
             opened=self._opened_count,
             rejected=self._rejected,
             probes=self._probes,
@@ -148,7 +151,7 @@ class CircuitBreaker:
             self._reject(self._clock())
 
     def record_success(self, probe: bool) -> None:
-        self._failures.clear()
+        self._streak = 0
         if probe:
             self._probe_in_flight = False
         if self._state != "closed" and (probe or not self._probe_in_flight):
@@ -156,19 +159,26 @@ class CircuitBreaker:
             self._state = "closed"
             self._retry_at = None
 
-    def record_failure(self, exc: TransportError, probe: bool) -> None:
-        """A call ended in an error after its transport retries (counted or not)."""
+    def now(self) -> float:
+        """The breaker's clock (pass a call's start time to :meth:`record_failure`)."""
+        return self._clock()
+
+    def record_failure(self, exc: TransportError, probe: bool, started: float | None = None) -> None:
+        """A call that ``started`` (breaker clock; default now) ended in an error after its
+        transport retries; only counted errors (:func:`counts_for_circuit`) count."""
         if probe:
             self._probe_in_flight = False
         if not self.enabled or not counts_for_circuit(exc):
             return
         now = self._clock()
+        started = now if started is None else started
+        if self._last_failure is not None and started - self._last_failure > self.window:
+            self._streak = 0  # a quiet spell: a new streak
         self._last_error = type(exc).__name__
         self._last_status = exc.status_code
-        self._failures.append(now)
-        while self._failures and self._failures[0] < now - self.window:
-            self._failures.popleft()
-        if probe or (self._state == "closed" and len(self._failures) >= self.threshold):
+        self._streak += 1
+        self._last_failure = now
+        if probe or (self._state == "closed" and self._streak >= self.threshold):
             self._open(now)
 
     def record_abandoned(self, probe: bool) -> None:
@@ -180,7 +190,7 @@ class CircuitBreaker:
     def _open(self, now: float) -> None:
         self._state = "open"
         self._opened_count += 1
-        self._failures_when_opened = max(len(self._failures), 1)
+        self._failures_when_opened = max(self._streak, 1)
         self._retry_at = now + self.cooldown
         log.warning(
             "%s: circuit open after %d consecutive failed requests (last: %s); probing again in %.0f s",

@@ -330,9 +330,10 @@ class OpenAIBackend:
 
     ``timeout`` is the hard limit, in seconds, for one HTTP request (attempt); ``max_retries``
     the transport retries after the first attempt. ``circuit_failures`` consecutive calls that
-    failed after their retries with 429/5xx/a malformed body/timeouts, each within
-    ``circuit_window`` seconds of the newest, open the circuit breaker for ``circuit_cooldown``
-    seconds (``circuit_failures=0`` disables it); see :mod:`cotmod.backends._circuit`. ``clock``
+    failed after their retries with 429/5xx/a malformed body/timeouts (a call starting more than
+    ``circuit_window`` seconds after the previous such failure starts a new streak) open the
+    circuit breaker for ``circuit_cooldown`` seconds (``circuit_failures=0`` disables it); see
+    :mod:`cotmod.backends._circuit`. ``clock``
     (monotonic seconds) drives the breaker and ``sleep`` the backoff between retries; both are
     injectable for tests. Counters: :attr:`stats`.
 
@@ -492,6 +493,7 @@ class OpenAIBackend:
         """``complete``, with per-call hooks (see :class:`AttemptHooks`); ``on_retry`` runs
         after the backend's own ``on_retry``."""
         self._calls += 1
+        started = self.circuit.now()
         try:
             probe = self.circuit.before_call()
         except CircuitOpenError:
@@ -501,7 +503,7 @@ class OpenAIBackend:
             result = await self._complete(request, probe, before_attempt, on_retry)
         except TransportError as exc:
             self._failures += 1
-            self.circuit.record_failure(exc, probe)
+            self.circuit.record_failure(exc, probe, started)
             raise
         except BaseException:
             self.circuit.record_abandoned(probe)
