@@ -9,10 +9,12 @@ model answered, but not with a valid decision) live in the engine, not here: a b
 is never re-asked. The SDK's own retries are disabled so there is exactly one retry policy.
 
 Bounds: each attempt has a hard deadline of ``timeout`` seconds (connecting, waiting and reading
-the body together), so one call takes at most ``timeout × (max_retries + 1)`` plus backoff; when
-every attempt timed out the error is a :class:`~cotmod.RequestTimeoutError` naming the timeout.
-A :class:`~cotmod.backends.CircuitBreaker` stops calling an endpoint that keeps failing (see
-``circuit_*`` below). API keys never appear in errors or logs.
+the body together), so one call takes at most ``timeout × (max_retries + 1)`` plus backoff and
+rate-limit waits; when the last attempt timed out the error is a
+:class:`~cotmod.RequestTimeoutError` naming the timeout. A
+:class:`~cotmod.backends.CircuitBreaker` stops calling an endpoint that keeps failing (see
+``circuit_*`` below); its half-open probe is a single attempt. API keys never appear in errors
+or logs.
 """
 
 from __future__ import annotations
