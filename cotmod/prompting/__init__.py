@@ -1,6 +1,13 @@
 """Prompting: policies + item -> chat messages (Jinja), the decision schema, parsing the answer."""
 
-from ._compiler import CompiledPrompt, Compiler, PromptTemplates, default_prompts_dir
+from ._compiler import (
+    CompiledPrompt,
+    Compiler,
+    PromptTemplates,
+    boundary_lines,
+    content_boundary,
+    default_prompts_dir,
+)
 from ._decision import OutputInvalid, constrain_decisions, decision_schema, parse_decision
 from ._tokens import count_tokens, token_counter_name, truncate_to_tokens
 
@@ -9,7 +16,9 @@ __all__ = [
     "Compiler",
     "OutputInvalid",
     "PromptTemplates",
+    "boundary_lines",
     "constrain_decisions",
+    "content_boundary",
     "count_tokens",
     "decision_schema",
     "default_prompts_dir",

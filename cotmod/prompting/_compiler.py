@@ -1,21 +1,33 @@
 """Compile policies + an item into chat messages through Jinja templates in ``prompts/``.
 
-* Jinja runs in a ``SandboxedEnvironment`` with ``StrictUndefined``: a template that uses a
-  variable it is not given fails with :class:`TemplateError` naming the template and variable.
-* The static part (instructions, policies, examples, output format) is the system message and
-  comes first; the item text comes last in the user message, so servers reuse their prompt cache.
+* Jinja runs in a ``SandboxedEnvironment`` with ``StrictUndefined``. Any template failure (a
+  syntax error, a variable it is not given, an undefined filter or attribute, a runtime error
+  such as a division by zero) is a :class:`TemplateError` with one line: ``file:line: what``.
+* The static prefix (the system message and the few-shot example turns) comes first and is
+  byte-identical for every item; the item text comes last in the user message, so servers reuse
+  their prompt cache.
 * User content is only ever a template *variable*: it is never parsed as template source, so
-  ``{{ 7*7 }}`` in a post reaches the model verbatim. The content delimiters are escaped inside
-  the content, so a post cannot close the data block and speak as the instructions.
-* Every compiled prompt has a stable ``fingerprint``: a hash of the policies' content and versions,
-  the template sources and the settings that shape the prompt and schema. It is the same for every
-  item, goes into every verdict, and changes whenever a rule, template or setting changes.
+  ``{{ 7*7 }}`` in a post reaches the model verbatim. It sits between two boundary lines,
+  ``<<<CONTENT-<id>>>>`` and ``<<<END CONTENT-<id>>>>``, whose ``<id>`` is drawn at random for
+  each compiled prompt (16 hex digits from :mod:`secrets`) and redrawn if the content contains it.
+  A post therefore cannot close its data block: it cannot know the boundary. The user message
+  names its boundary lines; the system message describes them only generically.
+* Every compiled prompt has a stable ``fingerprint``: a hash of what is actually sent apart from
+  the item, namely the rendered static prefix, the rendered item and re-ask wording (with a
+  placeholder item), the template sources, the decision schema and the request schema, the prompt
+  settings and the sampling settings the caller passes (``Compiler(sampling=...)``). It is the
+  same for every item, goes into every verdict and the result cache key, and changes whenever a
+  rule, template, Python-built prompt text, schema or setting changes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+import traceback
+import unicodedata
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,33 +38,89 @@ from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from .._exceptions import InputError, TemplateError
-from ..policy._model import PolicySet, bundled_dir
+from ..policy._model import Example, Policy, PolicySet, bundled_dir
 from ._decision import constrain_decisions, decision_schema
-from ._tokens import count_tokens, truncate_to_tokens
+from ._tokens import count_tokens, token_counter_name, truncate_to_tokens
 
-__all__ = ["CompiledPrompt", "Compiler", "PromptTemplates", "default_prompts_dir"]
+__all__ = ["CompiledPrompt", "Compiler", "PromptTemplates", "boundary_lines", "content_boundary", "default_prompts_dir"]
 
-CONTENT_OPEN = "<<<CONTENT>>>"
-CONTENT_CLOSE = "<<<END CONTENT>>>"
 SYSTEM_TEMPLATE = "moderation.system.j2"
 USER_TEMPLATE = "moderation.user.j2"
 REASK_TEMPLATE = "reask.j2"
+#: the content boundary lines; ``{}`` is the per-prompt boundary ID (see :func:`content_boundary`)
+CONTENT_OPEN_FORMAT = "<<<CONTENT-{}>>>"
+CONTENT_CLOSE_FORMAT = "<<<END CONTENT-{}>>>"
+BOUNDARY_BYTES = 8  # 16 hex digits
 GENERIC_CHECKLIST = (
     "Say briefly what the content is and what it does (asks, states, quotes, reports, jokes).",
     "For each policy, name any VIOLATES rule the content meets, or say none does.",
     "Check whether a SAFE exception applies.",
     "Decide each policy from the cited rules.",
 )
-FINGERPRINT_VERSION = "2"  # 2: violates tied to rule_ids in the request schema
+# Wording of the solved example turns built in Python (part of the fingerprint: it is sent).
+EXAMPLE_MEETS = "It meets {ids}: {titles}."
+EXAMPLE_MEETS_NONE = "It does not meet any VIOLATES rule."
+EXAMPLE_NO_EXCEPTION = "No SAFE exception applies."
+EXAMPLE_EXCEPTION = "SAFE exception {ids} applies."
+EXAMPLE_NO_EXCEPTION_NEEDED = "No exception is needed."
+EXAMPLE_DECISION = {True: "Decision: VIOLATES.", False: "Decision: SAFE."}
+EXAMPLE_CONFIDENCE = 0.9
+# 3: the fingerprint hashes the rendered prefix, schemas and sampling; random content boundaries
+# 2: violates tied to rule_ids in the request schema
+FINGERPRINT_VERSION = "3"
+# the placeholder item the fingerprint renders the per-item and re-ask messages with
+_PROBE_TEXT = "<item text>"
+_PROBE_BOUNDARY = "0" * (2 * BOUNDARY_BYTES)
+_MAX_DRAWS = 100
 
 
 def default_prompts_dir() -> Path:
     return bundled_dir("prompts")
 
 
-def escape_content(text: str) -> str:
-    """Neutralise the data delimiters inside user content (everything else stays verbatim)."""
-    return text.replace("<<<", "<\u200b<<").replace(">>>", ">>\u200b>")
+def _random_token() -> str:
+    return secrets.token_hex(BOUNDARY_BYTES)
+
+
+def content_boundary(text: str, draw: Callable[[], str] | None = None) -> str:
+    """A boundary ID for ``text``: ``draw()`` (default: 16 random hex digits from :mod:`secrets`),
+    drawn again while the text contains it.
+
+    The check is case-insensitive and also runs on the NFKC form of the text, so neither
+    upper-case hex nor Unicode look-alike digits (e.g. full-width) can spell the boundary.
+    """
+    draw = draw or _random_token
+    folded = text.casefold()
+    normal = unicodedata.normalize("NFKC", text).casefold()
+    for _ in range(_MAX_DRAWS):
+        token = draw()
+        t = token.casefold()
+        if t and t not in folded and t not in normal:
+            return token
+    raise RuntimeError(f"could not draw a content boundary absent from the text in {_MAX_DRAWS} tries")
+
+
+def boundary_lines(boundary: str) -> tuple[str, str]:
+    """The opening and closing lines around the content for a boundary ID."""
+    return CONTENT_OPEN_FORMAT.format(boundary), CONTENT_CLOSE_FORMAT.format(boundary)
+
+
+def _derived_draw(text: str) -> Callable[[], str]:
+    """Deterministic boundary IDs for trusted text in the static prefix (the few-shot examples):
+    the prefix must be byte-identical for every item."""
+    counter = 0
+
+    def draw() -> str:
+        nonlocal counter
+        counter += 1
+        return hashlib.sha256(f"{counter}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()[: 2 * BOUNDARY_BYTES]
+
+    return draw
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 class PromptTemplates:
@@ -87,24 +155,49 @@ class PromptTemplates:
         try:
             ast = self.env.parse(self.source(name))
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"{self.directory / name}:{exc.lineno}: {exc.message}") from None
+            raise TemplateError(f"{self.directory / name}:{exc.lineno}: {_one_line(exc.message or str(exc))}") from None
         return set(meta.find_undeclared_variables(ast))
 
+    def _where(self, exc: BaseException, default: Path) -> str:
+        """``file:line`` of the innermost template frame of a render-time error (Jinja maps its
+        compiled code back to template files and lines), else the template's path."""
+        root = self.directory.resolve()
+        where = str(default)
+        for frame in traceback.extract_tb(exc.__traceback__):
+            try:
+                inside = Path(frame.filename).resolve().is_relative_to(root)
+            except (OSError, ValueError):
+                inside = False
+            if inside:
+                where = f"{frame.filename}:{frame.lineno}"
+        return where
+
     def render(self, name: str, **variables: Any) -> str:
+        """Render a template; every failure is a one-line :class:`TemplateError` ``file:line: what``."""
         path = self.directory / name
         try:
             tmpl = self.env.get_template(name)
             return tmpl.render(**variables).strip()
-        except jinja2.TemplateNotFound:
-            raise TemplateError(f"{path}: template not found") from None
+        except jinja2.TemplateNotFound as exc:
+            if exc.name in (None, name):
+                raise TemplateError(f"{path}: template not found") from None
+            raise TemplateError(f"{self._where(exc, path)}: template {exc.name!r} not found in {self.directory}") from None
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"{path}:{exc.lineno}: {exc.message}") from None
+            where = exc.filename or str(path)
+            raise TemplateError(f"{where}:{exc.lineno}: {_one_line(exc.message or str(exc))}") from None
         except jinja2.UndefinedError as exc:
             raise TemplateError(
-                f"{path}: {exc.message} (variables given: {', '.join(sorted(variables))})"
+                f"{self._where(exc, path)}: {_one_line(exc.message or str(exc))} "
+                f"(variables given: {', '.join(sorted(variables))})"
             ) from None
         except jinja2.exceptions.SecurityError as exc:
-            raise TemplateError(f"{path}: unsafe template operation: {exc}") from None
+            raise TemplateError(f"{self._where(exc, path)}: unsafe template operation: {_one_line(str(exc))}") from None
+        except jinja2.TemplateError as exc:  # e.g. "No filter named 'x' found."
+            raise TemplateError(f"{self._where(exc, path)}: {_one_line(exc.message or str(exc))}") from None
+        except RecursionError:
+            raise TemplateError(f"{path}: the template recurses too deeply") from None
+        except Exception as exc:  # a runtime error in the template's own expressions (1/0, 'a' + 1, ...)
+            raise TemplateError(f"{self._where(exc, path)}: {_one_line(str(exc) or 'error')} ({type(exc).__name__})") from None
 
 
 @dataclass(frozen=True)
@@ -122,6 +215,8 @@ class CompiledPrompt:
     kept_tokens: int
     truncated: bool
     prompt_tokens: int = field(default=0)
+    #: the random ID of this prompt's content boundary lines (see :func:`boundary_lines`)
+    boundary: str = field(default="")
 
     @property
     def system(self) -> str:
@@ -132,8 +227,44 @@ class CompiledPrompt:
         return self.messages[-1]["content"]
 
 
+def example_answer(policy: Policy, ex: Example, max_steps: int) -> dict[str, Any]:
+    """The solved answer of a boundary example, as the assistant turn shows it."""
+    violates = ex.decision == "violates"
+    rules = [r for r in ex.rule_ids if r in policy.rule_ids]
+    excs = [r for r in ex.rule_ids if r in policy.exception_ids]
+    if violates:
+        meets = EXAMPLE_MEETS.format(ids=", ".join(rules), titles="; ".join(policy.rule(r).title for r in rules))
+        exc_step = EXAMPLE_NO_EXCEPTION
+    else:
+        meets = EXAMPLE_MEETS_NONE
+        exc_step = EXAMPLE_EXCEPTION.format(ids=", ".join(excs)) if excs else EXAMPLE_NO_EXCEPTION_NEEDED
+    decision_step = EXAMPLE_DECISION[violates]
+    if ex.reasoning:
+        steps = [s for s in ex.reasoning if not s.lower().startswith("decision")]
+        reasoning = [*steps[: max_steps - 1], decision_step]
+    else:
+        reasoning = [ex.rationale, meets, exc_step, decision_step]
+    return {
+        "reasoning": reasoning,
+        "decisions": {
+            policy.id: {
+                "rationale": ex.rationale,
+                "rule_ids": rules,
+                "exception_ids": excs,
+                "violates": violates,
+                "confidence": EXAMPLE_CONFIDENCE,
+                **({"escalation_ids": []} if policy.escalation else {}),
+            }
+        },
+    }
+
+
 class Compiler:
-    """Compiles a policy set into prompts; the static part is rendered once and reused."""
+    """Compiles a policy set into prompts; the static prefix is rendered once and reused.
+
+    ``sampling`` is what the caller sends with every request besides the messages (temperature,
+    max_tokens, seed, logprobs, votes, response_format ...); it only feeds the fingerprint.
+    """
 
     def __init__(
         self,
@@ -144,6 +275,7 @@ class Compiler:
         max_item_tokens: int = 2000,
         schema_limits: bool = True,
         few_shot: bool = True,
+        sampling: Mapping[str, Any] | None = None,
     ) -> None:
         if len(policies) == 0:
             raise InputError("no policies selected")
@@ -162,6 +294,7 @@ class Compiler:
         # Boundary examples as real user/assistant turns (single-policy prompts only: in a
         # combined prompt an example's label for the other policies is unknown).
         self.few_shot = few_shot and len(policies) == 1
+        self.sampling: dict[str, Any] = dict(sampling or {})
 
     @cached_property
     def checklist(self) -> list[str]:
@@ -175,18 +308,20 @@ class Compiler:
             policies=list(self.policies),
             checklist=self.checklist,
             max_steps=self.max_steps,
-            content_open=CONTENT_OPEN,
-            content_close=CONTENT_CLOSE,
         )
 
     @cached_property
+    def prefix_messages(self) -> list[dict[str, str]]:
+        """Every message before the item (system, few-shot turns): the same for every item."""
+        return [{"role": "system", "content": self.system_prompt}, *self.example_turns]
+
+    @cached_property
     def system_tokens(self) -> int:
-        return count_tokens(self.system_prompt) + sum(count_tokens(m["content"]) for m in self.example_turns)
+        return sum(count_tokens(m["content"]) for m in self.prefix_messages)
 
     @cached_property
     def fingerprint(self) -> str:
-        """Stable hash of everything that shapes the prompt and the expected output."""
-        h = hashlib.sha256()
+        """Stable hash of everything sent besides the item, and of the expected output."""
         blob = {
             "v": FINGERPRINT_VERSION,
             "policies": [[p.id, p.version, p.content_hash()] for p in self.policies],
@@ -194,79 +329,63 @@ class Compiler:
                 n: hashlib.sha256(self.templates.source(n).encode()).hexdigest()
                 for n in (SYSTEM_TEMPLATE, USER_TEMPLATE, REASK_TEMPLATE)
             },
+            "prefix": self.prefix_messages,
+            "item": [self._user_message(_PROBE_TEXT, "item", t, _PROBE_BOUNDARY) for t in (False, True)],
+            "reask": self.reask_message("<error>", 2, 3),
+            "schema": self.schema,
+            "request_schema": self.request_schema,
             "settings": {
                 "max_steps": self.max_steps,
                 "max_item_tokens": self.max_item_tokens,
                 "schema_limits": self.schema_limits,
                 "few_shot": self.few_shot,
+                "token_counter": token_counter_name(),  # decides where long items are cut
             },
+            "sampling": self.sampling,
         }
-        h.update(json.dumps(blob, sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
         return "fp-" + h.hexdigest()[:16]
 
-    def _user_message(self, text: str, item_id: str, truncated: bool) -> str:
+    def _user_message(self, text: str, item_id: str, truncated: bool, boundary: str) -> str:
+        content_open, content_close = boundary_lines(boundary)
         return self.templates.render(
             USER_TEMPLATE,
-            content=escape_content(text),
+            content=text,
             item_id=item_id,
             truncated=truncated,
-            content_open=CONTENT_OPEN,
-            content_close=CONTENT_CLOSE,
+            boundary=boundary,
+            content_open=content_open,
+            content_close=content_close,
         )
 
     @cached_property
     def example_turns(self) -> list[dict[str, str]]:
-        """The policy's boundary examples as solved user/assistant turns (static prefix)."""
+        """The policy's boundary examples as solved user/assistant turns (static prefix).
+
+        Their content is trusted policy text, so their boundaries are derived from it rather
+        than random: the prefix stays byte-identical across items and runs."""
         if not self.few_shot:
             return []
         policy = next(iter(self.policies))
         turns: list[dict[str, str]] = []
         for i, ex in enumerate(policy.examples):
-            violates = ex.decision == "violates"
-            rules = [r for r in ex.rule_ids if r in policy.rule_ids]
-            excs = [r for r in ex.rule_ids if r in policy.exception_ids]
-            if violates:
-                meets = f"It meets {', '.join(rules)}: " + "; ".join(policy.rule(r).title for r in rules) + "."
-                exc_step = "No SAFE exception applies."
-            else:
-                meets = "It does not meet any VIOLATES rule."
-                exc_step = (f"SAFE exception {', '.join(excs)} applies." if excs else "No exception is needed.")
-            decision_step = "Decision: " + ("VIOLATES." if violates else "SAFE.")
-            if ex.reasoning:
-                steps = [s for s in ex.reasoning if not s.lower().startswith("decision")]
-                reasoning = [*steps[: self.max_steps - 1], decision_step]
-            else:
-                reasoning = [ex.rationale, meets, exc_step, decision_step]
-            answer: dict[str, Any] = {
-                "reasoning": reasoning,
-                "decisions": {
-                    policy.id: {
-                        "rationale": ex.rationale,
-                        "rule_ids": rules,
-                        "exception_ids": excs,
-                        "violates": violates,
-                        "confidence": 0.9,
-                        **({"escalation_ids": []} if policy.escalation else {}),
-                    }
-                },
-            }
-            turns.append({"role": "user", "content": self._user_message(ex.text, f"example-{i + 1}", False)})
+            boundary = content_boundary(ex.text, _derived_draw(ex.text))
+            answer = example_answer(policy, ex, self.max_steps)
+            turns.append({"role": "user", "content": self._user_message(ex.text, f"example-{i + 1}", False, boundary)})
             turns.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})
         return turns
 
     def compile(self, text: str, *, item_id: str = "item") -> CompiledPrompt:
+        """The messages for one item. Each call draws a fresh random content boundary."""
         if not isinstance(text, str):
             raise InputError(f"item {item_id!r}: text must be a string, got {type(text).__name__}")
         if not text.strip():
             raise InputError(f"item {item_id!r}: text is empty")
         kept, n_tokens = truncate_to_tokens(text, self.max_item_tokens)
         truncated = kept != text
-        user = self._user_message(kept, item_id, truncated)
-        messages = [
-            {"role": "system", "content": self.system_prompt},
-            *self.example_turns,
-            {"role": "user", "content": user},
-        ]
+        boundary = content_boundary(kept)
+        user = self._user_message(kept, item_id, truncated, boundary)
+        messages = [*self.prefix_messages, {"role": "user", "content": user}]
         return CompiledPrompt(
             messages=messages,
             schema=self.schema,
@@ -277,6 +396,7 @@ class Compiler:
             kept_tokens=min(n_tokens, self.max_item_tokens),
             truncated=truncated,
             prompt_tokens=self.system_tokens + count_tokens(user),
+            boundary=boundary,
         )
 
     def reask_message(self, error: str, attempt: int, max_attempts: int) -> str:
