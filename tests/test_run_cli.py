@@ -84,7 +84,7 @@ def test_moderate_shows_progress_on_stderr_only(monkeypatch: pytest.MonkeyPatch,
     r = invoke("moderate", *ENDPOINT, "-p", "spam_scams", "-p", "hate_speech", "--json", "-f", str(posts))
     assert r.exit_code == EXIT_OK, r.output
     assert [json.loads(x)["item_id"] for x in r.stdout.splitlines()] == ["line-1", "line-2", "line-3"]
-    assert "moderating 3 items × 2 policies" in r.stderr and "3/3 items" in r.stderr and "done: 3/3 items" in r.stderr
+    assert "moderating 3 items × 2 policies: 1/3 items" in r.stderr and "done: 3/3 items" in r.stderr
     r = invoke("moderate", *ENDPOINT, "-p", "spam_scams", "--no-progress", "--json", "-f", str(posts))
     assert r.exit_code == EXIT_OK and "items" not in r.stderr
 
@@ -102,14 +102,23 @@ def test_plain_progress_is_occasional() -> None:
     now = [0.0]
     buf = io.StringIO()
     with _progress.Reporter(rich=False, stream=buf, clock=lambda: now[0], interval=10.0) as rep:
+        rep.note("starting the embedded model m")  # shown at once
+        now[0] = 25.0
+        rep.tick()  # still starting: a heartbeat line
         rep.begin(100, "moderating 100 items × 1 policy")
         for i in range(1, 101):
-            now[0] += 0.5  # 50 s in all
+            now[0] += 0.5  # 50 s of items
             rep.show(i, 100)
     lines = buf.getvalue().splitlines()
-    assert lines[0] == "cotmod: moderating 100 items × 1 policy"
-    assert len(lines) == 1 + 5 + 1  # the start, one line per 10 s, the end
-    assert lines[-1] == "cotmod: done: 100/100 items in 50 s"
+    assert lines[:2] == ["cotmod: starting the embedded model m", "cotmod: starting the embedded model m, 25 s elapsed"]
+    assert lines[2] == "cotmod: moderating 100 items × 1 policy: 20/100 items, 35 s elapsed"
+    assert len(lines) == 2 + 5 + 1  # one line per 10 s of items, then the end
+    assert lines[-1] == "cotmod: done: 100/100 items in 75 s"
+    quiet = io.StringIO()
+    with _progress.Reporter(rich=False, stream=quiet, clock=lambda: 0.0, interval=10.0) as rep:
+        rep.begin(1, "moderating 1 item × 1 policy")
+        rep.show(1, 1)
+    assert quiet.getvalue() == ""  # a quick command prints no progress at all
 
 
 # -- run ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Progress on stderr (never stdout, so ``--json`` output stays clean).
 
-On a terminal: a rich spinner and bar (items done, elapsed, rates). Otherwise: plain lines, at
-most one every ``PLAIN_INTERVAL`` seconds (plus the one-off notes such as "starting the embedded
-model"), so logs show that something is happening without flooding them.
+On a terminal: a rich spinner and bar (items done, elapsed, rates). Otherwise: plain lines, one
+every ``PLAIN_INTERVAL`` seconds while work goes on (plus one-off notes such as "starting the
+embedded model", shown at once), so logs show that something is happening; a command that
+finishes within the interval prints nothing.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class Reporter:
         self.interval = PLAIN_INTERVAL if interval is None else interval
         self.label = label
         self.start = clock()
-        self.last_line: float | None = None
+        self.last_line = self.start  # the first plain line comes after one interval
+        self.phase = ""
         self.lines = 0
         self.done = 0
         self.total: int | None = None
@@ -65,6 +67,10 @@ class Reporter:
                 TextColumn("{task.fields[stats]}"),
                 console=Console(file=self.stream, stderr=stream is None),
                 transient=True,
+                # print()s to stdout go above the bar only when stdout is the terminal too;
+                # otherwise they must stay on stdout (e.g. --json piped to a file)
+                redirect_stdout=sys.stdout.isatty(),
+                redirect_stderr=False,
             )
             self._task = self._progress.add_task(label, total=None, stats="")
 
@@ -77,7 +83,8 @@ class Reporter:
         if self._progress is not None:
             self._progress.stop()
         if exc_type is None and self.lines and not self.rich:
-            self._line(f"done: {self._counts()} in {self.elapsed():.0f} s")
+            self.phase = "done"
+            self._line(f"{self._counts()} in {self.elapsed():.0f} s")
 
     def elapsed(self) -> float:
         return self.clock() - self.start
@@ -89,11 +96,14 @@ class Reporter:
         self.lines += 1
 
     def _counts(self) -> str:
+        if self.total is None and self.done == 0:
+            return self.phase or "working"
         total = "?" if self.total is None else str(self.total)
-        return f"{self.done}/{total} items" + (f", {self.stats}" if self.stats else "")
+        return (f"{self.phase}: " if self.phase else "") + f"{self.done}/{total} items" + (f", {self.stats}" if self.stats else "")
 
     def note(self, text: str) -> None:
         """A one-off status line (e.g. starting the embedded model), shown at once."""
+        self.phase = text
         if self._progress is not None:
             self._progress.update(self._task, description=text)
             self._progress.console.print(f"[dim]{text}[/dim]")
@@ -101,13 +111,12 @@ class Reporter:
             self._line(text)
 
     def begin(self, total: int | None, description: str) -> None:
-        """The work starts: ``total`` items (None if unknown)."""
+        """The work starts: ``total`` items (None if unknown), described in plain lines."""
         self.total = total
+        self.phase = description
         if self._progress is not None:
             self._progress.update(self._task, total=total, description=self.label)
             self._progress.console.print(f"[dim]{description}[/dim]")
-        else:
-            self._line(description)
 
     def show(self, done: int, total: int | None = None, stats: str = "") -> None:
         """``done`` items finished; a plain line only if ``interval`` has passed since the last."""
@@ -124,8 +133,7 @@ class Reporter:
         """A heartbeat: in plain mode print the state if ``interval`` has passed since the last line."""
         if self._progress is not None:
             return
-        now = self.clock()
-        if self.last_line is None or now - self.last_line >= self.interval:
+        if self.clock() - self.last_line >= self.interval:
             self._line(f"{self._counts()}, {self.elapsed():.0f} s elapsed")
 
 
