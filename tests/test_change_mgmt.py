@@ -294,3 +294,16 @@ def test_impact_policy_option_previews_only_those_policies(tmp_path: Path, polic
 
     with pytest.raises(ConfigError, match="unknown policy"):
         run(["nope"], "c")
+
+
+def test_shipped_enforcement_manifest_is_in_sync() -> None:
+    """enforcement.yaml binds every starter policy (version, prompt fingerprint, escalation routes,
+    the labeling guide). Regenerate it with `cotmod sync update enforcement.yaml` whenever a policy,
+    a prompt template or the prompt fingerprint computation changes; .ci/run checks it too."""
+    from .conftest import ROOT
+
+    manifest = ROOT / "enforcement.yaml"
+    mod = AsyncModerator(GUIDELINES, backend=FakeBackend())
+    assert [str(f) for f in check_manifest(manifest, mod)] == []
+    data = yaml.safe_load(manifest.read_text())
+    assert set(data["policies"]) == set(VERSIONS) and (ROOT / data["guide"]["path"]).is_file()
