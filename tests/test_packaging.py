@@ -24,3 +24,8 @@ def test_wheel_contents(tmp_path: Path) -> None:
     for f in (ROOT / "prompts").glob("*.j2"):
         assert f"cotmod/_bundled/prompts/{f.name}" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    assert not any(n.endswith("enforcement.yaml") for n in names)  # a manifest is not a policy
+    # requires-python is >=3.10 and tomllib is 3.11+: the wheel must pull tomli in on 3.10
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    requires = [line for line in zipfile.ZipFile(wheel).read(meta).decode().splitlines() if line.startswith("Requires-Dist: tomli")]
+    assert len(requires) == 1 and "python_version < '3.11'" in requires[0].replace('"', "'")
