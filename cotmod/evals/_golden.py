@@ -22,10 +22,7 @@ positive for a label when any of its policies is violated::
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +31,7 @@ from typing import Any
 
 from .._exceptions import InputError
 from .._yamlfile import read_yaml_mapping
+from ..batch import read_records
 from ..policy._model import PolicySet
 
 __all__ = ["GoldenItem", "GoldenSet", "LabelMapping", "load_golden", "load_mapping"]
@@ -148,37 +146,18 @@ def _norm_label(value: Any, where: str) -> int | None:
     raise InputError(f"{where}: label value {value!r} is not 1, 0 or unknown")
 
 
-def _open_text(p: Path) -> io.TextIOBase:
-    if p.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8")
-    return p.open("r", encoding="utf-8", newline="")  # type: ignore[return-value]
-
-
 def _rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    name = p.name.removesuffix(".gz")
-    try:
-        with _open_text(p) as f:
-            if name.endswith(".csv"):
-                reader = csv.DictReader(f)  # type: ignore[arg-type]
-                for rec in reader:
-                    labels = {k.split(":", 1)[1]: v for k, v in rec.items() if k and k.startswith("label:")}
-                    rest = {k: v for k, v in rec.items() if k and not k.startswith("label:")}
-                    yield reader.line_num, {**rest, "labels": labels}
-            else:
-                for n, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise InputError(f"{p}:{n}: invalid JSON ({exc.msg})") from None
-                    if not isinstance(obj, dict):
-                        raise InputError(f"{p}:{n}: expected a JSON object")
-                    yield n, obj
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{p}: not valid UTF-8 ({exc.reason})") from None
-    except FileNotFoundError:
-        raise InputError(f"golden set not found: {p}") from None
+    """Rows of a golden set through the batch runner's one strict reader (JSONL, CSV, Parquet,
+    ``.gz``); CSV ``label:NAME`` columns become the ``labels`` mapping."""
+    if not p.exists():
+        raise InputError(f"golden set not found: {p}")
+    is_csv = p.name.removesuffix(".gz").endswith(".csv")
+    for n, rec in read_records(p):
+        if is_csv:
+            labels = {k.split(":", 1)[1]: v for k, v in rec.items() if k and k.startswith("label:")}
+            rest = {k: v for k, v in rec.items() if k and not k.startswith("label:")}
+            rec = {**rest, "labels": labels}
+        yield n, rec
 
 
 def load_golden(path: str | Path, mapping: LabelMapping) -> GoldenSet:
