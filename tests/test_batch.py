@@ -88,3 +88,12 @@ def test_batch_cli(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["processed"] == 3 and data["cost_usd"] == pytest.approx(3 * (900 * 0.15 + 80 * 0.60) / 1e6)
+
+
+def test_batch_export_with_bad_rows_exits_1(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": "\\ud800"}\n{"id": "c", "text": "also fine"}\n')
+    req = tmp_path / "req.jsonl"
+    r = CliRunner().invoke(cli, ["batch", "export", str(inp), "-o", str(req), "-p", "spam_scams", "--model", "gpt-4o-mini", "--base-url", "http://127.0.0.1:9/v1"])
+    assert r.exit_code == 1, r.output
+    assert "2 requests for 2 items (1 bad rows dead-lettered)" in r.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -47,6 +48,9 @@ def batch_export(input_path: str, output: str, fmt: str | None, id_field: str, t
         click.echo(json.dumps(counts))
     else:
         click.echo(f"{output}: {counts['requests']} requests for {counts['items']} items ({counts['bad_rows']} bad rows dead-lettered)")
+    if counts["bad_rows"]:
+        # Those rows will never get a verdict from this batch: not everything was handed on.
+        sys.exit(EXIT_UNDECIDED)
 
 
 @batch.command("import", context_settings=CONTEXT)
