@@ -413,3 +413,12 @@ async def test_a_runs_verdict_lines_keep_the_items_metadata(tmp_path) -> None:
     assert lines["a"]["metadata"] == {"lang": "en", "thread": {"n": 7}}
     assert lines["b"]["metadata"] == {"lang": "de"}
     assert lines["c"]["metadata"] == {}
+
+
+def test_the_prompt_fingerprint_covers_the_sampling_settings() -> None:
+    def fp(**kw: Any) -> str:
+        return make(FakeBackend(), **kw).fingerprint(["spam_scams"])
+
+    base = fp()
+    assert fp() == base
+    assert fp(temperature=0.5) != base and fp(max_tokens=512) != base and fp(votes=3) != base

@@ -172,7 +172,15 @@ def _with_logprob_scores(decisions: list[PolicyDecision], raw: str, logprobs: li
 
 
 class AsyncModerator:
-    """Moderates items against policies through an OpenAI-compatible backend (async)."""
+    """Moderates items against policies through an OpenAI-compatible backend (async).
+
+    ``policies``: a :class:`PolicySet`, policies, or a directory/file to load (default: the
+    configured guidelines, else the starter pack). ``settings`` and/or keyword ``overrides``
+    configure it (:class:`~cotmod.Settings`). ``backend``: any :class:`Backend` (default: one
+    for ``settings.base_url``, or the embedded local model). ``cache``: a result cache (its
+    calls run off the event loop). ``warm_prefix``: send the first request of each prompt
+    prefix alone before the others with that prefix (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -242,6 +250,7 @@ class AsyncModerator:
                 max_item_tokens=self.settings.max_item_tokens,
                 schema_limits=self.settings.schema_limits,
                 few_shot=self.settings.few_shot,
+                sampling=self.sampling(),
             )
             self._compilers[key] = comp
         return comp
@@ -746,7 +755,8 @@ class _Portal:
 
 
 class Moderator:
-    """The synchronous twin of :class:`AsyncModerator`, with the same methods."""
+    """The synchronous twin of :class:`AsyncModerator`, with the same methods and parameters
+    (``close`` for ``aclose``; ``moderate_stream`` is a plain generator)."""
 
     def __init__(
         self,
