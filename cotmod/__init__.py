@@ -29,53 +29,87 @@ from ._exceptions import (
     TransportError,
     UserError,
 )
-from ._verdict import PolicyDecision, Usage, Verdict, verdict_json_schema
+from ._verdict import ErrorInfo, PolicyDecision, Usage, Verdict, verdict_json_schema
 from ._version import __version__
-from .backends._openai import Backend, ChatRequest, ChatResult, OpenAIBackend
-from .engine._moderator import AsyncModerator, Item, Moderator
-from .policy._lint import LintReport, lint_paths, load_policies
-from .policy._model import Policy, PolicySet
-from .prompting._compiler import CompiledPrompt, Compiler, PromptTemplates
-from .prompting._decision import decision_schema
+from .backends import Backend, ChatRequest, ChatResult, LimitedBackend, OpenAIBackend
+from .batch import Runner, RunSummary, read_items
+from .engine import AsyncModerator, Item, MemoryCache, Moderator, SqliteCache
+from .evals import (
+    Comparison,
+    EvalResult,
+    LabelMetrics,
+    Thresholds,
+    compare,
+    compute_metrics,
+    load_golden,
+    load_mapping,
+    run_eval,
+    tune,
+)
+from .policy import LintReport, Policy, PolicySet, lint_paths, load_policies
+from .prompting import CompiledPrompt, Compiler, PromptTemplates, decision_schema
 
-__all__ = [
+__all__ = [  # noqa: RUF022  (grouped by purpose, as in the README)
+    # moderate
     "AsyncModerator",
-    "AuthenticationError",
+    "Item",
+    "Moderator",
+    "Settings",
+    "Verdict",
+    "PolicyDecision",
+    "ErrorInfo",
+    "Usage",
+    "verdict_json_schema",
+    # policies and prompts
+    "Policy",
+    "PolicySet",
+    "load_policies",
+    "lint_paths",
+    "LintReport",
+    "LintIssue",
+    "Compiler",
+    "CompiledPrompt",
+    "PromptTemplates",
+    "decision_schema",
+    # backends and caches
     "Backend",
+    "OpenAIBackend",
     "ChatRequest",
     "ChatResult",
-    "CircuitOpenError",
-    "CompiledPrompt",
-    "Compiler",
-    "ConfigError",
+    "LimitedBackend",
+    "SqliteCache",
+    "MemoryCache",
+    # at scale
+    "Runner",
+    "RunSummary",
+    "read_items",
+    # evals
+    "run_eval",
+    "compute_metrics",
+    "EvalResult",
+    "LabelMetrics",
+    "tune",
+    "Thresholds",
+    "compare",
+    "Comparison",
+    "load_golden",
+    "load_mapping",
+    # errors
     "CotmodError",
-    "EndpointUnreachableError",
-    "InputError",
-    "Item",
-    "LintIssue",
-    "LintReport",
-    "MalformedResponseError",
-    "ModelNotAvailableError",
-    "ModelOutputError",
-    "Moderator",
-    "OpenAIBackend",
-    "Policy",
-    "PolicyDecision",
-    "PolicyError",
-    "PolicySet",
-    "PromptTemplates",
-    "RateLimitedError",
-    "RequestTimeoutError",
-    "ServerError",
-    "Settings",
-    "TemplateError",
-    "TransportError",
-    "Usage",
     "UserError",
-    "Verdict",
+    "PolicyError",
+    "TemplateError",
+    "ConfigError",
+    "InputError",
+    "ModelNotAvailableError",
+    "TransportError",
+    "EndpointUnreachableError",
+    "RequestTimeoutError",
+    "AuthenticationError",
+    "RateLimitedError",
+    "ServerError",
+    "MalformedResponseError",
+    "CircuitOpenError",
+    "ModelOutputError",
     "__version__",
-    "decision_schema",
-    "lint_paths",
-    "load_policies",
-    "verdict_json_schema",
 ]

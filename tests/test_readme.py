@@ -33,6 +33,24 @@ def test_readme_python_blocks_run(index: int, monkeypatch: pytest.MonkeyPatch, c
     # Every verdict the example produced was decided: an error verdict would print too, so the
     # printed output alone cannot tell a working example from a broken one.
     verdicts = [v for v in namespace.values() if isinstance(v, cotmod.Verdict)]
-    assert verdicts, "each README example should leave its verdict in a variable"
+    summaries = [v for v in namespace.values() if isinstance(v, cotmod.RunSummary)]
+    assert verdicts or summaries, "each README example should leave its verdict or run summary in a variable"
     for v in verdicts:
         assert v.status == "ok", f"README block {index} produced an error verdict: {v.error}"
+    for summary in summaries:
+        assert summary.processed > 0 and summary.undecided == 0, summary.to_dict()
+
+
+def test_readme_public_api_table_is_cotmod_all() -> None:
+    """The README's public-API table names exactly what ``import cotmod`` exports."""
+    section = README.split("**The public API**", 1)[1]
+    start = section.index("| for | names |")
+    rows = []
+    for line in section[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line.split("|")[2])  # the names column
+    named = set(re.findall(r"`([A-Za-z_]+)`", "\n".join(rows)))
+    exported = set(cotmod.__all__) - {"__version__"}
+    assert exported - named == set(), "exported but not in the README table"
+    assert named - exported == set(), "in the README table but not exported"
