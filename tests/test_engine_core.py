@@ -4,6 +4,7 @@ off the event loop and prefix warm-up. No timed assertions: gates are asyncio/th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 from typing import Any
@@ -400,6 +401,116 @@ async def test_votes_warm_too_and_a_failed_warm_up_hands_over() -> None:
     results = await asyncio.gather(*(mod.moderate(t, policies=["spam_scams"]) for t in "abc"), return_exceptions=True)
     assert isinstance(results[0], ServerError)
     assert [r.status for r in results[1:]] == ["ok", "ok"]  # type: ignore[union-attr]
+
+
+class RampBackend(GatedBackend):
+    """Gated per item word; records requests in flight and can answer after transport retries."""
+
+    def __init__(self, words: list[str], retried: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        super().__init__(words)
+        self.retried = retried
+        self.in_flight = 0
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        self.in_flight += 1
+        try:
+            result = await super().complete(request)
+        finally:
+            self.in_flight -= 1
+        if self.word(request) in self.retried:
+            result = dataclasses.replace(result, transport_retries=1)
+        return result
+
+    async def answer(self, word: str) -> None:
+        self.gates[word].set()
+        await settle()
+
+
+async def test_after_warm_up_a_group_ramps_up_one_more_request_per_answer() -> None:
+    words = [f"w{i}" for i in range(6)]
+    backend = RampBackend(words)
+    mod = make(backend, concurrency=8)
+    task = asyncio.ensure_future(mod.moderate_many(words, policies=["spam_scams"]))
+    await settle()
+    assert backend.started == ["w0"]  # warm-up: alone
+    await backend.answer("w0")
+    assert backend.started == ["w0", "w1", "w2"] and backend.in_flight == 2  # 1 + 1 answered
+    await backend.answer("w1")
+    assert backend.started == words[:5] and backend.in_flight == 3  # 1 + 2 answered
+    await backend.answer("w2")
+    assert backend.started == words and backend.in_flight == 3  # all started; 4 were allowed
+    for w in words[3:]:
+        await backend.answer(w)
+    assert [v.status for v in await task] == ["ok"] * 6
+    # the window is the moderator's: warm now, a new batch of the group starts at once (up to 7)
+    again = RampBackend(["x0", "x1", "x2"])
+    mod._backend = again
+    task = asyncio.ensure_future(mod.moderate_many(["x0", "x1", "x2"], policies=["spam_scams"]))
+    await settle()
+    assert again.in_flight == 3
+    for w in ["x0", "x1", "x2"]:
+        await again.answer(w)
+    await task
+
+
+async def test_the_ramp_is_capped_by_concurrency_and_per_group() -> None:
+    words = [f"w{i}" for i in range(4)]
+    backend = RampBackend(words)
+    mod = make(backend, concurrency=2)
+    task = asyncio.ensure_future(mod.moderate_many(words, policies=["hate_speech", "spam_scams"]))
+    await settle()
+    assert backend.in_flight == 2  # each group warms with its first request, in parallel
+    await backend.answer("w0")  # both groups' warm-ups answered; windows 2, but concurrency 2
+    assert backend.in_flight == 2
+    for w in words[1:]:
+        await backend.answer(w)
+    assert all(v.status == "ok" for v in await task)
+
+
+async def test_an_answer_that_needed_transport_retries_halves_the_groups_window() -> None:
+    words = [f"w{i}" for i in range(6)]
+    backend = RampBackend(words, retried={"w1"})
+    mod = make(backend, concurrency=8)
+    task = asyncio.ensure_future(mod.moderate_many(words, policies=["spam_scams"]))
+    await settle()
+    await backend.answer("w0")
+    assert backend.started == ["w0", "w1", "w2"]  # window 2
+    await backend.answer("w1")  # overloaded: window 2 -> 1, w2 still in flight
+    assert backend.started == ["w0", "w1", "w2"] and backend.in_flight == 1
+    await backend.answer("w2")  # window 1 -> 2
+    assert backend.started == words[:5] and backend.in_flight == 2
+    for w in words[3:]:
+        await backend.answer(w)
+    verdicts = await task
+    assert [v.transport_retries for v in verdicts] == [0, 1, 0, 0, 0, 0]
+
+
+async def test_a_transport_failure_halves_the_window_and_a_cancelled_waiter_leaves_it() -> None:
+    def answer(req: ChatRequest) -> Any:
+        return ServerError("overloaded") if "BOOM" in req.messages[-1]["content"] else safe_answer(req)
+
+    mod = make(FakeBackend(default=answer), concurrency=4)
+    await mod.moderate("a", policies=["spam_scams"])  # warm: window 2
+    await mod.moderate("b", policies=["spam_scams"])  # window 3
+    with pytest.raises(ServerError):
+        await mod.moderate("BOOM", policies=["spam_scams"])
+    (ramp,) = mod._ramps.values()
+    assert ramp.window == 1 and ramp.in_flight == 0
+    # a request cancelled while it waits for the window takes no place in it
+    gated = RampBackend(["g0", "g1", "g2"])
+    mod._backend = gated
+    first = asyncio.ensure_future(mod.moderate("g0", policies=["spam_scams"]))
+    waiting = [asyncio.ensure_future(mod.moderate(w, policies=["spam_scams"])) for w in ("g1", "g2")]
+    await settle()
+    assert gated.started == ["g0"]
+    waiting[0].cancel()
+    await settle()
+    await gated.answer("g0")
+    assert gated.started == ["g0", "g2"]
+    await gated.answer("g2")
+    await first
+    await waiting[1]
+    assert ramp.in_flight == 0 and ramp.window == 3
 
 
 async def test_a_runs_verdict_lines_keep_the_items_metadata(tmp_path) -> None:

@@ -13,13 +13,23 @@ Concurrency: at most :attr:`AsyncModerator.concurrency` model requests are in fl
 :meth:`AsyncModerator.moderate_many` returns verdicts in input order;
 :meth:`AsyncModerator.moderate_stream` yields them as they finish.
 
-Prefix warm-up (``warm_prefix=True``, the default, for every backend): the first request for a
-prompt prefix (a policy group's static system and few-shot messages) goes alone, and the other
-requests with that prefix wait for its answer before they start. A server with a prompt cache
-(llama.cpp, hosted APIs with prefix caching) then computes the long shared prefix once instead of
-in every slot at the same time, which on a small machine made concurrent cold requests time out.
-It costs only the latency of one request per prefix, once per moderator (again after
-:meth:`AsyncModerator.aclose`); different policy groups warm in parallel.
+Prefix warm-up (``warm_prefix=True``, the default, for every backend): requests are grouped by
+prompt prefix (a policy group's static system and few-shot messages), and each group ramps up
+like TCP slow start. The first request of a group goes alone; the others wait for its answer.
+After that, a group may have at most one more request in flight than it has had answered
+(``1 + answered``, up to :attr:`AsyncModerator.concurrency`), so its window grows by one per
+answer and roughly doubles per round trip. A server with a prompt cache (llama.cpp, hosted APIs
+with prefix caching) then computes the long shared prefix once, and a llama.cpp server, whose
+slots each keep their own cache, has at most about one slot per group computing the prefix
+while the warm slots answer: on a small machine, many slots prefilling a ~4k-token prefix at
+once starved every request past the client timeout. When an answer needed transport retries
+(or a request failed in transport), the server is overloaded: that group's window is halved.
+Different policy groups ramp in parallel.
+
+What it costs: a group reaches full concurrency only after about ``log2(concurrency)`` request
+latencies, once per moderator (again after :meth:`AsyncModerator.aclose`, and after a halving);
+a server with no cold-prefix problem (a large hosted API, a warm server) loses that much
+throughput at the start of a run, which matters only for short runs.
 
 Result cache: calls into a cache run on a dedicated thread, never on the event loop, unless the
 cache declares ``blocking = False`` (:class:`~cotmod.engine.MemoryCache` does). One thread, so a
@@ -52,7 +62,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .._config import Settings
-from .._exceptions import ConfigError, InputError
+from .._exceptions import ConfigError, InputError, TransportError
 from .._verdict import ErrorInfo, PolicyDecision, Truncation, Usage, Verdict
 from .._version import __version__
 from ..backends._openai import Backend, ChatRequest, ChatResult, OpenAIBackend
@@ -108,6 +118,45 @@ def _load_policy_set(policies: PolicySet | Iterable[Policy] | str | Path | None,
     if policies is not None:
         return PolicySet(policies)
     return load_policies([settings.guidelines or default_guidelines_dir()])
+
+
+class _Ramp:
+    """The slow-start window of one prompt prefix: how many of its requests may be in flight."""
+
+    def __init__(self) -> None:
+        self.window = 1
+        self.in_flight = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def acquire(self, cap: Callable[[], int]) -> None:
+        while self.in_flight >= min(self.window, cap()):
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+        self.in_flight += 1
+
+    def answered(self, transport_retries: int, cap: int) -> None:
+        """A first answer came back: open the window by one, or halve it after retries."""
+        if transport_retries:
+            self.window = max(1, self.window // 2)
+        else:
+            self.window = min(max(cap, 1), self.window + 1)
+        self._wake()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        # every waiter re-checks the window in FIFO order; the ones that do not fit wait again
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
 
 @dataclass
@@ -179,7 +228,8 @@ class AsyncModerator:
     configure it (:class:`~cotmod.Settings`). ``backend``: any :class:`Backend` (default: one
     for ``settings.base_url``, or the embedded local model). ``cache``: a result cache (its
     calls run off the event loop). ``warm_prefix``: send the first request of each prompt
-    prefix alone before the others with that prefix (see the module docstring).
+    prefix alone, then ramp that prefix's requests in flight up as answers come back, halving
+    on transport trouble (slow start; see the module docstring).
     """
 
     def __init__(
@@ -210,8 +260,7 @@ class AsyncModerator:
         self._compilers: dict[tuple[str, ...], Compiler] = {}
         self._concurrency = self.settings.concurrency
         self._sem: asyncio.Semaphore | None = None
-        self._warmed: set[str] = set()
-        self._warm_locks: dict[str, asyncio.Lock] = {}
+        self._ramps: dict[str, _Ramp] = {}
         self._cache_executor: ThreadPoolExecutor | None = None
 
     # -- configuration -------------------------------------------------------------------------
@@ -370,7 +419,7 @@ class AsyncModerator:
         backend: Backend,
         prompt: CompiledPrompt,
         vote: int | None = None,
-        on_first_answer: Callable[[], None] | None = None,
+        on_first_answer: Callable[[int], None] | None = None,
     ) -> GroupOutcome:
         s = self.settings
         messages = list(prompt.messages)
@@ -383,7 +432,7 @@ class AsyncModerator:
         for attempt in range(1, max_attempts + 1):
             result = await backend.complete(self.request_for(prompt, messages, attempt, vote))
             if attempt == 1 and on_first_answer is not None:
-                on_first_answer()
+                on_first_answer(result.transport_retries)
             usage.add(result.usage)
             retries += result.transport_retries
             raw = result.text
@@ -423,36 +472,33 @@ class AsyncModerator:
     async def _call_model(
         self, backend: Backend, prompt: CompiledPrompt, sem: asyncio.Semaphore, vote: int | None = None
     ) -> GroupOutcome:
-        """One model call (with its re-asks) under the concurrency limit, after prefix warm-up.
+        """One model call (with its re-asks) under the concurrency limit and, with
+        ``warm_prefix``, under its prompt prefix's slow-start window (see the module docstring).
 
-        Warm-up: the first call for a prompt prefix (a policy group's static messages) goes
-        alone; the other calls with that prefix wait until its first answer has come back, so
-        the server processes the long shared prefix once and the rest reuse its prompt cache
-        instead of every slot computing it at the same time. Calls for other prefixes are not
-        held up. If the first call fails without an answer, the next waiting call warms instead.
+        The window opens by one when a call's first answer comes back without transport retries
+        (its server slot now holds the prefix) and halves when it needed some, or when the call
+        fails in transport. A call holds its place in the window until it returns (re-asks
+        reuse the prefix). If the first call fails without an answer, the next waiting call
+        warms instead.
         """
+        if not self.warm_prefix:
+            async with sem:
+                return await self._decide(backend, prompt, vote)
         key = f"{backend.model_name}\0{prompt.fingerprint}"
-        gate: asyncio.Lock | None = None
-        if self.warm_prefix and key not in self._warmed:
-            gate = self._warm_locks.setdefault(key, asyncio.Lock())
-            await gate.acquire()
-            if key in self._warmed:
-                gate.release()
-                gate = None
-
-        def warmed() -> None:
-            nonlocal gate
-            self._warmed.add(key)
-            if gate is not None:
-                gate.release()
-                gate = None
-
+        ramp = self._ramps.get(key)
+        if ramp is None:
+            ramp = self._ramps[key] = _Ramp()
+        await ramp.acquire(lambda: self._concurrency)
         try:
             async with sem:
-                return await self._decide(backend, prompt, vote, warmed if gate is not None else None)
+                return await self._decide(
+                    backend, prompt, vote, lambda retries: ramp.answered(retries, self._concurrency)
+                )
+        except TransportError:
+            ramp.answered(1, self._concurrency)
+            raise
         finally:
-            if gate is not None:
-                gate.release()
+            ramp.release()
 
     async def _cache_call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a cache method off the event loop (on the moderator's cache thread), unless the
@@ -718,9 +764,8 @@ class AsyncModerator:
                 self._backend = None
         self._backend_lock = None
         self._sem = None
-        # locks belong to the loop they were used on; the next use may be on another loop
-        self._warm_locks = {}
-        self._warmed = set()
+        # waiters belong to the loop they were used on; the next use may be on another loop
+        self._ramps = {}
         if self._cache_executor is not None:
             self._cache_executor.shutdown(wait=True)
             self._cache_executor = None
