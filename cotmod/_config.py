@@ -349,8 +349,12 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: api_key_env must be the name of an environment variable")
     for k in PATH_SETTINGS:
         v = data.get(k)
-        if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
-            data[k] = str(path.parent / v) if str(path.parent) != "." else v
+        if isinstance(v, str) and v:
+            expanded = Path(v).expanduser()  # "~/policies" means the user's home, as in a shell
+            if expanded.is_absolute():
+                data[k] = str(expanded)
+            else:
+                data[k] = str(path.parent / v) if str(path.parent) != "." else v
     for k, v in data.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"{path}: {k} = {v}: not a finite number")

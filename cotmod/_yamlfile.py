@@ -122,7 +122,7 @@ def read_text_limited(path: Path, limit: int = MAX_YAML_BYTES) -> bytes:
     if larger than ``limit``."""
     size = path.stat().st_size
     if size > limit:
-        raise InputError(f"{path}: too large ({size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB)")
+        raise InputError(f"{path}: too large ({size:,} bytes; the limit is {limit:,} bytes = {limit / 2**20:g} MiB)")
     return path.read_bytes()
 
 

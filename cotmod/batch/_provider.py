@@ -59,15 +59,19 @@ def export_batch(
     seen: set[int] = set()
     counts = {"items": 0, "requests": 0, "bad_rows": 0}
     tmp_req, tmp_idx = req_path.with_suffix(".tmp"), _index_path(req_path).with_suffix(".tmp")
+    # one export, one dead-letter file: a re-export replaces it instead of appending duplicates
+    Runner.errors_path(req_path).unlink(missing_ok=True)
     errors = Appender(Runner.errors_path(req_path))
     try:
         with tmp_req.open("w", encoding="utf-8") as rf, tmp_idx.open("w", encoding="utf-8") as xf:
             for row in read_items(input_path, id_field=id_field, text_field=text_field, fmt=fmt):
                 d = digest(row.id)
-                problem = row.problem or (f"duplicate id {row.id!r}" if d in seen else None)
+                duplicate = row.problem is None and d in seen
+                problem = row.problem or (f"duplicate id {row.id!r}" if duplicate else None)
                 seen.add(d)
                 if problem is not None:
-                    errors.write({"id": row.id, "line": row.line, "error_type": "BadRow", "message": f"{input_path}:{row.line}: {problem}", "retryable": False})
+                    etype = "DuplicateId" if duplicate else "BadRow"  # the names cotmod run uses
+                    errors.write({"id": row.id, "line": row.line, "error_type": etype, "message": f"{input_path}:{row.line}: {problem}", "retryable": False})
                     counts["bad_rows"] += 1
                     continue
                 assert row.text is not None
@@ -102,8 +106,14 @@ def _read_results(path: Path) -> dict[str, dict[str, Any]]:
 
 def _index(path: Path) -> Iterator[dict[str, Any]]:
     with path.open("rb") as f:
-        for raw in f:
-            yield json.loads(raw)
+        for n, raw in enumerate(f, start=1):
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise InputError(f"{path}:{n}: not an index line written by cotmod batch export; export again") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{n}: not an index line written by cotmod batch export; export again")
+            yield obj
 
 
 def import_batch(

@@ -119,8 +119,9 @@ class RunSummary:
     """What a run did. ``to_dict()`` is what ``cotmod run --json`` prints.
 
     ``undecided`` is the number of input items without a verdict when the run ended: those
-    dead-lettered by this run (``dead_lettered``: bad rows, duplicate ids, error verdicts,
-    transport failures) plus those dead-lettered by an earlier run and not retried
+    dead-lettered by this run (``dead_lettered``: bad rows, error verdicts, transport failures,
+    and duplicate ids, which are counted there but not as undecided since their id has a verdict:
+    ``duplicate_ids``) plus those dead-lettered by an earlier run and not retried
     (``previously_dead_lettered``). ``cotmod run`` exits 1 when it is not 0.
     """
 
@@ -130,6 +131,7 @@ class RunSummary:
     resumed_skipped: int = 0
     errors: int = 0
     dead_lettered: int = 0
+    duplicate_ids: int = 0
     previously_dead_lettered: int = 0
     cache_hits: int = 0
     model_calls: int = 0
@@ -150,7 +152,7 @@ class RunSummary:
 
     @property
     def undecided(self) -> int:
-        return self.dead_lettered + self.previously_dead_lettered
+        return self.dead_lettered - self.duplicate_ids + self.previously_dead_lettered
 
     @property
     def cost_usd(self) -> float | None:
@@ -204,6 +206,7 @@ class RunSummary:
             "resumed_skipped": self.resumed_skipped,
             "errors": self.errors,
             "dead_lettered": self.dead_lettered,
+            "duplicate_ids": self.duplicate_ids,
             "previously_dead_lettered": self.previously_dead_lettered,
             "undecided": self.undecided,
             "cache_hits": self.cache_hits,
@@ -413,6 +416,9 @@ class Runner:
         for entry in dead_letters:
             d = digest(entry.id)
             if d in done:
+                # the id has a verdict (a repeated id, or a failure decided later): nothing to
+                # retry, but the record stays (a resume never deletes what was written)
+                kept_errors.append(entry.raw)
                 continue
             if retry_errors and entry.retryable:
                 retry_ids.add(d)
@@ -468,6 +474,8 @@ class Runner:
                 }
             )
             summary.dead_lettered += 1
+            if etype == "DuplicateId":
+                summary.duplicate_ids += 1
 
         def progress() -> None:
             summary.elapsed_s = time.perf_counter() - start

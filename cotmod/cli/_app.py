@@ -5,10 +5,9 @@ in use is said on stderr, so stdout stays clean for --json."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -134,32 +133,6 @@ def _check_text(text: str, where: str) -> str:
     except UnicodeEncodeError:
         raise InputError(f"{where}: text is not valid UTF-8") from None
     return text
-
-
-def _read_items(path: str) -> Iterator[dict[str, Any]]:
-    """Items from a text file (one per line) or JSONL (objects with id and text)."""
-    p = Path(path)
-    is_jsonl = p.suffix in (".jsonl", ".ndjson")
-    with p.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path}:{n}: not valid UTF-8 (byte {exc.start})") from None
-            if not line.strip():
-                continue
-            if is_jsonl or (line.lstrip().startswith("{") and p.suffix != ".txt"):
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-                if not isinstance(obj, dict) or "text" not in obj:
-                    raise InputError(f"{path}:{n}: expected an object with a 'text' field")
-                if not isinstance(obj["text"], str):
-                    raise InputError(f"{path}:{n}: field 'text' must be a string")
-                yield {"id": str(obj.get("id", n)), "text": obj["text"]}
-            else:
-                yield {"id": str(n), "text": line}
 
 
 def _print_verdict(v: Any) -> None:

@@ -11,6 +11,7 @@ import click
 
 from ._app import (
     CONTEXT,
+    EXIT_UNDECIDED,
     _endpoint_options,
     _Group,
     _settings,
@@ -43,7 +44,7 @@ def sync_check(manifest: str, as_json: bool, policies: tuple[str, ...], **kw: An
             click.echo(click.style("stale ", fg="red") + str(f))
         click.echo("in sync" if not findings else f"{len(findings)} stale binding(s)")
     if findings:
-        sys.exit(1)
+        sys.exit(EXIT_UNDECIDED)
 
 
 @sync.command("update", context_settings=CONTEXT)
@@ -68,7 +69,7 @@ def sync_update(manifest: str, create: bool, policies: tuple[str, ...], **kw: An
     if not done and not remaining:
         click.echo("already in sync")
     if remaining:
-        sys.exit(1)
+        sys.exit(EXIT_UNDECIDED)
 
 
 @cli.command(context_settings=CONTEXT)

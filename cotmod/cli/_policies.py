@@ -11,6 +11,7 @@ import click
 
 from ._app import (
     CONTEXT,
+    EXIT_UNDECIDED,
     _check_text,
     _endpoint_options,
     _Group,
@@ -50,7 +51,7 @@ def lint(paths: tuple[str, ...], as_json: bool, strict: bool, config_file: str |
             + f", {len(report.errors)} error(s), {len(report.warnings)} warning(s)"
         )
     if failed:
-        sys.exit(1)
+        sys.exit(EXIT_UNDECIDED)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -162,7 +163,7 @@ def diff(old: str, new: str, fmt: str, repo: str) -> None:
         if not any(d.status != "unchanged" for d in diffs):
             click.echo("no changes")
     if errors:
-        sys.exit(1)
+        sys.exit(EXIT_UNDECIDED)
 
 
 @cli.group(cls=_Group, context_settings=CONTEXT)

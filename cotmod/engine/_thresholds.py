@@ -10,6 +10,7 @@ For a policy with thresholds, the decision's ``score`` picks a band:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,20 @@ def load_thresholds(path: str | Path | None) -> dict[str, dict[str, float]]:
     for pid, spec in th.items():
         if not isinstance(spec, dict) or "review" not in spec:
             raise InputError(f"{p}: thresholds.{pid} needs at least 'review'")
-        out[str(pid)] = {k: float(v) for k, v in spec.items() if k in ("review", "auto_action")}
+        values: dict[str, float] = {}
+        for key in ("review", "auto_action"):
+            if key not in spec or spec[key] is None:
+                continue
+            raw = spec[key]
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or not 0 <= raw <= 1:
+                raise InputError(f"{p}: thresholds.{pid}.{key}: expected a number from 0 to 1, got {raw!r}")
+            values[key] = float(raw)
+        if "auto_action" in values and values["auto_action"] < values["review"]:
+            raise InputError(
+                f"{p}: thresholds.{pid}: auto_action ({values['auto_action']}) is below review ({values['review']}); "
+                "items would be enforced automatically before a human could review them"
+            )
+        out[str(pid)] = values
     return out
 
 

@@ -140,7 +140,8 @@ def tune(
 
 
 def write_thresholds(thresholds: Thresholds, path: str | Path) -> None:
-    """Write a thresholds YAML file (what ``cotmod run/eval --thresholds`` read).
+    """Write a thresholds YAML file (what ``cotmod eval --thresholds`` and the ``thresholds``
+    setting of ``cotmod.toml`` / :class:`~cotmod.Settings` read).
 
     ``thresholds: {POLICY: {review, auto_action, ...}}`` as before; a policy without an
     auto-action threshold has no ``auto_action`` key.
@@ -151,7 +152,8 @@ def write_thresholds(thresholds: Thresholds, path: str | Path) -> None:
             spec.pop("auto_action", None)
     Path(path).write_text(
         "# Written by cotmod tune. Score >= auto_action: enforce automatically; >= review: human review;\n"
-        "# below review: allow. Apply with: cotmod run ... --thresholds THIS_FILE\n"
+        "# below review: allow. Apply with: thresholds = \"THIS_FILE\" in cotmod.toml (or Settings(thresholds=...));\n"
+        "# cotmod eval --thresholds THIS_FILE measures it on a golden set.\n"
         + yaml.safe_dump(data, sort_keys=False),
         encoding="utf-8",
     )

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from .._exceptions import ConfigError, InputError
+from .._exceptions import ConfigError, InputError, UserError
 from .._version import __version__
 from ..batch._runner import Runner, RunSummary
 from ..engine._moderator import AsyncModerator
@@ -133,11 +133,21 @@ def run_eval(
         },
         "limit": limit,
     }
-    # written first, so an interrupted run can still be reported on (cotmod report) and resumed
+    # written first, so an interrupted run can still be reported on (cotmod report) and resumed;
+    # restored if the run store refuses this configuration (the run directory then still
+    # describes the verdicts it holds)
+    previous = mpath.read_bytes() if mpath.exists() else None
     _write_json(mpath, {**manifest, "complete": False})
-    summary = Runner.run_sync(
-        runner, items, out / "verdicts.jsonl", policies=mapping.policies, policies_field="policies", on_progress=on_progress
-    )
+    try:
+        summary = Runner.run_sync(
+            runner, items, out / "verdicts.jsonl", policies=mapping.policies, policies_field="policies", on_progress=on_progress
+        )
+    except UserError:
+        if previous is None:
+            mpath.unlink(missing_ok=True)
+        else:
+            mpath.write_bytes(previous)
+        raise
     manifest["complete"] = True
     _write_json(mpath, manifest)
     return RunManifest.model_validate(manifest), summary

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._config import Settings
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, InputError
 from ..batch._runner import Runner
 from ..engine._cache import Cache
 from ..engine._moderator import AsyncModerator
@@ -28,11 +28,22 @@ __all__ = ["impact"]
 
 
 def _verdicts(path: Path) -> dict[str, dict[str, Any]]:
+    """Verdicts by item id; a torn last line (a killed write) is skipped, any other bad line is
+    an InputError naming it."""
     out: dict[str, dict[str, Any]] = {}
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            v = json.loads(line)
-            out[str(v["item_id"])] = v
+        text = path.read_text(encoding="utf-8", errors="replace")
+        lines = text.split("\n")
+        for n, line in enumerate(lines, start=1):
+            if not line:
+                continue
+            try:
+                v = json.loads(line)
+                out[str(v["item_id"])] = v
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if n == len(lines):  # no trailing newline: a torn final write
+                    continue
+                raise InputError(f"{path}:{n}: not a verdict line") from None
     return out
 
 

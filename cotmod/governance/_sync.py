@@ -120,7 +120,11 @@ def _check(p: Path, moderator: AsyncModerator) -> list[Finding]:
                         out.append(Finding(pid, "classifier", f"{where}.classifier.thresholds", f"{tfile} has no thresholds for {pid}", "human"))
         routes = spec.get("escalation") or []
         routed_tiers, routed_criteria = set(), set()
+        if not isinstance(routes, list):
+            raise InputError(f"{p}: {where}.escalation: expected a list of routes ({{severity|criterion, queue}}), got {type(routes).__name__}")
         for i, r in enumerate(routes):
+            if not isinstance(r, dict):
+                raise InputError(f"{p}: {where}.escalation[{i}]: expected a mapping like {{severity: high, queue: QUEUE}}, got {r!r}")
             if "severity" in r:
                 routed_tiers.add(r["severity"])
                 if r["severity"] not in pol.severity_ids:

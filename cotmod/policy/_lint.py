@@ -2,7 +2,7 @@
 
 Checks, in order:
 
-1. Size (``file: too large`` over 5 MB), YAML syntax, duplicate keys (which plain YAML loaders
+1. Size (``file: too large`` over 5 MiB), YAML syntax, duplicate keys (which plain YAML loaders
    silently overwrite), and aliases that expand to a huge or recursive document (an "alias
    bomb", see :mod:`cotmod._yamlfile`).
 2. The shipped JSON Schema (``cotmod/schemas/policy.schema.json``) via ``jsonschema``: unknown
