@@ -137,8 +137,11 @@ def wide_local_url() -> str:
 
 def test_cold_start_with_concurrency_needs_no_transport_retries(wide_local_url: str) -> None:
     """With prefix warm-up, the first request per policy group computes its ~4k-token prefix
-    alone and the rest follow; no request times out and is cancelled/retried (it did: every slot
-    prefilled the same prefix at once, past the 120 s timeout). The model is named, not a path."""
+    alone, then the group ramps up one more request per answer (slow start), so about one slot
+    per group prefills at a time while warm slots answer; no request times out and is
+    cancelled/retried (it did: every slot prefilled the same prefix at once, past the 120 s
+    timeout, and with warm-up alone 3 followers launched at once and a warm-slot request starved
+    behind 2 cold prefills). The model is named, not a path."""
     from cotmod import Settings
 
     settings = Settings(base_url=wide_local_url, model=e2e_model(), concurrency=4, max_reasks=0, max_tokens=256)
