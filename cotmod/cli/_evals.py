@@ -29,7 +29,8 @@ def _write_reports(result: EvalResult, run_dir: Path, as_json: bool) -> None:
     metrics_path = write_metrics(result, run_dir)
     report_path = write_report(result, run_dir)
     if as_json:
-        click.echo(json.dumps(result.model_dump(mode="json", exclude={"predictions"}), indent=2))
+        # per-item records (predictions, attribution flags) stay in metrics.json
+        click.echo(json.dumps(result.model_dump(mode="json", exclude={"predictions", "item_flags"}), indent=2))
     else:
         click.echo(text_table(result))
         click.echo(f"\nreport: {report_path}  metrics: {metrics_path}")
@@ -146,13 +147,24 @@ def _fmt_ci(ci: tuple[float, float] | None) -> str:
     return "" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _fmt_delta_ci(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_a", type=click.Path(exists=True, file_okay=False))
 @click.argument("run_b", type=click.Path(exists=True, file_okay=False))
-@click.option("--fail-on", multiple=True, help="Regression rule, e.g. 'precision drop > 2' (points); exit 1 if any label meets it.")
+@click.option(
+    "--fail-on",
+    multiple=True,
+    help="Regression rule, e.g. 'precision drop > 2' (points; any label) or 'benign_no_flag drop > 2' "
+    "(attribution: benign_no_flag, harmful_flagged, own_policy); exit 1 if met.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def compare(run_a: str, run_b: str, fail_on: tuple[str, ...], as_json: bool) -> None:
-    """Compare two runs on the same golden set: deltas B−A with 95% CIs, McNemar, flipped items."""
+    """Compare two runs on the same golden set: deltas B−A with 95% CIs, McNemar, flipped items,
+    and the attribution figures (benign items with no flag, policies blamed per harmful item,
+    per-policy attribution precision) with paired-bootstrap CIs."""
     from ..evals._compare import compare_runs
 
     data = compare_runs(run_a, run_b, fail_on=list(fail_on))
@@ -163,8 +175,18 @@ def compare(run_a: str, run_b: str, fail_on: tuple[str, ...], as_json: bool) -> 
         for label, e in data.labels.items():
             click.echo(f"{label} (n={e.n_paired}, McNemar p={e.mcnemar.p_value:.4f}, {len(e.flipped)} flipped)")
             for metric, d in e.metrics.items():
-                ci_s = f" [{d.ci95[0]:+.3f}, {d.ci95[1]:+.3f}]" if d.ci95 else ""
-                click.echo(f"  {metric:<9} {d.a:.3f} -> {d.b:.3f}  delta {d.delta:+.3f}{ci_s}")
+                click.echo(f"  {metric:<9} {d.a:.3f} -> {d.b:.3f}  delta {d.delta:+.3f}{_fmt_delta_ci(d.ci95)}")
+        if data.attribution is not None:
+            at = data.attribution
+            click.echo(f"attribution (n={at.n_paired}: {at.harmful} harmful, {at.benign} benign)")
+            for metric, d in at.metrics.items():
+                click.echo(f"  {metric:<22} {d.a:.3f} -> {d.b:.3f}  delta {d.delta:+.3f}{_fmt_delta_ci(d.ci95)}")
+            moved = {pid: d for pid, d in at.per_policy_precision.items() if d.delta}
+            if moved:
+                click.echo(
+                    "  attribution precision: "
+                    + ", ".join(f"{pid} {d.a:.3f} -> {d.b:.3f} ({d.delta:+.3f}{_fmt_delta_ci(d.ci95)})" for pid, d in moved.items())
+                )
         for f in data.failures:
             click.echo(click.style("REGRESSION ", fg="red") + f)
     if data.regressions:

@@ -5,19 +5,30 @@ Computing is pure and returns pydantic models; writing files is separate::
     from cotmod.evals import compute_metrics, write_metrics, write_report, tune, write_thresholds
 
     result = compute_metrics("runs/a")            # EvalResult: per-label LabelMetrics with CIs
+    result.attribution                            # which policy was blamed, across labels
     write_metrics(result)                         # runs/a/metrics.json (result.model_dump())
     write_report(result)                          # runs/a/report.html
     write_thresholds(tune(result, target_precision=0.9), "thresholds.yaml")
     compare(result, compute_metrics("runs/b"))    # Comparison: paired deltas, McNemar, regressions
 """
 
-from ._compare import compare, compare_runs, parse_fail_on, tune, write_thresholds
+from ._compare import (
+    compare,
+    compare_attribution,
+    compare_runs,
+    parse_fail_on,
+    tune,
+    write_thresholds,
+)
 from ._golden import GoldenItem, GoldenSet, LabelMapping, load_golden, load_mapping
 from ._harness import compute_metrics, load_result, run_eval, write_metrics
-from ._metrics import metric_cis, paired_comparison
+from ._metrics import metric_cis, paired_comparison, paired_ratio_delta
 from ._report import html_report, text_table, write_report
 from ._results import (
     CI,
+    Attribution,
+    AttributionComparison,
+    AttributionRow,
     Averages,
     Calibration,
     CalibrationBin,
@@ -28,6 +39,8 @@ from ._results import (
     Example,
     Flip,
     GoldenRef,
+    ItemFlags,
+    LabelAttribution,
     LabelComparison,
     LabelMetrics,
     LabelOperatingPoint,
@@ -38,6 +51,7 @@ from ._results import (
     MicroAverages,
     PairedComparison,
     PolicyAttribution,
+    PolicyBlame,
     PolicyThreshold,
     Prediction,
     Regression,
@@ -51,6 +65,9 @@ from ._results import (
 
 __all__ = [
     "CI",
+    "Attribution",
+    "AttributionComparison",
+    "AttributionRow",
     "Averages",
     "Calibration",
     "CalibrationBin",
@@ -63,6 +80,8 @@ __all__ = [
     "GoldenItem",
     "GoldenRef",
     "GoldenSet",
+    "ItemFlags",
+    "LabelAttribution",
     "LabelComparison",
     "LabelMapping",
     "LabelMetrics",
@@ -74,6 +93,7 @@ __all__ = [
     "MicroAverages",
     "PairedComparison",
     "PolicyAttribution",
+    "PolicyBlame",
     "PolicyThreshold",
     "Prediction",
     "Regression",
@@ -84,6 +104,7 @@ __all__ = [
     "Thresholds",
     "TuneMethod",
     "compare",
+    "compare_attribution",
     "compare_runs",
     "compute_metrics",
     "html_report",
@@ -92,6 +113,7 @@ __all__ = [
     "load_result",
     "metric_cis",
     "paired_comparison",
+    "paired_ratio_delta",
     "parse_fail_on",
     "run_eval",
     "text_table",

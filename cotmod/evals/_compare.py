@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,22 +17,26 @@ from ._metrics import (
     confusion,
     metric_cis,
     paired_comparison,
+    paired_ratio_delta,
     pr_curve,
     threshold_for_precision,
 )
 from ._results import (
+    AttributionComparison,
     Comparison,
     EvalResult,
     Flip,
+    ItemFlags,
     LabelComparison,
     LabelOperatingPoint,
+    MetricDelta,
     PolicyThreshold,
     Regression,
     Thresholds,
     TuneMethod,
 )
 
-__all__ = ["compare", "compare_runs", "parse_fail_on", "tune", "write_thresholds"]
+__all__ = ["compare", "compare_attribution", "compare_runs", "parse_fail_on", "tune", "write_thresholds"]
 
 
 def _operating_point(
@@ -159,26 +164,87 @@ def write_thresholds(thresholds: Thresholds, path: str | Path) -> None:
     )
 
 
-_FAIL = re.compile(r"^\s*(precision|recall|f1|fpr)\s+(drop|rise)\s*>\s*([0-9.]+)\s*$")
+_LABEL_METRICS = ("precision", "recall", "f1", "fpr")
+#: attribution shares a --fail-on rule may name (without the ``_share`` suffix)
+ATTRIBUTION_FAIL = ("benign_no_flag", "harmful_flagged", "own_policy")
+_FAIL = re.compile(
+    r"^\s*(" + "|".join(_LABEL_METRICS + ATTRIBUTION_FAIL) + r")(?:_share)?\s+(drop|rise)\s*>\s*([0-9.]+)\s*$"
+)
 
 
 def parse_fail_on(rule: str) -> tuple[str, str, float]:
-    """``"precision drop > 2"`` → (metric, direction, points)."""
+    """``"precision drop > 2"`` → (metric, direction, points). A label metric (precision,
+    recall, f1, fpr) applies to every label; an attribution share (``benign_no_flag``,
+    ``harmful_flagged``, ``own_policy``) to the run's attribution figures."""
     m = _FAIL.match(rule)
     if not m:
-        raise InputError(f"--fail-on {rule!r}: expected e.g. 'precision drop > 2' (points) or 'fpr rise > 1'")
+        raise InputError(
+            f"--fail-on {rule!r}: expected e.g. 'precision drop > 2' (points), 'fpr rise > 1' or "
+            "'benign_no_flag drop > 2' (metric: precision, recall, f1, fpr, " + ", ".join(ATTRIBUTION_FAIL) + ")"
+        )
     return m.group(1), m.group(2), float(m.group(3))
+
+
+def compare_attribution(
+    a: list[ItemFlags], b: list[ItemFlags], policies: list[str], *, rounds: int = 1000, seed: int = 0
+) -> AttributionComparison | None:
+    """Attribution figures of B against A on the items both decided, with paired-bootstrap CIs:
+    the share of benign items with no flag, of harmful items flagged at all and flagged by one
+    of their own labels' policies, the policies blamed per harmful item, and each policy's
+    attribution precision. ``None`` when the runs share no decided item."""
+    fa = {r.id: r for r in a}
+    fb = {r.id: r for r in b}
+    ids = sorted(set(fa) & set(fb))
+    if not ids:
+        return None
+    ra, rb = [fa[i] for i in ids], [fb[i] for i in ids]
+    harm = [1.0 if r.kind == "harmful" else 0.0 for r in ra]
+    ben = [1.0 - h for h in harm]
+
+    def delta(num: Callable[[ItemFlags], float], den: list[float], salt: int) -> MetricDelta | None:
+        return paired_ratio_delta(
+            [num(r) * d for r, d in zip(ra, den, strict=True)], den,
+            [num(r) * d for r, d in zip(rb, den, strict=True)], den,
+            rounds=rounds, seed=seed + salt,
+        )
+
+    figures: dict[str, MetricDelta | None] = {
+        "benign_no_flag_share": delta(lambda r: 0.0 if r.flagged else 1.0, ben, 0),
+        "harmful_flagged_share": delta(lambda r: 1.0 if r.flagged else 0.0, harm, 1),
+        "own_policy_share": delta(lambda r: 1.0 if set(r.flagged) & set(r.own) else 0.0, harm, 2),
+        "blamed_per_harmful": delta(lambda r: float(len(r.flagged)), harm, 3),
+    }
+    per_policy: dict[str, MetricDelta] = {}
+    for k, pid in enumerate(policies):
+        d = paired_ratio_delta(
+            [1.0 if pid in r.flagged and pid in r.own else 0.0 for r in ra],
+            [1.0 if pid in r.flagged else 0.0 for r in ra],
+            [1.0 if pid in r.flagged and pid in r.own else 0.0 for r in rb],
+            [1.0 if pid in r.flagged else 0.0 for r in rb],
+            rounds=rounds, seed=seed + 10 + k,
+        )
+        if d is not None:
+            per_policy[pid] = d
+    return AttributionComparison(
+        n_paired=len(ids),
+        harmful=int(sum(harm)),
+        benign=int(sum(ben)),
+        metrics={k: v for k, v in figures.items() if v is not None},
+        per_policy_precision=per_policy,
+    )
 
 
 def compare(a: EvalResult, b: EvalResult, *, fail_on: list[str] | None = None, rounds: int = 1000, seed: int = 0) -> Comparison:
     """Metric deltas B−A with paired-bootstrap CIs, McNemar tests and flipped items per label,
-    on the items both runs decided; ``fail_on`` rules (e.g. ``"precision drop > 2"``, in
-    percentage points) met by any label are listed in ``regressions``. Pure."""
+    on the items both runs decided, and the attribution figures' deltas (when both results have
+    them); ``fail_on`` rules (e.g. ``"precision drop > 2"`` for any label, or
+    ``"benign_no_flag drop > 2"``, in percentage points) met are listed in ``regressions``. Pure."""
     if a.manifest.golden.sha256 != b.manifest.golden.sha256:
         raise InputError(f"{a.run} and {b.run} were run on different golden sets; compare like with like")
     rules = [parse_fail_on(r) for r in (fail_on or [])]
     labels: dict[str, LabelComparison] = {}
     regressions: list[Regression] = []
+    label_rules = [r for r in rules if r[0] in _LABEL_METRICS]
     for label in sorted(set(a.predictions) & set(b.predictions)):
         pa = {r.id: r for r in a.predictions[label]}
         pb = {r.id: r for r in b.predictions[label]}
@@ -191,15 +257,30 @@ def compare(a: EvalResult, b: EvalResult, *, fail_on: list[str] | None = None, r
             if pa[i].pred != pb[i].pred
         ]
         labels[label] = LabelComparison(n_paired=len(ids), metrics=paired.metrics, mcnemar=paired.mcnemar, flipped=flips)
-        for metric, direction, limit in rules:
+        for metric, direction, limit in label_rules:
             d = paired.metrics[metric].delta * 100
             if (direction == "drop" and -d > limit) or (direction == "rise" and d > limit):
                 regressions.append(Regression(label=label, metric=metric, direction=direction, points=abs(d), limit=limit))
+    attribution = None
+    if a.attribution is not None and b.attribution is not None:
+        in_play = [p for p in a.attribution.policies if p in b.attribution.policies]
+        attribution = compare_attribution(a.item_flags, b.item_flags, in_play, rounds=rounds, seed=seed)
+    for metric, direction, limit in rules:
+        if metric in _LABEL_METRICS:
+            continue
+        got = attribution.metrics.get(f"{metric}_share") if attribution is not None else None
+        if got is None:
+            continue  # not measurable on these runs (no attribution records, or no such items)
+        d = got.delta * 100
+        if (direction == "drop" and -d > limit) or (direction == "rise" and d > limit):
+            regressions.append(Regression(label="attribution", metric=f"{metric}_share", direction=direction, points=abs(d), limit=limit))
 
     def head(r: EvalResult) -> dict[str, Any]:
         return {"policies": r.manifest.policies, "prompt_fingerprint": r.manifest.prompt_fingerprint, "model": r.manifest.model}
 
-    return Comparison(a=a.run, b=b.run, a_manifest=head(a), b_manifest=head(b), labels=labels, regressions=regressions)
+    return Comparison(
+        a=a.run, b=b.run, a_manifest=head(a), b_manifest=head(b), labels=labels, attribution=attribution, regressions=regressions
+    )
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, *, fail_on: list[str] | None = None, rounds: int = 1000, seed: int = 0) -> Comparison:

@@ -40,6 +40,7 @@ from ._golden import GoldenItem, LabelMapping, load_golden, load_mapping
 from ._metrics import (
     average_precision,
     binary_metrics,
+    bootstrap_ci,
     calibration,
     from_confusion,
     metric_cis,
@@ -47,15 +48,21 @@ from ._metrics import (
     roc_auc,
 )
 from ._results import (
+    CI,
+    Attribution,
+    AttributionRow,
     Averages,
     Calibration,
     Confusion,
     CurvePoint,
     EvalResult,
     Example,
+    ItemFlags,
+    LabelAttribution,
     LabelMetrics,
     MicroAverages,
     PolicyAttribution,
+    PolicyBlame,
     Prediction,
     RootCauses,
     RuleStats,
@@ -220,13 +227,20 @@ class _Row:
     strata: dict[str, Any] = field(default_factory=dict)
 
 
-def _row(it: GoldenItem, y: int, label: str, v: dict[str, Any], policies: list[str], thresholds: dict[str, dict[str, float]], strata: list[str]) -> _Row:
-    decs = [d for d in v["decisions"] if d["policy_id"] in policies]
-    flagged = []
-    for d in decs:
+def _flagged(decisions: list[dict[str, Any]], thresholds: dict[str, dict[str, float]]) -> list[str]:
+    """The policies whose decision flags the item: ``score >= review`` where the policy has a
+    threshold, the model's ``violates`` otherwise."""
+    out: list[str] = []
+    for d in decisions:
         th = thresholds.get(d["policy_id"])
         if (th is not None and float(d["score"]) >= th["review"]) or (th is None and d["violates"]):
-            flagged.append(d["policy_id"])
+            out.append(d["policy_id"])
+    return list(dict.fromkeys(out))
+
+
+def _row(it: GoldenItem, y: int, label: str, v: dict[str, Any], policies: list[str], thresholds: dict[str, dict[str, float]], strata: list[str]) -> _Row:
+    decs = [d for d in v["decisions"] if d["policy_id"] in policies]
+    flagged = _flagged(decs, thresholds)
     return _Row(
         id=it.id,
         text=it.text,
@@ -308,6 +322,7 @@ def compute_metrics(
     macro = {k: float(np.mean([getattr(e, k) for e in labels_out.values()])) if labels_out else 0.0 for k in names}
     undecided = [it.id for it in run.items if it.id not in run.verdicts]
     n_errors = sum(1 for i in undecided if i in run.errors)
+    attribution, item_flags = _attribution(run, thresholds, bootstrap_rounds, seed)
     return EvalResult(
         run=str(rd),
         manifest=run.manifest,
@@ -319,6 +334,8 @@ def compute_metrics(
         items=len(run.items),
         errors=n_errors,
         missing=len(undecided) - n_errors,
+        attribution=attribution,
+        item_flags=item_flags,
     )
 
 
@@ -388,6 +405,137 @@ def _per_policy(rows: list[_Row], policies: list[str]) -> dict[str, PolicyAttrib
             only_this_policy=sum(1 for r in flagged if len(r.flagged_by) == 1),
         )
     return out
+
+
+BENIGN = "benign"
+
+
+def _share(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def _mean_ci(values: list[float], rounds: int, seed: int) -> CI:
+    """Percentile-bootstrap CI of the mean of ``values`` (a share when they are 0/1)."""
+    if not values or rounds <= 0:
+        return None
+    arr = np.asarray(values, dtype=float)
+    return bootstrap_ci(lambda idx: float(arr[idx].mean()), len(arr), rounds=rounds, seed=seed)
+
+
+def _item_kind(it: GoldenItem, labels: dict[str, list[str]]) -> tuple[str, list[str], list[str]]:
+    """(kind, positive labels, policies of the most specific positive labels) of an item: harmful
+    when a known label is 1, benign otherwise (unknown labels are left out, as everywhere).
+
+    A positive label whose policies strictly include those of another positive label of the
+    same item (a catch-all like ``unsafe`` next to a hazard) says less about which policy should
+    fire, so it does not widen the policies a flag may correctly come from."""
+    pos = [lab for lab in labels if it.labels.get(lab) == 1]
+    if not pos:
+        return BENIGN, [], []
+    specific = [lab for lab in pos if not any(set(labels[o]) < set(labels[lab]) for o in pos)]
+    own = list(dict.fromkeys(p for lab in specific for p in labels[lab]))
+    return "harmful", pos, own
+
+
+def _attribution(
+    run: _Run, thresholds: dict[str, dict[str, float]], rounds: int, seed: int
+) -> tuple[Attribution, list[ItemFlags]]:
+    """Which policy was blamed, over every decided item and every policy in play."""
+    labels = run.mapping.evaluated_labels
+    in_play = list(dict.fromkeys(p for ps in labels.values() for p in ps))
+    records: list[ItemFlags] = []
+    unknown_pols: dict[str, set[str]] = {}
+    errors = {"harmful": 0, BENIGN: 0}
+    missing = 0
+    for it in run.items:
+        kind, pos, own = _item_kind(it, labels)
+        v = run.verdicts.get(it.id)
+        if v is None or v.get("status", "ok") != "ok":
+            if v is not None or it.id in run.errors:
+                errors[kind] += 1
+            else:
+                missing += 1
+            continue
+        flagged = _flagged([d for d in v["decisions"] if d["policy_id"] in in_play], thresholds)
+        records.append(ItemFlags(id=it.id, kind=kind, gold=pos, own=own, flagged=flagged))
+        unknown_pols[it.id] = {p for lab, ps in labels.items() if it.labels.get(lab) is None for p in ps}
+    harmful = [r for r in records if r.kind == "harmful"]
+    benign = [r for r in records if r.kind == BENIGN]
+
+    per_policy: dict[str, PolicyBlame] = {}
+    for k, pid in enumerate(in_play):
+        flags = [r for r in records if pid in r.flagged]
+        right = [1.0 if pid in r.own else 0.0 for r in flags]
+        wrong = [r for r in flags if pid not in r.own]
+        expected = [r for r in harmful if pid in r.own]
+        hit = sum(1 for r in expected if pid in r.flagged)
+        per_policy[pid] = PolicyBlame(
+            flagged=len(flags),
+            correct=int(sum(right)),
+            benign=sum(1 for r in wrong if r.kind == BENIGN),
+            other_harm=sum(1 for r in wrong if r.kind == "harmful"),
+            unverifiable=sum(1 for r in wrong if pid in unknown_pols[r.id]),
+            precision=_share(int(sum(right)), len(flags)),
+            precision_ci95=_mean_ci(right, rounds, seed + k),
+            expected=len(expected),
+            recall=_share(hit, len(expected)),
+        )
+
+    per_label: dict[str, LabelAttribution] = {}
+    matrix: dict[str, AttributionRow] = {}
+    for k, (lab, pols) in enumerate(labels.items()):
+        rows = [r for r in harmful if lab in r.gold]
+        own_hit = [1.0 if set(r.flagged) & set(pols) else 0.0 for r in rows]
+        n_own = int(sum(own_hit))
+        no_flag = sum(1 for r in rows if not r.flagged)
+        per_label[lab] = LabelAttribution(
+            positives=len(rows),
+            own_policy=n_own,
+            other_policy_only=len(rows) - n_own - no_flag,
+            no_flag=no_flag,
+            recall=_share(n_own, len(rows)),
+            recall_ci95=_mean_ci(own_hit, rounds, seed + 100 + k),
+        )
+        matrix[lab] = _matrix_row(rows, in_play)
+    matrix[BENIGN if BENIGN not in labels else f"{BENIGN} (all labels 0)"] = _matrix_row(benign, in_play)
+
+    blamed = [len(r.flagged) for r in harmful]
+    dist = Counter(str(n) if n < 3 else "3+" for n in blamed)
+    no_flag_benign = [0.0 if r.flagged else 1.0 for r in benign]
+    own_share = [1.0 if set(r.flagged) & set(r.own) else 0.0 for r in harmful]
+    attribution = Attribution(
+        policies=in_play,
+        label_policies=labels,
+        decided=len(records),
+        harmful=len(harmful),
+        benign=len(benign),
+        errors=sum(errors.values()),
+        errors_harmful=errors["harmful"],
+        errors_benign=errors[BENIGN],
+        missing=missing,
+        benign_no_flag=int(sum(no_flag_benign)),
+        benign_no_flag_share=_share(int(sum(no_flag_benign)), len(benign)),
+        benign_no_flag_ci95=_mean_ci(no_flag_benign, rounds, seed),
+        harmful_flagged=sum(1 for n in blamed if n),
+        harmful_flagged_share=_share(sum(1 for n in blamed if n), len(harmful)),
+        own_policy_share=_share(int(sum(own_share)), len(harmful)),
+        own_policy_ci95=_mean_ci(own_share, rounds, seed),
+        blamed_per_harmful=float(np.mean(blamed)) if blamed else None,
+        blamed_per_harmful_ci95=_mean_ci([float(n) for n in blamed], rounds, seed),
+        blamed_distribution={k: dist.get(k, 0) for k in ("0", "1", "2", "3+")},
+        per_policy=per_policy,
+        per_label=per_label,
+        matrix=matrix,
+    )
+    return attribution, records
+
+
+def _matrix_row(rows: list[ItemFlags], policies: list[str]) -> AttributionRow:
+    return AttributionRow(
+        items=len(rows),
+        no_flag=sum(1 for r in rows if not r.flagged),
+        flagged_by={pid: sum(1 for r in rows if pid in r.flagged) for pid in policies},
+    )
 
 
 def _rca(rows: list[_Row], strata: list[str], max_examples: int) -> RootCauses:

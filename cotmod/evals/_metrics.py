@@ -22,6 +22,7 @@ __all__ = [
     "mcnemar_exact",
     "metric_cis",
     "paired_comparison",
+    "paired_ratio_delta",
     "pr_curve",
     "roc_auc",
     "threshold_for_precision",
@@ -225,3 +226,35 @@ def paired_comparison(
         metrics=out,
         mcnemar=McNemar(a_correct_only=a_only, b_correct_only=b_only, p_value=mcnemar_exact(a_only, b_only)),
     )
+
+
+def paired_ratio_delta(
+    num_a: Sequence[float],
+    den_a: Sequence[float],
+    num_b: Sequence[float],
+    den_b: Sequence[float],
+    *,
+    rounds: int = 1000,
+    seed: int = 0,
+) -> MetricDelta | None:
+    """A ratio of per-item sums, ``sum(num) / sum(den)``, of A and of B on the same items, the
+    delta B − A and its paired-bootstrap 95% CI (items resampled together, as in
+    :func:`paired_comparison`). A share is ``num`` 0/1 over ``den`` 1 for the items it is taken
+    on (0 for the others); a mean is ``num`` the value. ``None`` when either side has no items
+    (``sum(den) == 0``); resamples where a side has none are skipped."""
+    na, da = np.asarray(num_a, dtype=float), np.asarray(den_a, dtype=float)
+    nb, db = np.asarray(num_b, dtype=float), np.asarray(den_b, dtype=float)
+    if not (len(na) == len(da) == len(nb) == len(db)):
+        raise ValueError("paired_ratio_delta: every sequence must have one value per item")
+    if da.sum() == 0 or db.sum() == 0:
+        return None
+
+    def stat(idx: Arr) -> float | None:
+        sa, sb = da[idx].sum(), db[idx].sum()
+        if sa == 0 or sb == 0:
+            return None
+        return float(nb[idx].sum() / sb - na[idx].sum() / sa)
+
+    va, vb = float(na.sum() / da.sum()), float(nb.sum() / db.sum())
+    ci = bootstrap_ci(stat, len(na), rounds=rounds, seed=seed) if rounds > 0 else None
+    return MetricDelta(a=va, b=vb, delta=vb - va, ci95=ci)

@@ -13,7 +13,7 @@ from typing import Any
 
 from ._results import EvalResult
 
-__all__ = ["html_report", "text_table", "undecided_note", "write_report"]
+__all__ = ["attribution_html", "attribution_lines", "html_report", "text_table", "undecided_note", "write_report"]
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -78,7 +78,61 @@ def text_table(result: EvalResult) -> str:
             worst = [(k, v) for k, v in table.items() if v["errors"]][:6]
             if worst:
                 lines.append(f"  errors by {stratum}: " + ", ".join(f"{k} {v['fp']}fp/{v['fn']}fn of {v['n']}" for k, v in worst))
+    lines.extend(attribution_lines(m.get("attribution")))
     return "\n".join(lines)
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _pci(v: Any) -> str:
+    return "" if not v else f" [{100 * v[0]:.1f}, {100 * v[1]:.1f}]"
+
+
+def _shows_attribution(a: dict[str, Any] | None) -> bool:
+    """Attribution is worth showing when several policies are in play (with one, it repeats the label's figures)."""
+    return a is not None and len(a["policies"]) > 1
+
+
+def attribution_lines(a: dict[str, Any] | None) -> list[str]:
+    """The compact terminal lines of the attribution figures (empty when one policy is in play)."""
+    if a is None or not _shows_attribution(a):
+        return []
+    err = (
+        f"; {a['errors']} error verdicts left out ({a['errors_harmful']} harmful, {a['errors_benign']} benign)"
+        if a["errors"] else ""
+    )
+    miss = f"; {a['missing']} not judged yet" if a["missing"] else ""
+    dist = a["blamed_distribution"]
+    lines = [
+        "",
+        f"attribution: {len(a['policies'])} policies in play; {a['decided']} decided items "
+        f"({a['harmful']} harmful, {a['benign']} benign){err}{miss}",
+        f"  benign with no flag: {a['benign_no_flag']}/{a['benign']} = {_pct(a['benign_no_flag_share'])}{_pci(a['benign_no_flag_ci95'])}",
+        f"  harmful items: flagged {_pct(a['harmful_flagged_share'])}, by one of their own labels' policies "
+        f"{_pct(a['own_policy_share'])}{_pci(a['own_policy_ci95'])}; policies blamed per item "
+        f"{_f(a['blamed_per_harmful'], 2)}{_ci(a['blamed_per_harmful_ci95'])} "
+        f"(0: {dist['0']}, 1: {dist['1']}, 2: {dist['2']}, 3+: {dist['3+']})",
+        f"  {'policy':<22}{'flagged':>8}{'correct':>8}{'benign':>7}{'other':>7}{'precision [95% CI]':>27}{'recall':>16}",
+    ]
+    for pid, b in a["per_policy"].items():
+        if not b["flagged"] and not b["expected"]:
+            continue
+        rec = f"{_f(b['recall'])} of {b['expected']}"
+        lines.append(
+            f"  {pid:<22}{b['flagged']:>8}{b['correct']:>8}{b['benign']:>7}{b['other_harm']:>7}"
+            f"{_f(b['precision']) + _ci(b['precision_ci95']):>27}{rec:>16}"
+        )
+    lines.append(
+        "  label recall by own policy (own / other policy only / no flag): "
+        + ", ".join(f"{lab} {_f(e['recall'])} ({e['own_policy']}/{e['other_policy_only']}/{e['no_flag']})" for lab, e in a["per_label"].items())
+    )
+    lines.append("  gold × flagged policy:")
+    for row, r in a["matrix"].items():
+        cells = ", ".join(f"{pid} {n}" for pid, n in sorted(r["flagged_by"].items(), key=lambda kv: -kv[1]) if n)
+        lines.append(f"    {row} ({r['items']}): {cells or 'no flags'}; no flag {r['no_flag']}")
+    return lines
 
 
 # -- SVG -------------------------------------------------------------------------------------------
@@ -144,6 +198,90 @@ def _confusion_html(c: dict[str, int]) -> str:
     )
 
 
+def attribution_html(a: dict[str, Any] | None) -> str:
+    """The HTML section on which policy was blamed: headline figures, the gold-category ×
+    flagged-policy matrix, per-policy and per-label tables (empty when one policy is in play)."""
+    if a is None or not _shows_attribution(a):
+        return ""
+    esc = html.escape
+    labels = [row for row in a["matrix"] if row in a["per_label"]]
+    pols = a["policies"]
+    dist = a["blamed_distribution"]
+    out = [
+        "<h2>Attribution: which policy was blamed</h2>",
+        f"<p>{len(pols)} policies in play; {a['decided']} decided items: {a['harmful']} harmful (a known label 1), "
+        f"{a['benign']} benign (known labels all 0)."
+        + (
+            f" <b>{a['errors']} error verdicts</b> are left out of every figure ({a['errors_harmful']} harmful, "
+            f"{a['errors_benign']} benign): an error is neither a flag nor a non-flag."
+            if a["errors"] else ""
+        )
+        + (f" {a['missing']} items not judged yet." if a["missing"] else "")
+        + "</p>",
+        "<table><tr><th>figure</th><th>value [95% CI]</th><th>items</th></tr>",
+        f"<tr><td class=l>benign items with no flag at all</td><td data-metric='attribution.benign_no_flag_share'>"
+        f"{_pct(a['benign_no_flag_share'])}{_pci(a['benign_no_flag_ci95'])}</td><td>{a['benign_no_flag']} of {a['benign']}</td></tr>",
+        f"<tr><td class=l>harmful items flagged by any policy</td><td data-metric='attribution.harmful_flagged_share'>"
+        f"{_pct(a['harmful_flagged_share'])}</td><td>{a['harmful_flagged']} of {a['harmful']}</td></tr>",
+        f"<tr><td class=l>harmful items flagged by one of their own labels' policies</td><td data-metric='attribution.own_policy_share'>"
+        f"{_pct(a['own_policy_share'])}{_pci(a['own_policy_ci95'])}</td><td>{a['harmful']}</td></tr>",
+        f"<tr><td class=l>policies blamed per harmful item (mean)</td><td data-metric='attribution.blamed_per_harmful'>"
+        f"{_f(a['blamed_per_harmful'], 2)}{_ci(a['blamed_per_harmful_ci95'])}</td>"
+        f"<td>0: {dist['0']} · 1: {dist['1']} · 2: {dist['2']} · 3+: {dist['3+']}</td></tr></table>",
+        "<h3>Gold category × flagged policy</h3>",
+        "<p class=meta>Rows: items gold-positive on each label (an item with two labels is in both rows), and the benign items. "
+        "Cells: items of the row that the column's policy flagged (an item flagged by two policies counts in both). "
+        "Green: a policy mapped to the row's label; red: a flag on a benign item; amber: another label's policy.</p>",
+        '<table class="am"><tr><th>gold \\ flagged</th><th>items</th>'
+        + "".join(f"<th>{esc(pid)}</th>" for pid in pols)
+        + "<th>no flag</th></tr>",
+    ]
+    for row, r in a["matrix"].items():
+        own = set()
+        if row in a["per_label"]:
+            own = {pid for pid in pols if pid in _label_policies(a, row)}
+        cells = []
+        for pid in pols:
+            n = r["flagged_by"].get(pid, 0)
+            cls = "" if not n else ("good" if pid in own else ("bad" if row not in labels else "warn"))
+            share = f"{100 * n / r['items']:.0f}%" if r["items"] else "–"
+            cells.append(f"<td class='{cls}' data-cell='{esc(row)}|{esc(pid)}' title='{n} of {r['items']} ({share})'>{n}</td>")
+        out.append(
+            f"<tr><th>{esc(row)}</th><td>{r['items']}</td>" + "".join(cells)
+            + f"<td data-cell='{esc(row)}|no flag'>{r['no_flag']}</td></tr>"
+        )
+    out.append("</table>")
+    out.append(
+        "<h3>Per policy</h3><p class=meta>A flag is correct when the item is gold-positive on a label mapped to the policy "
+        "(its most specific labels: a catch-all label next to a specific one does not count). Unverifiable: wrong flags on "
+        "items where a label the policy decides is unknown.</p><table><tr><th>policy</th><th>flagged</th><th>correct</th>"
+        "<th>on benign</th><th>on other harm</th><th>unverifiable</th><th>precision [95% CI]</th><th>expected</th><th>recall</th></tr>"
+    )
+    for pid, b in a["per_policy"].items():
+        out.append(
+            f"<tr><td class=l>{esc(pid)}</td><td>{b['flagged']}</td><td>{b['correct']}</td><td>{b['benign']}</td>"
+            f"<td>{b['other_harm']}</td><td>{b['unverifiable']}</td>"
+            f"<td data-metric='attribution.{esc(pid)}.precision'>{_f(b['precision'])}{_ci(b['precision_ci95'])}</td>"
+            f"<td>{b['expected']}</td><td>{_f(b['recall'])}</td></tr>"
+        )
+    out.append(
+        "</table><h3>Per gold label</h3><table><tr><th>label</th><th>positives</th><th>flagged by its own policy</th>"
+        "<th>only another policy</th><th>no flag</th><th>recall [95% CI]</th></tr>"
+    )
+    for lab, e in a["per_label"].items():
+        out.append(
+            f"<tr><td class=l>{esc(lab)}</td><td>{e['positives']}</td><td>{e['own_policy']}</td><td>{e['other_policy_only']}</td>"
+            f"<td>{e['no_flag']}</td><td>{_f(e['recall'])}{_ci(e['recall_ci95'])}</td></tr>"
+        )
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _label_policies(a: dict[str, Any], label: str) -> set[str]:
+    """The policies that decide ``label`` (as the attribution figures record them)."""
+    return set(a.get("label_policies", {}).get(label, []))
+
+
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#1d232a;padding:0 16px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #dde2e7;padding-bottom:4px}
@@ -153,7 +291,7 @@ th{background:#f4f6f8;text-align:left}td.l{text-align:left}.cm td{min-width:110p
 .good{background:#e8f5ec}.bad{background:#fdecec}.plots{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
 svg{background:#fff;border:1px solid #dde2e7;border-radius:4px}.t{font-size:12px;font-weight:600}.l,.k{font-size:10px;fill:#56606b}
 .ax{stroke:#8a949e}.curve{fill:none;stroke:#2f6fb3;stroke-width:2}.pt{fill:#d1495b}.diag{stroke:#b8c0c8;stroke-dasharray:4 3}
-.bin{fill:#2f6fb3;fill-opacity:.55}details{margin:4px 0}summary{cursor:pointer}.ex{font-size:13px}.ex td{max-width:520px}
+.bin{fill:#2f6fb3;fill-opacity:.55}.warn{background:#fff4de}.am td{min-width:56px;text-align:center}details{margin:4px 0}summary{cursor:pointer}.ex{font-size:13px}.ex td{max-width:520px}
 """
 
 
@@ -198,6 +336,9 @@ def html_report(result: EvalResult) -> str:
     out.append(f"<tr><td class=l>macro</td><td></td><td></td><td></td><td>{_f(ma['precision'])}</td><td>{_f(ma['recall'])}</td><td>{_f(ma['f1'])}</td><td>{_f(ma['fpr'])}</td><td colspan=4></td></tr></table>")
     if m.get("thresholds"):
         out.append("<p class=meta>Thresholds applied: " + esc(str(m["thresholds"])) + "</p>")
+    section = attribution_html(m.get("attribution"))
+    if section:
+        out.append(section)
     for label, e in m["labels"].items():
         out.append(f"<h2>{esc(label)}</h2><div class=plots>")
         out.append(_confusion_html(e["confusion"]))

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 __all__ = [
     "CI",
+    "Attribution",
+    "AttributionComparison",
+    "AttributionRow",
     "Averages",
     "Calibration",
     "CalibrationBin",
@@ -27,6 +30,8 @@ __all__ = [
     "Example",
     "Flip",
     "GoldenRef",
+    "ItemFlags",
+    "LabelAttribution",
     "LabelComparison",
     "LabelMetrics",
     "LabelOperatingPoint",
@@ -37,6 +42,7 @@ __all__ = [
     "MicroAverages",
     "PairedComparison",
     "PolicyAttribution",
+    "PolicyBlame",
     "PolicyThreshold",
     "Prediction",
     "Regression",
@@ -237,12 +243,108 @@ class Prediction(_Model):
     score: float
 
 
+# -- attribution: which policy was blamed, across labels ------------------------------------------
+
+
+class PolicyBlame(_Model):
+    """One policy's flags over every decided item of the run (not one label's items).
+
+    A flag is ``correct`` when the item is gold-positive on a label mapped to this policy
+    (counting the item's most specific positive labels: a positive label whose policies strictly
+    include another positive label's, like a catch-all ``unsafe``, is not counted). Wrong flags
+    are on ``benign`` items (no known label 1) or on items positive for ``other_harm``:
+    ``flagged = correct + benign + other_harm`` and ``precision = correct / flagged``.
+    ``unverifiable`` of the wrong flags are on items where a label this policy decides is unknown.
+    ``expected`` items are those whose specific labels map to this policy; ``recall`` is the
+    share of them it flagged (a label decided by several policies needs only one of them)."""
+
+    flagged: int
+    correct: int
+    benign: int
+    other_harm: int
+    unverifiable: int = 0
+    precision: float | None
+    precision_ci95: CI = None
+    expected: int
+    recall: float | None
+
+
+class LabelAttribution(_Model):
+    """Items gold-positive on a label: how many a policy of this label flagged (``recall``), how
+    many only other policies flagged (blamed on the wrong policy), how many no policy flagged."""
+
+    positives: int
+    own_policy: int
+    other_policy_only: int
+    no_flag: int
+    recall: float | None
+    recall_ci95: CI = None
+
+
+class AttributionRow(_Model):
+    """A row of the gold-category × flagged-policy matrix: its items, those no policy flagged,
+    and per policy in play the items it flagged (an item flagged by two policies counts in both)."""
+
+    items: int
+    no_flag: int
+    flagged_by: dict[str, int]
+
+
+class Attribution(_Model):
+    """Which policy was blamed, over the decided items (error verdicts and items not judged yet
+    are left out and counted in ``errors`` / ``missing``).
+
+    ``harmful`` items are gold-positive on some evaluated label; ``benign`` items are not (their
+    known labels are 0; unknown labels are left out, as everywhere: with every label known, as in
+    a multi-label set, benign means all labels 0).
+    ``matrix`` rows are the evaluated labels and ``"benign"``, columns ``policies`` (the policies
+    in play); ``label_policies`` are the evaluated labels' policies. ``blamed_distribution`` counts harmful items by how many policies flagged them
+    (``"0"``, ``"1"``, ``"2"``, ``"3+"``)."""
+
+    policies: list[str]
+    label_policies: dict[str, list[str]] = Field(default_factory=dict)
+    decided: int
+    harmful: int
+    benign: int
+    errors: int
+    errors_harmful: int = 0
+    errors_benign: int = 0
+    missing: int
+    benign_no_flag: int
+    benign_no_flag_share: float | None
+    benign_no_flag_ci95: CI = None
+    harmful_flagged: int
+    harmful_flagged_share: float | None
+    own_policy_share: float | None
+    own_policy_ci95: CI = None
+    blamed_per_harmful: float | None
+    blamed_per_harmful_ci95: CI = None
+    blamed_distribution: dict[str, int]
+    per_policy: dict[str, PolicyBlame]
+    per_label: dict[str, LabelAttribution]
+    matrix: dict[str, AttributionRow]
+
+
+class ItemFlags(_Model):
+    """One decided item for attribution (what ``compare`` pairs): ``kind`` harmful or benign,
+    its positive evaluated labels, the policies of its most specific positive
+    labels (``own``), and the policies in play that flagged it."""
+
+    id: str
+    kind: str
+    gold: list[str]
+    own: list[str]
+    flagged: list[str]
+
+
 class EvalResult(_Model):
     """Everything measured on a run directory; ``metrics.json`` is its ``model_dump(mode="json")``.
 
     ``items`` is how many items were sent to the model; ``errors`` of them got an error verdict
     (dead-lettered) and ``missing`` have no verdict yet (an interrupted run): ``undecided`` is
-    their sum, and the metrics cover only the decided items.
+    their sum, and the metrics cover only the decided items. ``attribution`` says which policy
+    was blamed across labels (``None`` in files written before it existed); ``item_flags`` are
+    its per-item records, like ``predictions`` left out of ``--json``.
     """
 
     run: str
@@ -255,6 +357,8 @@ class EvalResult(_Model):
     items: int = 0
     errors: int = 0
     missing: int = 0
+    attribution: Attribution | None = None
+    item_flags: list[ItemFlags] = Field(default_factory=list)
 
     @property
     def undecided(self) -> int:
@@ -372,6 +476,19 @@ class Regression(_Model):
         return f"{self.label}: {self.metric} {self.direction} {self.points:.1f} points > {self.limit}"
 
 
+class AttributionComparison(_Model):
+    """Attribution figures of A and B on the items both decided: ``metrics`` are
+    ``benign_no_flag_share``, ``harmful_flagged_share``, ``own_policy_share`` and
+    ``blamed_per_harmful``; ``per_policy_precision`` per policy in play (both with
+    paired-bootstrap CIs over items)."""
+
+    n_paired: int
+    harmful: int
+    benign: int
+    metrics: dict[str, MetricDelta]
+    per_policy_precision: dict[str, MetricDelta]
+
+
 class Comparison(_Model):
     """Run B against run A on the same golden set, per label; ``regressions`` are the
     ``--fail-on`` rules B met (``ok`` when none)."""
@@ -381,6 +498,7 @@ class Comparison(_Model):
     a_manifest: dict[str, Any]
     b_manifest: dict[str, Any]
     labels: dict[str, LabelComparison]
+    attribution: AttributionComparison | None = None
     regressions: list[Regression] = Field(default_factory=list)
 
     @computed_field  # type: ignore[prop-decorator]
