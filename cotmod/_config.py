@@ -3,8 +3,8 @@
 Precedence: explicit arguments > environment variables > config file > defaults.
 
 Environment: ``COTMOD_BASE_URL``, ``COTMOD_API_KEY`` (else ``OPENAI_API_KEY``), ``COTMOD_MODEL``,
-``COTMOD_LOCAL_MODEL``, ``COTMOD_TIMEOUT`` (seconds per HTTP request), ``COTMOD_CONFIG`` (path of a
-TOML config file), ``COTMOD_HOME`` (models, server state).
+``COTMOD_LOCAL_MODEL``, ``COTMOD_TIMEOUT`` (seconds per HTTP request), ``COTMOD_EVIDENCE`` (``1``/``0``:
+grounded citations), ``COTMOD_CONFIG`` (path of a TOML config file), ``COTMOD_HOME`` (models, server state).
 
 Config file (TOML, flat keys named like the fields of :class:`Settings`, plus ``api_key_env``):
 ``--config``/``config_file``, else ``$COTMOD_CONFIG``, else ``./cotmod.toml``, else
@@ -149,6 +149,11 @@ class Settings(BaseModel):
         description="maxLength/maxItems in the output schema, and violates tied to rule_ids (no rule cited: violates false)",
     )
     few_shot: bool = Field(default=True, description="Boundary examples as solved chat turns (per-policy prompts)")
+    evidence: bool = Field(
+        default=False,
+        description="Grounded citations (opt-in): the model quotes the exact words meeting each cited rule and "
+        "exception; quotes are located in the content (offsets in the verdict), ungrounded ones re-asked, then dropped",
+    )
     concurrency: int = Field(default=4, ge=1, description="Maximum requests in flight")
     guidelines: str | None = Field(default=None, description="Directory or file of policies")
     prompts: str | None = Field(default=None, description="Directory of prompt templates")
@@ -193,6 +198,11 @@ class Settings(BaseModel):
             except ValueError:
                 raise ConfigError(f"COTMOD_TIMEOUT: {timeout!r} is not a number of seconds") from None
         values.update({k: v for k, v in env.items() if v})
+        evidence = os.environ.get("COTMOD_EVIDENCE", "").strip().lower()
+        if evidence:
+            if evidence not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ConfigError(f"COTMOD_EVIDENCE: {evidence!r} is not a boolean (use 1 or 0)")
+            values["evidence"] = evidence in ("1", "true", "yes", "on")
         values.update(overrides)
 
         # The API key (see "API keys and a cotmod.toml found in the current directory").

@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-__all__ = ["ErrorInfo", "PolicyDecision", "Truncation", "Usage", "Verdict", "verdict_json_schema"]
+__all__ = ["DroppedCitation", "ErrorInfo", "Evidence", "PolicyDecision", "Truncation", "Usage", "Verdict", "verdict_json_schema"]
 
 
 class Usage(BaseModel):
@@ -29,6 +29,30 @@ class Usage(BaseModel):
         self.completion_tokens += other.completion_tokens
         self.total_tokens += other.total_tokens
         self.cached_prompt_tokens += other.cached_prompt_tokens
+
+
+class Evidence(BaseModel):
+    """A grounded citation: the words of the content that meet a cited rule or exception."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The cited rule or exception ID")
+    quote: str = Field(description="The words as the model quoted them")
+    start: int = Field(ge=0, description="Offset (characters) of the quoted passage in the item text")
+    end: int = Field(ge=0, description="End offset (exclusive): text[start:end] is the passage as written")
+
+
+class DroppedCitation(BaseModel):
+    """A citation that stayed ungrounded after the re-asks, so it does not count."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The rule or exception ID that was cited")
+    quote: str = Field(default="", description="The quote the model gave (empty if none)")
+    reason: Literal["no_quote", "empty_quote", "not_found"] = Field(
+        description="no_quote: cited without a quote; empty_quote: the quote was blank; "
+        "not_found: the quote is not in the content (after normalisation)"
+    )
 
 
 class PolicyDecision(BaseModel):
@@ -62,6 +86,25 @@ class PolicyDecision(BaseModel):
     band: Literal["auto_action", "human_review", "allow"] | None = Field(
         default=None, description="Operating band when thresholds are configured (cotmod tune)"
     )
+    evidence: list[Evidence] = Field(
+        default_factory=list,
+        description="With evidence on: per cited rule and exception, the quoted words and their offsets in the item text",
+    )
+    dropped: list[DroppedCitation] = Field(
+        default_factory=list,
+        description="With evidence on: citations left out because they stayed ungrounded after the re-asks "
+        "(the decision was recomputed without them)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_evidence(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """With evidence off, ``evidence`` and ``dropped`` are empty and left out, so verdict
+        lines stay as they were before the option existed (loading fills the defaults)."""
+        data: dict[str, Any] = handler(self)
+        for key in ("evidence", "dropped"):
+            if not data.get(key):
+                data.pop(key, None)
+        return data
 
 
 class Truncation(BaseModel):

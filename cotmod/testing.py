@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ from ._verdict import Usage
 from .backends._openai import ChatRequest, ChatResult
 from .prompting._tokens import count_tokens
 
-__all__ = ["FakeBackend", "FakeOpenAIServer", "answer_for", "decision", "offered_rule_ids"]
+__all__ = ["FakeBackend", "FakeOpenAIServer", "answer_for", "decision", "item_content", "offered_rule_ids"]
 
 Response = str | Mapping[str, Any] | BaseException | ChatResult | Callable[[ChatRequest], Any]
 
@@ -31,9 +32,21 @@ def decision(
     confidence: float = 0.9,
     reasoning: Sequence[str] = ("The content was checked against each rule.",),
     exceptions: Mapping[str, Sequence[str]] | None = None,
+    evidence: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> dict[str, Any]:
-    """A well-formed model answer: ``cited`` maps policy id -> violated rule ids ([] = safe)."""
+    """A well-formed model answer: ``cited`` maps policy id -> violated rule ids ([] = safe).
+
+    ``evidence`` (for a moderator with evidence on): policy id -> ``(rule or exception id,
+    quote)`` pairs; every policy then carries an ``evidence`` list (empty when not given), e.g.
+    ``decision({"hate_speech": ["HATE-1"]}, evidence={"hate_speech": [("HATE-1", "parasites")]})``.
+    """
     exceptions = exceptions or {}
+
+    def quotes(pid: str) -> dict[str, Any]:
+        if evidence is None:
+            return {}
+        return {"evidence": [{"id": i, "quote": q} for i, q in evidence.get(pid, [])]}
+
     return {
         "reasoning": list(reasoning),
         "decisions": {
@@ -41,6 +54,7 @@ def decision(
                 "rationale": "cites " + (", ".join(rules) if rules else "no rule"),
                 "rule_ids": list(rules),
                 "exception_ids": list(exceptions.get(pid, [])),
+                **quotes(pid),
                 "violates": bool(rules),
                 "confidence": confidence,
                 "escalation_ids": [],
@@ -110,17 +124,40 @@ class FakeBackend:
         self.closed = True
 
 
+def item_content(request: ChatRequest | Mapping[str, Any]) -> str:
+    """The item text of a request (a :class:`ChatRequest` or an OpenAI request body): the lines
+    between the content boundary lines of the last user message. For scripted answers that
+    quote the content, e.g. ``FakeBackend(default=lambda r: decision(..., evidence={...}))``."""
+    messages = request.messages if isinstance(request, ChatRequest) else request["messages"]
+    user = str(messages[-1]["content"])
+    m = re.search(r"^<<<CONTENT-([0-9a-f]+)>>>\n(.*)\n<<<END CONTENT-\1>>>$", user, re.S | re.M)
+    if m is None:
+        raise ValueError("the last message has no content boundary lines")
+    return m.group(2)
+
+
+def wants_evidence(schema: Mapping[str, Any], policy_id: str) -> bool:
+    """The decision schema asks for evidence quotes for ``policy_id`` (evidence on)."""
+    sub = schema["properties"]["decisions"]["properties"][policy_id]
+    shape = sub["anyOf"][-1] if "anyOf" in sub else sub
+    return "evidence" in shape["properties"]
+
+
 def answer_for(request_body: Mapping[str, Any], flag_word: str = "VIOLATE") -> dict[str, Any]:
     """A valid decision for an OpenAI chat request whose ``response_format`` carries cotmod's
     decision schema: a policy is violated (its first rule cited) when the item contains
-    ``flag_word``; otherwise everything is safe. Used by :class:`FakeOpenAIServer`."""
+    ``flag_word``; otherwise everything is safe. Used by :class:`FakeOpenAIServer`. With
+    evidence on, the cited rule quotes ``flag_word``."""
     schema = body_schema(request_body)
     item = str(request_body["messages"][-1]["content"])
     cited: dict[str, list[str]] = {}
+    quotes: dict[str, list[tuple[str, str]]] = {}
     for pid in schema["properties"]["decisions"]["properties"]:
         rules = offered_rule_ids(schema, pid)
         cited[pid] = [rules[0]] if flag_word in item else []
-    return decision(cited)
+        quotes[pid] = [(rules[0], flag_word)] if cited[pid] else []
+    with_evidence = any(wants_evidence(schema, pid) for pid in cited)
+    return decision(cited, evidence=quotes if with_evidence else None)
 
 
 def offered_rule_ids(schema: Mapping[str, Any], policy_id: str) -> list[str]:

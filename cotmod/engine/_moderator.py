@@ -300,6 +300,7 @@ class AsyncModerator:
                 schema_limits=self.settings.schema_limits,
                 few_shot=self.settings.few_shot,
                 sampling=self.sampling(),
+                evidence=self.settings.evidence,
             )
             self._compilers[key] = comp
         return comp
@@ -429,6 +430,9 @@ class AsyncModerator:
         last_error = ""
         model = _model_label(None, backend.model_name)
         max_attempts = s.max_reasks + 1
+        # evidence on: the last answer whose only fault was ungrounded citations, with those
+        # citations dropped; used if the re-asks do not produce a fully grounded answer
+        fallback: tuple[list[str], list[PolicyDecision]] | None = None
         for attempt in range(1, max_attempts + 1):
             result = await backend.complete(self.request_for(prompt, messages, attempt, vote))
             if attempt == 1 and on_first_answer is not None:
@@ -438,11 +442,11 @@ class AsyncModerator:
             raw = result.text
             model = _model_label(result.model, backend.model_name)
             try:
-                reasoning, decisions = parse_decision(
-                    raw, prompt.policies, prompt.schema, finish_reason=result.finish_reason
-                )
-                if s.logprobs and result.logprobs:
-                    decisions = _with_logprob_scores(decisions, raw, result.logprobs)
+                reasoning, decisions = self._parse(prompt, result, drop_ungrounded=prompt.evidence)
+                if prompt.evidence and attempt < max_attempts:
+                    fallback = (reasoning, decisions)
+                    # raises, naming every ungrounded citation and quote, unless all are grounded
+                    self._parse(prompt, result)
             except OutputInvalid as exc:
                 last_error = str(exc)
                 if attempt < max_attempts:
@@ -454,6 +458,11 @@ class AsyncModerator:
                     ]
                 continue
             return GroupOutcome(reasoning, decisions, usage, attempt, retries, attempt - 1, model)
+        if fallback is not None:
+            # the re-asks made things worse (invalid output): keep the best answer, minus the
+            # citations it could not ground
+            reasoning, decisions = fallback
+            return GroupOutcome(reasoning, decisions, usage, max_attempts, retries, max_attempts - 1, model)
         return GroupOutcome(
             [],
             [],
@@ -468,6 +477,29 @@ class AsyncModerator:
                 raw_output=raw,
             ),
         )
+
+    def _parse(
+        self, prompt: CompiledPrompt, result: ChatResult, *, drop_ungrounded: bool = False
+    ) -> tuple[list[str], list[PolicyDecision]]:
+        """Validate one completion (raises ``OutputInvalid``). With evidence on, the quotes are
+        grounded in the item text the prompt carries; ``drop_ungrounded`` drops the citations
+        that are not (recorded in ``dropped``) instead of raising."""
+        reasoning, decisions = parse_decision(
+            result.text,
+            prompt.policies,
+            prompt.schema,
+            finish_reason=result.finish_reason,
+            content=prompt.content if prompt.evidence else None,
+            drop_ungrounded=drop_ungrounded,
+        )
+        if self.settings.logprobs and result.logprobs:
+            scored = _with_logprob_scores(decisions, result.text, result.logprobs)
+            # a decision whose rules were dropped is no longer the one the logprobs measured
+            decisions = [
+                d if any(c.id in self.policies[d.policy_id].rule_ids for c in d.dropped) else x
+                for d, x in zip(decisions, scored, strict=True)
+            ]
+        return reasoning, decisions
 
     async def _call_model(
         self, backend: Backend, prompt: CompiledPrompt, sem: asyncio.Semaphore, vote: int | None = None
@@ -619,11 +651,8 @@ class AsyncModerator:
         a ``ModelOutputError``."""
         model = _model_label(result.model, self.model_name)
         try:
-            reasoning, decisions = parse_decision(
-                result.text, prompt.policies, prompt.schema, finish_reason=result.finish_reason
-            )
-            if self.settings.logprobs and result.logprobs:
-                decisions = _with_logprob_scores(decisions, result.text, result.logprobs)
+            # no re-ask here: ungrounded citations (evidence on) are dropped at once
+            reasoning, decisions = self._parse(prompt, result, drop_ungrounded=True)
         except OutputInvalid as exc:
             error = ErrorInfo(type="ModelOutputError", message=f"invalid output (no re-ask): {exc}", raw_output=result.text)
             return GroupOutcome([], [], result.usage, 1, result.transport_retries, 0, model, error)

@@ -18,6 +18,11 @@
   settings and the sampling settings the caller passes (``Compiler(sampling=...)``). It is the
   same for every item, goes into every verdict and the result cache key, and changes whenever a
   rule, template, Python-built prompt text, schema or setting changes.
+* ``evidence=True`` (opt-in, off by default) asks for grounded citations: the decision schema
+  gains ``evidence`` (per cited rule and exception, the exact words of the content), the system
+  message ends with the instruction of ``evidence.j2`` (the bundled one when a custom prompts
+  directory has none), and the solved examples quote their content. With it off, every prompt,
+  schema and fingerprint is byte-identical to what it was before the option existed.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .._exceptions import InputError, TemplateError
 from ..policy._model import Example, Policy, PolicySet, bundled_dir
-from ._decision import constrain_decisions, decision_schema
+from ._decision import MAX_QUOTE_CHARS, constrain_decisions, decision_schema
 from ._tokens import count_tokens, token_counter_name, truncate_to_tokens
 
 __all__ = ["CompiledPrompt", "Compiler", "PromptTemplates", "boundary_lines", "content_boundary", "default_prompts_dir"]
@@ -47,6 +52,8 @@ __all__ = ["CompiledPrompt", "Compiler", "PromptTemplates", "boundary_lines", "c
 SYSTEM_TEMPLATE = "moderation.system.j2"
 USER_TEMPLATE = "moderation.user.j2"
 REASK_TEMPLATE = "reask.j2"
+#: appended to the system message when evidence is on (not part of the fingerprint otherwise)
+EVIDENCE_TEMPLATE = "evidence.j2"
 #: the content boundary lines; ``{}`` is the per-prompt boundary ID (see :func:`content_boundary`)
 CONTENT_OPEN_FORMAT = "<<<CONTENT-{}>>>"
 CONTENT_CLOSE_FORMAT = "<<<END CONTENT-{}>>>"
@@ -217,6 +224,10 @@ class CompiledPrompt:
     prompt_tokens: int = field(default=0)
     #: the random ID of this prompt's content boundary lines (see :func:`boundary_lines`)
     boundary: str = field(default="")
+    #: the item text as sent (the kept part when truncated): evidence quotes are grounded in it
+    content: str = field(default="")
+    #: the compiler asked for evidence quotes (grounded citations)
+    evidence: bool = field(default=False)
 
     @property
     def system(self) -> str:
@@ -227,7 +238,17 @@ class CompiledPrompt:
         return self.messages[-1]["content"]
 
 
-def example_answer(policy: Policy, ex: Example, max_steps: int) -> dict[str, Any]:
+def example_quote(text: str) -> str:
+    """The words a solved example quotes as evidence: its first line, cut at a word boundary to
+    fit the quote limit (the examples have no finer span to show)."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), text.strip())
+    if len(line) <= MAX_QUOTE_CHARS:
+        return line
+    cut = line[:MAX_QUOTE_CHARS]
+    return cut[: cut.rfind(" ")].rstrip() if " " in cut else cut
+
+
+def example_answer(policy: Policy, ex: Example, max_steps: int, evidence: bool = False) -> dict[str, Any]:
     """The solved answer of a boundary example, as the assistant turn shows it."""
     violates = ex.decision == "violates"
     rules = [r for r in ex.rule_ids if r in policy.rule_ids]
@@ -244,6 +265,7 @@ def example_answer(policy: Policy, ex: Example, max_steps: int) -> dict[str, Any
         reasoning = [*steps[: max_steps - 1], decision_step]
     else:
         reasoning = [ex.rationale, meets, exc_step, decision_step]
+    quotes = {"evidence": [{"id": i, "quote": example_quote(ex.text)} for i in [*rules, *excs]]} if evidence else {}
     return {
         "reasoning": reasoning,
         "decisions": {
@@ -251,6 +273,7 @@ def example_answer(policy: Policy, ex: Example, max_steps: int) -> dict[str, Any
                 "rationale": ex.rationale,
                 "rule_ids": rules,
                 "exception_ids": excs,
+                **quotes,
                 "violates": violates,
                 "confidence": EXAMPLE_CONFIDENCE,
                 **({"escalation_ids": []} if policy.escalation else {}),
@@ -276,6 +299,7 @@ class Compiler:
         schema_limits: bool = True,
         few_shot: bool = True,
         sampling: Mapping[str, Any] | None = None,
+        evidence: bool = False,
     ) -> None:
         if len(policies) == 0:
             raise InputError("no policies selected")
@@ -287,7 +311,8 @@ class Compiler:
         self.templates = templates or PromptTemplates()
         self.max_steps = max_steps
         self.max_item_tokens = max_item_tokens
-        self.schema = decision_schema(policies, max_steps=max_steps, limits=schema_limits)
+        self.evidence = evidence
+        self.schema = decision_schema(policies, max_steps=max_steps, limits=schema_limits, evidence=evidence)
         # the limits (minItems/maxItems) are what lets the schema tie violates to rule_ids
         self.request_schema = constrain_decisions(self.schema) if schema_limits else self.schema
         self.schema_limits = schema_limits
@@ -303,12 +328,23 @@ class Compiler:
 
     @cached_property
     def system_prompt(self) -> str:
-        return self.templates.render(
+        prompt = self.templates.render(
             SYSTEM_TEMPLATE,
             policies=list(self.policies),
             checklist=self.checklist,
             max_steps=self.max_steps,
         )
+        if self.evidence:
+            prompt += "\n\n" + self._evidence_templates.render(EVIDENCE_TEMPLATE, max_quote_chars=MAX_QUOTE_CHARS)
+        return prompt
+
+    @cached_property
+    def _evidence_templates(self) -> PromptTemplates:
+        """Where ``evidence.j2`` comes from: the prompts directory, else the bundled one (a
+        custom prompts directory written before the option existed has none)."""
+        if (self.templates.directory / EVIDENCE_TEMPLATE).is_file():
+            return self.templates
+        return PromptTemplates()
 
     @cached_property
     def prefix_messages(self) -> list[dict[str, str]]:
@@ -322,7 +358,7 @@ class Compiler:
     @cached_property
     def fingerprint(self) -> str:
         """Stable hash of everything sent besides the item, and of the expected output."""
-        blob = {
+        blob: dict[str, Any] = {
             "v": FINGERPRINT_VERSION,
             "policies": [[p.id, p.version, p.content_hash()] for p in self.policies],
             "templates": {
@@ -343,6 +379,11 @@ class Compiler:
             },
             "sampling": self.sampling,
         }
+        if self.evidence:  # only then, so fingerprints with evidence off stay as they were
+            blob["templates"][EVIDENCE_TEMPLATE] = hashlib.sha256(
+                self._evidence_templates.source(EVIDENCE_TEMPLATE).encode()
+            ).hexdigest()
+            blob["settings"]["evidence"] = True
         h = hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
         return "fp-" + h.hexdigest()[:16]
 
@@ -370,7 +411,10 @@ class Compiler:
         turns: list[dict[str, str]] = []
         for i, ex in enumerate(policy.examples):
             boundary = content_boundary(ex.text, _derived_draw(ex.text))
-            answer = example_answer(policy, ex, self.max_steps)
+            if self.evidence:
+                answer = example_answer(policy, ex, self.max_steps, evidence=True)
+            else:
+                answer = example_answer(policy, ex, self.max_steps)
             turns.append({"role": "user", "content": self._user_message(ex.text, f"example-{i + 1}", False, boundary)})
             turns.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})
         return turns
@@ -397,6 +441,8 @@ class Compiler:
             truncated=truncated,
             prompt_tokens=self.system_tokens + count_tokens(user),
             boundary=boundary,
+            content=kept,
+            evidence=self.evidence,
         )
 
     def reask_message(self, error: str, attempt: int, max_attempts: int) -> str:

@@ -6,6 +6,12 @@
 * :func:`parse_decision` validates a raw completion against the decision schema (jsonschema) and
   cross-checks it against the policies (rule IDs exist, ``violates`` agrees with the cited rules).
   Anything that fails raises :class:`OutputInvalid`, whose message is fed back to the model.
+* With ``evidence`` on (opt-in), each decision also carries ``evidence``: per cited rule and
+  exception, the exact words of the content that meet it. :func:`parse_decision` given the
+  ``content`` grounds each quote (:func:`~cotmod.prompting._evidence.find_quote`); an ungrounded
+  citation is an :class:`OutputInvalid` naming the id and the quote, or, with
+  ``drop_ungrounded=True`` (the last attempt), the citation is dropped, recorded in
+  ``PolicyDecision.dropped`` and the decision recomputed from the grounded citations.
 """
 
 from __future__ import annotations
@@ -18,14 +24,26 @@ from typing import Any
 
 import jsonschema
 
-from .._verdict import PolicyDecision
+from .._verdict import DroppedCitation, Evidence, PolicyDecision
 from ..policy._model import ACTIONS, Policy, PolicySet
+from ._evidence import find_quote
 
-__all__ = ["OutputInvalid", "constrain_decisions", "decision_schema", "parse_decision", "violates_probabilities"]
+__all__ = [
+    "OutputInvalid",
+    "constrain_decisions",
+    "decision_schema",
+    "derive_decision",
+    "ground_citations",
+    "parse_decision",
+    "violates_probabilities",
+]
 
 MAX_STEP_CHARS = 400
 MAX_RATIONALE_CHARS = 400
 MAX_CITED = 4
+MAX_QUOTE_CHARS = 300
+#: one quote per cited rule and exception
+MAX_EVIDENCE = 2 * MAX_CITED
 
 
 class OutputInvalid(ValueError):
@@ -36,7 +54,25 @@ class OutputInvalid(ValueError):
 # The decision schema the model is constrained to.
 
 
-def _policy_decision_schema(policy: Policy, limits: bool) -> dict[str, Any]:
+def _evidence_schema(ids: list[str], limits: bool) -> dict[str, Any]:
+    quote: dict[str, Any] = {"type": "string"}
+    if limits:  # no minLength here: an empty quote is an ungrounded citation (re-asked, then dropped)
+        quote["maxLength"] = MAX_QUOTE_CHARS
+    s: dict[str, Any] = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {"id": {"type": "string", "enum": ids}, "quote": quote},
+            "required": ["id", "quote"],
+            "additionalProperties": False,
+        },
+    }
+    if limits:
+        s["maxItems"] = MAX_EVIDENCE
+    return s
+
+
+def _policy_decision_schema(policy: Policy, limits: bool, evidence: bool = False) -> dict[str, Any]:
     def arr(enum: list[str]) -> dict[str, Any]:
         s: dict[str, Any] = {"type": "array", "items": {"type": "string", "enum": enum}}
         if limits:
@@ -50,6 +86,10 @@ def _policy_decision_schema(policy: Policy, limits: bool) -> dict[str, Any]:
         "rationale": rationale,
         "rule_ids": arr(policy.rule_ids),
         "exception_ids": arr(policy.exception_ids) if policy.exceptions else {"type": "array", "maxItems": 0, "items": {"type": "string"}},
+    }
+    if evidence:
+        props["evidence"] = _evidence_schema([*policy.rule_ids, *policy.exception_ids], limits)
+    props |= {
         "violates": {"type": "boolean"},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
     }
@@ -63,15 +103,19 @@ def _policy_decision_schema(policy: Policy, limits: bool) -> dict[str, Any]:
     }
 
 
-def decision_schema(policies: PolicySet, *, max_steps: int = 6, limits: bool = True) -> dict[str, Any]:
-    """JSON Schema of the model's output for these policies (reasoning first)."""
+def decision_schema(
+    policies: PolicySet, *, max_steps: int = 6, limits: bool = True, evidence: bool = False
+) -> dict[str, Any]:
+    """JSON Schema of the model's output for these policies (reasoning first). ``evidence``:
+    each decision also lists ``evidence`` items ``{"id", "quote"}`` (between the cited exception
+    IDs and ``violates``)."""
     step: dict[str, Any] = {"type": "string"}
     reasoning: dict[str, Any] = {"type": "array", "items": step}
     if limits:
         step["maxLength"] = MAX_STEP_CHARS
         reasoning["minItems"] = 1
         reasoning["maxItems"] = max_steps
-    per_policy = {p.id: _policy_decision_schema(p, limits) for p in policies}
+    per_policy = {p.id: _policy_decision_schema(p, limits, evidence) for p in policies}
     return {
         "type": "object",
         "properties": {
@@ -98,6 +142,10 @@ def constrain_decisions(schema: dict[str, Any]) -> dict[str, Any]:
     model writes "No rule is met. Decision: VIOLATES." with ``rule_ids: []``, and re-asks rarely
     change its mind. The verdict is still validated against the plain schema, so a server that
     ignores the schema gets the precise re-ask message instead of an ``anyOf`` error.
+
+    With evidence on, quotes must be non-empty here (``minLength`` 1; the plain schema lets an
+    empty quote through to the grounding check), and with no rule cited they can only support
+    exceptions.
     """
     out = copy.deepcopy(schema)
     decisions = out["properties"]["decisions"]["properties"]
@@ -105,9 +153,20 @@ def constrain_decisions(schema: dict[str, Any]) -> dict[str, Any]:
         none_cited = copy.deepcopy(dec)
         none_cited["properties"]["rule_ids"]["maxItems"] = 0
         none_cited["properties"]["violates"] = {"type": "boolean", "const": False}
+        ev = none_cited["properties"].get("evidence")
+        if ev is not None:  # no rule cited: quotes can only be for exceptions
+            exc_ids = dec["properties"]["exception_ids"].get("items", {}).get("enum", [])
+            exc_enum = [i for i in ev["items"]["properties"]["id"]["enum"] if i in exc_ids]
+            if exc_enum:
+                ev["items"]["properties"]["id"]["enum"] = exc_enum
+            else:
+                ev["maxItems"] = 0
         some_cited = copy.deepcopy(dec)
         some_cited["properties"]["rule_ids"]["minItems"] = 1
         some_cited["properties"]["violates"] = {"type": "boolean", "const": True}
+        for shape in (none_cited, some_cited):
+            if "evidence" in shape["properties"]:  # the server cannot write an empty quote
+                shape["properties"]["evidence"]["items"]["properties"]["quote"]["minLength"] = 1
         decisions[pid] = {"anyOf": [none_cited, some_cited]}
     return out
 
@@ -154,14 +213,111 @@ def extract_json(raw: str) -> Any:
         ) from None
 
 
+def derive_decision(
+    policy: Policy,
+    *,
+    rationale: str,
+    rule_ids: list[str],
+    exception_ids: list[str],
+    escalation_ids: list[str],
+    confidence: float,
+    evidence: list[Evidence] | None = None,
+    dropped: list[DroppedCitation] | None = None,
+) -> PolicyDecision:
+    """The decision from the cited rules: violates iff a rule is cited; severity is the highest
+    tier among them, action and escalation that tier's (escalation also when an escalation
+    criterion is cited); score is the confidence in "violates"."""
+    violates = bool(rule_ids)
+    if violates:
+        severity: str | None = max((policy.rule(r).severity for r in rule_ids), key=policy.severity_rank)
+        tier = policy.tier(severity)  # type: ignore[arg-type]
+        action = tier.action
+        escalate = tier.escalate or bool(escalation_ids)
+    else:
+        severity, action, escalate = None, "allow", bool(escalation_ids)
+    assert action in ACTIONS
+    return PolicyDecision(
+        policy_id=policy.id,
+        policy_version=policy.version,
+        rationale=rationale,
+        violates=violates,
+        rule_ids=rule_ids,
+        exception_ids=exception_ids,
+        severity=severity,
+        action=action,  # type: ignore[arg-type]
+        escalate=escalate,
+        escalation_ids=escalation_ids,
+        confidence=confidence,
+        score=confidence if violates else 1.0 - confidence,
+        evidence=evidence or [],
+        dropped=dropped or [],
+    )
+
+
+def _show_quote(quote: str, limit: int = 120) -> str:
+    q = quote if len(quote) <= limit else quote[: limit - 1] + "…"
+    return json.dumps(q, ensure_ascii=False)
+
+
+def ground_citations(
+    policy_id: str, cited: list[str], quotes: list[dict[str, Any]], content: str
+) -> tuple[list[Evidence], list[DroppedCitation], list[str]]:
+    """Ground the quotes of one decision in ``content``.
+
+    Returns (evidence for the grounded quotes of cited IDs, the cited IDs left without any
+    grounded quote, one re-ask message per ungrounded quote or unquoted ID). Quotes for IDs that
+    are not cited are ignored (they support no citation)."""
+    evidence: list[Evidence] = []
+    dropped: list[DroppedCitation] = []
+    problems: list[str] = []
+    for cid in cited:
+        mine = [str(q.get("quote", "")) for q in quotes if q.get("id") == cid]
+        grounded = False
+        failed: tuple[str, str] | None = None
+        for quote in mine:
+            span = find_quote(content, quote)
+            if span is not None:
+                grounded = True
+                evidence.append(Evidence(id=cid, quote=quote, start=span[0], end=span[1]))
+            elif not quote.strip():
+                problems.append(
+                    f"{policy_id}: the evidence quote for {cid} is empty; copy the exact words of the content that meet it"
+                )
+                failed = failed or ("empty_quote", quote)
+            else:
+                problems.append(
+                    f"{policy_id}: the evidence quote for {cid} {_show_quote(quote)} was not found in the content; "
+                    "copy the exact words"
+                )
+                if failed is None or failed[0] == "empty_quote":
+                    failed = ("not_found", quote)
+        if not mine:
+            problems.append(
+                f'{policy_id}: {cid} is cited without evidence; add {{"id": "{cid}", "quote": "<the exact words of the '
+                f'content that meet it>"}} to evidence, or do not cite {cid}'
+            )
+            failed = ("no_quote", "")
+        if not grounded and failed is not None:
+            dropped.append(DroppedCitation(id=cid, quote=failed[1], reason=failed[0]))  # type: ignore[arg-type]
+    return evidence, dropped, problems
+
+
 def parse_decision(
     raw: str,
     policies: PolicySet,
     schema: dict[str, Any],
     *,
     finish_reason: str | None = None,
+    content: str | None = None,
+    drop_ungrounded: bool = False,
 ) -> tuple[list[str], list[PolicyDecision]]:
-    """Validate a completion; return (reasoning steps, decisions). Raises :class:`OutputInvalid`."""
+    """Validate a completion; return (reasoning steps, decisions). Raises :class:`OutputInvalid`.
+
+    ``content`` (the item text the model saw): ground the ``evidence`` quotes of decisions that
+    have them (evidence on). An ungrounded citation raises :class:`OutputInvalid` naming it,
+    unless ``drop_ungrounded``: then the citation is dropped (``PolicyDecision.dropped``) and
+    the decision recomputed from the grounded citations. Evidence offsets index ``content``.
+    """
     if finish_reason == "length":
         raise OutputInvalid(
             "the output was cut off by the token limit before the JSON closed; "
@@ -176,6 +332,7 @@ def parse_decision(
             msgs.append(f"{where}: {e.message[:200]}")
         raise OutputInvalid("the JSON does not match the required schema: " + "; ".join(msgs))
     problems: list[str] = []
+    ungrounded: list[str] = []
     decisions: list[PolicyDecision] = []
     for policy in policies:
         d = data["decisions"][policy.id]
@@ -198,33 +355,28 @@ def parse_decision(
                 "rules the text violates. Set violates to true, or empty rule_ids"
             )
             continue
-        confidence = float(d["confidence"])
-        esc_ids = list(dict.fromkeys(d.get("escalation_ids", [])))
-        if violates:
-            severity = max((policy.rule(r).severity for r in rule_ids), key=policy.severity_rank)
-            tier = policy.tier(severity)
-            action = tier.action
-            escalate = tier.escalate or bool(esc_ids)
-        else:
-            severity, action, escalate = None, "allow", bool(esc_ids)
-        assert action in ACTIONS
-        score = confidence if violates else 1.0 - confidence
+        evidence: list[Evidence] = []
+        dropped: list[DroppedCitation] = []
+        if content is not None and "evidence" in d:
+            evidence, dropped, missing = ground_citations(policy.id, [*rule_ids, *exc_ids], list(d["evidence"]), content)
+            ungrounded.extend(missing)
+            gone = {c.id for c in dropped}
+            rule_ids = [r for r in rule_ids if r not in gone]
+            exc_ids = [e for e in exc_ids if e not in gone]
         decisions.append(
-            PolicyDecision(
-                policy_id=policy.id,
-                policy_version=policy.version,
+            derive_decision(
+                policy,
                 rationale=d["rationale"],
-                violates=violates,
                 rule_ids=rule_ids,
                 exception_ids=exc_ids,
-                severity=severity,
-                action=action,  # type: ignore[arg-type]
-                escalate=escalate,
-                escalation_ids=esc_ids,
-                confidence=confidence,
-                score=score,
+                escalation_ids=list(dict.fromkeys(d.get("escalation_ids", []))),
+                confidence=float(d["confidence"]),
+                evidence=evidence,
+                dropped=dropped,
             )
         )
+    if not drop_ungrounded:
+        problems.extend(ungrounded)
     if problems:
         raise OutputInvalid("; ".join(problems))
     return [str(s) for s in data["reasoning"]], decisions
