@@ -414,3 +414,25 @@ def test_old_verdict_lines_still_load_and_off_lines_are_unchanged() -> None:
 def test_boundary_lines_are_never_grounded_in_plain_content() -> None:
     opening, closing = boundary_lines("0123456789abcdef")
     assert find_quote("some content", opening) is None and find_quote("some content", closing) is None
+
+
+async def test_logprob_score_is_not_kept_for_a_decision_whose_rules_were_dropped() -> None:
+    import math
+
+    from cotmod.backends._openai import ChatResult
+
+    def with_logprobs(quote: str) -> ChatResult:
+        answer = json.dumps(decision({"hate_speech": ["HATE-1"]}, confidence=0.8, evidence={"hate_speech": [("HATE-1", quote)]}))
+        head, tail = answer.split('"violates": ', 1)
+        toks = [
+            {"token": head + '"violates":', "logprob": 0.0, "top_logprobs": []},
+            {"token": " true", "logprob": math.log(0.9), "top_logprobs": [{"token": " true", "logprob": math.log(0.9)}, {"token": " false", "logprob": math.log(0.1)}]},
+            {"token": tail[len("true") :], "logprob": 0.0, "top_logprobs": []},
+        ]  # fmt: skip
+        return ChatResult(text=answer, finish_reason="stop", logprobs=toks)
+
+    grounded = await make(FakeBackend([with_logprobs("vermin")]), logprobs=True).moderate("vermin", policies=HATE)
+    assert grounded.decisions[0].score_source == "logprobs" and grounded.decisions[0].score == pytest.approx(0.9)
+    dropped = await make(FakeBackend([with_logprobs("nope")]), logprobs=True, max_reasks=0).moderate("vermin", policies=HATE)
+    d = dropped.decisions[0]
+    assert not d.violates and d.score_source == "confidence" and d.score == pytest.approx(0.2)
