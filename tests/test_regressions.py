@@ -160,3 +160,12 @@ def test_yaml_size_limit_message_matches_the_limit(tmp_path: Path) -> None:
 def test_fake_backend_decision_helper_is_what_the_cli_tests_use() -> None:
     # guards the helpers imported above: `good` must answer with a valid decision
     assert decision({"spam_scams": []})
+
+
+def test_impact_refuses_guidelines_it_would_ignore(tmp_path: Path) -> None:
+    """impact takes its policies from OLD and NEW; --guidelines was accepted and silently ignored."""
+    g = ROOT / "benchmarks" / "goldsets" / "hatecheck" / "hatecheck.normalized.jsonl.gz"
+    r = CliRunner().invoke(
+        cli, ["impact", "guidelines", "guidelines", "--golden", str(g), "-o", str(tmp_path / "imp"), "--guidelines", str(ROOT / "guidelines"), *ENDPOINT]
+    )
+    assert r.exit_code == EXIT_USAGE and "--guidelines does not apply" in r.output

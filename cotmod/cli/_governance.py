@@ -93,6 +93,8 @@ def impact(old: str, new: str, golden: str, mapping_path: str | None, sample: st
     from ..governance._diff import load_bundle
     from ..governance._impact import impact as impact_fn
 
+    if kw.get("guidelines"):
+        raise click.UsageError("impact compares the policy bundles OLD and NEW; --guidelines does not apply here")
     a, _ = load_bundle(old, repo=repo)
     b, _ = load_bundle(new, repo=repo)
     mapping_file = Path(mapping_path) if mapping_path else Path(golden).parent / "mapping.yaml"
