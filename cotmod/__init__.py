@@ -29,7 +29,15 @@ from ._exceptions import (
     TransportError,
     UserError,
 )
-from ._verdict import ErrorInfo, PolicyDecision, Usage, Verdict, verdict_json_schema
+from ._verdict import (
+    DroppedCitation,
+    ErrorInfo,
+    Evidence,
+    PolicyDecision,
+    Usage,
+    Verdict,
+    verdict_json_schema,
+)
 from ._version import __version__
 from .backends import Backend, ChatRequest, ChatResult, LimitedBackend, OpenAIBackend
 from .batch import Runner, RunSummary, read_items
@@ -57,6 +65,8 @@ __all__ = [  # noqa: RUF022  (grouped by purpose, as in the README)
     "Settings",
     "Verdict",
     "PolicyDecision",
+    "Evidence",
+    "DroppedCitation",
     "ErrorInfo",
     "Usage",
     "verdict_json_schema",
