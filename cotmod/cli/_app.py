@@ -5,6 +5,7 @@ in use is said on stderr, so stdout stays clean for --json."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -174,6 +175,22 @@ def _print_summary(d: dict[str, Any]) -> None:
         f"{d['transport_retries']}, re-asks {d['reasks']}, 429s {d['throttled_429']}"
     )
 
+
+
+def _finish_run(summary: Any, as_json: bool, undecided_note: str | None = None) -> None:
+    """Print a run summary (``--json`` or the table) carrying its exit code, then exit with it:
+    EXIT_UNDECIDED when some items got no verdict (``undecided_note`` then goes to stderr)."""
+    data = summary.to_dict()
+    code = EXIT_UNDECIDED if summary.undecided else EXIT_OK
+    data["exit_code"] = code
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _print_summary(data)
+        if summary.undecided and undecided_note:
+            click.echo(undecided_note, err=True)
+    if code != EXIT_OK:
+        click.get_current_context().exit(code)
 
 def main() -> None:
     import signal

@@ -10,11 +10,10 @@ import click
 
 from ._app import (
     CONTEXT,
-    EXIT_OK,
     EXIT_UNDECIDED,
     _endpoint_options,
+    _finish_run,
     _Group,
-    _print_summary,
     _settings,
     cli,
 )
@@ -72,12 +71,4 @@ def batch_import(results: str, requests_path: str, output: str, as_json: bool, p
     settings = _settings(**kw)
     mod = AsyncModerator(settings.guidelines, settings=settings)
     summary = import_batch(mod, results, requests_path, output, policies=list(policies) or None)
-    data = summary.to_dict()
-    code = EXIT_UNDECIDED if summary.undecided else EXIT_OK
-    data["exit_code"] = code
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        _print_summary(data)
-    if code != EXIT_OK:
-        click.get_current_context().exit(code)
+    _finish_run(summary, as_json)

@@ -8,7 +8,6 @@ interrupted.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,10 @@ import click
 from .._exceptions import CotmodError, InputError, UserError
 from ._app import (
     CONTEXT,
-    EXIT_OK,
     EXIT_UNDECIDED,
     _check_text,
     _endpoint_options,
-    _print_summary,
+    _finish_run,
     _print_verdict,
     _settings,
     cli,
@@ -264,18 +262,9 @@ def run(
     finally:
         if cache is not None:
             cache.close()
-    data = summary.to_dict()
-    code = EXIT_UNDECIDED if summary.undecided else EXIT_OK
-    data["exit_code"] = code
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        _print_summary(data)
-        if summary.undecided:
-            click.echo(
-                f"{_plural(summary.undecided, 'item')} without a verdict (see {runner.errors_path(Path(output))}; "
-                "--retry-errors redoes the retryable ones)",
-                err=True,
-            )
-    if code != EXIT_OK:
-        click.get_current_context().exit(code)
+    _finish_run(
+        summary,
+        as_json,
+        f"{_plural(summary.undecided, 'item')} without a verdict (see {runner.errors_path(Path(output))}; "
+        "--retry-errors redoes the retryable ones)",
+    )
