@@ -154,6 +154,17 @@ class Settings(BaseModel):
         description="Grounded citations (opt-in): the model quotes the exact words meeting each cited rule and "
         "exception; quotes are located in the content (offsets in the verdict), ungrounded ones re-asked, then dropped",
     )
+    decision_logic: bool = Field(
+        default=True,
+        description="Policies that define decision logic (questions + `when:` rules) are judged by answering "
+        "their questions; the rules, violates, severity and action are derived in code. Off: every policy "
+        "is judged in its rules form",
+    )
+    triage: bool = Field(
+        default=False,
+        description="One cheap call first selects the policies plausibly at stake; only those get the "
+        "per-policy call, the others are recorded as triaged out",
+    )
     concurrency: int = Field(default=4, ge=1, description="Maximum requests in flight")
     guidelines: str | None = Field(default=None, description="Directory or file of policies")
     prompts: str | None = Field(default=None, description="Directory of prompt templates")
@@ -203,6 +214,12 @@ class Settings(BaseModel):
             if evidence not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
                 raise ConfigError(f"COTMOD_EVIDENCE: {evidence!r} is not a boolean (use 1 or 0)")
             values["evidence"] = evidence in ("1", "true", "yes", "on")
+        for name in ("triage", "decision_logic"):
+            raw = os.environ.get(f"COTMOD_{name.upper()}", "").strip().lower()
+            if raw:
+                if raw not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise ConfigError(f"COTMOD_{name.upper()}: {raw!r} is not a boolean (use 1 or 0)")
+                values[name] = raw in ("1", "true", "yes", "on")
         values.update(overrides)
 
         # The API key (see "API keys and a cotmod.toml found in the current directory").

@@ -55,6 +55,21 @@ class DroppedCitation(BaseModel):
     )
 
 
+class Answer(BaseModel):
+    """The model's answer to one question of a policy's decision logic, with its evidence."""
+
+    question: str = Field(description="The question's id")
+    answer: str = Field(description="One of the question's allowed answers")
+    quote: str = Field(default="", description="The words of the content the answer rests on")
+    start: int | None = Field(default=None, ge=0, description="Offset of the quote in the item text")
+    end: int | None = Field(default=None, ge=0, description="End offset (exclusive) of the quote")
+    grounded: bool = Field(
+        default=True,
+        description="False when the answer needed a quote and none was found in the content after "
+        "the re-asks: the answer then counts for no rule or exception",
+    )
+
+
 class PolicyDecision(BaseModel):
     """The decision for one policy."""
 
@@ -74,7 +89,7 @@ class PolicyDecision(BaseModel):
     score: float = Field(
         ge=0.0, le=1.0, description="Probability-like score that the item violates (for thresholds)"
     )
-    score_source: Literal["confidence", "logprobs", "votes"] = Field(
+    score_source: Literal["confidence", "logprobs", "votes", "answers"] = Field(
         default="confidence",
         description="Where score comes from: stated confidence, token log-probabilities, or the share "
         "of self-consistency votes for violates",
@@ -95,13 +110,22 @@ class PolicyDecision(BaseModel):
         description="With evidence on: citations left out because they stayed ungrounded after the re-asks "
         "(the decision was recomputed without them)",
     )
+    answers: list[Answer] = Field(
+        default_factory=list,
+        description="With decision logic: the model's answers to the policy's questions, from which the "
+        "rules, violates, severity and action were derived",
+    )
+    triaged_out: bool = Field(
+        default=False,
+        description="The policy was not judged: triage found it not at stake (the decision is allow)",
+    )
 
     @model_serializer(mode="wrap")
     def _omit_empty_evidence(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """With evidence off, ``evidence`` and ``dropped`` are empty and left out, so verdict
         lines stay as they were before the option existed (loading fills the defaults)."""
         data: dict[str, Any] = handler(self)
-        for key in ("evidence", "dropped"):
+        for key in ("evidence", "dropped", "answers", "triaged_out"):
             if not data.get(key):
                 data.pop(key, None)
         return data

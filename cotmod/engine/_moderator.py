@@ -301,6 +301,7 @@ class AsyncModerator:
                 few_shot=self.settings.few_shot,
                 sampling=self.sampling(),
                 evidence=self.settings.evidence,
+                decision_logic=self.settings.decision_logic,
             )
             self._compilers[key] = comp
         return comp

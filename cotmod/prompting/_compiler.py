@@ -300,6 +300,7 @@ class Compiler:
         few_shot: bool = True,
         sampling: Mapping[str, Any] | None = None,
         evidence: bool = False,
+        decision_logic: bool = True,
     ) -> None:
         if len(policies) == 0:
             raise InputError("no policies selected")
