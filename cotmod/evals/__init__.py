@@ -10,6 +10,7 @@ Computing is pure and returns pydantic models; writing files is separate::
     write_report(result)                          # runs/a/report.html
     write_thresholds(tune(result, target_precision=0.9), "thresholds.yaml")
     compare(result, compute_metrics("runs/b"))    # Comparison: paired deltas, McNemar, regressions
+    span_f1(predicted_spans(verdict), gold)       # quoted words vs annotated words (SemEval-2021 Task 5)
 """
 
 from ._compare import (
@@ -62,6 +63,7 @@ from ._results import (
     Thresholds,
     TuneMethod,
 )
+from ._spans import predicted_spans, span_f1, span_offsets
 
 __all__ = [
     "CI",
@@ -115,7 +117,10 @@ __all__ = [
     "paired_comparison",
     "paired_ratio_delta",
     "parse_fail_on",
+    "predicted_spans",
     "run_eval",
+    "span_f1",
+    "span_offsets",
     "text_table",
     "tune",
     "write_metrics",
