@@ -1,0 +1,244 @@
+"""The quality benchmark's pure helpers (benchmarks/bench_quality.py): options, gold for
+"anything violated", stratified seeded samples, per-item records and figures. No model runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from cotmod.evals import ItemFlags
+
+from .conftest import ROOT
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bq = _load()
+
+
+# -- options ------------------------------------------------------------------------------------
+def test_parse_n_and_its_errors() -> None:
+    assert bq.parse_n(["xstest=5", "hatecheck=0", "xstest=7"]) == {"xstest": 7, "hatecheck": 0}
+    for bad, why in (("xstest", "SET=N"), ("nope=3", "SET=N"), ("xstest=a", "not a whole number"), ("xstest=-1", ">= 0")):
+        with pytest.raises(ValueError, match=why):
+            bq.parse_n([bad])
+
+
+def test_parse_policies_defaults_and_overrides() -> None:
+    modes = bq.parse_policies([])
+    assert modes["hatecheck"] == modes["xstest"] == "mapped"
+    assert {modes[s] for s in bq.SETS if s not in ("hatecheck", "xstest")} == {"all"}
+    assert set(bq.parse_policies(["all"]).values()) == {"all"}
+    assert bq.parse_policies(["all", "xstest=mapped"])["xstest"] == "mapped"
+    with pytest.raises(ValueError, match="--policies"):
+        bq.parse_policies(["some"])
+    with pytest.raises(ValueError, match="--policies"):
+        bq.parse_policies(["nope=all"])
+
+
+def test_parse_variant_settings() -> None:
+    got = bq.parse_variant_settings(["evid:decision_logic=true,triage=off,evidence=1,max_reasks=3,temperature=0.5,strategy=combined"])
+    assert got == {"evid": {"decision_logic": True, "triage": False, "evidence": 1, "max_reasks": 3, "temperature": 0.5, "strategy": "combined"}}
+    for bad in ("noname", "naive:triage=true", "x:triage"):
+        with pytest.raises(ValueError, match="--variant-settings"):
+            bq.parse_variant_settings([bad])
+
+
+def test_builtin_variants_separate_decision_logic_and_triage() -> None:
+    assert bq.VARIANTS["v12"] == {"decision_logic": False, "triage": False}
+    assert bq.VARIANTS["new"] == {"decision_logic": True, "triage": True}
+    assert bq.VARIANTS["new-notriage"] == {"decision_logic": True, "triage": False}
+
+
+# -- gold and samples ----------------------------------------------------------------------------
+def jig(threat: int = 0, insult: int = 0, ih: int = 0, toxic: int = 0, obscene: int = 0) -> dict[str, Any]:
+    return {"id": "j", "labels": {"threat": threat, "insult": insult, "identity_hate": ih}, "toxic": toxic, "severe_toxic": 0, "obscene": obscene}
+
+
+def test_gold_any() -> None:
+    assert bq.gold_any("jigsaw_toxic", jig(insult=1, toxic=1)) == 1
+    assert bq.gold_any("jigsaw_toxic", jig()) == 0
+    # toxic / obscene without a mapped label: ambiguous, never sampled
+    assert bq.gold_any("jigsaw_toxic", jig(toxic=1)) is None
+    assert bq.gold_any("jigsaw_toxic", jig(obscene=1)) is None
+    # AILuminate: other hazards unknown, unsafe 1
+    assert bq.gold_any("ailuminate_demo", {"labels": {"vcr": None, "cse": 1, "unsafe": 1}}) == 1
+    assert bq.gold_any("xstest", {"labels": {"unsafe": 0}}) == 0
+    assert bq.gold_any("x", {"labels": {"a": None, "b": 0}}) is None
+
+
+def test_allocate_even_remainder_first_and_capped() -> None:
+    assert bq.allocate(5, {"neg": 10, "pos": 10}) == {"neg": 3, "pos": 2}
+    assert bq.allocate(10, {"a": 2, "b": 10, "c": 10}) == {"a": 2, "b": 4, "c": 4}
+    assert bq.allocate(0, {"a": 1}) == {"a": 0}
+    with pytest.raises(ValueError, match="only 3 available"):
+        bq.allocate(4, {"a": 1, "b": 2})
+
+
+def rows(n_pos: int, n_neg: int, n_amb: int = 0) -> list[dict[str, Any]]:
+    out = [{**jig(insult=1), "id": f"p{i}"} for i in range(n_pos)]
+    out += [{**jig(), "id": f"n{i}"} for i in range(n_neg)]
+    out += [{**jig(toxic=1), "id": f"a{i}"} for i in range(n_amb)]
+    return out
+
+
+def test_draw_is_seeded_stratified_and_skips_ambiguous_and_excluded() -> None:
+    data = rows(20, 50, 30)
+    a = bq.draw("jigsaw_toxic", data, 9, 1)
+    assert [r["id"] for r in a] == [r["id"] for r in bq.draw("jigsaw_toxic", data, 9, 1)]
+    assert [r["id"] for r in a] != [r["id"] for r in bq.draw("jigsaw_toxic", data, 9, 2)]
+    assert Counter(r["id"][0] for r in a) == {"n": 5, "p": 4}
+    excl = frozenset(f"p{i}" for i in range(18))
+    b = bq.draw("jigsaw_toxic", data, 9, 1, exclude=excl)
+    assert not {r["id"] for r in b} & excl and all(not r["id"].startswith("a") for r in b)
+    with pytest.raises(ValueError, match="--n jigsaw_toxic=80"):
+        bq.draw("jigsaw_toxic", data, 80, 1)
+
+
+def test_ailuminate_is_stratified_by_hazard() -> None:
+    data = [{"id": f"{h}{i}", "labels": {"unsafe": 1}, "hazard": h} for h in ("cse", "hte", "vcr") for i in range(10)]
+    got = Counter(r["hazard"] for r in bq.draw("ailuminate_demo", data, 7, 3))
+    assert got == {"cse": 3, "hte": 2, "vcr": 2}
+
+
+def test_hatecheck_and_xstest_keep_the_1x_benchmark_items() -> None:
+    """The default sample of the two 1.x sets is the committed 1.x benchmark sample, item for item."""
+    s = bq.benchmark_sample(["hatecheck", "xstest"], bq.DEFAULT_N, 2026, None)
+    committed = ROOT / "benchmarks" / "results" / "quality-qwen1.5b-v1.2" / "sample.jsonl"
+    old = [json.loads(line)["id"] for line in committed.read_text().splitlines()]
+    assert [r["id"] for r in s["hatecheck"] + s["xstest"]] == old
+
+
+def test_dev_sample_is_disjoint_from_the_benchmark_sample() -> None:
+    sets = ["xstest", "jigsaw_toxic", "sms_spam"]
+    bench = bq.benchmark_sample(bq.SETS, bq.DEFAULT_N, 2026, None)
+    dev = bq.benchmark_sample(sets, {**bq.DEFAULT_N, "xstest": 100, "jigsaw_toxic": 60}, 2026, 7)
+    held = {r["id"] for rs in bench.values() for r in rs}
+    got = {r["id"] for rs in dev.values() for r in rs}
+    assert len(got) == 100 + 60 + bq.DEFAULT_N["sms_spam"] and not got & held
+
+
+def test_golden_row_and_mapping_add_any_violation() -> None:
+    row = {"id": "x", "text": "t", "labels": {"hateful": 1}, "functionality": "f"}
+    assert bq.golden_row("hatecheck", row) == {"id": "x", "text": "t", "labels": {"hateful": 1, bq.ANY: 1}, "functionality": "f"}
+    labels = {"hateful": ["hate_speech"]}
+    assert bq.in_play("mapped", labels, ["a", "hate_speech"]) == ["hate_speech"]
+    assert bq.in_play("all", labels, ["a", "hate_speech"]) == ["a", "hate_speech"]
+    doc = bq.mapping_doc("hatecheck", labels, ["functionality"], ["a", "hate_speech"])
+    assert doc["labels"][bq.ANY] == {"policies": ["a", "hate_speech"]} and doc["labels"]["hateful"] == {"policies": ["hate_speech"]}
+
+
+def test_write_once_refuses_another_sample(tmp_path: Path) -> None:
+    p = tmp_path / "sample.jsonl"
+    bq.write_once(p, "a\n")
+    bq.write_once(p, "a\n")
+    with pytest.raises(ValueError, match="another sample"):
+        bq.write_once(p, "b\n")
+    assert p.read_text() == "a\n"
+
+
+# -- records and figures -------------------------------------------------------------------------
+def item(gold: int, iid: str = "i") -> dict[str, Any]:
+    return {"id": iid, "labels": {"hateful": gold, bq.ANY: gold}}
+
+
+def dec(pid: str, violates: bool, score: float) -> dict[str, Any]:
+    return {"policy_id": pid, "violates": violates, "score": score}
+
+
+def test_cotmod_record_ok_error_missing() -> None:
+    v = {"status": "ok", "decisions": [dec("hate_speech", True, 0.8), dec("spam_scams", False, 0.3), dec("other", True, 0.99)],
+         "attempts": 4, "reasks": 1, "usage": {"total_tokens": 900}}
+    r = bq.cotmod_record(item(1), v, None, ["hate_speech", "spam_scams"])
+    assert (r.status, r.pred, r.flagged, r.score, r.calls, r.tokens, r.reasks) == ("ok", 1, ["hate_speech"], 0.8, 4, 900, 1)
+    assert r.gold_labels == ["hateful"]
+    e = bq.cotmod_record(item(1), None, {"id": "i", "attempts": 3, "error_type": "ModelOutputError"}, ["hate_speech"])
+    assert (e.status, e.pred, e.calls, e.error_type) == ("error", 0, 3, "ModelOutputError")  # wrong: a harmful item missed
+    assert bq.cotmod_record(item(0), None, {"id": "i"}, ["hate_speech"]).pred == 1  # wrong: a benign item flagged
+    assert bq.cotmod_record(item(0), None, None, ["hate_speech"]).status == "missing"
+
+
+def test_naive_record_and_parse() -> None:
+    assert bq.parse_naive('{"answer": "yes"}') == "yes"
+    assert bq.parse_naive('{"answer": "maybe"}') is None
+    assert bq.parse_naive("not json") is None and bq.parse_naive(None) is None
+    assert bq.naive_record(item(0), {"answer": "yes", "tokens": 40}).pred == 1
+    unparsed = bq.naive_record(item(0), {"answer": None})
+    assert (unparsed.status, unparsed.pred) == ("error", 1)
+    assert bq.naive_record(item(1), None).status == "missing"
+
+
+def test_auprc_hand_example_and_fallback() -> None:
+    # ranked: 0.9 pos (P 1, R .5), 0.8 neg, 0.7 pos (P 2/3, R 1), 0.1 neg → AP = .5*1 + .5*2/3
+    y, s = [1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]
+    assert bq.auprc(y, s) == pytest.approx(0.5 + 1 / 3)
+    assert bq.average_precision(y, s) == pytest.approx(0.5 + 1 / 3)
+    assert bq.auprc([1, 1], [0.2, 0.3]) is None and bq.auprc([], []) is None
+
+
+def rec(iid: str, gold: int, status: str, pred: int | None, score: float | None = None, calls: int = 1) -> Any:
+    return bq.ItemRecord(id=iid, gold=gold, gold_labels=[], status=status, pred=pred, score=score, calls=calls)
+
+
+def test_headline_counts_errors_as_wrong_and_skips_missing() -> None:
+    recs = [
+        rec("a", 1, "ok", 1, 0.9, calls=3),
+        rec("b", 1, "error", 0, calls=2),  # an error on a harmful item: a false negative
+        rec("c", 0, "ok", 0, 0.2, calls=3),
+        rec("d", 0, "error", 1),  # an error on a benign item: a false positive
+        rec("e", 1, "missing", None),
+    ]
+    h = bq.headline(recs, rounds=50)
+    assert h["confusion"] == {"tp": 1, "fp": 1, "fn": 1, "tn": 1}
+    assert (h["precision"], h["recall"], h["fpr"], h["errors"], h["missing"], h["n"]) == (0.5, 0.5, 0.5, 2, 1, 4)
+    assert h["calls_per_item"] == pytest.approx(9 / 4) and h["calls_max"] == 3
+    assert h["error_types"] == {"error": 2}  # records built by hand carry no type
+    assert h["auprc"] == 1.0  # over the decided items a (pos, 0.9) and c (neg, 0.2)
+
+
+def test_paired_vs_pairs_only_items_both_have() -> None:
+    naive = [rec("a", 1, "ok", 0), rec("b", 0, "ok", 1), rec("c", 0, "ok", 0), rec("d", 1, "missing", None)]
+    other = [rec("a", 1, "ok", 1), rec("b", 0, "error", 1), rec("c", 0, "ok", 0), rec("d", 1, "ok", 1)]
+    d = bq.paired_vs(naive, other, rounds=50)
+    assert d is not None and d["n"] == 3
+    assert d["mcnemar"]["b_correct_only"] == 1 and d["mcnemar"]["a_correct_only"] == 0
+    assert d["recall"]["delta"] == 1.0 and d["fpr"]["delta"] == 0.0
+
+
+def test_pair_attribution_hand_example() -> None:
+    flags = [
+        ItemFlags(id="1", kind="harmful", gold=["hateful"], own=["hate_speech"], flagged=["hate_speech", "harassment_bullying"]),
+        ItemFlags(id="2", kind="harmful", gold=["cse"], own=["minor_safety"], flagged=["minor_safety"]),
+        ItemFlags(id="3", kind="harmful", gold=["hte"], own=["hate_speech"], flagged=[]),
+        ItemFlags(id="4", kind="benign", gold=[], own=[], flagged=["spam_scams"]),  # not a harmful item
+    ]
+    got = bq.pair_attribution(flags)
+    assert got == {"attribution_precision": 2 / 3, "flagged_pairs_harmful": 3, "blamed_per_harmful": 1.0, "blamed_max": 2}
+
+
+def test_seconds_per_item_from_timing_or_latencies(tmp_path: Path) -> None:
+    t = tmp_path / "timing.jsonl"
+    assert bq.seconds_per_item(t, [2000.0, 4000.0], 2) == pytest.approx(1.5)
+    bq.add_timing(t, 30.0, 10)
+    bq.add_timing(t, 10.0, 10)
+    assert bq.seconds_per_item(t, [1.0], 2) == pytest.approx(2.0)
+
+
+def test_read_jsonl_skips_a_torn_last_line(tmp_path: Path) -> None:
+    p = tmp_path / "a.jsonl"
+    p.write_text('{"id": 1}\n{"id": 2}\n{"id"')
+    assert bq.read_jsonl(p) == [{"id": 1}, {"id": 2}]
