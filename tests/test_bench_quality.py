@@ -242,3 +242,59 @@ def test_read_jsonl_skips_a_torn_last_line(tmp_path: Path) -> None:
     p = tmp_path / "a.jsonl"
     p.write_text('{"id": 1}\n{"id": 2}\n{"id"')
     assert bq.read_jsonl(p) == [{"id": 1}, {"id": 2}]
+
+
+# -- bench_spans.py's helpers ----------------------------------------------------------------------
+def _load_spans() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_spans", ROOT / "benchmarks" / "bench_spans.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_spans"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bs = _load_spans()
+
+
+def test_spans_ranges() -> None:
+    assert bs.ranges({7, 1, 2, 3}) == [[1, 4], [7, 8]]
+    assert bs.ranges([]) == []
+
+
+def test_spans_draw_seeded_split_and_dev_disjoint() -> None:
+    data = [{"id": f"p{i}", "spans": [1], "split": "test"} for i in range(30)]
+    data += [{"id": f"e{i}", "spans": [], "split": "test"} for i in range(10)]
+    data += [{"id": f"t{i}", "spans": [1], "split": "train"} for i in range(30)]
+    a = bs.draw(data, 5, 2, 1, "test")
+    assert [r["id"] for r in a] == [r["id"] for r in bs.draw(data, 5, 2, 1, "test")]
+    assert Counter(r["id"][0] for r in a) == {"p": 5, "e": 2}
+    held = {r["id"] for r in bs.draw(data, 20, 5, 1, "test")}
+    dev = bs.draw(data, 10, 5, 9, "test", exclude=frozenset(held))
+    assert not {r["id"] for r in dev} & held
+    with pytest.raises(ValueError, match="posts with spans"):
+        bs.draw(data, 31, 0, 1, "test")
+
+
+def test_spans_post_scores_and_summary() -> None:
+    text = "you are a moron"  # 15 characters; gold "moron" = 10..14
+    gold = [10, 11, 12, 13, 14]
+    v = {"status": "ok", "decisions": [{
+        "policy_id": "harassment_bullying", "policy_version": "1", "rationale": "r", "violates": True,
+        "rule_ids": ["HB-1"], "action": "remove", "escalate": False, "confidence": 0.9, "score": 0.9,
+        "evidence": [{"id": "HB-1", "quote": "a moron", "start": 8, "end": 15}],
+    }]}
+    sc = bs.post_scores(text, gold, v, ["harassment_bullying"])
+    assert sc["f1"] == pytest.approx(2 * 5 / (7 + 5)) and sc["f1_whole_post"] == pytest.approx(10 / 20) and sc["f1_no_spans"] == 0.0
+    err = bs.post_scores(text, [], None, ["harassment_bullying"])  # an error verdict predicts no span
+    assert err["f1"] == 1.0 and err["f1_whole_post"] == 0.0
+    posts = [
+        {"status": "ok", "gold": gold, **sc, "flagged": ["harassment_bullying"], "reasks": 1, "dropped": 2, "calls": 4, "tokens": 100},
+        {"status": "error", "gold": [], **err, "flagged": [], "reasks": 0, "dropped": 0, "calls": 3, "tokens": 0},
+        {"status": "missing", "gold": gold, "pred": set(), "f1": 0.0, "f1_whole_post": 0.0, "f1_no_spans": 0.0, "flagged": [], "calls": None},
+    ]
+    s = bs.summarise(posts, 20, 0)
+    assert (s["n"], s["errors"], s["missing"]) == (2, 1, 1)
+    assert s["span_f1"] == pytest.approx((10 / 12 + 1.0) / 2) and s["baseline_whole_post"] == pytest.approx(0.25)
+    assert s["baseline_no_spans"] == pytest.approx(0.5) and s["span_f1_flagged"] == pytest.approx(10 / 12)
+    assert (s["dropped_citations"], s["reasks_per_item"], s["calls_per_item"]) == (2, 1.0, 3.5)
