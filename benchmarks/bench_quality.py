@@ -36,8 +36,9 @@ the paired delta against naive (F1, FPR, ...: paired bootstrap CI, exact McNemar
 (cotmod.evals' machinery: attribution precision over the flagged (item, policy) pairs on harmful
 items, policies blamed per harmful item (mean, max), share of benign items with no flag, the
 gold-label x flagged-policy matrix); model calls per item (``Verdict.attempts``: every model call
-that returned a completion, re-asks and votes included; the triage call counts when the engine
-counts it in ``attempts``), tokens per item (``usage.total_tokens`` of decided items: dead
+that returned a completion, re-asks, votes and the triage call (and its re-asks) included),
+policies triaged out per item, items where triage ran / fell back to judging every policy
+(``Verdict.triage``), tokens per item (``usage.total_tokens`` of decided items: dead
 letters carry no usage), seconds per item (wall time of the runs over the items they decided),
 error verdicts, and AUPRC of the per-item score (max over the policies in play of
 ``decision.score``).
@@ -340,6 +341,7 @@ class ItemRecord:
     reasks: int = 0
     triaged_out: int = 0
     error_type: str | None = None
+    triage: str | None = None  # ok | fallback (every policy judged) | None (triage did not run)
 
 
 def gold_labels(row: dict[str, Any]) -> list[str]:
@@ -376,6 +378,7 @@ def cotmod_record(row: dict[str, Any], verdict: dict[str, Any] | None, dead: dic
             score=max((float(d["score"]) for d in decs), default=0.0),
             calls=int(verdict.get("attempts", 1)), tokens=int(verdict.get("usage", {}).get("total_tokens", 0)),
             reasks=int(verdict.get("reasks", 0)), triaged_out=sum(1 for d in decs if d.get("triaged_out")),
+            triage=None if not verdict.get("triage") else ("fallback" if verdict["triage"].get("fallback") else "ok"),
         )
     if verdict is not None or dead is not None:
         src = verdict if verdict is not None else dead
@@ -457,6 +460,8 @@ def headline(recs: Sequence[ItemRecord], *, rounds: int = 1000, seed: int = 0) -
     out["tokens_per_item"] = mean(r.tokens for r in done if r.status == "ok" and r.tokens is not None)
     out["reasks_per_item"] = mean(r.reasks for r in done if r.status == "ok")
     out["triaged_out_per_item"] = mean(r.triaged_out for r in done if r.status == "ok")
+    out["triage_ran"] = sum(1 for r in done if r.triage is not None)
+    out["triage_fallbacks"] = sum(1 for r in done if r.triage == "fallback")
     return out
 
 
@@ -650,6 +655,9 @@ def print_set(name: str, info: dict[str, Any]) -> None:
               f"{fmt(r['fpr']):>7}{fmt(r['auprc']):>7}{fmt(r['calls_per_item'], '.1f'):>7}{fmt(r['tokens_per_item'], '.0f'):>7}"
               f"{fmt(r['s_per_item'], '.1f'):>7}  {fmt_ci(r['f1_ci95']):<12}{df1:>22}{dfpr:>22}{mp:>10}")
     for v, r in info["variants"].items():
+        if r.get("triage_ran"):
+            print(f"  {v}: triage ran on {r['triage_ran']} items ({r['triage_fallbacks']} fell back to every policy); "
+                  f"policies triaged out per item {fmt(r['triaged_out_per_item'], '.2f')}")
         at = r.get("attribution")
         if not at:
             continue

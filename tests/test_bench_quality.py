@@ -165,7 +165,11 @@ def test_cotmod_record_ok_error_missing() -> None:
          "attempts": 4, "reasks": 1, "usage": {"total_tokens": 900}}
     r = bq.cotmod_record(item(1), v, None, ["hate_speech", "spam_scams"])
     assert (r.status, r.pred, r.flagged, r.score, r.calls, r.tokens, r.reasks) == ("ok", 1, ["hate_speech"], 0.8, 4, 900, 1)
-    assert r.gold_labels == ["hateful"]
+    assert r.gold_labels == ["hateful"] and r.triage is None
+    t = bq.cotmod_record(item(0), {**v, "triage": {"selected": ["hate_speech"], "skipped": ["spam_scams"], "fallback": None}}, None, ["hate_speech"])
+    assert t.triage == "ok"
+    t = bq.cotmod_record(item(0), {**v, "triage": {"selected": [], "skipped": [], "fallback": "invalid"}}, None, ["hate_speech"])
+    assert t.triage == "fallback"
     e = bq.cotmod_record(item(1), None, {"id": "i", "attempts": 3, "error_type": "ModelOutputError"}, ["hate_speech"])
     assert (e.status, e.pred, e.calls, e.error_type) == ("error", 0, 3, "ModelOutputError")  # wrong: a harmful item missed
     assert bq.cotmod_record(item(0), None, {"id": "i"}, ["hate_speech"]).pred == 1  # wrong: a benign item flagged
