@@ -13,7 +13,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-__all__ = ["DroppedCitation", "ErrorInfo", "Evidence", "PolicyDecision", "Truncation", "Usage", "Verdict", "verdict_json_schema"]
+__all__ = [
+    "DroppedCitation",
+    "ErrorInfo",
+    "Evidence",
+    "PolicyDecision",
+    "Triage",
+    "Truncation",
+    "Usage",
+    "Verdict",
+    "verdict_json_schema",
+]
 
 
 class Usage(BaseModel):
@@ -142,6 +152,25 @@ class ErrorInfo(BaseModel):
     raw_output: str | None = None
 
 
+class Triage(BaseModel):
+    """What triage (``Settings.triage``) decided for an item: which policies got their
+    per-policy call and which were triaged out. Present only when triage ran (triage on and more
+    than one policy group in play)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    selected: list[str] = Field(default_factory=list, description="Policies judged by their per-policy call")
+    skipped: list[str] = Field(
+        default_factory=list, description="Policies triaged out: not judged, their decision is allow (triaged_out)"
+    )
+    summary: str = Field(default="", description="The triage call's one-sentence account of the content")
+    fallback: str | None = Field(
+        default=None,
+        description="Why triage did not narrow the policies (its output stayed invalid after the re-asks, or "
+        "its call failed in transport): then every policy was judged; null when triage worked",
+    )
+
+
 class Verdict(BaseModel):
     """cotmod's answer for one item. ``status == "error"`` is never a decision."""
 
@@ -162,14 +191,28 @@ class Verdict(BaseModel):
     attempts: int = Field(default=1, description="Model calls that returned a completion")
     transport_retries: int = 0
     reasks: int = 0
-    cache_hits: int = Field(default=0, description="Policy groups answered from the result cache")
+    cache_hits: int = Field(
+        default=0, description="Policy groups (and the triage call, with triage on) answered from the result cache"
+    )
     truncated: Truncation | None = None
     error: ErrorInfo | None = None
+    triage: Triage | None = Field(
+        default=None, description="With triage on: the policies selected and triaged out (omitted when triage did not run)"
+    )
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="The item's metadata (fields other than id and text), unchanged"
     )
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     cotmod_version: str = ""
+
+    @model_serializer(mode="wrap")
+    def _omit_no_triage(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without triage, ``triage`` is None and left out, so verdict lines stay as they were
+        before the option existed (loading fills the default)."""
+        data: dict[str, Any] = handler(self)
+        if data.get("triage") is None:
+            data.pop("triage", None)
+        return data
 
     def decision(self, policy_id: str) -> PolicyDecision:
         for d in self.decisions:

@@ -6,7 +6,7 @@ manifest ``cotmod run`` writes. ``import_batch`` reads the provider's output fil
 answer exactly like a live one (schema + cross-checks), and appends verdicts to an output that
 ``cotmod run`` can later resume or ``--retry-errors`` on (invalid answers are dead-lettered: a batch
 cannot re-ask). The policies and templates must not have changed in between: the fingerprint in
-the manifest is checked.
+the manifest is checked. Self-consistency votes and triage run live only: both are refused here.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def export_batch(
     """Write the Batch API request file; returns counts. Bad rows go to ``<requests>.errors.jsonl``."""
     if moderator.settings.votes > 1:
         raise ConfigError("batch export sends one request per policy call; self-consistency votes > 1 run live only (cotmod run --votes)")
+    _refuse_triage(moderator, policies, "export")
     req_path = Path(requests_path)
     model_name = model or moderator.settings.model or moderator.model_name
     groups = moderator.policy_groups(policies)
@@ -88,6 +89,16 @@ def export_batch(
     os.replace(tmp_idx, _index_path(req_path))
     write_json_atomic(Runner.manifest_path(req_path), manifest)
     return counts
+
+
+def _refuse_triage(moderator: AsyncModerator, policies: list[str] | None, what: str) -> None:
+    """Triage decides per item which policy calls to make after a first call; a batch sends every
+    call at once, so it cannot triage."""
+    if moderator.triage_applies(policies):
+        raise ConfigError(
+            f"batch {what} sends every policy call at once; triage (a first call choosing which policy calls "
+            "to make) runs live only (cotmod run --triage): turn it off (--no-triage, COTMOD_TRIAGE=0)"
+        )
 
 
 def _read_results(path: Path) -> dict[str, dict[str, Any]]:
@@ -146,6 +157,7 @@ def import_batch(
             f"({', '.join(exported)}); import with those, or without --policy"
         )
     policies = exported
+    _refuse_triage(moderator, policies, "import")
     current = Runner(moderator).manifest(policies)
     if current["prompt_fingerprint"] != manifest["prompt_fingerprint"] or current["policies"] != manifest["policies"]:
         raise ConfigError(

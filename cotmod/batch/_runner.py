@@ -176,7 +176,7 @@ class RunSummary:
         self.reasks += v.reasks
         self.cache_hits += v.cache_hits
         self.model_calls += v.attempts
-        if v.cache_hits < len(v.policy_versions) or v.status == "error":
+        if v.attempts > 0 or v.status == "error":  # a model call was made (not all from the cache)
             self._add_latency(v.latency_ms)
         if v.status != "ok":
             self.errors += 1

@@ -91,6 +91,12 @@ def _endpoint_options(f: F) -> F:
             help="Self-consistency: sample K verdicts per policy call (at --vote-temperature); the majority decides and the score is the vote share.",
         ),
         click.option("--vote-temperature", type=click.FloatRange(0, 2, min_open=True), default=None, help="Sampling temperature of the votes [default: 0.7]."),
+        click.option(
+            "--triage/--no-triage",
+            default=None,
+            help="One cheap call first selects the policies plausibly at stake; only those get their policy call, "
+            "the others are recorded as triaged out (env COTMOD_TRIAGE) [default: off].",
+        ),
         click.option("--config", "config_file", type=click.Path(), help="TOML config file."),
     ]
     for o in reversed(opts):
@@ -148,6 +154,13 @@ def _print_verdict(v: Any) -> None:
         if d.violates:
             click.echo(f"  - {d.policy_id} {d.policy_version}: {', '.join(d.rule_ids)} severity={d.severity} -> {d.action} (confidence {d.confidence:.2f})")
             click.echo(f"    {d.rationale}")
+    if v.triage is not None:
+        t = v.triage
+        if t.fallback:
+            click.echo(click.style(f"  triage failed, every policy judged: {t.fallback}", fg="yellow"))
+        else:
+            skipped = ", ".join(t.skipped) or "none"
+            click.echo(click.style(f"  triage: judged {', '.join(t.selected) or 'none'}; triaged out {skipped}", dim=True))
     for step in v.reasoning:
         click.echo(click.style(f"    · {step}", dim=True))
     if v.truncated:

@@ -72,14 +72,16 @@ def render(text: str, as_json: bool, show_vars: bool, policies: tuple[str, ...],
         for name in (SYSTEM_TEMPLATE, USER_TEMPLATE, REASK_TEMPLATE):
             click.echo(f"{name}: {', '.join(sorted(mod.templates.variables(name)))}")
         return
+    triage = mod.triage_applies(list(policies) or None)  # then the first prompt is the triage prompt
     out: list[dict[str, Any]] = []
-    for p in prompts:
+    for i, p in enumerate(prompts):
         per_message = [count_tokens(m["content"]) for m in p.messages]
         by_role: dict[str, int] = {}
         for m, n in zip(p.messages, per_message, strict=True):
             by_role[m["role"]] = by_role.get(m["role"], 0) + n
         out.append(
             {
+                **({"triage": True} if triage and i == 0 else {}),
                 "policies": p.policies.versions(),
                 "fingerprint": p.fingerprint,
                 "messages": p.messages,
@@ -93,7 +95,8 @@ def render(text: str, as_json: bool, show_vars: bool, policies: tuple[str, ...],
         click.echo(json.dumps({"token_counter": token_counter_name(), "prompts": out}, indent=2, ensure_ascii=False))
         return
     for o in out:
-        click.echo(click.style(f"=== {', '.join(f'{k} {v}' for k, v in o['policies'].items())}  fingerprint {o['fingerprint']}", bold=True))
+        kind = "triage: " if o.get("triage") else ""
+        click.echo(click.style(f"=== {kind}{', '.join(f'{k} {v}' for k, v in o['policies'].items())}  fingerprint {o['fingerprint']}", bold=True))
         for m, n in zip(o["messages"], o["message_tokens"], strict=True):
             click.echo(click.style(f"--- {m['role']} ({n} tokens, {token_counter_name()})", fg="cyan"))
             click.echo(m["content"])

@@ -31,6 +31,13 @@ latencies, once per moderator (again after :meth:`AsyncModerator.aclose`, and af
 a server with no cold-prefix problem (a large hosted API, a warm server) loses that much
 throughput at the start of a run, which matters only for short runs.
 
+Triage (``settings.triage``, opt-in): when more than one policy group is in play, one cheap call
+first selects the policies plausibly at stake (:mod:`cotmod.prompting._triage`); only their groups
+are called. It is cached, counted, limited and warmed like a group call (its prompt prefix ramps
+like any other). The other policies get an ``allow`` decision marked ``triaged_out``; if triage
+fails for the item (invalid output after the re-asks, or a transport failure of this call only),
+every policy is judged and ``Verdict.triage.fallback`` says why.
+
 Result cache: calls into a cache run on a dedicated thread, never on the event loop, unless the
 cache declares ``blocking = False`` (:class:`~cotmod.engine.MemoryCache` does). One thread, so a
 cache sees one call at a time.
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -62,18 +70,28 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .._config import Settings
-from .._exceptions import ConfigError, InputError, TransportError
-from .._verdict import ErrorInfo, PolicyDecision, Truncation, Usage, Verdict
+from .._exceptions import (
+    AuthenticationError,
+    CircuitOpenError,
+    ConfigError,
+    EndpointUnreachableError,
+    InputError,
+    RateLimitedError,
+    RequestTimeoutError,
+    TransportError,
+)
+from .._verdict import ErrorInfo, PolicyDecision, Triage, Truncation, Usage, Verdict
 from .._version import __version__
 from ..backends._openai import Backend, ChatRequest, ChatResult, OpenAIBackend
 from ..policy._lint import load_policies
 from ..policy._model import Policy, PolicySet, default_guidelines_dir
 from ..prompting._compiler import CompiledPrompt, Compiler, PromptTemplates
 from ..prompting._decision import OutputInvalid, parse_decision, violates_probabilities
+from ..prompting._triage import TRIAGE_SCHEMA_NAME, TriageCompiler, parse_triage
 from ._cache import Cache, cache_key
 from ._thresholds import apply_band, load_thresholds
 
-__all__ = ["AsyncModerator", "GroupOutcome", "Item", "Moderator"]
+__all__ = ["AsyncModerator", "GroupOutcome", "Item", "Moderator", "TriageOutcome"]
 
 T = TypeVar("T")
 B = TypeVar("B", bound=Backend)
@@ -181,6 +199,64 @@ class GroupOutcome:
 _Outcome = GroupOutcome  # the old private name (cotmod.batch used it)
 
 
+@dataclass
+class TriageOutcome:
+    """What the triage call (``Settings.triage``) answered for one item.
+
+    ``selected``: the policies to judge, in policy order. When triage failed (its output stayed
+    invalid after the re-asks, or its call failed in transport for this item), ``fallback`` says
+    why and ``selected`` is every policy in play: a failed triage never allows an item unjudged.
+    """
+
+    summary: str
+    selected: list[str]
+    usage: Usage
+    attempts: int
+    retries: int
+    reasks: int
+    model: str
+    fallback: str | None = None
+    raw_output: str | None = None
+    cached: bool = False
+
+    def record(self, policy_ids: Sequence[str]) -> Triage:
+        """The verdict's :class:`~cotmod.Triage` record for the policies in play."""
+        chosen = set(self.selected)
+        return Triage(
+            selected=[p for p in policy_ids if p in chosen],
+            skipped=[p for p in policy_ids if p not in chosen],
+            summary=self.summary,
+            fallback=self.fallback,
+        )
+
+
+#: transport failures that would hit every call, not just this item's triage call: they are
+#: raised (as they would be by the per-policy calls) instead of falling back to judging everything
+_FATAL_FOR_TRIAGE = (AuthenticationError, CircuitOpenError, EndpointUnreachableError, RateLimitedError)
+
+
+def _triage_fallback_on(exc: TransportError) -> bool:
+    """A transport failure of the triage call that concerns this item only (5xx or a malformed
+    body after the transport retries, a timeout): judge every policy instead."""
+    return isinstance(exc, RequestTimeoutError) or not isinstance(exc, _FATAL_FOR_TRIAGE)
+
+
+def _triaged_out(policy: Policy, summary: str) -> PolicyDecision:
+    """The decision recorded for a policy triage found not at stake: allow, not judged."""
+    return PolicyDecision(
+        policy_id=policy.id,
+        policy_version=policy.version,
+        rationale=f"Triaged out: {summary}" if summary else "Triaged out: triage found this policy not at stake.",
+        violates=False,
+        rule_ids=[],
+        action="allow",
+        escalate=False,
+        confidence=1.0,
+        score=0.0,
+        triaged_out=True,
+    )
+
+
 def _looks_like_path(name: str) -> bool:
     """A file path rather than a model name ("org/model" names are not paths)."""
     return (
@@ -258,6 +334,7 @@ class AsyncModerator:
         self._owns_backend = backend is None
         self._backend_lock: asyncio.Lock | None = None
         self._compilers: dict[tuple[str, ...], Compiler] = {}
+        self._triage_compilers: dict[tuple[str, ...], TriageCompiler] = {}
         self._concurrency = self.settings.concurrency
         self._sem: asyncio.Semaphore | None = None
         self._ramps: dict[str, _Ramp] = {}
@@ -321,18 +398,48 @@ class AsyncModerator:
 
     _groups = policy_groups  # the old private name
 
+    def triage_applies(self, policies: Sequence[str] | None = None) -> bool:
+        """Triage runs for these policies: ``settings.triage`` is on and there is more than one
+        policy group to choose from (with ``strategy="combined"`` triage is a no-op)."""
+        return self.settings.triage and len(self.policy_groups(policies)) > 1
+
+    def triage_compiler(self, policy_ids: Sequence[str]) -> TriageCompiler:
+        """The compiler of the triage prompt listing these policies."""
+        key = tuple(policy_ids)
+        comp = self._triage_compilers.get(key)
+        if comp is None:
+            comp = TriageCompiler(
+                self.policies.select(key),
+                templates=self.templates,
+                max_item_tokens=self.settings.max_item_tokens,
+                schema_limits=self.settings.schema_limits,
+                sampling=self.triage_sampling(),
+            )
+            self._triage_compilers[key] = comp
+        return comp
+
     def fingerprint(self, policies: Sequence[str] | None = None) -> str:
-        """The prompt fingerprint verdicts for these policies carry."""
+        """The prompt fingerprint verdicts for these policies carry. With triage on (and more
+        than one policy group) it covers the triage prompt too; with it off it is what it was
+        before triage existed."""
         groups = self.policy_groups(policies)
         fps = [self.compiler(g).fingerprint for g in groups]
         if len(fps) == 1:
             return fps[0]
-        h = hashlib.sha256(("|".join([self.settings.strategy, *fps])).encode()).hexdigest()
+        parts = [self.settings.strategy, *fps]
+        if self.settings.triage:  # more than one group here
+            parts += ["triage", self.triage_compiler([pid for g in groups for pid in g]).fingerprint]
+        h = hashlib.sha256(("|".join(parts)).encode()).hexdigest()
         return "fp-" + h[:16]
 
     def render(self, text: str, policies: Sequence[str] | None = None) -> list[CompiledPrompt]:
-        """The exact prompts the model would receive for ``text`` (no model call)."""
-        return [self.compiler(g).compile(text) for g in self.policy_groups(policies)]
+        """The exact prompts the model would receive for ``text`` (no model call): one per policy
+        group, preceded by the triage prompt when triage applies (:meth:`triage_applies`)."""
+        groups = self.policy_groups(policies)
+        prompts = [self.compiler(g).compile(text) for g in groups]
+        if self.triage_applies(policies):
+            prompts.insert(0, self.triage_compiler([pid for g in groups for pid in g]).compile(text))
+        return prompts
 
     async def get_backend(self) -> Backend:
         """The backend calls go to; the embedded local server is started here when needed."""
@@ -506,7 +613,19 @@ class AsyncModerator:
         self, backend: Backend, prompt: CompiledPrompt, sem: asyncio.Semaphore, vote: int | None = None
     ) -> GroupOutcome:
         """One model call (with its re-asks) under the concurrency limit and, with
-        ``warm_prefix``, under its prompt prefix's slow-start window (see the module docstring).
+        ``warm_prefix``, under its prompt prefix's slow-start window (see :meth:`_limited`)."""
+        return await self._limited(backend, prompt, sem, lambda first: self._decide(backend, prompt, vote, first))
+
+    async def _limited(
+        self,
+        backend: Backend,
+        prompt: CompiledPrompt,
+        sem: asyncio.Semaphore,
+        call: Callable[[Callable[[int], None] | None], Awaitable[T]],
+    ) -> T:
+        """Run ``call(on_first_answer)`` (one model call with its re-asks) under the concurrency
+        limit and, with ``warm_prefix``, under its prompt prefix's slow-start window (see the
+        module docstring).
 
         The window opens by one when a call's first answer comes back without transport retries
         (its server slot now holds the prefix) and halves when it needed some, or when the call
@@ -516,7 +635,7 @@ class AsyncModerator:
         """
         if not self.warm_prefix:
             async with sem:
-                return await self._decide(backend, prompt, vote)
+                return await call(None)
         key = f"{backend.model_name}\0{prompt.fingerprint}"
         ramp = self._ramps.get(key)
         if ramp is None:
@@ -524,14 +643,120 @@ class AsyncModerator:
         await ramp.acquire(lambda: self._concurrency)
         try:
             async with sem:
-                return await self._decide(
-                    backend, prompt, vote, lambda retries: ramp.answered(retries, self._concurrency)
-                )
+                return await call(lambda retries: ramp.answered(retries, self._concurrency))
         except TransportError:
             ramp.answered(1, self._concurrency)
             raise
         finally:
             ramp.release()
+
+    # -- triage --------------------------------------------------------------------------------
+    def triage_sampling(self) -> dict[str, Any]:
+        """What the triage call sends besides its messages (one call: no votes, no logprobs)."""
+        s = self.settings
+        return {
+            "temperature": s.temperature,
+            "max_tokens": s.max_tokens,
+            "seed": s.seed,
+            "response_format": s.response_format,
+        }
+
+    def _triage_request(self, prompt: CompiledPrompt, messages: list[dict[str, str]], attempt: int) -> ChatRequest:
+        return dataclasses.replace(
+            self.request_for(prompt, messages, attempt), logprobs=False, schema_name=TRIAGE_SCHEMA_NAME
+        )
+
+    async def _triage_call(
+        self, backend: Backend, prompt: CompiledPrompt, on_first_answer: Callable[[int], None] | None
+    ) -> TriageOutcome:
+        """The triage call with its re-asks (at most ``max_reasks``). Output that stays invalid
+        gives the fallback outcome: every policy selected."""
+        s = self.settings
+        comp = self.triage_compiler(prompt.policies.ids)
+        messages = list(prompt.messages)
+        usage = Usage()
+        retries = 0
+        raw: str | None = None
+        last_error = ""
+        model = _model_label(None, backend.model_name)
+        max_attempts = s.max_reasks + 1
+        for attempt in range(1, max_attempts + 1):
+            result = await backend.complete(self._triage_request(prompt, messages, attempt))
+            if attempt == 1 and on_first_answer is not None:
+                on_first_answer(result.transport_retries)
+            usage.add(result.usage)
+            retries += result.transport_retries
+            raw = result.text
+            model = _model_label(result.model, backend.model_name)
+            try:
+                answer = parse_triage(result.text, prompt.policies, finish_reason=result.finish_reason)
+            except OutputInvalid as exc:
+                last_error = str(exc)
+                if attempt < max_attempts:
+                    messages = [
+                        *messages,
+                        {"role": "assistant", "content": raw[:4000]},
+                        {"role": "user", "content": comp.reask_message(last_error, attempt, max_attempts)},
+                    ]
+                continue
+            return TriageOutcome(answer.summary, answer.policies, usage, attempt, retries, attempt - 1, model)
+        return TriageOutcome(
+            "",
+            list(prompt.policies.ids),
+            usage,
+            max_attempts,
+            retries,
+            max_attempts - 1,
+            model,
+            fallback=f"invalid triage output after {max_attempts} attempt(s): {last_error}"[:2000],
+            raw_output=raw,
+        )
+
+    async def _triage(self, item: Item, policy_ids: Sequence[str], backend: Backend, sem: asyncio.Semaphore) -> TriageOutcome:
+        """Triage one item: from the result cache, else one call (under the same limits as the
+        policy calls). A transport failure that concerns this item only falls back to judging
+        every policy; one that would hit every call (authentication, an unreachable endpoint,
+        an open circuit, rate limiting) is raised, as a policy call would raise it."""
+        prompt = self.triage_compiler(policy_ids).compile(item.text, item_id=item.id)
+        cache = self.cache
+        key = None
+        if cache is not None:
+            key = cache_key(item.text, prompt.fingerprint, backend.model_name, self.triage_sampling())
+            hit = await self._cache_call(cache.get, key)
+            if hit is not None:
+                selected = hit.get("policies")
+                if isinstance(selected, list) and all(p in policy_ids for p in selected):
+                    chosen = set(selected)
+                    return TriageOutcome(
+                        str(hit.get("summary", "")),
+                        [p for p in policy_ids if p in chosen],
+                        Usage(),
+                        0,
+                        0,
+                        0,
+                        _model_label(str(hit.get("model", "")), backend.model_name),
+                        cached=True,
+                    )
+        try:
+            outcome = await self._limited(backend, prompt, sem, lambda first: self._triage_call(backend, prompt, first))
+        except TransportError as exc:
+            if not _triage_fallback_on(exc):
+                raise
+            return TriageOutcome(
+                "",
+                list(policy_ids),
+                Usage(),
+                0,
+                max(0, exc.attempts - 1),
+                0,
+                _model_label(None, backend.model_name),
+                fallback=f"triage call failed: {type(exc).__name__}: {exc}"[:2000],
+            )
+        if key is not None and cache is not None and outcome.fallback is None:
+            await self._cache_call(
+                cache.put, key, {"summary": outcome.summary, "policies": outcome.selected, "model": outcome.model}
+            )
+        return outcome
 
     async def _cache_call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a cache method off the event loop (on the moderator's cache thread), unless the
@@ -550,6 +775,12 @@ class AsyncModerator:
         """Moderate one item against ``policies`` (default: all loaded policies).
 
         The item's ``metadata`` is copied into the verdict unchanged (it must be JSON-serialisable).
+
+        With triage on (``settings.triage``) and more than one policy group, one triage call
+        first selects the policies plausibly at stake; only their groups are called. The others
+        get a decision ``allow`` marked ``triaged_out``, and ``Verdict.triage`` records the
+        selection. If triage fails for the item, every policy is judged
+        (``Verdict.triage.fallback`` says why).
         """
         it = Item.coerce(item)
         _check_metadata(it)
@@ -559,6 +790,9 @@ class AsyncModerator:
         start = time.perf_counter()
         sem = self._semaphore()
         cache = self.cache
+        triage: TriageOutcome | None = None
+        if self.settings.triage and len(groups) > 1:
+            triage = await self._triage(it, [pid for g in groups for pid in g], backend, sem)
 
         async def guarded(p: CompiledPrompt) -> GroupOutcome:
             key = self._cache_key(it.text, p, backend) if cache is not None else None
@@ -588,9 +822,20 @@ class AsyncModerator:
                 await self._cache_call(cache.put, key, value)
             return outcome
 
-        outcomes: list[GroupOutcome] = list(await asyncio.gather(*(guarded(p) for p in prompts)))
+        chosen = set(triage.selected) if triage is not None else None
+        run = [i for i, g in enumerate(groups) if chosen is None or any(pid in chosen for pid in g)]
+        called: list[GroupOutcome] = list(await asyncio.gather(*(guarded(prompts[i]) for i in run)))
+        outcomes: list[GroupOutcome] = []
+        answers = dict(zip(run, called, strict=True))
+        for i, g in enumerate(groups):
+            if i in answers:
+                outcomes.append(answers[i])
+            else:
+                assert triage is not None
+                decisions = [_triaged_out(self.policies[pid], triage.summary) for pid in g]
+                outcomes.append(GroupOutcome([], decisions, Usage(), 0, 0, 0, triage.model))
         latency = (time.perf_counter() - start) * 1000
-        return self.build_verdict(it, groups, prompts, outcomes, latency)
+        return self.build_verdict(it, groups, prompts, outcomes, latency, triage=triage)
 
     async def _vote(self, backend: Backend, prompt: CompiledPrompt, sem: asyncio.Semaphore) -> GroupOutcome:
         """Self-consistency: ``votes`` sampled verdicts; the majority decides each policy.
@@ -666,11 +911,18 @@ class AsyncModerator:
         prompts: Sequence[CompiledPrompt],
         outcomes: Sequence[GroupOutcome],
         latency_ms: float = 0.0,
+        *,
+        triage: TriageOutcome | None = None,
     ) -> Verdict:
         """The verdict for ``item`` from the outcomes of its policy groups (same order as
         :meth:`policy_groups`), with thresholds applied. ``prompts`` are the compiled prompts
         of those groups; only their truncation is read. Used by :meth:`moderate` and by code
-        that obtains model outputs itself (the provider Batch API import)."""
+        that obtains model outputs itself (the provider Batch API import).
+
+        ``triage``: the item's triage outcome, if triage ran; its usage, attempts, retries,
+        re-asks and cache hit are counted, and it becomes ``Verdict.triage``. The outcomes of
+        triaged-out groups carry their ``triaged_out`` decisions (thresholds do not apply to
+        them: they were not judged)."""
         usage = Usage()
         reasoning: list[str] = []
         decisions: list[PolicyDecision] = []
@@ -681,7 +933,9 @@ class AsyncModerator:
             reasoning.extend(prefix + r for r in o.reasoning)
             for d in o.decisions:
                 th = self.thresholds.get(d.policy_id)
-                decisions.append(apply_band(d, self.policies[d.policy_id], th) if th else d)
+                decisions.append(apply_band(d, self.policies[d.policy_id], th) if th and not d.triaged_out else d)
+        if triage is not None:
+            usage.add(triage.usage)
         ids = [pid for g in groups for pid in g]
         ok = not errors
         error = None
@@ -710,12 +964,13 @@ class AsyncModerator:
             model=outcomes[0].model if outcomes else _model_label(None, self.model_name),
             usage=usage,
             latency_ms=round(latency_ms, 2),
-            attempts=sum(o.attempts for o in outcomes),
-            transport_retries=sum(o.retries for o in outcomes),
-            reasks=sum(o.reasks for o in outcomes),
-            cache_hits=sum(1 for o in outcomes if o.cached),
+            attempts=sum(o.attempts for o in outcomes) + (triage.attempts if triage else 0),
+            transport_retries=sum(o.retries for o in outcomes) + (triage.retries if triage else 0),
+            reasks=sum(o.reasks for o in outcomes) + (triage.reasks if triage else 0),
+            cache_hits=sum(1 for o in outcomes if o.cached) + (1 if triage and triage.cached else 0),
             truncated=truncated,
             error=error,
+            triage=triage.record(ids) if triage is not None else None,
             metadata=dict(item.metadata),
             cotmod_version=__version__,
         )
@@ -882,6 +1137,15 @@ class Moderator:
     def fingerprint(self, policies: Sequence[str] | None = None) -> str:
         return self._async.fingerprint(policies)
 
+    def triage_applies(self, policies: Sequence[str] | None = None) -> bool:
+        return self._async.triage_applies(policies)
+
+    def triage_compiler(self, policy_ids: Sequence[str]) -> TriageCompiler:
+        return self._async.triage_compiler(policy_ids)
+
+    def triage_sampling(self) -> dict[str, Any]:
+        return self._async.triage_sampling()
+
     def render(self, text: str, policies: Sequence[str] | None = None) -> list[CompiledPrompt]:
         return self._async.render(text, policies)
 
@@ -922,8 +1186,10 @@ class Moderator:
         prompts: Sequence[CompiledPrompt],
         outcomes: Sequence[GroupOutcome],
         latency_ms: float = 0.0,
+        *,
+        triage: TriageOutcome | None = None,
     ) -> Verdict:
-        return self._async.build_verdict(item, groups, prompts, outcomes, latency_ms)
+        return self._async.build_verdict(item, groups, prompts, outcomes, latency_ms, triage=triage)
 
     def moderate(self, item: str | Item | Mapping[str, Any], policies: Sequence[str] | None = None) -> Verdict:
         return self._call(self._async.moderate(item, policies))

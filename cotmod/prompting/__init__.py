@@ -10,12 +10,15 @@ from ._compiler import (
 )
 from ._decision import OutputInvalid, constrain_decisions, decision_schema, parse_decision
 from ._tokens import count_tokens, token_counter_name, truncate_to_tokens
+from ._triage import TriageAnswer, TriageCompiler, parse_triage, triage_schema
 
 __all__ = [
     "CompiledPrompt",
     "Compiler",
     "OutputInvalid",
     "PromptTemplates",
+    "TriageAnswer",
+    "TriageCompiler",
     "boundary_lines",
     "constrain_decisions",
     "content_boundary",
@@ -23,6 +26,8 @@ __all__ = [
     "decision_schema",
     "default_prompts_dir",
     "parse_decision",
+    "parse_triage",
     "token_counter_name",
+    "triage_schema",
     "truncate_to_tokens",
 ]

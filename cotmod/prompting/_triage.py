@@ -1,0 +1,252 @@
+"""Triage (``Settings.triage``, opt-in): one cheap call selects the policies plausibly at stake.
+
+Before the per-policy calls, the item is sent once with a static system message listing every
+policy in play (id, title, summary and the titles of its rules, one line each). The model answers
+``{"summary": "<one sentence: what the content is and does>", "policies": [<ids>]}``, summary
+first (a short chain of thought), then the ids of the policies worth checking. Only those get
+their per-policy call; the engine records the others as triaged out.
+
+* The prompt is built like the per-policy prompts (:mod:`cotmod.prompting._compiler`): the static
+  system message first, byte-identical for every item; the item last, between random per-request
+  boundary lines (:func:`content_boundary`), never parsed as template source, truncated to the
+  same token budget.
+* Templates: ``triage.system.j2`` and ``triage.user.j2`` of the prompts directory, else the
+  bundled ones (a custom prompts directory written before triage existed has none); re-asks use
+  the directory's ``reask.j2``.
+* :func:`parse_triage` validates an answer (jsonschema, then every id must be a policy in play;
+  repeated ids are merged). Anything wrong raises :class:`OutputInvalid`, whose message is fed
+  back to the model.
+* :attr:`TriageCompiler.fingerprint` hashes everything sent besides the item, like
+  :attr:`Compiler.fingerprint <cotmod.prompting.Compiler.fingerprint>`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from .._exceptions import InputError
+from ..policy._model import PolicySet
+from ._compiler import (
+    REASK_TEMPLATE,
+    CompiledPrompt,
+    PromptTemplates,
+    boundary_lines,
+    content_boundary,
+)
+from ._decision import OutputInvalid, _validator, extract_json
+from ._tokens import count_tokens, token_counter_name, truncate_to_tokens
+
+__all__ = [
+    "MAX_SUMMARY_CHARS",
+    "TRIAGE_SCHEMA_NAME",
+    "TriageAnswer",
+    "TriageCompiler",
+    "parse_triage",
+    "triage_schema",
+]
+
+TRIAGE_SYSTEM_TEMPLATE = "triage.system.j2"
+TRIAGE_USER_TEMPLATE = "triage.user.j2"
+#: the ``json_schema`` name of the triage request (the decision requests use ``cotmod_decision``)
+TRIAGE_SCHEMA_NAME = "cotmod_triage"
+MAX_SUMMARY_CHARS = 300
+TRIAGE_FINGERPRINT_VERSION = "1"
+_PROBE_TEXT = "<item text>"
+_PROBE_BOUNDARY = "0" * 16
+
+
+@dataclass(frozen=True)
+class TriageAnswer:
+    """A valid triage answer: the one-sentence summary and the selected policy ids (in the
+    order of the policy set, without repeats)."""
+
+    summary: str
+    policies: list[str]
+
+
+def triage_schema(policies: PolicySet, *, limits: bool = True) -> dict[str, Any]:
+    """The JSON Schema the triage answer is constrained to (sent as ``response_format``).
+
+    ``limits`` (``Settings.schema_limits``) adds ``maxLength`` to the summary and
+    ``uniqueItems``/``maxItems`` (the number of policies) to the ids."""
+    ids = policies.ids
+    summary: dict[str, Any] = {"type": "string"}
+    chosen: dict[str, Any] = {"type": "array", "items": {"type": "string", "enum": ids}}
+    if limits:
+        summary["maxLength"] = MAX_SUMMARY_CHARS
+        chosen["uniqueItems"] = True
+        chosen["maxItems"] = len(ids)
+    return {
+        "type": "object",
+        "properties": {"summary": summary, "policies": chosen},
+        "required": ["summary", "policies"],
+        "additionalProperties": False,
+    }
+
+
+#: what an answer is validated against: the shape only. Unknown ids get their own re-ask message
+#: (naming the valid ones), repeated ids are merged and a long summary is cut for the record, so
+#: none of these costs a re-ask.
+_PARSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"summary": {"type": "string"}, "policies": {"type": "array", "items": {"type": "string"}}},
+    "required": ["summary", "policies"],
+    "additionalProperties": False,
+}
+
+
+def _cut(text: str, limit: int = MAX_SUMMARY_CHARS) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def parse_triage(raw: str, policies: PolicySet, *, finish_reason: str | None = None) -> TriageAnswer:
+    """Validate a triage completion against the policies in play. Raises :class:`OutputInvalid`."""
+    if finish_reason == "length":
+        raise OutputInvalid(
+            "the output was cut off by the token limit before the JSON closed; keep the summary to one short sentence"
+        )
+    data = extract_json(raw)
+    errors = sorted(_validator(_PARSE_SCHEMA).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        msgs = []
+        for e in errors[:5]:
+            where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+            msgs.append(f"{where}: {e.message[:200]}")
+        raise OutputInvalid("the JSON does not match the required schema: " + "; ".join(msgs))
+    named = list(dict.fromkeys(str(p) for p in data["policies"]))
+    unknown = [p for p in named if p not in policies.ids]
+    if unknown:
+        raise OutputInvalid(
+            f"policies lists unknown policy ids {unknown}; use only these ids: {', '.join(policies.ids)}"
+        )
+    chosen = set(named)
+    return TriageAnswer(summary=_cut(str(data["summary"])), policies=[p for p in policies.ids if p in chosen])
+
+
+class TriageCompiler:
+    """Compiles the triage prompt for a policy set; the system message is rendered once.
+
+    ``templates``: the prompts directory (``triage.*.j2`` fall back to the bundled ones when it
+    has none). ``max_item_tokens``: the same budget as the per-policy prompts, so triage sees the
+    same part of a long item. ``sampling``: what the caller sends with each request besides the
+    messages; it only feeds the fingerprint.
+    """
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        *,
+        templates: PromptTemplates | None = None,
+        max_item_tokens: int = 2000,
+        schema_limits: bool = True,
+        sampling: Mapping[str, Any] | None = None,
+    ) -> None:
+        if len(policies) == 0:
+            raise InputError("no policies selected")
+        if max_item_tokens < 1:
+            raise ValueError("max_item_tokens must be >= 1")
+        self.policies = policies
+        self.templates = templates or PromptTemplates()
+        self.max_item_tokens = max_item_tokens
+        self.schema_limits = schema_limits
+        self.request_schema = triage_schema(policies, limits=schema_limits)
+        self.schema = _PARSE_SCHEMA
+        self.sampling: dict[str, Any] = dict(sampling or {})
+
+    def _templates_for(self, name: str) -> PromptTemplates:
+        if (self.templates.directory / name).is_file():
+            return self.templates
+        return _bundled_templates()
+
+    @cached_property
+    def system_prompt(self) -> str:
+        return self._templates_for(TRIAGE_SYSTEM_TEMPLATE).render(
+            TRIAGE_SYSTEM_TEMPLATE, policies=list(self.policies), max_summary_chars=MAX_SUMMARY_CHARS
+        )
+
+    @cached_property
+    def prefix_messages(self) -> list[dict[str, str]]:
+        """Every message before the item: the system message, the same for every item."""
+        return [{"role": "system", "content": self.system_prompt}]
+
+    @cached_property
+    def system_tokens(self) -> int:
+        return count_tokens(self.system_prompt)
+
+    def _user_message(self, text: str, item_id: str, truncated: bool, boundary: str) -> str:
+        content_open, content_close = boundary_lines(boundary)
+        return self._templates_for(TRIAGE_USER_TEMPLATE).render(
+            TRIAGE_USER_TEMPLATE,
+            content=text,
+            item_id=item_id,
+            truncated=truncated,
+            boundary=boundary,
+            content_open=content_open,
+            content_close=content_close,
+        )
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Stable hash of everything sent besides the item, and of the expected output."""
+        blob: dict[str, Any] = {
+            "v": TRIAGE_FINGERPRINT_VERSION,
+            "kind": "triage",
+            "policies": [[p.id, p.version, p.content_hash()] for p in self.policies],
+            "templates": {
+                n: hashlib.sha256(self._templates_for(n).source(n).encode()).hexdigest()
+                for n in (TRIAGE_SYSTEM_TEMPLATE, TRIAGE_USER_TEMPLATE)
+            }
+            | {REASK_TEMPLATE: hashlib.sha256(self.templates.source(REASK_TEMPLATE).encode()).hexdigest()},
+            "prefix": self.prefix_messages,
+            "item": [self._user_message(_PROBE_TEXT, "item", t, _PROBE_BOUNDARY) for t in (False, True)],
+            "reask": self.reask_message("<error>", 2, 3),
+            "schema": self.schema,
+            "request_schema": self.request_schema,
+            "settings": {
+                "max_item_tokens": self.max_item_tokens,
+                "schema_limits": self.schema_limits,
+                "token_counter": token_counter_name(),
+            },
+            "sampling": self.sampling,
+        }
+        h = hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+        return "fp-" + h.hexdigest()[:16]
+
+    def compile(self, text: str, *, item_id: str = "item") -> CompiledPrompt:
+        """The triage messages for one item. Each call draws a fresh random content boundary."""
+        if not isinstance(text, str):
+            raise InputError(f"item {item_id!r}: text must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise InputError(f"item {item_id!r}: text is empty")
+        kept, n_tokens = truncate_to_tokens(text, self.max_item_tokens)
+        truncated = kept != text
+        boundary = content_boundary(kept)
+        user = self._user_message(kept, item_id, truncated, boundary)
+        return CompiledPrompt(
+            messages=[*self.prefix_messages, {"role": "user", "content": user}],
+            schema=self.schema,
+            output_schema=self.request_schema,
+            fingerprint=self.fingerprint,
+            policies=self.policies,
+            item_tokens=n_tokens,
+            kept_tokens=min(n_tokens, self.max_item_tokens),
+            truncated=truncated,
+            prompt_tokens=self.system_tokens + count_tokens(user),
+            boundary=boundary,
+            content=kept,
+        )
+
+    def reask_message(self, error: str, attempt: int, max_attempts: int) -> str:
+        return self.templates.render(REASK_TEMPLATE, error=error, attempt=attempt, max_attempts=max_attempts)
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_templates() -> PromptTemplates:
+    return PromptTemplates()
