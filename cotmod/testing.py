@@ -21,7 +21,7 @@ from ._verdict import Usage
 from .backends._openai import ChatRequest, ChatResult
 from .prompting._tokens import count_tokens
 
-__all__ = ["FakeBackend", "FakeOpenAIServer", "answer_for", "decision", "item_content", "offered_rule_ids"]
+__all__ = ["FakeBackend", "FakeOpenAIServer", "answer_for", "decision", "item_content", "logic_answer", "offered_rule_ids"]
 
 Response = str | Mapping[str, Any] | BaseException | ChatResult | Callable[[ChatRequest], Any]
 
@@ -150,6 +150,8 @@ def answer_for(request_body: Mapping[str, Any], flag_word: str = "VIOLATE") -> d
     evidence on, the cited rule quotes ``flag_word``."""
     schema = body_schema(request_body)
     item = str(request_body["messages"][-1]["content"])
+    if "answers" in schema["properties"]:  # decision logic
+        return logic_answer(schema, flag_word if flag_word in item else None)
     cited: dict[str, list[str]] = {}
     quotes: dict[str, list[tuple[str, str]]] = {}
     for pid in schema["properties"]["decisions"]["properties"]:
@@ -158,6 +160,40 @@ def answer_for(request_body: Mapping[str, Any], flag_word: str = "VIOLATE") -> d
         quotes[pid] = [(rules[0], flag_word)] if cited[pid] else []
     with_evidence = any(wants_evidence(schema, pid) for pid in cited)
     return decision(cited, evidence=quotes if with_evidence else None)
+
+
+def _answer_shapes(sub: Mapping[str, Any]) -> list[tuple[list[str], bool]]:
+    """(allowed answers, quote needed) per shape of one question's schema (plain or tied)."""
+    shapes = sub.get("anyOf", [sub])
+    out = []
+    for shape in shapes:
+        quote = shape["properties"]["quote"]
+        out.append((list(shape["properties"]["answer"]["enum"]), quote.get("maxLength") != 0))
+    return out
+
+
+def logic_answer(schema: Mapping[str, Any], flag_word: str | None = None, *, answers: Mapping[str, tuple[str, str] | str] | None = None) -> dict[str, Any]:
+    """A valid answer to a decision-logic schema (see ``cotmod.prompting._logic``).
+
+    ``answers``: question id -> answer, or (answer, quote). Other questions: with ``flag_word``,
+    each question's FIRST allowed answer (quoting ``flag_word`` when it needs a quote), which in
+    the starter policies derives a violation of their first rule; without it, the first answer
+    that needs no quote (an "empty" answer, so nothing fires)."""
+    out: dict[str, Any] = {}
+    for qid, sub in schema["properties"]["answers"]["properties"].items():
+        given = (answers or {}).get(qid)
+        if given is not None:
+            value, quote = (given, "") if isinstance(given, str) else given
+            out[qid] = {"quote": quote, "answer": value}
+            continue
+        shapes = _answer_shapes(sub)
+        if flag_word is not None:  # the tied schema lists first the shape of the first answer
+            values, needs_quote = shapes[0]
+            out[qid] = {"quote": flag_word if needs_quote else "", "answer": values[0]}
+        else:
+            empty = next((vs[0] for vs, needs in shapes if not needs), None)
+            out[qid] = {"quote": "", "answer": empty} if empty is not None else {"quote": "", "answer": shapes[0][0][-1]}
+    return {"answers": out, "rationale": "answered the questions", "confidence": 0.9}
 
 
 def offered_rule_ids(schema: Mapping[str, Any], policy_id: str) -> list[str]:

@@ -40,7 +40,12 @@ def test_diff_each_change_kind_and_version_rules(policy_dir: Path) -> None:
     old = load_policies([GUIDELINES])
     edit(policy_dir, "hate_speech", f"version: {HATE_V}", "version: 9.0.0")
     edit(policy_dir, "hate_speech", "denies their humanity", "denies that they are human")  # reworded
-    edit(policy_dir, "hate_speech", "    severity: medium\n  - id: HATE-4", "    severity: high\n  - id: HATE-4")  # HATE-3 stricter
+    edit(
+        policy_dir,
+        "hate_speech",
+        "    severity: medium\n    when: {target: protected_group, attack: inferiority}\n  - id: HATE-4",
+        "    severity: high\n    when: {target: protected_group, attack: inferiority}\n  - id: HATE-4",
+    )  # HATE-3 stricter
     edit(policy_dir, "hate_speech", "HATE-S5", "HATE-S6", -1)  # exception removed + added
     edit(policy_dir, "hate_speech", "    action: limit_reach", "    action: remove")  # tier action stricter
     edit(policy_dir, "hate_speech", "    queue: hate-speech-specialists", "    queue: hate-review")  # escalation changed
@@ -202,7 +207,7 @@ def test_impact_recomputes_only_changed_policies(tmp_path: Path, policy_dir: Pat
     fake = FakeBackend(default=respond)
     sample = tmp_path / "prod.jsonl"
     sample.write_text(json.dumps({"id": "s1", "text": "borderline post"}) + "\n" + json.dumps({"id": "s2", "text": "calm"}) + "\n")
-    res = impact(old, new, settings=Settings(), cache=MemoryCache(), golden=gold, mapping=mapping, work_dir=tmp_path / "imp", sample=sample, backend=fake)
+    res = impact(old, new, settings=Settings(decision_logic=False), cache=MemoryCache(), golden=gold, mapping=mapping, work_dir=tmp_path / "imp", sample=sample, backend=fake)
     assert res["changed_policies"] == ["hate_speech"]
     calls = res["golden"]["model_calls"]
     assert calls["old"] == 8 and calls["new"] == 4  # spam_scams came from the cache
@@ -280,7 +285,7 @@ def test_impact_policy_option_previews_only_those_policies(tmp_path: Path, polic
         return decision({pid: []})
 
     def run(pols, work):
-        return impact(old, new, settings=Settings(), cache=MemoryCache(), golden=gold, mapping=mapping,
+        return impact(old, new, settings=Settings(decision_logic=False), cache=MemoryCache(), golden=gold, mapping=mapping,
                       work_dir=tmp_path / work, backend=FakeBackend(default=respond), policies=pols)
 
     res = run(["spam_scams"], "a")
@@ -296,13 +301,14 @@ def test_impact_policy_option_previews_only_those_policies(tmp_path: Path, polic
         run(["nope"], "c")
 
 
-def test_shipped_enforcement_manifest_is_in_sync() -> None:
+def test_shipped_enforcement_manifest_is_in_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     """enforcement.yaml binds every starter policy (version, prompt fingerprint, escalation routes,
     the labeling guide). Regenerate it with `cotmod sync update enforcement.yaml` whenever a policy,
     a prompt template or the prompt fingerprint computation changes; .ci/run checks it too."""
     from .conftest import ROOT
 
     manifest = ROOT / "enforcement.yaml"
+    monkeypatch.delenv("COTMOD_DECISION_LOGIC")  # the shipped defaults
     mod = AsyncModerator(GUIDELINES, backend=FakeBackend())
     assert [str(f) for f in check_manifest(manifest, mod)] == []
     data = yaml.safe_load(manifest.read_text())

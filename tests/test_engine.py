@@ -23,6 +23,7 @@ from .conftest import HATE_V
 
 
 def make(backend: FakeBackend, **kw) -> AsyncModerator:
+    kw.setdefault("decision_logic", False)  # scripted answers in the rules form
     return AsyncModerator(backend=backend, settings=Settings(**kw))
 
 

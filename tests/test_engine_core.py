@@ -21,6 +21,7 @@ from cotmod.testing import FakeBackend, decision
 def make(backend: Backend, **kw: Any) -> AsyncModerator:
     warm = kw.pop("warm_prefix", True)
     cache = kw.pop("cache", None)
+    kw.setdefault("decision_logic", False)  # scripted answers in the rules form
     return AsyncModerator(backend=backend, settings=Settings(**kw), warm_prefix=warm, cache=cache)
 
 

@@ -38,6 +38,7 @@ def policies():
 
 
 def make(backend: FakeBackend, **kw: Any) -> AsyncModerator:
+    kw.setdefault("decision_logic", False)  # evidence of the rules form
     return AsyncModerator(backend=backend, settings=Settings(evidence=True, **kw))
 
 
@@ -111,7 +112,7 @@ def test_evidence_off_is_byte_identical_to_a_compiler_without_the_option(policie
 
 
 def test_moderator_default_is_off_and_matches_a_plain_compiler(policies) -> None:
-    mod = AsyncModerator(backend=FakeBackend(), settings=Settings())
+    mod = AsyncModerator(backend=FakeBackend(), settings=Settings(decision_logic=False))
     assert mod.settings.evidence is False
     plain = Compiler(policies.select(HATE), sampling=mod.sampling())
     assert mod.fingerprint(HATE) == plain.fingerprint
@@ -362,8 +363,8 @@ async def test_truncated_items_are_grounded_in_the_part_the_model_saw() -> None:
 async def test_cache_key_changes_and_cached_evidence_round_trips() -> None:
     cache = MemoryCache()
     answer = decision({"hate_speech": ["HATE-1"]}, evidence={"hate_speech": [("HATE-1", "vermin")]})
-    on = AsyncModerator(backend=FakeBackend([answer]), cache=cache, settings=Settings(evidence=True))
-    off = AsyncModerator(backend=FakeBackend([decision({"hate_speech": []})]), cache=cache, settings=Settings())
+    on = AsyncModerator(backend=FakeBackend([answer]), cache=cache, settings=Settings(evidence=True, decision_logic=False))
+    off = AsyncModerator(backend=FakeBackend([decision({"hate_speech": []})]), cache=cache, settings=Settings(decision_logic=False))
     first = await on.moderate("they are vermin", policies=HATE)
     again = await on.moderate("they are vermin", policies=HATE)
     assert again.cache_hits == 1 and again.decisions[0].evidence == first.decisions[0].evidence

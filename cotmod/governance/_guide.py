@@ -1,6 +1,7 @@
 """The human reviewers' labeling guide, compiled from the same policy files as the LLM prompts.
 
-Every rule, exception, definition, example, the decision flow (the reasoning checklist), the
+Every rule, exception, definition, example, the decision flow (the reasoning checklist, or for a
+policy with decision logic its questions and the answer table that derives the rules), the
 severity → action table and the escalation queues appear, with the policy version and a content
 fingerprint, so humans and machines enforce the same rules and an audit can tie them together.
 """
@@ -22,6 +23,37 @@ def guide_fingerprint(policies: PolicySet) -> str:
     return "guide-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _when_text(when: dict[str, str | list[str]] | None) -> str:
+    """``target = protected_group and attack = dehumanizes`` (lists as ``a or b``)."""
+    if not when:
+        return ""
+    return " and ".join(f"{q} = {v if isinstance(v, str) else ' or '.join(v)}" for q, v in when.items())
+
+
+def _logic_md(p: Policy) -> list[str]:
+    out = [
+        "### Decision questions",
+        "",
+        "Answer each question about the item, quoting the words your answer rests on (answers marked",
+        "*no quote* need none). The rules and exceptions below follow from the answers: the item",
+        "violates when a rule's conditions all hold and no exception's do. The model answers the same",
+        "questions, and cotmod derives its decision with the same table.",
+        "",
+    ]
+    for i, q in enumerate(p.questions, 1):
+        out.append(f"{i}. **{q.id}**: {q.ask}")
+        for a in q.answers:
+            out.append(f"   - `{a.value}`: {a.meaning}{'' if a.evidence else ' (*no quote*)'}")
+    out += ["", "| outcome | when the answers are |", "|---|---|"]
+    for r in p.rules:
+        out.append(f"| VIOLATES {r.id} {r.title} | {_when_text(r.when) or '(not decided by the questions)'} |")
+    for e in p.exceptions:
+        if e.when:
+            out.append(f"| SAFE {e.id} {e.title} (overrides the rules) | {_when_text(e.when)} |")
+    out.append("")
+    return out
+
+
 def _policy_md(p: Policy) -> list[str]:
     out = [f"## {p.title} (`{p.id}` v{p.version})", "", p.summary, ""]
     if p.definitions:
@@ -32,7 +64,10 @@ def _policy_md(p: Policy) -> list[str]:
     out.append("")
     if p.exceptions:
         out += ["### Safe: exceptions (cite the exception ID)", ""] + [f"- **{e.id} {e.title}**: {e.description}" for e in p.exceptions] + [""]
-    out += ["### Decision flow", ""] + [f"{i}. {step}" for i, step in enumerate(p.checklist, 1)] + [""]
+    if p.questions:
+        out += _logic_md(p)
+    else:
+        out += ["### Decision flow", ""] + [f"{i}. {step}" for i, step in enumerate(p.checklist, 1)] + [""]
     out += ["### Severity and enforcement", "", "| severity | meaning | action | always escalate |", "|---|---|---|---|"]
     for s in p.severities:
         out.append(f"| {s.id} | {s.description} | {s.action} | {'yes' if s.escalate else 'no'} |")
@@ -48,6 +83,10 @@ def _policy_md(p: Policy) -> list[str]:
             label = "VIOLATES" if ex.decision == "violates" else "SAFE"
             out.append(f"- > {ex.text}")
             out.append(f"  **{label}** ({', '.join(ex.rule_ids) or 'no rule'}): {ex.rationale}")
+            if ex.answers and p.questions:
+                for qid, ans in ex.answers.items():
+                    value, quote = (ans, "") if isinstance(ans, str) else (ans.answer, ans.quote)
+                    out.append(f"  - {qid}: `{value}`" + (f' ("{quote}")' if quote else ""))
             for i, step in enumerate(ex.reasoning or [], 1):
                 out.append(f"  {i}. {step}")
         out.append("")
@@ -93,7 +132,26 @@ def guide_html(policies: PolicySet, *, title: str = "Content moderation labeling
         parts.append("</table>")
         if p.exceptions:
             parts.append("<h3>Safe: exceptions</h3><ul>" + "".join(f"<li><b>{esc(e.id)} {esc(e.title)}</b>: {esc(e.description)}</li>" for e in p.exceptions) + "</ul>")
-        parts.append("<h3>Decision flow</h3><ol>" + "".join(f"<li>{esc(s)}</li>" for s in p.checklist) + "</ol>")
+        if p.questions:
+            parts.append(
+                "<h3>Decision questions</h3><p>Answer each question, quoting the words your answer rests on (answers "
+                "marked <i>no quote</i> need none). The item violates when a rule's conditions all hold and no "
+                "exception's do; the model answers the same questions and cotmod derives its decision with the same table.</p><ol>"
+            )
+            for q in p.questions:
+                opts = "".join(
+                    f"<li><code>{esc(a.value)}</code>: {esc(a.meaning)}{'' if a.evidence else ' (<i>no quote</i>)'}</li>" for a in q.answers
+                )
+                parts.append(f"<li><b>{esc(q.id)}</b>: {esc(q.ask)}<ul>{opts}</ul></li>")
+            parts.append("</ol><table><tr><th>outcome</th><th>when the answers are</th></tr>")
+            for r in p.rules:
+                parts.append(f"<tr><td class=v>VIOLATES {esc(r.id)} {esc(r.title)}</td><td>{esc(_when_text(r.when) or '(not decided by the questions)')}</td></tr>")
+            for e in p.exceptions:
+                if e.when:
+                    parts.append(f"<tr><td class=s>SAFE {esc(e.id)} {esc(e.title)} (overrides the rules)</td><td>{esc(_when_text(e.when))}</td></tr>")
+            parts.append("</table>")
+        else:
+            parts.append("<h3>Decision flow</h3><ol>" + "".join(f"<li>{esc(s)}</li>" for s in p.checklist) + "</ol>")
         parts.append("<h3>Severity and enforcement</h3><table><tr><th>severity</th><th>meaning</th><th>action</th><th>always escalate</th></tr>")
         for s in p.severities:
             parts.append(f"<tr><td>{esc(s.id)}</td><td>{esc(s.description)}</td><td>{esc(s.action)}</td><td>{'yes' if s.escalate else 'no'}</td></tr>")
@@ -108,6 +166,12 @@ def guide_html(policies: PolicySet, *, title: str = "Content moderation labeling
             for ex in p.examples:
                 cls, label = ("v", "VIOLATES") if ex.decision == "violates" else ("s", "SAFE")
                 parts.append(f"<blockquote>{esc(ex.text)}</blockquote><p><span class={cls}>{label}</span> ({esc(', '.join(ex.rule_ids) or 'no rule')}): {esc(ex.rationale)}</p>")
+                if ex.answers and p.questions:
+                    rows = []
+                    for qid, ans in ex.answers.items():
+                        value, quote = (ans, "") if isinstance(ans, str) else (ans.answer, ans.quote)
+                        rows.append(f"<li>{esc(qid)}: <code>{esc(value)}</code>" + (f" (&ldquo;{esc(quote)}&rdquo;)" if quote else "") + "</li>")
+                    parts.append("<ul>" + "".join(rows) + "</ul>")
                 if ex.reasoning:
                     parts.append("<ol>" + "".join(f"<li>{esc(step)}</li>" for step in ex.reasoning) + "</ol>")
     parts.append("</body></html>")

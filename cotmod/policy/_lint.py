@@ -11,12 +11,18 @@ Checks, in order:
    severity is not a declared tier, examples citing unknown rules, a "violates" example citing no
    rule, a "safe" example citing a VIOLATES rule, duplicate severity tiers, actions that get
    milder as severity rises, a file name that does not match the policy id, duplicate policy ids.
+4. Decision logic (``questions`` and ``when``): conditions naming an unknown question or an answer
+   the question does not allow, ``when`` without questions, rules that can never fire (no
+   ``when``, or an exception applies to every answer combination that meets them), questions no
+   rule uses, and examples whose answers are invalid, quote words not in the example, or derive
+   a decision other than the example's.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -117,6 +123,10 @@ class LintReport:
     def ok(self) -> bool:
         return not self.errors
 
+    def errors_for(self, file: str) -> list[LintIssue]:
+        """The errors reported so far for one file."""
+        return [e for e in self.errors if e.file == file]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
@@ -181,6 +191,9 @@ def _lint_one(path: Path, report: LintReport) -> Policy | None:
             code = "unknown-field"
         elif e.validator == "required":
             code = "missing-field"
+        elif any(k in ("when", "answers", "value", "answer") for k in path_) and _has_bool(e.instance):
+            msg = f"{msg} (YAML reads yes/no/on/off as true/false: quote the answer, e.g. 'yes')"
+            code = "schema"
         else:
             code = "schema"
         err(_line_for(lines, path_), _field(path_), msg, code)
@@ -262,9 +275,157 @@ def _lint_one(path: Path, report: LintReport) -> Policy | None:
                 err(where, f"examples[{i}].rule_ids[{j}]", f"a 'violates' example cites exception {rid!r}", "example-rule")
         if ex.decision == "violates" and not ex.rule_ids:
             err(lines.get(("examples", i)), f"examples[{i}].rule_ids", "a 'violates' example must cite at least one rule", "example-rule")
+    _lint_logic(policy, lines, err, warn, check_examples=not report.errors_for(name))
     if len(policy.examples) < MIN_EXAMPLES_RECOMMENDED:
         warn(lines.get(("examples",)) or 1, "examples", f"only {len(policy.examples)} boundary examples; {MIN_EXAMPLES_RECOMMENDED}+ recommended", "few-examples")
     return policy
+
+
+Report = Callable[[int | None, str, str, str], None]
+#: answer combinations enumerated to find rules that can never fire, at most
+MAX_LOGIC_COMBINATIONS = 200_000
+
+
+def _lint_logic(policy: Policy, lines: dict[PathKey, int], err: Report, warn: Report, *, check_examples: bool = True) -> None:
+    """Decision logic: questions, ``when`` conditions and the examples' answers (the examples
+    only when the file has no other error, so one mistake is not reported again through them)."""
+    from ..prompting._evidence import find_quote
+    from ..prompting._logic import holds, outcome
+
+    questions = {q.id: q for q in policy.questions}
+    for i, q in enumerate(policy.questions):
+        if list(questions).count(q.id) > 1 or [x.id for x in policy.questions].index(q.id) != i:
+            err(lines.get(("questions", i, "id")), f"questions[{i}].id", f"duplicate question id {q.id!r}", "duplicate-id")
+        seen: set[str] = set()
+        for j, opt in enumerate(q.answers):
+            if opt.value in seen:
+                err(
+                    lines.get(("questions", i, "answers", j, "value")),
+                    f"questions[{i}].answers[{j}].value",
+                    f"duplicate answer {opt.value!r} of question {q.id!r}",
+                    "duplicate-id",
+                )
+            seen.add(opt.value)
+    criteria = [("rules", i, c.id, c.when) for i, c in enumerate(policy.rules)]
+    criteria += [("exceptions", i, c.id, c.when) for i, c in enumerate(policy.exceptions)]
+    used: set[str] = set()
+    valid = True
+    for section, i, cid, when in criteria:
+        if when is None:
+            continue
+        if not questions:
+            err(
+                lines.get((section, i, "when")),
+                f"{section}[{i}].when",
+                f"{cid} has `when` but the policy defines no `questions`",
+                "logic-undefined",
+            )
+            valid = False
+            continue
+        if not when:
+            err(lines.get((section, i, "when")), f"{section}[{i}].when", f"{cid}: `when` is empty", "logic-undefined")
+            valid = False
+        for qid, want in when.items():
+            where = lines.get((section, i, "when", qid)) or lines.get((section, i, "when"))
+            field = f"{section}[{i}].when.{qid}"
+            wq = questions.get(qid)
+            if wq is None:
+                err(where, field, f"{cid} refers to unknown question {qid!r} (questions: {', '.join(questions)})", "logic-undefined")
+                valid = False
+                continue
+            used.add(qid)
+            for v in [want] if isinstance(want, str) else want:
+                if v not in wq.values:
+                    err(where, field, f"{cid}: {v!r} is not an answer of question {qid!r} (answers: {', '.join(wq.values)})", "logic-undefined")
+                    valid = False
+    if not questions:
+        for i, ex in enumerate(policy.examples):
+            if ex.answers is not None:
+                err(lines.get(("examples", i, "answers")), f"examples[{i}].answers", "answers need the policy's `questions`", "logic-undefined")
+        return
+    if not any(r.when for r in policy.rules):
+        err(lines.get(("questions",)), "questions", "no rule has `when`: under decision logic nothing can violate", "logic-never-fires")
+        return
+    for i, q in enumerate(policy.questions):
+        if q.id not in used:
+            warn(lines.get(("questions", i, "id")), f"questions[{i}]", f"question {q.id!r} is asked but no rule or exception uses it", "logic-unused")
+    for i, r in enumerate(policy.rules):
+        if r.when is None:
+            warn(lines.get(("rules", i, "id")), f"rules[{i}]", f"{r.id} has no `when`: it never fires under decision logic", "logic-never-fires")
+    if not valid:
+        return
+    # rules that can never fire: every combination of answers that meets them also meets an exception
+    size = 1
+    for q in policy.questions:
+        size *= len(q.answers)
+    if size <= MAX_LOGIC_COMBINATIONS:
+        can_fire: set[str] = set()
+        for combo in itertools.product(*(q.values for q in policy.questions)):
+            answers = dict(zip(questions, combo, strict=True))
+            can_fire.update(outcome(policy, answers)[0])
+        for i, r in enumerate(policy.rules):
+            if r.when and r.id not in can_fire:
+                blockers = [e.id for e in policy.exceptions if e.when and any(holds(r.when, a) and holds(e.when, a) for a in [_witness(policy, r.when)])]
+                why = f" (an exception always applies with it: {', '.join(blockers)})" if blockers else ""
+                err(lines.get(("rules", i, "when")), f"rules[{i}].when", f"{r.id} can never fire{why}", "logic-never-fires")
+    # the examples' answers must be valid and derive the example's decision
+    for i, ex in enumerate(policy.examples if check_examples else []):
+        if ex.answers is None:
+            warn(lines.get(("examples", i)), f"examples[{i}]", "no `answers`: this example is not shown under decision logic", "logic-example")
+            continue
+        ok = True
+        given: dict[str, str] = {}
+        for qid, ans in ex.answers.items():
+            where = lines.get(("examples", i, "answers", qid)) or lines.get(("examples", i, "answers"))
+            field = f"examples[{i}].answers.{qid}"
+            value, quote = (ans, "") if isinstance(ans, str) else (ans.answer, ans.quote)
+            eq = questions.get(qid)
+            if eq is None:
+                err(where, field, f"unknown question {qid!r}", "logic-undefined")
+                ok = False
+                continue
+            if value not in eq.values:
+                err(where, field, f"{value!r} is not an answer of question {qid!r} (answers: {', '.join(eq.values)})", "logic-undefined")
+                ok = False
+                continue
+            if eq.option(value).evidence and not quote.strip():
+                err(where, field, f"the answer {value!r} needs a quote of the example's words", "logic-example")
+                ok = False
+            elif quote.strip() and find_quote(ex.text, quote) is None:
+                err(where, field, f"quote {quote!r} is not in the example's text", "logic-example")
+                ok = False
+            given[qid] = value
+        missing = [qid for qid in questions if qid not in ex.answers]
+        if missing:
+            err(lines.get(("examples", i, "answers")), f"examples[{i}].answers", f"no answer to question(s) {', '.join(missing)}", "logic-example")
+            ok = False
+        if not ok:
+            continue
+        rules, _ = outcome(policy, given)
+        derived = "violates" if rules else "safe"
+        where = lines.get(("examples", i, "answers"))
+        if derived != ex.decision:
+            err(where, f"examples[{i}].answers", f"the answers derive {derived.upper()} ({', '.join(rules) or 'no rule'}) but the example is {ex.decision.upper()}", "logic-example")
+        elif rules and not set(rules) <= set(ex.rule_ids):
+            err(where, f"examples[{i}].answers", f"the answers derive {', '.join(rules)}, not among the example's rule_ids {ex.rule_ids}", "logic-example")
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, dict):
+        return any(_has_bool(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_bool(v) for v in value)
+    return False
+
+
+def _witness(policy: Policy, when: Any) -> dict[str, str]:
+    """Answers that meet ``when`` (its first allowed answer per condition; others: first answer)."""
+    out = {q.id: q.values[0] for q in policy.questions}
+    for qid, want in when.items():
+        out[qid] = want if isinstance(want, str) else want[0]
+    return out
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:

@@ -18,14 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "ACTIONS",
+    "AnswerOption",
     "Definition",
     "EscalationCriterion",
     "Example",
     "Exception_",
     "Policy",
     "PolicySet",
+    "Question",
     "Rule",
     "SeverityTier",
+    "When",
 ]
 
 #: Enforcement actions, from least to most restrictive.
@@ -55,6 +58,47 @@ class Definition(_Strict):
     meaning: str = Field(min_length=1)
 
 
+#: A rule's condition under decision logic: question id -> the answer (or any of the answers)
+#: that meets it. All conditions must hold.
+When = dict[str, str | list[str]]
+
+_WHEN_DESCRIPTION = (
+    "Decision logic: question id -> the answer, or list of answers, that meets this criterion; every "
+    "condition must hold (the policy's `questions` define ids and answers)"
+)
+
+
+class AnswerOption(_Strict):
+    """One allowed answer to a decision-logic question."""
+
+    value: str = Field(pattern=_ID, description="The answer as the model writes it, e.g. protected_group")
+    meaning: str = Field(min_length=1, description="When to give this answer")
+    evidence: bool = Field(
+        default=True,
+        description="The answer must quote the words of the content it rests on (false for answers "
+        "such as 'none' that have nothing to quote)",
+    )
+
+
+class Question(_Strict):
+    """A narrow question of a policy's decision logic, answered by the model (and by human
+    reviewers: the labeling guide shows the same questions)."""
+
+    id: str = Field(pattern=_ID, description="Stable question id, referred to by rules' `when`")
+    ask: str = Field(min_length=1, description="The question, as the model and reviewers read it")
+    answers: list[AnswerOption] = Field(min_length=2, description="The allowed answers")
+
+    @property
+    def values(self) -> list[str]:
+        return [a.value for a in self.answers]
+
+    def option(self, value: str) -> AnswerOption:
+        for a in self.answers:
+            if a.value == value:
+                return a
+        raise KeyError(value)
+
+
 class Rule(_Strict):
     """A VIOLATES criterion. Its ``id`` is stable across versions (e.g. ``HATE-1``)."""
 
@@ -62,6 +106,7 @@ class Rule(_Strict):
     title: str = Field(min_length=1)
     description: str = Field(min_length=1, description="What content violates under this rule")
     severity: str = Field(description="ID of a tier in `severities`")
+    when: When | None = Field(default=None, description=_WHEN_DESCRIPTION)
 
 
 class Exception_(_Strict):
@@ -70,6 +115,7 @@ class Exception_(_Strict):
     id: str = Field(pattern=_RULE_ID, description="Stable exception ID, e.g. HATE-S1")
     title: str = Field(min_length=1)
     description: str = Field(min_length=1)
+    when: When | None = Field(default=None, description=_WHEN_DESCRIPTION)
 
 
 class SeverityTier(_Strict):
@@ -90,6 +136,13 @@ class EscalationCriterion(_Strict):
     sla_hours: float | None = Field(default=None, gt=0)
 
 
+class ExampleAnswer(_Strict):
+    """An example's answer to a decision-logic question, with the words it rests on."""
+
+    answer: str = Field(min_length=1)
+    quote: str = Field(default="", description="The example's own words the answer rests on")
+
+
 class Example(_Strict):
     """A boundary example: text, the expected decision, the rules it shows, and why.
 
@@ -108,6 +161,11 @@ class Example(_Strict):
         min_length=1,
         description="Worked reasoning steps, one per checklist question (the decision step is added)",
     )
+    answers: dict[str, ExampleAnswer | str] | None = Field(
+        default=None,
+        description="Decision logic: the answer to each question (a value, or {answer, quote} where the "
+        "answer needs evidence); the decision derived from them must be the example's",
+    )
 
 
 class Policy(_Strict):
@@ -124,6 +182,11 @@ class Policy(_Strict):
     escalation: list[EscalationCriterion] = Field(default_factory=list)
     examples: list[Example] = Field(default_factory=list)
     checklist: list[str] = Field(min_length=1, description="Ordered reasoning steps")
+    questions: list[Question] = Field(
+        default_factory=list,
+        description="Decision logic (optional): narrow questions the model answers with evidence; rules "
+        "and exceptions with `when` are then derived from the answers in code",
+    )
 
     # Where it came from (not part of the file format).
     source: str | None = Field(default=None, exclude=True)
@@ -137,6 +200,17 @@ class Policy(_Strict):
         return v
 
     # -- derived views -------------------------------------------------------------------------
+    @property
+    def has_logic(self) -> bool:
+        """The policy defines decision logic (questions)."""
+        return bool(self.questions)
+
+    def question(self, question_id: str) -> Question:
+        for q in self.questions:
+            if q.id == question_id:
+                return q
+        raise KeyError(question_id)
+
     @property
     def rule_ids(self) -> list[str]:
         return [r.id for r in self.rules]
@@ -166,7 +240,19 @@ class Policy(_Strict):
 
     def content_hash(self) -> str:
         """Hash of the policy's content (not its file path or formatting)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        data = self.model_dump(mode="json")
+        # decision-logic fields left unset are left out, so hashes of policies without decision
+        # logic are what they were before it existed
+        if not data.get("questions"):
+            data.pop("questions", None)
+        for section in ("rules", "exceptions"):
+            for entry in data.get(section, []):
+                if entry.get("when") is None:
+                    entry.pop("when", None)
+        for ex in data.get("examples", []):
+            if ex.get("answers") is None:
+                ex.pop("answers", None)
+        blob = json.dumps(data, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -45,6 +45,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from .._exceptions import InputError, TemplateError
 from ..policy._model import Example, Policy, PolicySet, bundled_dir
 from ._decision import MAX_QUOTE_CHARS, constrain_decisions, decision_schema
+from ._logic import MAX_ANSWER_QUOTE_CHARS, example_logic_answer, logic_request_schema, logic_schema
 from ._tokens import count_tokens, token_counter_name, truncate_to_tokens
 
 __all__ = ["CompiledPrompt", "Compiler", "PromptTemplates", "boundary_lines", "content_boundary", "default_prompts_dir"]
@@ -54,6 +55,8 @@ USER_TEMPLATE = "moderation.user.j2"
 REASK_TEMPLATE = "reask.j2"
 #: appended to the system message when evidence is on (not part of the fingerprint otherwise)
 EVIDENCE_TEMPLATE = "evidence.j2"
+#: the system message of a policy judged by its decision logic (questions + `when:` rules)
+LOGIC_TEMPLATE = "logic.system.j2"
 #: the content boundary lines; ``{}`` is the per-prompt boundary ID (see :func:`content_boundary`)
 CONTENT_OPEN_FORMAT = "<<<CONTENT-{}>>>"
 CONTENT_CLOSE_FORMAT = "<<<END CONTENT-{}>>>"
@@ -300,7 +303,7 @@ class Compiler:
         few_shot: bool = True,
         sampling: Mapping[str, Any] | None = None,
         evidence: bool = False,
-        decision_logic: bool = True,
+        decision_logic: bool = False,
     ) -> None:
         if len(policies) == 0:
             raise InputError("no policies selected")
@@ -313,9 +316,16 @@ class Compiler:
         self.max_steps = max_steps
         self.max_item_tokens = max_item_tokens
         self.evidence = evidence
-        self.schema = decision_schema(policies, max_steps=max_steps, limits=schema_limits, evidence=evidence)
-        # the limits (minItems/maxItems) are what lets the schema tie violates to rule_ids
-        self.request_schema = constrain_decisions(self.schema) if schema_limits else self.schema
+        first = next(iter(policies))
+        #: judged by decision logic: one policy with questions, and the option on
+        self.logic = decision_logic and len(policies) == 1 and first.has_logic
+        if self.logic:
+            self.schema = logic_schema(first, limits=schema_limits)
+            self.request_schema = logic_request_schema(first, self.schema) if schema_limits else self.schema
+        else:
+            self.schema = decision_schema(policies, max_steps=max_steps, limits=schema_limits, evidence=evidence)
+            # the limits (minItems/maxItems) are what lets the schema tie violates to rule_ids
+            self.request_schema = constrain_decisions(self.schema) if schema_limits else self.schema
         self.schema_limits = schema_limits
         # Boundary examples as real user/assistant turns (single-policy prompts only: in a
         # combined prompt an example's label for the other policies is unknown).
@@ -327,8 +337,21 @@ class Compiler:
         ps = list(self.policies)
         return list(ps[0].checklist) if len(ps) == 1 else list(GENERIC_CHECKLIST)
 
+    @property
+    def grounded(self) -> bool:
+        """Answers carry quotes that are grounded in the content (evidence on, or decision logic)."""
+        return self.evidence or self.logic
+
     @cached_property
     def system_prompt(self) -> str:
+        if self.logic:
+            policy = next(iter(self.policies))
+            return self._logic_templates.render(
+                LOGIC_TEMPLATE,
+                policy=policy,
+                questions=list(policy.questions),
+                max_quote_chars=MAX_ANSWER_QUOTE_CHARS,
+            )
         prompt = self.templates.render(
             SYSTEM_TEMPLATE,
             policies=list(self.policies),
@@ -344,6 +367,13 @@ class Compiler:
         """Where ``evidence.j2`` comes from: the prompts directory, else the bundled one (a
         custom prompts directory written before the option existed has none)."""
         if (self.templates.directory / EVIDENCE_TEMPLATE).is_file():
+            return self.templates
+        return PromptTemplates()
+
+    @cached_property
+    def _logic_templates(self) -> PromptTemplates:
+        """Where ``logic.system.j2`` comes from: the prompts directory, else the bundled one."""
+        if (self.templates.directory / LOGIC_TEMPLATE).is_file():
             return self.templates
         return PromptTemplates()
 
@@ -385,6 +415,11 @@ class Compiler:
                 self._evidence_templates.source(EVIDENCE_TEMPLATE).encode()
             ).hexdigest()
             blob["settings"]["evidence"] = True
+        if self.logic:
+            blob["templates"][LOGIC_TEMPLATE] = hashlib.sha256(
+                self._logic_templates.source(LOGIC_TEMPLATE).encode()
+            ).hexdigest()
+            blob["settings"]["decision_logic"] = True
         h = hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
         return "fp-" + h.hexdigest()[:16]
 
@@ -411,8 +446,12 @@ class Compiler:
         policy = next(iter(self.policies))
         turns: list[dict[str, str]] = []
         for i, ex in enumerate(policy.examples):
+            if self.logic and not ex.answers:
+                continue  # an example without answers cannot show the questions being answered
             boundary = content_boundary(ex.text, _derived_draw(ex.text))
-            if self.evidence:
+            if self.logic:
+                answer = example_logic_answer(policy, ex, EXAMPLE_CONFIDENCE)
+            elif self.evidence:
                 answer = example_answer(policy, ex, self.max_steps, evidence=True)
             else:
                 answer = example_answer(policy, ex, self.max_steps)
@@ -443,7 +482,7 @@ class Compiler:
             prompt_tokens=self.system_tokens + count_tokens(user),
             boundary=boundary,
             content=kept,
-            evidence=self.evidence,
+            evidence=self.grounded,
         )
 
     def reask_message(self, error: str, attempt: int, max_attempts: int) -> str:

@@ -27,6 +27,7 @@ import jsonschema
 from .._verdict import DroppedCitation, Evidence, PolicyDecision
 from ..policy._model import ACTIONS, Policy, PolicySet
 from ._evidence import find_quote
+from ._logic import parse_logic
 
 __all__ = [
     "OutputInvalid",
@@ -331,6 +332,14 @@ def parse_decision(
             where = "/".join(str(p) for p in e.absolute_path) or "(root)"
             msgs.append(f"{where}: {e.message[:200]}")
         raise OutputInvalid("the JSON does not match the required schema: " + "; ".join(msgs))
+    if len(policies) == 1 and "answers" in schema.get("properties", {}):  # decision logic
+        policy = next(iter(policies))
+        reasoning, decision, ungrounded_answers = parse_logic(
+            data, policy, content=content, drop_ungrounded=drop_ungrounded, derive=derive_decision
+        )
+        if ungrounded_answers and not drop_ungrounded:
+            raise OutputInvalid("; ".join(ungrounded_answers))
+        return reasoning, [decision]
     problems: list[str] = []
     ungrounded: list[str] = []
     decisions: list[PolicyDecision] = []
