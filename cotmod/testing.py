@@ -146,12 +146,17 @@ def wants_evidence(schema: Mapping[str, Any], policy_id: str) -> bool:
 def answer_for(request_body: Mapping[str, Any], flag_word: str = "VIOLATE") -> dict[str, Any]:
     """A valid decision for an OpenAI chat request whose ``response_format`` carries cotmod's
     decision schema: a policy is violated (its first rule cited) when the item contains
-    ``flag_word``; otherwise everything is safe. Used by :class:`FakeOpenAIServer`. With
+    ``flag_word``; otherwise everything is safe. A triage request selects every policy when the
+    item contains ``flag_word``, none otherwise; a decision-logic request gets
+    :func:`logic_answer`. Used by :class:`FakeOpenAIServer`. With
     evidence on, the cited rule quotes ``flag_word``."""
     schema = body_schema(request_body)
     item = str(request_body["messages"][-1]["content"])
     if "answers" in schema["properties"]:  # decision logic
         return logic_answer(schema, flag_word if flag_word in item else None)
+    if "decisions" not in schema["properties"] and "policies" in schema["properties"]:  # triage
+        ids = list(schema["properties"]["policies"]["items"]["enum"])
+        return {"summary": "a post", "policies": ids if flag_word in item else []}
     cited: dict[str, list[str]] = {}
     quotes: dict[str, list[tuple[str, str]]] = {}
     for pid in schema["properties"]["decisions"]["properties"]:

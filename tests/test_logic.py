@@ -315,3 +315,50 @@ async def test_async_twin_gives_the_same_verdict() -> None:
         av = await am.moderate(text, policies=HATE)
     sv = mod(FakeBackend([a])).moderate(text, policies=HATE)
     assert av.decisions[0].rule_ids == sv.decisions[0].rule_ids == ["HATE-1"]
+
+
+def test_with_logprobs_the_score_is_the_probability_of_violating_answers() -> None:
+    from cotmod.backends import ChatResult
+
+    text = "Honestly, immigrants are vermin."
+    body = answers(target=("protected_group", "immigrants"), attack=("dehumanizes", "are vermin"), voice="own_view")
+    raw = json.dumps(body)
+
+    def tok(t: str, *alts: tuple[str, float]) -> dict[str, object]:
+        return {"token": t, "logprob": 0.0, "top_logprobs": [{"token": a, "logprob": math.log(pr)} for a, pr in alts]}
+
+    # the answer tokens of the raw text, each with its alternatives
+    parts = raw.split('"answer": "')
+    logprobs = [tok(parts[0] + '"answer": "')]
+    alts = [(("protected", 0.9), ("other", 0.1)), (("de", 0.6), ("no", 0.4)), (("own", 1.0),)]
+    for part, alt in zip(parts[1:], alts, strict=True):
+        first = alt[0][0]
+        logprobs.append(tok(first, *alt))
+        logprobs.append(tok(part[len(first) :] + ('"answer": "' if part is not parts[-1] else "")))
+    result = ChatResult(text=raw, finish_reason="stop", logprobs=logprobs, model="m")
+    d = mod(FakeBackend([result]), logprobs=True).moderate(text, policies=HATE).decisions[0]
+    assert d.violates and d.score_source == "answers"
+    assert math.isclose(d.score, 0.9 * 0.6)
+
+
+def test_triage_and_decision_logic_together_through_the_cli() -> None:
+    """Ten policies, triage on: a calm post costs one call (every policy triaged out); a
+    flagged one is judged by the selected policies, four of them by their questions."""
+    from click.testing import CliRunner
+
+    from cotmod.cli import cli
+
+    with FakeOpenAIServer() as server:
+        base = ["moderate", "--triage", "--base-url", server.base_url, "--model", "m", "--json"]
+        calm = CliRunner().invoke(cli, [*base, "a calm post about gardening"])
+        calls_calm = server.requests
+        flagged = CliRunner().invoke(cli, [*base, "I VIOLATE everything"])
+        calls_flagged = server.requests - calls_calm
+    assert calm.exit_code == 0 and flagged.exit_code == 0, calm.output + flagged.output
+    v = json.loads(calm.stdout.strip().splitlines()[-1])
+    assert calls_calm == 1 and v["triage"]["selected"] == [] and all(d["triaged_out"] for d in v["decisions"])
+    assert not v["violates"] and len(v["decisions"]) == 10
+    f = json.loads(flagged.stdout.strip().splitlines()[-1])
+    assert calls_flagged == 11 and f["violates"] and len(f["triage"]["selected"]) == 10
+    by = {d["policy_id"]: d for d in f["decisions"]}
+    assert all(by[p]["answers"] for p in LOGIC_POLICIES) and not by["spam_scams"].get("answers")

@@ -87,6 +87,7 @@ from ..policy._lint import load_policies
 from ..policy._model import Policy, PolicySet, default_guidelines_dir
 from ..prompting._compiler import CompiledPrompt, Compiler, PromptTemplates
 from ..prompting._decision import OutputInvalid, parse_decision, violates_probabilities
+from ..prompting._logic import answer_distributions, violation_probability
 from ..prompting._triage import TRIAGE_SCHEMA_NAME, TriageCompiler, parse_triage
 from ._cache import Cache, cache_key
 from ._thresholds import apply_band, load_thresholds
@@ -279,8 +280,22 @@ def _model_label(reported: str | None, requested: str) -> str:
     return stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem
 
 
-def _with_logprob_scores(decisions: list[PolicyDecision], raw: str, logprobs: list[dict[str, Any]]) -> list[PolicyDecision]:
-    """Replace stated-confidence scores by P(violates=true) from token log-probabilities."""
+def _with_logprob_scores(
+    decisions: list[PolicyDecision], raw: str, logprobs: list[dict[str, Any]], policies: PolicySet | None = None
+) -> list[PolicyDecision]:
+    """Replace stated-confidence scores by P(violates=true) from token log-probabilities.
+
+    Under decision logic (one policy, an ``answers`` object) the score is instead
+    P(violates) under the model's uncertainty about each answer: the answers' probabilities read
+    from the first token of each answer value, summed over the answer combinations whose derived
+    decision violates (``score_source: "answers"``; see ``cotmod.prompting._logic``)."""
+    if policies is not None and len(decisions) == 1 and decisions[0].answers:
+        policy = policies[decisions[0].policy_id]
+        dists = answer_distributions(policy, logprobs)
+        if dists is None:
+            return decisions
+        p = violation_probability(policy, dists)
+        return [decisions[0].model_copy(update={"score": float(p), "score_source": "answers"})]
     probs = violates_probabilities(logprobs)
     try:
         order = list(json.loads(raw)["decisions"])
@@ -601,7 +616,7 @@ class AsyncModerator:
             drop_ungrounded=drop_ungrounded,
         )
         if self.settings.logprobs and result.logprobs:
-            scored = _with_logprob_scores(decisions, result.text, result.logprobs)
+            scored = _with_logprob_scores(decisions, result.text, result.logprobs, prompt.policies)
             # a decision whose rules were dropped is no longer the one the logprobs measured
             decisions = [
                 d if any(c.id in self.policies[d.policy_id].rule_ids for c in d.dropped) else x
