@@ -294,8 +294,8 @@ def _with_logprob_scores(
         dists = answer_distributions(policy, logprobs)
         if dists is None:
             return decisions
-        p = violation_probability(policy, dists)
-        return [decisions[0].model_copy(update={"score": float(p), "score_source": "answers"})]
+        p_violates = violation_probability(policy, dists)
+        return [decisions[0].model_copy(update={"score": p_violates, "score_source": "answers"})]
     probs = violates_probabilities(logprobs)
     try:
         order = list(json.loads(raw)["decisions"])
