@@ -30,10 +30,12 @@ from ._exceptions import (
     UserError,
 )
 from ._verdict import (
+    Answer,
     DroppedCitation,
     ErrorInfo,
     Evidence,
     PolicyDecision,
+    Triage,
     Usage,
     Verdict,
     verdict_json_schema,
@@ -67,6 +69,8 @@ __all__ = [  # noqa: RUF022  (grouped by purpose, as in the README)
     "PolicyDecision",
     "Evidence",
     "DroppedCitation",
+    "Answer",
+    "Triage",
     "ErrorInfo",
     "Usage",
     "verdict_json_schema",
