@@ -160,6 +160,13 @@ class Settings(BaseModel):
         "their questions; the rules, violates, severity and action are derived in code. Off: every policy "
         "is judged in its rules form",
     )
+    dynamic_examples: int = Field(
+        default=0,
+        ge=0,
+        le=50,
+        description="Per item, show only this many boundary examples, the most similar to the item "
+        "(word TF-IDF; both decisions represented), after the cached policy text; 0 = all examples, static",
+    )
     triage: bool = Field(
         default=False,
         description="One cheap call first selects the policies plausibly at stake; only those get the "

@@ -97,6 +97,18 @@ def _endpoint_options(f: F) -> F:
             help="One cheap call first selects the policies plausibly at stake; only those get their policy call, "
             "the others are recorded as triaged out (env COTMOD_TRIAGE) [default: off].",
         ),
+        click.option(
+            "--decision-logic/--no-decision-logic",
+            default=None,
+            help="Judge policies that define questions by their decision logic (env COTMOD_DECISION_LOGIC) [default: on]; "
+            "off: every policy in its rules form.",
+        ),
+        click.option(
+            "--dynamic-examples",
+            type=click.IntRange(0, 50),
+            default=None,
+            help="Per item, show only the N boundary examples most similar to it, after the cached policy text [default: 0 = all, static].",
+        ),
         click.option("--config", "config_file", type=click.Path(), help="TOML config file."),
     ]
     for o in reversed(opts):

@@ -394,6 +394,7 @@ class AsyncModerator:
                 sampling=self.sampling(),
                 evidence=self.settings.evidence,
                 decision_logic=self.settings.decision_logic,
+                dynamic_examples=self.settings.dynamic_examples,
             )
             self._compilers[key] = comp
         return comp

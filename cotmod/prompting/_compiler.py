@@ -28,7 +28,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
+import re
 import secrets
 import traceback
 import unicodedata
@@ -126,6 +129,32 @@ def _derived_draw(text: str) -> Callable[[], str]:
         return hashlib.sha256(f"{counter}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()[: 2 * BOUNDARY_BYTES]
 
     return draw
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _terms(text: str) -> list[str]:
+    """Lower-cased words and adjacent word pairs (for example similarity)."""
+    words = _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+    return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
+
+
+def _tfidf(terms: list[str], idf: Mapping[str, float]) -> dict[str, float]:
+    vec: dict[str, float] = {}
+    for t in terms:
+        if t in idf:
+            vec[t] = vec.get(t, 0.0) + idf[t]
+    return vec
+
+
+def _cosine(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+    if not a or not b:
+        return 0.0
+    dot = sum(v * b.get(t, 0.0) for t, v in a.items())
+    na = math.sqrt(sum(v * v for v in a.values()))
+    nb = math.sqrt(sum(v * v for v in b.values()))
+    return dot / (na * nb) if na and nb else 0.0
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -304,6 +333,7 @@ class Compiler:
         sampling: Mapping[str, Any] | None = None,
         evidence: bool = False,
         decision_logic: bool = False,
+        dynamic_examples: int = 0,
     ) -> None:
         if len(policies) == 0:
             raise InputError("no policies selected")
@@ -330,6 +360,11 @@ class Compiler:
         # Boundary examples as real user/assistant turns (single-policy prompts only: in a
         # combined prompt an example's label for the other policies is unknown).
         self.few_shot = few_shot and len(policies) == 1
+        if dynamic_examples < 0:
+            raise ValueError("dynamic_examples must be >= 0")
+        #: per item, only this many boundary examples (the most similar to the item) follow the
+        #: cached system message; 0 = every example, in the static prefix
+        self.dynamic_examples = dynamic_examples if self.few_shot else 0
         self.sampling: dict[str, Any] = dict(sampling or {})
 
     @cached_property
@@ -380,6 +415,8 @@ class Compiler:
     @cached_property
     def prefix_messages(self) -> list[dict[str, str]]:
         """Every message before the item (system, few-shot turns): the same for every item."""
+        if self.dynamic_examples:
+            return [{"role": "system", "content": self.system_prompt}]
         return [{"role": "system", "content": self.system_prompt}, *self.example_turns]
 
     @cached_property
@@ -397,6 +434,7 @@ class Compiler:
                 for n in (SYSTEM_TEMPLATE, USER_TEMPLATE, REASK_TEMPLATE)
             },
             "prefix": self.prefix_messages,
+            **({"example_pool": self.example_turns} if self.dynamic_examples else {}),
             "item": [self._user_message(_PROBE_TEXT, "item", t, _PROBE_BOUNDARY) for t in (False, True)],
             "reask": self.reask_message("<error>", 2, 3),
             "schema": self.schema,
@@ -407,6 +445,7 @@ class Compiler:
                 "schema_limits": self.schema_limits,
                 "few_shot": self.few_shot,
                 "token_counter": token_counter_name(),  # decides where long items are cut
+                **({"dynamic_examples": self.dynamic_examples} if self.dynamic_examples else {}),
             },
             "sampling": self.sampling,
         }
@@ -469,7 +508,12 @@ class Compiler:
         truncated = kept != text
         boundary = content_boundary(kept)
         user = self._user_message(kept, item_id, truncated, boundary)
-        messages = [*self.prefix_messages, {"role": "user", "content": user}]
+        shown: list[dict[str, str]] = []
+        if self.dynamic_examples:
+            turns = self.example_turns
+            for i in self.nearest_examples(kept):
+                shown.extend(turns[2 * i : 2 * i + 2])
+        messages = [*self.prefix_messages, *shown, {"role": "user", "content": user}]
         return CompiledPrompt(
             messages=messages,
             schema=self.schema,
@@ -479,11 +523,53 @@ class Compiler:
             item_tokens=n_tokens,
             kept_tokens=min(n_tokens, self.max_item_tokens),
             truncated=truncated,
-            prompt_tokens=self.system_tokens + count_tokens(user),
+            prompt_tokens=self.system_tokens + sum(count_tokens(m["content"]) for m in shown) + count_tokens(user),
             boundary=boundary,
             content=kept,
             evidence=self.grounded,
         )
+
+    @cached_property
+    def _example_index(self) -> tuple[list[int], list[dict[str, float]], list[str], dict[str, float]]:
+        """(positions of the examples among the example turns, their TF-IDF vectors, their
+        decisions, the idf of every term)."""
+        policy = next(iter(self.policies))
+        idx = [i for i, ex in enumerate(policy.examples) if not (self.logic and not ex.answers)]
+        docs = [_terms(policy.examples[i].text) for i in idx]
+        n = len(docs)
+        df: dict[str, int] = {}
+        for d in docs:
+            for t in set(d):
+                df[t] = df.get(t, 0) + 1
+        idf = {t: math.log((1 + n) / (1 + c)) + 1.0 for t, c in df.items()}
+        vecs = [_tfidf(d, idf) for d in docs]
+        return list(range(len(idx))), vecs, [policy.examples[i].decision for i in idx], idf
+
+    def nearest_examples(self, text: str) -> list[int]:
+        """Positions (in :attr:`example_turns` pairs) of the ``dynamic_examples`` boundary examples
+        most similar to ``text``, in their original order: cosine similarity of word and word-pair
+        TF-IDF vectors (idf over the examples), ties broken by order. With two or more to show, the
+        most similar example of each decision (violates, safe) is always included, so the model
+        sees both sides of the boundary."""
+        positions, vecs, decisions, idf = self._example_index
+        k = min(self.dynamic_examples, len(positions))
+        if k == 0:
+            return []
+        q = _tfidf(_terms(text), idf)
+        sims = [_cosine(q, v) for v in vecs]
+        ranked = sorted(positions, key=lambda i: (-sims[i], i))
+        chosen: list[int] = []
+        if k >= 2:
+            for side in ("violates", "safe"):
+                best = next((i for i in ranked if decisions[i] == side), None)
+                if best is not None:
+                    chosen.append(best)
+        for i in ranked:
+            if len(chosen) >= k:
+                break
+            if i not in chosen:
+                chosen.append(i)
+        return sorted(chosen[:k])
 
     def reask_message(self, error: str, attempt: int, max_attempts: int) -> str:
         return self.templates.render(REASK_TEMPLATE, error=error, attempt=attempt, max_attempts=max_attempts)
