@@ -157,3 +157,36 @@ def test_cold_start_with_concurrency_needs_no_transport_retries(wide_local_url: 
     assert sum(v.transport_retries for v in verdicts) == 0, [v.transport_retries for v in verdicts]
     assert all(v.attempts == 2 for v in verdicts)  # one call per policy, none repeated
     assert {v.model for v in verdicts} == {e2e_model()}  # llama.cpp reports the GGUF path; never recorded
+
+
+def test_real_server_grammar_ties_each_quote_to_its_answer(local_url: str) -> None:
+    """Decision logic: asked to copy answers whose quotes contradict them (a "protected group"
+    with no quote, "nothing" with one), llama.cpp's grammar for the request schema can only
+    return answers whose quote is empty exactly when the answer needs none."""
+    import openai
+
+    from cotmod import Compiler, load_policies
+    from cotmod.policy._model import default_guidelines_dir
+
+    policies = load_policies([default_guidelines_dir()])
+    comp = Compiler(policies.select(["hate_speech"]), decision_logic=True)
+    hate = policies["hate_speech"]
+    client = openai.OpenAI(base_url=local_url, api_key="x", timeout=300)
+    bad = {"answers": {"target": {"quote": "", "answer": "protected_group"},
+                       "attack": {"quote": "vermin", "answer": "no_attack"},
+                       "voice": {"quote": "", "answer": "own_view"}},
+           "rationale": "r", "confidence": 0.9}
+    resp = client.chat.completions.create(
+        model=e2e_model(),
+        messages=[{"role": "system", "content": "Repeat the user's JSON exactly."}, {"role": "user", "content": json.dumps(bad)}],
+        temperature=0,
+        max_tokens=300,
+        response_format={"type": "json_schema", "json_schema": {"name": "answers", "schema": comp.request_schema, "strict": True}},
+    )
+    out = json.loads(resp.choices[0].message.content or "")
+    jsonschema.validate(out, comp.request_schema)
+    for q in hate.questions:
+        a = out["answers"][q.id]
+        assert bool(a["quote"]) == q.option(a["answer"]).evidence, (q.id, a)
+    # the plain (validation) schema would have let the contradictory copy through
+    jsonschema.validate(bad, comp.schema)
