@@ -1,0 +1,238 @@
+"""The classifier stream: ``monitor`` (score drift) and ``classifier tune`` (thresholds per label)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from .._exceptions import ConfigError
+from ._app import CONTEXT, EXIT_UNDECIDED, _Group, _policy_source, cli
+
+
+def _pairs(values: tuple[str, ...], what: str, example: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep or not key.strip() or not val.strip():
+            raise ConfigError(f"{what} {v!r}: expected {example}")
+        out[key.strip()] = val.strip()
+    return out
+
+
+def _float(v: str, where: str) -> float:
+    try:
+        return float(v)
+    except ValueError:
+        raise ConfigError(f"{where}: expected a number, got {v!r}") from None
+
+
+def _scores_options(f: Any) -> Any:
+    for opt in reversed(
+        [
+            click.option("--label", "-l", "labels", multiple=True, help="Label to use (repeatable) [default: every label of the first row]."),
+            click.option("--strata", "-s", multiple=True, help="Field to group by as well (repeatable), e.g. language."),
+            click.option("--id-field", default="id", show_default=True),
+            click.option("--time-field", default="timestamp", show_default=True),
+            click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]), help="Input format [default: from the extension]."),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("scores", type=click.Path(exists=True, dir_okay=False))
+@click.option("--reference", "-r", required=True, type=click.Path(exists=True, dir_okay=False), help="Score log the chunks are compared with.")
+@click.option("--chunk", "-c", required=True, help="Chunk by time window (30m, 6h, 1d, 1w) or by row count (100000).")
+@_scores_options
+@click.option(
+    "--alerts",
+    type=click.Choice(["std", "p99", "constant"]),
+    default="std",
+    show_default=True,
+    help="std: above the reference chunks' mean + SIGMA sd; p99: above their 99th percentile; constant: fixed limits (--limit).",
+)
+@click.option("--sigma", type=click.FloatRange(min=0), default=3.0, show_default=True)
+@click.option("--limit", "limits", multiple=True, help="Constant limit, e.g. psi=0.25 (psi, js, wasserstein; ks_p, flag_rate_p: p-values).")
+@click.option("--thresholds", "thresholds_path", type=click.Path(exists=True, dir_okay=False), help="Operating thresholds per label (cotmod classifier tune).")
+@click.option("--threshold", "threshold_values", multiple=True, help="Operating threshold: 0.7 (every label) or LABEL=0.7 [default: 0.5].")
+@click.option("--bins", type=click.IntRange(2, 100), default=10, show_default=True, help="Reference quantile bins for PSI and JS.")
+@click.option("--json", "as_json", is_flag=True)
+def monitor(
+    scores: str,
+    reference: str,
+    chunk: str,
+    labels: tuple[str, ...],
+    strata: tuple[str, ...],
+    id_field: str,
+    time_field: str,
+    fmt: str | None,
+    alerts: str,
+    sigma: float,
+    limits: tuple[str, ...],
+    thresholds_path: str | None,
+    threshold_values: tuple[str, ...],
+    bins: int,
+    as_json: bool,
+) -> None:
+    """Score drift of a classifier, chunk by chunk, per label and per stratum; exit 1 on any alert.
+
+    Per chunk: PSI on the reference's quantile bins, Jensen-Shannon distance, KS (with p),
+    Wasserstein, and the flag rate at the operating threshold against the reference's (difference,
+    95% CI, two-proportion test p). By default a chunk alerts when a statistic leaves the spread
+    of reference chunks of the same size (mean + SIGMA sd), so small chunks do not cry wolf.
+    """
+    from ..classifiers._monitor import MonitorSettings, parse_chunk
+    from ..classifiers._monitor import monitor as monitor_fn
+    from ..classifiers._scores import read_scores
+    from ..classifiers._thresholds import load_classifier_thresholds
+
+    kind, _ = parse_chunk(chunk)
+    th: dict[str, float] = load_classifier_thresholds(thresholds_path) if thresholds_path else {}
+    default = 0.5
+    for v in threshold_values:
+        if "=" in v:
+            name, _, raw = v.partition("=")
+            th[name.strip()] = _float(raw, f"--threshold {v}")
+        else:
+            default = _float(v, "--threshold")
+    for name, x in th.items():
+        if not 0 <= x <= 1:
+            raise ConfigError(f"threshold for {name!r}: expected a number from 0 to 1, got {x}")
+    if not 0 <= default <= 1:
+        raise ConfigError(f"--threshold: expected a number from 0 to 1, got {default}")
+    lim = {k: _float(v, f"--limit {k}") for k, v in _pairs(limits, "--limit", "NAME=VALUE, e.g. psi=0.25").items()}
+    kw: dict[str, Any] = {"labels": labels or None, "strata": strata, "id_field": id_field, "time_field": time_field, "fmt": fmt}
+    log = read_scores(scores, require_timestamps=kind == "time", **kw)
+    ref = read_scores(reference, **kw)
+    settings = MonitorSettings(
+        chunk=chunk, alerts=alerts, sigma=sigma, bins=bins, limits=lim,  # type: ignore[arg-type]
+        thresholds=th, default_threshold=default, labels=labels or None, strata=strata,
+    )
+    report = monitor_fn(log, ref, settings)
+    if as_json:
+        data = report.model_dump(mode="json")
+        data["alerts"] = report.alerts
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _print_report(report)
+    if report.alerts:
+        sys.exit(EXIT_UNDECIDED)
+
+
+def _print_report(report: Any) -> None:
+    if report.alert_method == "std":
+        how = f"reference chunks' mean + {report.sigma:g} sd"
+    elif report.alert_method == "p99":
+        how = "reference chunks' 99th percentile"
+    else:
+        how = "constant limits " + ", ".join(f"{k} {v:g}" for k, v in (report.limits or {}).items())
+    click.echo(f"{report.source} vs reference {report.reference}, chunks of {report.chunk}; alerts: {how}")
+    for g in report.groups:
+        head = f"\n{g.label}" + (f" [{g.stratum}]" if g.stratum else "") + f": {g.n} rows, reference {g.reference_n}"
+        if g.ref_flag_rate is not None:
+            head += f", threshold {g.threshold:g} (reference flag rate {g.ref_flag_rate:.3f})"
+        click.echo(click.style(head, bold=True))
+        if g.note:
+            click.echo(f"  {g.note}")
+            continue
+        click.echo(f"  {'chunk':<22} {'n':>7} {'psi':>7} {'js':>6} {'ks':>6} {'ks_p':>8} {'wass':>6} {'flag':>6} {'diff [95% CI]':>24}  alerts")
+        for c in g.chunks:
+            name = c.start[:19] if c.start else f"#{c.index} (lines {c.first_line}-{c.last_line})"
+            diff = f"{c.flag_rate_diff:+.3f} [{c.flag_rate_diff_ci95[0]:+.3f}, {c.flag_rate_diff_ci95[1]:+.3f}]"
+            mark = click.style(", ".join(c.alerts), fg="red") if c.alerts else ("-" if not c.note else c.note)
+            click.echo(
+                f"  {name:<22} {c.n:>7} {c.psi:>7.4f} {c.js:>6.3f} {c.ks:>6.3f} {c.ks_p:>8.2g} {c.wasserstein:>6.3f} "
+                f"{c.flag_rate:>6.3f} {diff:>24}  {mark}"
+            )
+    n = report.alerts
+    click.echo(f"\n{n} chunk(s) with alerts" if n else "\nno alerts")
+
+
+@cli.group(cls=_Group, context_settings=CONTEXT)
+def classifier() -> None:
+    """The classifier stream: thresholds per label for an ML classifier's score log."""
+
+
+@classifier.command("tune", context_settings=CONTEXT)
+@click.argument("scores", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Thresholds YAML to write.")
+@click.option("--target-precision", type=click.FloatRange(0, 1), help="Operating threshold: highest recall with at least this precision.")
+@click.option("--cost-fp", type=click.FloatRange(min=0), help="Cost of a false positive (with --cost-fn): minimum expected cost.")
+@click.option("--cost-fn", type=click.FloatRange(min=0), help="Cost of a false negative.")
+@click.option("--auto-precision", type=click.FloatRange(0, 1), default=0.99, show_default=True, help="Auto-action threshold: lowest reaching this precision.")
+@click.option("--label-map", "label_map", multiple=True, help="LABEL=POLICY (repeatable): the policy each label enforces.")
+@click.option("--guidelines", "-g", type=click.Path(exists=True), help="Policies (for the versions tuned for) [default: as for lint].")
+@click.option("--config", "config_file", type=click.Path(), help="TOML config file (for its guidelines).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@_scores_options
+@click.option("--json", "as_json", is_flag=True)
+def classifier_tune(
+    scores: str,
+    output: str,
+    target_precision: float | None,
+    cost_fp: float | None,
+    cost_fn: float | None,
+    auto_precision: float,
+    label_map: tuple[str, ...],
+    guidelines: str | None,
+    config_file: str | None,
+    seed: int,
+    labels: tuple[str, ...],
+    strata: tuple[str, ...],
+    id_field: str,
+    time_field: str,
+    fmt: str | None,
+    as_json: bool,
+) -> None:
+    """Choose per-label thresholds on rows with ground truth, with bands auto-action / review / allow.
+
+    Each label's operating point comes with precision and recall (95% bootstrap CIs). With
+    --label-map, the file records each label's policy and the policy version it was tuned for;
+    point enforcement.yaml's classifier.thresholds at it and `cotmod sync check` flags it when
+    the policy moves.
+    """
+    from ..classifiers._scores import read_scores
+    from ..classifiers._thresholds import choose_thresholds, write_classifier_thresholds
+
+    if target_precision is None and (cost_fp is None or cost_fn is None):
+        raise ConfigError("give --target-precision, or both --cost-fp and --cost-fn")
+    lmap = _pairs(label_map, "--label-map", "LABEL=POLICY")
+    versions: dict[str, str] = {}
+    if lmap:
+        from ..policy._lint import load_policies
+
+        ps = load_policies([_policy_source(guidelines, config_file)])
+        for lb, pid in lmap.items():
+            if pid not in ps:
+                raise ConfigError(f"--label-map {lb}={pid}: no policy {pid!r} (known: {', '.join(ps.ids)})")
+            versions[pid] = ps[pid].version
+    log = read_scores(scores, labels=labels or None, strata=strata, id_field=id_field, time_field=time_field, fmt=fmt)
+    th = choose_thresholds(
+        log, target_precision=target_precision, cost_fp=cost_fp, cost_fn=cost_fn, auto_precision=auto_precision,
+        label_map=lmap, policy_versions=versions, seed=seed,
+    )
+    write_classifier_thresholds(th, output)
+    if as_json:
+        click.echo(json.dumps(th.model_dump(mode="json"), indent=2))
+        return
+    for lb, op in th.labels.items():
+        pol = f" ({op.policy} {op.policy_version})" if op.policy else ""
+        if not op.reachable:
+            click.echo(f"{lb}{pol}: {op.note}")
+            continue
+        assert op.precision is not None and op.recall is not None
+        auto = "none reaches the auto precision" if op.auto_action is None else f"{op.auto_action:.4f}"
+        click.echo(
+            f"{lb}{pol}: review >= {op.review:.4f} (precision {op.precision:.3f}{_ci(op.precision_ci95)}, "
+            f"recall {op.recall:.3f}{_ci(op.recall_ci95)}, {op.n} rows with truth), auto_action >= {auto}; "
+            f"bands: {op.bands.get('auto_action', 0)} auto, {op.bands.get('human_review', 0)} review, {op.bands.get('allow', 0)} allow"
+        )
+    click.echo(f"wrote {output}")
+
+
+def _ci(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
