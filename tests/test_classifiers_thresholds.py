@@ -130,6 +130,24 @@ def test_yaml_round_trip_and_sync_check_flags_a_moved_policy(tmp_path: Path, pol
     assert stale and f"tuned for {pid} 0.0.1, policy is {version}" in stale[0].message
 
 
+def test_sync_check_flags_labels_the_classifier_thresholds_do_not_cover(tmp_path: Path, policy_dir: Path) -> None:
+    log = read_scores(_score_log(tmp_path))
+    mod = AsyncModerator(policy_dir, backend=FakeBackend())
+    pid = "hate_speech"
+    th = choose_thresholds(log, target_precision=0.8, label_map={"spam": "self_harm"}, policy_versions={pid: mod.policies[pid].version})
+    write_classifier_thresholds(th, tmp_path / "clf.yaml")
+    m = tmp_path / "enforcement.yaml"
+    m.write_text(yaml.safe_dump({"policies": {}}))
+    update_manifest(m, mod)
+    man = yaml.safe_load(m.read_text())
+    man["policies"][pid]["classifier"] = {"label_map": {"spam": pid, "hateful": pid}, "thresholds": "clf.yaml"}
+    m.write_text(yaml.safe_dump(man))
+    found = {f.field: f.message for f in check_manifest(m, mod) if f.pathway == "classifier"}
+    where = f"policies.{pid}.classifier.label_map"
+    assert "has no threshold for label 'hateful'" in found[f"{where}.hateful"]
+    assert f"label 'spam' was tuned for policy 'self_harm', the manifest maps it to '{pid}'" in found[f"{where}.spam"]
+
+
 def test_label_map_must_name_known_labels(tmp_path: Path) -> None:
     log = read_scores(_score_log(tmp_path))
     with pytest.raises(InputError, match="label map names label 'hate'"):

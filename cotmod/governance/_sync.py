@@ -9,7 +9,7 @@
         llm: {fingerprint: fp-…}                         # compiled prompt of this policy
         classifier:                                      # optional: a score-threshold classifier
           label_map: {hateful: hate_speech}
-          thresholds: thresholds.yaml                    # written by cotmod tune
+          thresholds: thresholds.yaml                    # written by cotmod tune or cotmod classifier tune
         escalation:                                      # where humans get what
           - {severity: critical, queue: threat-assessment, sla_hours: 1}
           - {criterion: HATE-X2, queue: hate-speech-specialists, sla_hours: 24}
@@ -118,6 +118,15 @@ def _check(p: Path, moderator: AsyncModerator) -> list[Finding]:
                         out.append(Finding(pid, "classifier", f"{where}.classifier.thresholds", f"thresholds were tuned for {pid} {tuned_for}, policy is {pol.version}: re-run cotmod eval and cotmod tune", "human"))
                     if pid not in (tdata.get("thresholds") or {}):
                         out.append(Finding(pid, "classifier", f"{where}.classifier.thresholds", f"{tfile} has no thresholds for {pid}", "human"))
+                    tlabels = tdata.get("labels")
+                    if isinstance(tlabels, dict):  # per-label classifier thresholds (cotmod classifier tune)
+                        for label, target in (clf.get("label_map") or {}).items():
+                            lspec = tlabels.get(label)
+                            lwhere = f"{where}.classifier.label_map.{label}"
+                            if not isinstance(lspec, dict) or lspec.get("review") is None:
+                                out.append(Finding(pid, "classifier", lwhere, f"{tfile} has no threshold for label {label!r}", "human"))
+                            elif lspec.get("policy") != target:
+                                out.append(Finding(pid, "classifier", lwhere, f"label {label!r} was tuned for policy {lspec.get('policy')!r}, the manifest maps it to {target!r}: re-run cotmod classifier tune", "human"))
         routes = spec.get("escalation") or []
         routed_tiers, routed_criteria = set(), set()
         if not isinstance(routes, list):
