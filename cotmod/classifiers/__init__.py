@@ -1,10 +1,19 @@
-"""The classifier stream: score logs of ML classifiers, thresholds per label, drift monitoring.
+"""The classifier stream: score logs of ML classifiers, thresholds per label, FP/FN analysis and
+drift monitoring.
 
 Needs the ``classifiers`` extra (``pip install 'cotmod[classifiers]'``: scipy and scikit-learn).
 
 >>> from cotmod.classifiers import read_scores, choose_thresholds, monitor, MonitorSettings
 """
 
+from ._errors import (
+    ErrorGroup,
+    ErrorItem,
+    ErrorReport,
+    LabelErrors,
+    classifier_errors,
+    load_classifier_bands,
+)
 from ._monitor import ChunkDrift, GroupDrift, MonitorReport, MonitorSettings, monitor, parse_chunk
 from ._scores import MISSING_STRATUM, ScoreLog, parse_timestamp, read_scores
 from ._thresholds import (
@@ -22,7 +31,11 @@ __all__ = [
     "MISSING_STRATUM",
     "ChunkDrift",
     "ClassifierThresholds",
+    "ErrorGroup",
+    "ErrorItem",
+    "ErrorReport",
     "GroupDrift",
+    "LabelErrors",
     "MonitorReport",
     "MonitorSettings",
     "OperatingPoint",
@@ -31,6 +44,8 @@ __all__ = [
     "TuneSettings",
     "choose_threshold",
     "choose_thresholds",
+    "classifier_errors",
+    "load_classifier_bands",
     "load_classifier_thresholds",
     "monitor",
     "parse_chunk",

@@ -1,4 +1,5 @@
-"""The classifier stream: ``monitor`` (score drift) and ``classifier tune`` (thresholds per label)."""
+"""The classifier stream: ``monitor`` (score drift), ``classifier tune`` (thresholds per label) and
+``classifier errors`` (false positives and negatives at those thresholds)."""
 
 from __future__ import annotations
 
@@ -236,3 +237,52 @@ def classifier_tune(
 
 def _ci(ci: tuple[float, float] | None) -> str:
     return "" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+@classifier.command("errors", context_settings=CONTEXT)
+@click.argument("scores", type=click.Path(exists=True, dir_okay=False))
+@click.option("--thresholds", "thresholds_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Thresholds per label (cotmod classifier tune).")
+@_scores_options
+@click.option("--text-field", default="text", show_default=True, help="Field with the item's text, shown with each error.")
+@click.option("--examples", "per_group", type=click.IntRange(min=0), default=5, show_default=True, help="Errors listed per group (most confident first).")
+@click.option("--json", "as_json", is_flag=True)
+def classifier_errors_cmd(
+    scores: str,
+    thresholds_path: str,
+    labels: tuple[str, ...],
+    strata: tuple[str, ...],
+    id_field: str,
+    time_field: str,
+    fmt: str | None,
+    text_field: str,
+    per_group: int,
+    as_json: bool,
+) -> None:
+    """False positives and negatives at the chosen thresholds, by score band and stratum.
+
+    Uses the rows with ground truth; lists the most confident errors of each group first. Exit 0
+    (errors are findings, not failures).
+    """
+    from ..classifiers._errors import classifier_errors, load_classifier_bands
+    from ..classifiers._scores import read_scores
+
+    bands = load_classifier_bands(thresholds_path)
+    log = read_scores(scores, labels=labels or None, strata=strata, id_field=id_field, time_field=time_field, text_field=text_field, fmt=fmt)
+    report = classifier_errors(log, bands, labels=labels or None, strata=strata, per_group=per_group)
+    if as_json:
+        click.echo(json.dumps(report.model_dump(mode="json"), indent=2))
+        return
+    for le in report.labels:
+        auto = "none" if le.auto_action is None else f"{le.auto_action:.4f}"
+        prec = "n/a" if le.precision is None else f"{le.precision:.3f}"
+        rec = "n/a" if le.recall is None else f"{le.recall:.3f}"
+        click.echo(click.style(
+            f"{le.label}: review >= {le.review:.4f}, auto_action >= {auto}; {le.known} rows with truth ({le.unknown} without): "
+            f"{le.fp} false positives, {le.fn} false negatives (precision {prec}, recall {rec})", bold=True,
+        ))
+        for g in le.groups:
+            where = g.stratum or "all rows"
+            click.echo(f"  {g.kind.upper()} {g.band:<12} {where:<24} {g.count:>7} ({g.share:.0%} of {g.kind.upper()}s)")
+            for it in g.items:
+                text = "" if not it.text else "  " + " ".join(it.text.split())[:80]
+                click.echo(f"      {it.id} (line {it.line}) score {it.score:.4f}{text}")
