@@ -155,7 +155,7 @@ def _print_report(report: Any) -> None:
 
 @cli.group(cls=_Group, context_settings=CONTEXT)
 def classifier() -> None:
-    """The classifier stream: thresholds per label for an ML classifier's score log."""
+    """The classifier stream: thresholds per label and their false positives/negatives, from an ML classifier's score log."""
 
 
 @classifier.command("tune", context_settings=CONTEXT)
