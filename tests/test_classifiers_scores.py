@@ -124,3 +124,18 @@ def test_cli_bad_score_is_one_line_exit_2(tmp_path: Path) -> None:
     assert r.exit_code == 2
     assert "bad.jsonl:2: field 'score_spam': expected a number from 0 to 1, got -0.1" in r.output
     assert "Traceback" not in r.output
+
+
+def test_parquet_with_native_timestamps(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from datetime import datetime, timezone
+
+    t = datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
+    table = pa.table({"id": ["a", "b"], "timestamp": [t, t], "score_spam": [0.25, 0.75], "label_spam": [None, 1], "lang": ["en", None]})
+    p = tmp_path / "s.parquet"
+    pq.write_table(table, p)
+    log = read_scores(p, strata=["lang"])
+    assert log.timestamps is not None and list(log.timestamps) == [t.timestamp()] * 2
+    assert list(log.scores["spam"]) == [0.25, 0.75] and list(log.truth["spam"]) == [-1, 1]
+    assert log.strata["lang"] == ["en", MISSING_STRATUM] and list(log.lines) == [1, 2]
