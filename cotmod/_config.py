@@ -172,6 +172,12 @@ class Settings(BaseModel):
         description="One cheap call first selects the policies plausibly at stake; only those get the "
         "per-policy call, the others are recorded as triaged out",
     )
+    triage_max: int = Field(
+        default=2,
+        ge=1,
+        le=50,
+        description="With triage: the policies one item may be sent to at most (the most likely first)",
+    )
     concurrency: int = Field(default=4, ge=1, description="Maximum requests in flight")
     guidelines: str | None = Field(default=None, description="Directory or file of policies")
     prompts: str | None = Field(default=None, description="Directory of prompt templates")

@@ -349,7 +349,7 @@ def test_triage_and_decision_logic_together_through_the_cli() -> None:
     from cotmod.cli import cli
 
     with FakeOpenAIServer() as server:
-        base = ["moderate", "--triage", "--base-url", server.base_url, "--model", "m", "--json"]
+        base = ["moderate", "--triage", "--triage-max", "10", "--base-url", server.base_url, "--model", "m", "--json"]
         calm = CliRunner().invoke(cli, [*base, "a calm post about gardening"])
         calls_calm = server.requests
         flagged = CliRunner().invoke(cli, [*base, "I VIOLATE everything"])
@@ -362,3 +362,16 @@ def test_triage_and_decision_logic_together_through_the_cli() -> None:
     assert calls_flagged == 11 and f["violates"] and len(f["triage"]["selected"]) == 10
     by = {d["policy_id"]: d for d in f["decisions"]}
     assert all(by[p]["answers"] for p in LOGIC_POLICIES) and not by["spam_scams"].get("answers")
+
+
+def test_triage_sends_an_item_to_at_most_triage_max_policies() -> None:
+    from click.testing import CliRunner
+
+    from cotmod.cli import cli
+
+    with FakeOpenAIServer() as server:
+        r = CliRunner().invoke(cli, ["moderate", "--triage", "--base-url", server.base_url, "--model", "m", "--json", "I VIOLATE all"])
+        calls = server.requests
+    v = json.loads(r.stdout.strip().splitlines()[-1])
+    assert r.exit_code == 0 and calls == 1 + 2  # the default cap: two policies
+    assert len(v["triage"]["selected"]) == 2 and len(v["triage"]["skipped"]) == 8

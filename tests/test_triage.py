@@ -160,9 +160,10 @@ async def test_the_triage_request_lists_the_policies_in_a_strict_schema() -> Non
     await make(fake, logprobs=True).moderate("hello", POLICIES)
     req = fake.history[0]
     assert req.schema_name == "cotmod_triage" and req.logprobs is False  # logprobs are for the policy calls
-    assert req.schema == triage_schema(make(fake).policies.select(POLICIES))
+    assert req.schema == triage_schema(make(fake).policies.select(POLICIES), max_policies=2)
     ids = req.schema["properties"]["policies"]
-    assert ids["items"]["enum"] == POLICIES and ids["uniqueItems"] is True and ids["maxItems"] == 3
+    # at most triage_max (default 2) of the 3 policies
+    assert ids["items"]["enum"] == POLICIES and ids["uniqueItems"] is True and ids["maxItems"] == 2
     assert list(req.schema["properties"]) == ["summary", "policies"]  # summary first: a short CoT
     assert req.schema["additionalProperties"] is False and req.schema["required"] == ["summary", "policies"]
     system = req.messages[0]["content"]
@@ -373,7 +374,7 @@ def test_parse_triage() -> None:
         parse_triage('{"policies": []}', ps)
     with pytest.raises(OutputInvalid, match="unknown policy ids"):
         parse_triage('{"summary": "x", "policies": ["minor_safety"]}', ps)  # loaded, but not in play
-    assert len(parse_triage(json.dumps({"summary": "y" * 5000, "policies": []}), ps).summary) == 300
+    assert len(parse_triage(json.dumps({"summary": "y" * 5000, "policies": []}), ps).summary) == 150
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,3 +503,12 @@ def test_triage_compiler_needs_policies() -> None:
 
     with pytest.raises(InputError):
         TriageCompiler(PolicySet([]))
+
+
+def test_parse_keeps_the_first_max_policies_the_model_named() -> None:
+    """A server that ignores maxItems: the most likely (first named) policies are kept."""
+    ps = make(FakeBackend()).policies.select(POLICIES)
+    raw = json.dumps({"summary": "s", "policies": ["violent_threats", "spam_scams", "hate_speech"]})
+    got = parse_triage(raw, ps, max_policies=2)
+    assert sorted(got.policies) == ["spam_scams", "violent_threats"]
+    assert sorted(parse_triage(raw, ps).policies) == sorted(POLICIES)

@@ -98,6 +98,12 @@ def _endpoint_options(f: F) -> F:
             "the others are recorded as triaged out (env COTMOD_TRIAGE) [default: off].",
         ),
         click.option(
+            "--triage-max",
+            type=click.IntRange(1, 50),
+            default=None,
+            help="With --triage: the policies one item may be sent to at most, the most likely first [default: 2].",
+        ),
+        click.option(
             "--decision-logic/--no-decision-logic",
             default=None,
             help="Judge policies that define questions by their decision logic (env COTMOD_DECISION_LOGIC) [default: on]; "

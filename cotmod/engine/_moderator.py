@@ -430,6 +430,7 @@ class AsyncModerator:
                 max_item_tokens=self.settings.max_item_tokens,
                 schema_limits=self.settings.schema_limits,
                 sampling=self.triage_sampling(),
+                max_policies=self.settings.triage_max,
             )
             self._triage_compilers[key] = comp
         return comp
@@ -705,7 +706,9 @@ class AsyncModerator:
             raw = result.text
             model = _model_label(result.model, backend.model_name)
             try:
-                answer = parse_triage(result.text, prompt.policies, finish_reason=result.finish_reason)
+                answer = parse_triage(
+                    result.text, prompt.policies, finish_reason=result.finish_reason, max_policies=comp.max_policies
+                )
             except OutputInvalid as exc:
                 last_error = str(exc)
                 if attempt < max_attempts:

@@ -55,7 +55,7 @@ TRIAGE_SYSTEM_TEMPLATE = "triage.system.j2"
 TRIAGE_USER_TEMPLATE = "triage.user.j2"
 #: the ``json_schema`` name of the triage request (the decision requests use ``cotmod_decision``)
 TRIAGE_SCHEMA_NAME = "cotmod_triage"
-MAX_SUMMARY_CHARS = 300
+MAX_SUMMARY_CHARS = 150
 TRIAGE_FINGERPRINT_VERSION = "1"
 _PROBE_TEXT = "<item text>"
 _PROBE_BOUNDARY = "0" * 16
@@ -70,18 +70,22 @@ class TriageAnswer:
     policies: list[str]
 
 
-def triage_schema(policies: PolicySet, *, limits: bool = True) -> dict[str, Any]:
+#: policies the triage call may select at most (Settings.triage_max)
+DEFAULT_MAX_POLICIES = 2
+
+
+def triage_schema(policies: PolicySet, *, limits: bool = True, max_policies: int = DEFAULT_MAX_POLICIES) -> dict[str, Any]:
     """The JSON Schema the triage answer is constrained to (sent as ``response_format``).
 
     ``limits`` (``Settings.schema_limits``) adds ``maxLength`` to the summary and
-    ``uniqueItems``/``maxItems`` (the number of policies) to the ids."""
+    ``uniqueItems``/``maxItems`` (``max_policies``, at most the number of policies) to the ids."""
     ids = policies.ids
     summary: dict[str, Any] = {"type": "string"}
     chosen: dict[str, Any] = {"type": "array", "items": {"type": "string", "enum": ids}}
     if limits:
         summary["maxLength"] = MAX_SUMMARY_CHARS
         chosen["uniqueItems"] = True
-        chosen["maxItems"] = len(ids)
+        chosen["maxItems"] = min(max_policies, len(ids))
     return {
         "type": "object",
         "properties": {"summary": summary, "policies": chosen},
@@ -106,8 +110,13 @@ def _cut(text: str, limit: int = MAX_SUMMARY_CHARS) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def parse_triage(raw: str, policies: PolicySet, *, finish_reason: str | None = None) -> TriageAnswer:
-    """Validate a triage completion against the policies in play. Raises :class:`OutputInvalid`."""
+def parse_triage(
+    raw: str, policies: PolicySet, *, finish_reason: str | None = None, max_policies: int | None = None
+) -> TriageAnswer:
+    """Validate a triage completion against the policies in play. Raises :class:`OutputInvalid`.
+
+    ``max_policies``: keep only the first that many ids the model named (most likely first), for
+    a server that does not enforce the schema's ``maxItems``."""
     if finish_reason == "length":
         raise OutputInvalid(
             "the output was cut off by the token limit before the JSON closed; keep the summary to one short sentence"
@@ -126,7 +135,7 @@ def parse_triage(raw: str, policies: PolicySet, *, finish_reason: str | None = N
         raise OutputInvalid(
             f"policies lists unknown policy ids {unknown}; use only these ids: {', '.join(policies.ids)}"
         )
-    chosen = set(named)
+    chosen = set(named[:max_policies] if max_policies is not None else named)
     return TriageAnswer(summary=_cut(str(data["summary"])), policies=[p for p in policies.ids if p in chosen])
 
 
@@ -147,16 +156,21 @@ class TriageCompiler:
         max_item_tokens: int = 2000,
         schema_limits: bool = True,
         sampling: Mapping[str, Any] | None = None,
+        max_policies: int = DEFAULT_MAX_POLICIES,
     ) -> None:
         if len(policies) == 0:
             raise InputError("no policies selected")
+        if max_policies < 1:
+            raise ValueError("max_policies must be >= 1")
+        #: the triage call selects at most this many policies
+        self.max_policies = min(max_policies, len(policies))
         if max_item_tokens < 1:
             raise ValueError("max_item_tokens must be >= 1")
         self.policies = policies
         self.templates = templates or PromptTemplates()
         self.max_item_tokens = max_item_tokens
         self.schema_limits = schema_limits
-        self.request_schema = triage_schema(policies, limits=schema_limits)
+        self.request_schema = triage_schema(policies, limits=schema_limits, max_policies=self.max_policies)
         self.schema = _PARSE_SCHEMA
         self.sampling: dict[str, Any] = dict(sampling or {})
 
@@ -168,7 +182,10 @@ class TriageCompiler:
     @cached_property
     def system_prompt(self) -> str:
         return self._templates_for(TRIAGE_SYSTEM_TEMPLATE).render(
-            TRIAGE_SYSTEM_TEMPLATE, policies=list(self.policies), max_summary_chars=MAX_SUMMARY_CHARS
+            TRIAGE_SYSTEM_TEMPLATE,
+            policies=list(self.policies),
+            max_summary_chars=MAX_SUMMARY_CHARS,
+            max_policies=self.max_policies,
         )
 
     @cached_property
@@ -213,6 +230,7 @@ class TriageCompiler:
                 "max_item_tokens": self.max_item_tokens,
                 "schema_limits": self.schema_limits,
                 "token_counter": token_counter_name(),
+                "max_policies": self.max_policies,
             },
             "sampling": self.sampling,
         }
