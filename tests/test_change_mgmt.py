@@ -116,8 +116,14 @@ def test_guide_contains_every_rule_and_example() -> None:
             assert ex.text in md
             for step in ex.reasoning or []:  # reviewers see the same worked steps as the model
                 assert step in md and html.escape(step) in page
-        for step in p.checklist:
-            assert step in md
+        if p.questions:  # decision logic: the questions and answer table are the decision flow
+            for q in p.questions:
+                assert q.ask in md and html.escape(q.ask) in page
+                for a in q.answers:
+                    assert f"`{a.value}`: {a.meaning}" in md
+        else:
+            for step in p.checklist:
+                assert step in md
         assert f"{p.id}` v{p.version}" in md
     assert guide_fingerprint(ps) in md and guide_fingerprint(ps) in page
     r = CliRunner().invoke(cli, ["guide", "export", "--format", "html", "-p", "self_harm"])
