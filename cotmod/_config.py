@@ -155,10 +155,10 @@ class Settings(BaseModel):
         "exception; quotes are located in the content (offsets in the verdict), ungrounded ones re-asked, then dropped",
     )
     decision_logic: bool = Field(
-        default=True,
-        description="Policies that define decision logic (questions + `when:` rules) are judged by answering "
-        "their questions; the rules, violates, severity and action are derived in code. Off: every policy "
-        "is judged in its rules form",
+        default=False,
+        description="Opt-in while it is measured (see README): policies that define decision logic (questions "
+        "+ `when:` rules) are judged by answering their questions; the rules, violates, severity and action are "
+        "derived in code. Off: every policy is judged in its rules form",
     )
     dynamic_examples: int = Field(
         default=0,

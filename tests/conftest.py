@@ -28,9 +28,8 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
     if (REAL_HOME / "models").is_dir():
         (home / "models").symlink_to(REAL_HOME / "models")
     monkeypatch.setenv("COTMOD_HOME", str(home))
-    # The suite's scripted answers are in the rules form; decision logic (the default for the
-    # starter policies that define questions) is tested on its own in test_logic.py, which
-    # turns it back on.
+    # The suite's scripted answers are in the rules form (the default); decision logic (opt-in)
+    # is tested on its own in test_logic.py, which turns it on.
     monkeypatch.setenv("COTMOD_DECISION_LOGIC", "0")
 
 

@@ -23,10 +23,11 @@ LOGIC_POLICIES = ["hate_speech", "harassment_bullying", "violent_threats", "self
 
 @pytest.fixture(autouse=True)
 def _logic_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("COTMOD_DECISION_LOGIC", raising=False)
+    monkeypatch.setenv("COTMOD_DECISION_LOGIC", "1")  # opt-in
 
 
 def mod(backend: FakeBackend, **kw: object) -> Moderator:
+    kw.setdefault("decision_logic", True)
     return Moderator(GUIDELINES, backend=backend, settings=Settings(**kw))  # type: ignore[arg-type]
 
 

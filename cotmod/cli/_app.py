@@ -106,8 +106,8 @@ def _endpoint_options(f: F) -> F:
         click.option(
             "--decision-logic/--no-decision-logic",
             default=None,
-            help="Judge policies that define questions by their decision logic (env COTMOD_DECISION_LOGIC) [default: on]; "
-            "off: every policy in its rules form.",
+            help="Judge policies that define questions by their decision logic (env COTMOD_DECISION_LOGIC) [default: off, "
+            "the rules form].",
         ),
         click.option(
             "--dynamic-examples",
