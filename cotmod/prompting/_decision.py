@@ -214,6 +214,17 @@ def extract_json(raw: str) -> Any:
         ) from None
 
 
+def check_schema(data: Any, schema: dict[str, Any]) -> None:
+    """Raise :class:`OutputInvalid` naming (up to five) places where ``data`` breaks ``schema``."""
+    errors = sorted(_validator(schema).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        msgs = []
+        for e in errors[:5]:
+            where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+            msgs.append(f"{where}: {e.message[:200]}")
+        raise OutputInvalid("the JSON does not match the required schema: " + "; ".join(msgs))
+
+
 def derive_decision(
     policy: Policy,
     *,
@@ -325,13 +336,7 @@ def parse_decision(
             "keep reasoning steps short and do not repeat yourself"
         )
     data = extract_json(raw)
-    errors = sorted(_validator(schema).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        msgs = []
-        for e in errors[:5]:
-            where = "/".join(str(p) for p in e.absolute_path) or "(root)"
-            msgs.append(f"{where}: {e.message[:200]}")
-        raise OutputInvalid("the JSON does not match the required schema: " + "; ".join(msgs))
+    check_schema(data, schema)
     if len(policies) == 1 and "answers" in schema.get("properties", {}):  # decision logic
         policy = next(iter(policies))
         reasoning, decision, ungrounded_answers = parse_logic(

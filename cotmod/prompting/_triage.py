@@ -39,7 +39,7 @@ from ._compiler import (
     boundary_lines,
     content_boundary,
 )
-from ._decision import OutputInvalid, _validator, extract_json
+from ._decision import OutputInvalid, check_schema, extract_json
 from ._tokens import count_tokens, token_counter_name, truncate_to_tokens
 
 __all__ = [
@@ -122,13 +122,7 @@ def parse_triage(
             "the output was cut off by the token limit before the JSON closed; keep the summary to one short sentence"
         )
     data = extract_json(raw)
-    errors = sorted(_validator(_PARSE_SCHEMA).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        msgs = []
-        for e in errors[:5]:
-            where = "/".join(str(p) for p in e.absolute_path) or "(root)"
-            msgs.append(f"{where}: {e.message[:200]}")
-        raise OutputInvalid("the JSON does not match the required schema: " + "; ".join(msgs))
+    check_schema(data, _PARSE_SCHEMA)
     named = list(dict.fromkeys(str(p) for p in data["policies"]))
     unknown = [p for p in named if p not in policies.ids]
     if unknown:
