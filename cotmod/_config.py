@@ -182,6 +182,11 @@ class Settings(BaseModel):
     guidelines: str | None = Field(default=None, description="Directory or file of policies")
     prompts: str | None = Field(default=None, description="Directory of prompt templates")
     thresholds: str | None = Field(default=None, description="Thresholds file from cotmod tune")
+    cascade: str | None = Field(
+        default=None,
+        description="Cascade file (cotmod classifier cascade): per policy, a classifier score below allow_below "
+        "allows and at or above action_at enforces without an LLM call; the LLM decides the rest",
+    )
     local_ctx: int = Field(default=8192, ge=512, description="Context size of the embedded server")
     local_threads: int = Field(default=0, ge=0, description="Threads of the embedded server (0 = all cores)")
 

@@ -99,10 +99,11 @@ class PolicyDecision(BaseModel):
     score: float = Field(
         ge=0.0, le=1.0, description="Probability-like score that the item violates (for thresholds)"
     )
-    score_source: Literal["confidence", "logprobs", "votes", "answers"] = Field(
+    score_source: Literal["confidence", "logprobs", "votes", "answers", "classifier"] = Field(
         default="confidence",
-        description="Where score comes from: stated confidence, token log-probabilities, or the share "
-        "of self-consistency votes for violates",
+        description="Where score comes from: stated confidence, token log-probabilities, the share "
+        "of self-consistency votes for violates, the answers' probabilities (decision logic), or the "
+        "classifier's score (a cascade decision made without the LLM)",
     )
     votes: list[int] | None = Field(
         default=None,
@@ -129,14 +130,22 @@ class PolicyDecision(BaseModel):
         default=False,
         description="The policy was not judged: triage found it not at stake (the decision is allow)",
     )
+    route: Literal["classifier_allow", "classifier_action", "llm"] | None = Field(
+        default=None,
+        description="With a cascade: who decided. classifier_allow / classifier_action: the classifier's score "
+        "was below allow_below / at or above action_at, no LLM call; llm: the LLM verdict decided",
+    )
+    classifier_score: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="With a cascade: the classifier score the item was routed by"
+    )
 
     @model_serializer(mode="wrap")
     def _omit_empty_evidence(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """With evidence off, ``evidence`` and ``dropped`` are empty and left out, so verdict
         lines stay as they were before the option existed (loading fills the defaults)."""
         data: dict[str, Any] = handler(self)
-        for key in ("evidence", "dropped", "answers", "triaged_out"):
-            if not data.get(key):
+        for key in ("evidence", "dropped", "answers", "triaged_out", "route", "classifier_score"):
+            if data.get(key) is None or (key != "classifier_score" and not data.get(key)):
                 data.pop(key, None)
         return data
 

@@ -99,6 +99,11 @@ def _refuse_triage(moderator: AsyncModerator, policies: list[str] | None, what: 
             f"batch {what} sends every policy call at once; triage (a first call choosing which policy calls "
             "to make) runs live only (cotmod run --triage): turn it off (--no-triage, COTMOD_TRIAGE=0)"
         )
+    if moderator.cascade:
+        raise ConfigError(
+            f"batch {what} sends every item to the model; a cascade (classifier scores deciding which items "
+            "need the LLM) runs live only (cotmod run --cascade): run without the cascade file"
+        )
 
 
 def _read_results(path: Path) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -296,9 +296,13 @@ def read_items(
     text_field: str = "text",
     fmt: str | None = None,
     policies_field: str | None = None,
+    metadata_fields: Sequence[str] = (),
 ) -> Iterator[Row]:
     """Stream :class:`Row` s from JSONL, CSV, Parquet or plain text (``.gz`` too), leniently:
-    a row that cannot be moderated comes with ``problem`` set (and its line number)."""
+    a row that cannot be moderated comes with ``problem`` set (and its line number).
+
+    ``metadata_fields``: fields copied into each row's metadata when present and not empty (e.g.
+    the classifier scores a cascade routes by); other fields are not carried."""
     p = Path(path)
     _check_file(p)
     kind = detect_format(p, fmt)
@@ -313,13 +317,17 @@ def read_items(
         if text_field not in names:
             raise ConfigError(f"{p}: no column {text_field!r} (columns: {', '.join(names)}); use --text-field")
     columns = [c for c in (text_field, id_field, policies_field) if c]
+    if kind == "parquet" and metadata_fields:
+        present = set(_parquet_names(p))
+        columns += [c for c in metadata_fields if c in present and c not in columns]
     for n, rec, problem in _records(p, kind, columns):
         if problem is not None or rec is None:
             raw_id = rec.get(id_field) if rec else None
             rid = str(raw_id) if raw_id not in (None, "") and not _bad_text(str(raw_id)) else f"line-{n}"
             yield Row(n, rid, None, problem)
             continue
-        yield row_from_record(n, rec, id_field=id_field, text_field=text_field, policies_field=policies_field)
+        meta = {f: rec[f] for f in metadata_fields if rec.get(f) not in (None, "")} if metadata_fields else None
+        yield row_from_record(n, rec, id_field=id_field, text_field=text_field, policies_field=policies_field, metadata=meta)
 
 
 def _csv_header(p: Path) -> list[str]:

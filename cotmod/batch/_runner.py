@@ -35,7 +35,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,6 +56,7 @@ from .._verdict import Verdict
 from .._version import __version__
 from ..backends._limits import LimitedBackend
 from ..backends._pricing import price_for
+from ..engine._cascade import score_fields
 from ..engine._moderator import AsyncModerator, Item
 from ._reader import Row, _bad_text, count_rows, detect_format, read_items, row_from_record
 from ._store import (
@@ -247,10 +248,20 @@ def _row_from_obj(n: int, obj: Any, id_field: str, text_field: str, policies_fie
 
 
 async def _iter_rows(
-    source: ItemSource, *, id_field: str, text_field: str, fmt: str | None, policies_field: str | None
+    source: ItemSource,
+    *,
+    id_field: str,
+    text_field: str,
+    fmt: str | None,
+    policies_field: str | None,
+    metadata_fields: Sequence[str] = (),
 ) -> AsyncIterator[Row]:
     if isinstance(source, (str, os.PathLike)):
-        for i, row in enumerate(read_items(Path(source), id_field=id_field, text_field=text_field, fmt=fmt, policies_field=policies_field)):
+        rows = read_items(
+            Path(source), id_field=id_field, text_field=text_field, fmt=fmt, policies_field=policies_field,
+            metadata_fields=metadata_fields,
+        )
+        for i, row in enumerate(rows):
             yield row
             if i % 256 == 255:
                 await asyncio.sleep(0)
@@ -316,6 +327,7 @@ class Runner:
             "strategy": m.settings.strategy,
             "sampling": m.sampling(),
             "thresholds": m.thresholds,
+            **({"cascade": {pid: b.model_dump() for pid, b in m.cascade.items()}} if m.cascade else {}),
         }
 
     @staticmethod
@@ -486,7 +498,10 @@ class Runner:
         async def produce() -> None:
             count = 0
             try:
-                async for row in _iter_rows(source, id_field=id_field, text_field=text_field, fmt=fmt, policies_field=policies_field):
+                async for row in _iter_rows(
+                    source, id_field=id_field, text_field=text_field, fmt=fmt, policies_field=policies_field,
+                    metadata_fields=score_fields(mod.cascade) if mod.cascade else (),
+                ):
                     if fatal:
                         break
                     summary.input_rows += 1

@@ -115,6 +115,13 @@ def _endpoint_options(f: F) -> F:
             default=None,
             help="Per item, show only the N boundary examples most similar to it, after the cached policy text [default: 0 = all, static].",
         ),
+        click.option(
+            "--cascade",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="Cascade file (cotmod classifier cascade): the items' classifier scores (scores.LABEL or score_LABEL) "
+            "allow or enforce without an LLM call outside the uncertain band; each decision records its route.",
+        ),
         click.option("--config", "config_file", type=click.Path(), help="TOML config file."),
     ]
     for o in reversed(opts):

@@ -59,8 +59,9 @@ def _make_moderator(settings: Any, cache: Any = None) -> Any:
     return AsyncModerator(settings.guidelines, settings=settings, cache=cache)
 
 
-def _file_items(path: str, fmt: str | None) -> list[Any]:
-    """The items of ``--file`` through the batch reader; a bad row is one clear error."""
+def _file_items(path: str, fmt: str | None, metadata_fields: list[str] | None = None) -> list[Any]:
+    """The items of ``--file`` through the batch reader; a bad row is one clear error.
+    ``metadata_fields``: fields kept as item metadata (a cascade's classifier scores)."""
     from ..batch._reader import detect_format, read_items
     from ..engine._moderator import Item
 
@@ -69,7 +70,7 @@ def _file_items(path: str, fmt: str | None) -> list[Any]:
     except UserError:
         kind = "text"  # moderate --file takes any text file, one item per line
     items = []
-    for row in read_items(path, fmt=kind):
+    for row in read_items(path, fmt=kind, metadata_fields=metadata_fields or ()):
         if row.problem is not None or row.text is None:
             raise InputError(f"{path}:{row.line}: {row.problem}")
         items.append(Item(row.text, row.id, row.metadata))
@@ -110,12 +111,16 @@ def moderate(text: str | None, file_: str | None, fmt: str | None, as_json: bool
     if (text is None) == (file_ is None):
         raise click.UsageError("give either TEXT or --file")
     if text is not None:
-        items = [Item(_check_text(text, "TEXT"), "text")]
-    else:
-        assert file_ is not None
-        items = _file_items(file_, fmt)
+        _check_text(text, "TEXT")
     settings = _settings(**kw)
     mod = _make_moderator(settings)
+    if text is not None:
+        items = [Item(text, "text")]
+    else:
+        assert file_ is not None
+        from ..engine._cascade import score_fields
+
+        items = _file_items(file_, fmt, score_fields(mod.cascade) if mod.cascade else None)
     sel = list(policies) or None
     n_policies = len(mod.policies.select(sel).ids) if sel else len(mod.policies.ids)  # fail fast on unknown ids
     failed = 0

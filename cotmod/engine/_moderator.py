@@ -90,6 +90,7 @@ from ..prompting._decision import OutputInvalid, parse_decision, violates_probab
 from ..prompting._logic import answer_distributions, violation_probability
 from ..prompting._triage import TRIAGE_SCHEMA_NAME, TriageCompiler, parse_triage
 from ._cache import Cache, cache_key
+from ._cascade import CascadeBand, Route, classifier_decision, item_score, load_cascade, route_for
 from ._thresholds import apply_band, load_thresholds
 
 __all__ = ["AsyncModerator", "GroupOutcome", "Item", "Moderator", "TriageOutcome"]
@@ -345,6 +346,10 @@ class AsyncModerator:
         for pid in self.thresholds:
             if pid not in self.policies:
                 raise ConfigError(f"{self.settings.thresholds}: thresholds for unknown policy {pid!r}")
+        self.cascade = load_cascade(self.settings.cascade)
+        for pid in self.cascade:
+            if pid not in self.policies:
+                raise ConfigError(f"{self.settings.cascade}: cascade.{pid}: unknown policy {pid!r}")
         self._backend = backend
         self._owns_backend = backend is None
         self._backend_lock: asyncio.Lock | None = None
@@ -809,9 +814,12 @@ class AsyncModerator:
         start = time.perf_counter()
         sem = self._semaphore()
         cache = self.cache
+        routes = self.routes(it, [pid for g in groups for pid in g])
+        # groups the LLM must judge: any of their policies routed to it (all, without a cascade)
+        to_llm = [i for i, g in enumerate(groups) if any(routes.get(pid, ("llm", None))[0] == "llm" for pid in g)]
         triage: TriageOutcome | None = None
-        if self.settings.triage and len(groups) > 1:
-            triage = await self._triage(it, [pid for g in groups for pid in g], backend, sem)
+        if self.settings.triage and len(to_llm) > 1:
+            triage = await self._triage(it, [pid for i in to_llm for pid in groups[i]], backend, sem)
 
         async def guarded(p: CompiledPrompt) -> GroupOutcome:
             key = self._cache_key(it.text, p, backend) if cache is not None else None
@@ -842,19 +850,34 @@ class AsyncModerator:
             return outcome
 
         chosen = set(triage.selected) if triage is not None else None
-        run = [i for i, g in enumerate(groups) if chosen is None or any(pid in chosen for pid in g)]
+        run = [i for i in to_llm if chosen is None or any(pid in chosen for pid in groups[i])]
         called: list[GroupOutcome] = list(await asyncio.gather(*(guarded(prompts[i]) for i in run)))
         outcomes: list[GroupOutcome] = []
         answers = dict(zip(run, called, strict=True))
         for i, g in enumerate(groups):
             if i in answers:
                 outcomes.append(answers[i])
+            elif i not in to_llm:  # the cascade's classifier settled every policy of the group
+                outcomes.append(GroupOutcome([], [], Usage(), 0, 0, 0, _model_label(None, backend.model_name)))
             else:
                 assert triage is not None
                 decisions = [_triaged_out(self.policies[pid], triage.summary) for pid in g]
                 outcomes.append(GroupOutcome([], decisions, Usage(), 0, 0, 0, triage.model))
         latency = (time.perf_counter() - start) * 1000
-        return self.build_verdict(it, groups, prompts, outcomes, latency, triage=triage)
+        return self.build_verdict(it, groups, prompts, outcomes, latency, triage=triage, routes=routes)
+
+    def routes(self, item: Item, policy_ids: Sequence[str]) -> dict[str, tuple[Route, float | None]]:
+        """With a cascade (``settings.cascade``): per policy of ``policy_ids`` bound in it, the
+        route the item's classifier score gives (see :mod:`cotmod.engine._cascade`) and that
+        score; ``{}`` without a cascade. A score that is not a number in [0, 1] raises
+        :class:`~cotmod.InputError`."""
+        out: dict[str, tuple[Route, float | None]] = {}
+        for pid in policy_ids:
+            band = self.cascade.get(pid)
+            if band is not None:
+                score = item_score(item.id, item.metadata, band.label)
+                out[pid] = (route_for(score, band), score)
+        return out
 
     async def _vote(self, backend: Backend, prompt: CompiledPrompt, sem: asyncio.Semaphore) -> GroupOutcome:
         """Self-consistency: ``votes`` sampled verdicts; the majority decides each policy.
@@ -932,6 +955,7 @@ class AsyncModerator:
         latency_ms: float = 0.0,
         *,
         triage: TriageOutcome | None = None,
+        routes: Mapping[str, tuple[Route, float | None]] | None = None,
     ) -> Verdict:
         """The verdict for ``item`` from the outcomes of its policy groups (same order as
         :meth:`policy_groups`), with thresholds applied. ``prompts`` are the compiled prompts
@@ -941,7 +965,12 @@ class AsyncModerator:
         ``triage``: the item's triage outcome, if triage ran; its usage, attempts, retries,
         re-asks and cache hit are counted, and it becomes ``Verdict.triage``. The outcomes of
         triaged-out groups carry their ``triaged_out`` decisions (thresholds do not apply to
-        them: they were not judged)."""
+        them: they were not judged).
+
+        ``routes``: the cascade's route per policy (:meth:`routes`); a policy the classifier
+        settled gets the classifier's decision (whatever its group's outcome holds, which may be
+        nothing), the others record route ``llm`` and their classifier score."""
+        routes = routes or {}
         usage = Usage()
         reasoning: list[str] = []
         decisions: list[PolicyDecision] = []
@@ -950,9 +979,21 @@ class AsyncModerator:
             usage.add(o.usage)
             prefix = f"[{g[0]}] " if len(groups) > 1 else ""
             reasoning.extend(prefix + r for r in o.reasoning)
-            for d in o.decisions:
-                th = self.thresholds.get(d.policy_id)
-                decisions.append(apply_band(d, self.policies[d.policy_id], th) if th and not d.triaged_out else d)
+            by_id = {d.policy_id: d for d in o.decisions}
+            for pid in g:
+                route, score = routes.get(pid, ("llm", None))
+                if route != "llm":
+                    assert score is not None
+                    decisions.append(classifier_decision(self.policies[pid], self.cascade[pid], score, route))
+                    continue
+                d = by_id.get(pid)
+                if d is None:
+                    continue  # an error outcome has no decisions
+                th = self.thresholds.get(pid)
+                d = apply_band(d, self.policies[pid], th) if th and not d.triaged_out else d
+                if pid in routes and not d.triaged_out:
+                    d = d.model_copy(update={"route": "llm", "classifier_score": score})
+                decisions.append(d)
         if triage is not None:
             usage.add(triage.usage)
         ids = [pid for g in groups for pid in g]
@@ -1135,6 +1176,13 @@ class Moderator:
         return self._async.model_name
 
     @property
+    def cascade(self) -> dict[str, CascadeBand]:
+        return self._async.cascade
+
+    def routes(self, item: Item, policy_ids: Sequence[str]) -> dict[str, tuple[Route, float | None]]:
+        return self._async.routes(item, policy_ids)
+
+    @property
     def concurrency(self) -> int:
         return self._async.concurrency
 
@@ -1207,6 +1255,7 @@ class Moderator:
         latency_ms: float = 0.0,
         *,
         triage: TriageOutcome | None = None,
+        routes: Mapping[str, tuple[Route, float | None]] | None = None,
     ) -> Verdict:
         return self._async.build_verdict(item, groups, prompts, outcomes, latency_ms, triage=triage)
 
