@@ -1,5 +1,5 @@
-"""The classifier stream: score logs of ML classifiers, thresholds per label, FP/FN analysis and
-drift monitoring.
+"""The classifier stream: score logs of ML classifiers, thresholds per label, FP/FN analysis (and
+its explanation by the policies) and drift monitoring.
 
 Needs the ``classifiers`` extra (``pip install 'cotmod[classifiers]'``: scipy and scikit-learn).
 
@@ -13,6 +13,16 @@ from ._errors import (
     LabelErrors,
     classifier_errors,
     load_classifier_bands,
+)
+from ._explain import (
+    ExplainedItem,
+    ExplainGroup,
+    ExplainReport,
+    KindExplanation,
+    LabelExplanation,
+    explain_errors,
+    explain_errors_async,
+    load_label_map,
 )
 from ._monitor import ChunkDrift, GroupDrift, MonitorReport, MonitorSettings, monitor, parse_chunk
 from ._scores import MISSING_STRATUM, ScoreLog, parse_timestamp, read_scores
@@ -34,8 +44,13 @@ __all__ = [
     "ErrorGroup",
     "ErrorItem",
     "ErrorReport",
+    "ExplainGroup",
+    "ExplainReport",
+    "ExplainedItem",
     "GroupDrift",
+    "KindExplanation",
     "LabelErrors",
+    "LabelExplanation",
     "MonitorReport",
     "MonitorSettings",
     "OperatingPoint",
@@ -45,8 +60,11 @@ __all__ = [
     "choose_threshold",
     "choose_thresholds",
     "classifier_errors",
+    "explain_errors",
+    "explain_errors_async",
     "load_classifier_bands",
     "load_classifier_thresholds",
+    "load_label_map",
     "monitor",
     "parse_chunk",
     "parse_timestamp",

@@ -4,7 +4,17 @@ Library errors become one clear line at this boundary, and only here; user mista
 traceback (set COTMOD_DEBUG=1 to see one). Importing this package registers every command.
 """
 
-from . import _batch, _cascade, _evals, _governance, _local, _moderate, _monitor, _policies  # noqa: F401  (register commands)
+from . import (  # noqa: F401  (register commands)
+    _batch,
+    _cascade,
+    _evals,
+    _explain,
+    _governance,
+    _local,
+    _moderate,
+    _monitor,
+    _policies,
+)
 from ._app import cli, main
 
 __all__ = ["cli", "main"]
