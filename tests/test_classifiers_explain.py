@@ -383,3 +383,24 @@ def test_cli_manifest_with_unknown_policy_and_no_mapped_label(demo_files: tuple[
     m.write_text(yaml.safe_dump({"policies": {"spam_scams": {"classifier": {"label_map": {"ham": "spam_scams"}}}}}))
     r = invoke("classifier", "explain", str(scores), "--thresholds", str(th), "--manifest", str(m), *ENDPOINT)
     assert r.exit_code == EXIT_USAGE and "none of its mapped labels (ham) is in the score log" in r.output
+
+
+def test_from_an_error_report_and_with_the_sync_moderator(demo_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """An ErrorReport lists only its most confident errors per group: only those can be sampled,
+    the rest are counted as unlisted. The sync Moderator works as well as the async one."""
+    from cotmod import Moderator
+
+    scores, th = demo_files
+    errs = errors_of(scores, th)
+    log = read_scores(scores, text_field="text")
+    report = classifier_errors(log, load_classifier_bands(th), per_group=3)
+    fake = FakeBackend(default=scripted({}))
+    mod = Moderator(GUIDELINES, backend=fake)
+    try:
+        rep = explain_errors(report, moderator=mod, label_policy={"spam": "spam_scams"}, sample=50, run_dir=tmp_path / "rca")
+    finally:
+        mod.close()
+    fn = rep.labels[0].fn
+    listed = {it.id for g in report.labels[0].groups if g.kind == "fn" and g.stratum is None for it in g.items}
+    assert fn.errors == len(errs["fn"]) and fn.unlisted == len(errs["fn"]) - len(listed)
+    assert {it.id for it in fn.items} == listed and fn.decided == len(listed) == len(fake.history) - rep.labels[0].fp.sampled
