@@ -14,6 +14,15 @@ from ._errors import (
     classifier_errors,
     load_classifier_bands,
 )
+from ._estimate import (
+    Calibrator,
+    ChunkEstimate,
+    EstimateReport,
+    EstimateSettings,
+    LabelEstimate,
+    estimate_performance,
+    fit_calibrator,
+)
 from ._explain import (
     ExplainedItem,
     ExplainGroup,
@@ -25,7 +34,8 @@ from ._explain import (
     load_label_map,
 )
 from ._monitor import ChunkDrift, GroupDrift, MonitorReport, MonitorSettings, monitor, parse_chunk
-from ._scores import MISSING_STRATUM, ScoreLog, parse_timestamp, read_scores
+from ._scores import MISSING_STRATUM, ScoreLog, SkippedRow, parse_timestamp, read_scores
+from ._stream import monitor_stream
 from ._thresholds import (
     ClassifierThresholds,
     OperatingPoint,
@@ -39,33 +49,42 @@ from ._thresholds import (
 
 __all__ = [
     "MISSING_STRATUM",
+    "Calibrator",
     "ChunkDrift",
+    "ChunkEstimate",
     "ClassifierThresholds",
     "ErrorGroup",
     "ErrorItem",
     "ErrorReport",
+    "EstimateReport",
+    "EstimateSettings",
     "ExplainGroup",
     "ExplainReport",
     "ExplainedItem",
     "GroupDrift",
     "KindExplanation",
     "LabelErrors",
+    "LabelEstimate",
     "LabelExplanation",
     "MonitorReport",
     "MonitorSettings",
     "OperatingPoint",
     "PRPoint",
     "ScoreLog",
+    "SkippedRow",
     "TuneSettings",
     "choose_threshold",
     "choose_thresholds",
     "classifier_errors",
+    "estimate_performance",
     "explain_errors",
     "explain_errors_async",
+    "fit_calibrator",
     "load_classifier_bands",
     "load_classifier_thresholds",
     "load_label_map",
     "monitor",
+    "monitor_stream",
     "parse_chunk",
     "parse_timestamp",
     "read_scores",

@@ -25,7 +25,16 @@ import numpy.typing as npt
 from scipy import stats
 from scipy.spatial import distance
 
-__all__ = ["Bins", "DistanceStats", "FlagRate", "distance_stats", "flag_rate_test", "leave_out_stats", "quantile_bins"]
+__all__ = [
+    "Bins",
+    "DistanceStats",
+    "FlagRate",
+    "SortedReference",
+    "distance_stats",
+    "flag_rate_test",
+    "leave_out_stats",
+    "quantile_bins",
+]
 
 Floats = npt.NDArray[np.float64]
 
@@ -75,16 +84,84 @@ class DistanceStats:
     wasserstein: float
 
 
+_KS_EXACT_MAX = 10000  # scipy's ks_2samp method='auto': exact up to this many rows in the larger sample
+
+
+class SortedReference:
+    """A reference sample sorted once, for fast KS and Wasserstein against many chunks."""
+
+    def __init__(self, ref: Floats) -> None:
+        self.raw = np.asarray(ref, dtype=np.float64)
+        self.sorted = np.sort(self.raw)
+        self.prefix = np.r_[0.0, np.cumsum(self.sorted)]
+
+    def __len__(self) -> int:
+        return len(self.sorted)
+
+    def _integral(self, b: Floats) -> Floats:
+        """The integral of the reference's ECDF from -inf to each b."""
+        k = np.searchsorted(self.sorted, b, side="right")
+        return np.asarray((k * b - self.prefix[k]) / len(self.sorted), dtype=np.float64)
+
+    def ks_wasserstein(self, cur: Floats) -> tuple[float, float]:
+        """KS statistic and Wasserstein-1 distance between the reference and ``cur``.
+
+        Between two consecutive distinct chunk values the chunk's ECDF is constant, so the KS
+        supremum there is at one of the ends, and the integral of |F_ref - C| splits where the
+        reference's ECDF crosses C (found with integer arithmetic, so it is exact).
+        """
+        r, n = self.sorted, len(self.sorted)
+        u, cnt = np.unique(cur, return_counts=True)
+        m = int(cnt.sum())
+        cum = np.cumsum(cnt)
+        right = np.searchsorted(r, u, side="right")  # reference rows <= u_i
+        left = np.searchsorted(r, u, side="left")  # reference rows < u_i
+        # at u_i (right-continuous): F_ref(u_i) - F_cur(u_i); just before u_i: F_ref(u_i-) - F_cur(u_{i-1})
+        d_at = right / n - cum / m
+        d_before = left / n - np.r_[0, cum[:-1]] / m
+        ks = float(max(np.max(np.abs(d_at)), np.max(np.abs(d_before))))
+        # Wasserstein: integral of |F_ref - F_cur| over the line
+        g = self._integral
+        w = float(g(u[:1])[0])  # below the chunk's minimum: F_cur = 0
+        if len(u) > 1:
+            a, b = u[:-1], u[1:]
+            c_cnt = cum[:-1]
+            c = c_cnt / m
+            k = (c_cnt * n + m - 1) // m  # smallest k with k/n >= c: F_ref >= c from r[k-1] on
+            t = np.clip(r[np.clip(k - 1, 0, n - 1)], a, b)
+            ga, gb, gt = g(a), g(b), g(t)
+            w += float(np.sum(c * (t - a) - (gt - ga) + (gb - gt) - c * (b - t)))
+        top = float(r[-1])
+        if top > u[-1]:  # above the chunk's maximum: F_cur = 1
+            w += (top - float(u[-1])) - float(g(np.array([top]))[0] - g(u[-1:])[0])
+        return ks, max(w, 0.0)
+
+    def ks_pvalue(self, d: float, cur: Floats) -> float:
+        """Two-sided p-value of KS statistic ``d`` for chunk ``cur``, as ``scipy.stats.ks_2samp``
+        (which is cheap when it computes the exact p-value: both samples small)."""
+        n, m = len(self.sorted), len(cur)
+        if max(n, m) <= _KS_EXACT_MAX:
+            return float(stats.ks_2samp(self.sorted, cur).pvalue)
+        big, small = (float(n), float(m)) if n >= m else (float(m), float(n))
+        en = big * small / (big + small)
+        return float(np.clip(stats.kstwo.sf(d, np.round(en)), 0, 1))
+
+    def stats(self, cur: Floats, bins: Bins, eps: float = 1e-4) -> DistanceStats:
+        cc = bins.counts(cur)
+        ks, w = self.ks_wasserstein(cur)
+        return DistanceStats(
+            psi=psi(bins.ref_counts, cc, eps),
+            js=js_distance(bins.ref_counts, cc),
+            ks=ks,
+            ks_p=self.ks_pvalue(ks, cur),
+            wasserstein=w,
+        )
+
+
 def distance_stats(ref: Floats, cur: Floats, bins: Bins, eps: float = 1e-4) -> DistanceStats:
-    cc = bins.counts(cur)
-    ks = stats.ks_2samp(ref, cur)
-    return DistanceStats(
-        psi=psi(bins.ref_counts, cc, eps),
-        js=js_distance(bins.ref_counts, cc),
-        ks=float(ks.statistic),
-        ks_p=float(ks.pvalue),
-        wasserstein=float(stats.wasserstein_distance(ref, cur)),
-    )
+    """PSI, JS, KS (with p) and Wasserstein between ``ref`` and ``cur`` (sort ``ref`` once with
+    :class:`SortedReference` when comparing many chunks with it)."""
+    return SortedReference(ref).stats(cur, bins, eps)
 
 
 def leave_out_stats(ref_sorted: Floats, chunk: Floats, bins: Bins, eps: float = 1e-4) -> DistanceStats:

@@ -41,12 +41,12 @@ from .._exceptions import ConfigError, InputError
 from ._drift import (
     Bins,
     DistanceStats,
-    distance_stats,
+    SortedReference,
     flag_rate_test,
     leave_out_stats,
     quantile_bins,
 )
-from ._scores import ScoreLog
+from ._scores import ScoreLog, SkippedRow
 
 __all__ = ["ChunkDrift", "GroupDrift", "MonitorReport", "MonitorSettings", "monitor", "parse_chunk"]
 
@@ -134,6 +134,9 @@ class MonitorReport(BaseModel):
     sigma: float | None = None
     limits: dict[str, float] | None = None  # constant limits
     groups: list[GroupDrift] = Field(default_factory=list)
+    rows: int | None = None  # rows analysed (set by monitor_stream)
+    rows_skipped: int = 0  # rows of the analysed log left out by a lenient read (skip_bad_rows)
+    skipped_rows: list[SkippedRow] = Field(default_factory=list)  # the first few, with FILE:LINE and reason
 
     @property
     def alerts(self) -> int:
@@ -214,6 +217,69 @@ def _check(c: ChunkDrift, settings: MonitorSettings, constant: Mapping[str, floa
     return alerts
 
 
+def _chunk_drift(
+    index: int,
+    x: npt.NDArray[np.float64],
+    lines: tuple[int, int],
+    window: tuple[str | None, str | None],
+    ref: SortedReference,
+    bins: Bins,
+    threshold: float,
+    k0: int,
+    settings: MonitorSettings,
+) -> ChunkDrift:
+    """One chunk's statistics against the reference (limits and alerts come in :func:`_finish_group`)."""
+    d: DistanceStats = ref.stats(x, bins, settings.eps)
+    k1 = int((x >= threshold).sum())
+    fr = flag_rate_test(k1, len(x), k0, len(ref))
+    return ChunkDrift(
+        index=index, start=window[0], end=window[1], first_line=lines[0], last_line=lines[1],
+        n=len(x), psi=d.psi, js=d.js, ks=d.ks, ks_p=d.ks_p if d.ks_p is not None else 1.0, wasserstein=d.wasserstein,
+        flag_rate=fr.rate, ref_flag_rate=fr.ref_rate, flag_rate_diff=fr.diff, flag_rate_diff_ci95=fr.diff_ci95,
+        flag_rate_p=fr.p_value,
+    )
+
+
+def _short_reference(n_ref: int, label: str, largest: int, settings: MonitorSettings) -> InputError:
+    return InputError(
+        f"reference has {n_ref} rows for label {label!r}: too few for {settings.min_reference_chunks} chunks of "
+        f"{largest} rows (the largest chunk); use a larger reference, smaller chunks or constant alerts"
+    )
+
+
+def _finish_group(g: GroupDrift, ref: npt.NDArray[np.float64], bins: Bins, settings: MonitorSettings, constant: Mapping[str, float]) -> None:
+    """Limits (from reference chunks of each chunk's size) and alerts for every chunk of ``g``."""
+    exact = len({c.n for c in g.chunks}) <= _MAX_EXACT_SIZES
+    spreads: dict[int, _Spread | None] = {}
+    short: list[int] = []
+    for c in g.chunks:
+        if settings.alerts != "constant":
+            key = _size_key(c.n, exact)
+            if key not in spreads:
+                spreads[key] = _reference_spread(ref, bins, key, g.threshold, settings)
+            spread = spreads[key]
+            if spread is None:
+                short.append(c.n)
+                # a stratum's reference may be too short for chunks this size: fall back on the
+                # largest size it has enough chunks of (smaller: wider limits, fewer alarms)
+                fallback = len(ref) // settings.min_reference_chunks
+                if fallback >= 1 and g.stratum is not None:
+                    if fallback not in spreads:
+                        spreads[fallback] = _reference_spread(ref, bins, fallback, g.threshold, settings)
+                    spread = spreads[fallback]
+                    c.note = f"limits from reference chunks of {fallback} rows (the stratum's reference has {len(ref)} rows)"
+                else:
+                    c.note = (
+                        f"reference has {len(ref)} rows: too few for {settings.min_reference_chunks} chunks of {key}; "
+                        "no data-driven limits"
+                    )
+            if spread is not None:
+                c.limits = _limits(spread, settings)
+        c.alerts = _check(c, settings, constant)
+    if short and g.stratum is None:
+        raise _short_reference(len(ref), g.label, max(short), settings)
+
+
 def _group(
     label: str,
     stratum: str | None,
@@ -231,64 +297,30 @@ def _group(
         return g
     scores = cur.scores[label]
     bins = quantile_bins(ref, settings.bins)
+    sref = SortedReference(ref)
     k0 = int((ref >= threshold).sum())
     g.ref_flag_rate = k0 / len(ref)
-    chunks = _chunks(cur, kind, size)
-    exact = len({len(idx) for idx, _, _ in chunks}) <= _MAX_EXACT_SIZES
-    spreads: dict[int, _Spread | None] = {}
-    short: list[int] = []
-    for i, (idx, start, end) in enumerate(chunks):
-        x = scores[idx]
-        d: DistanceStats = distance_stats(ref, x, bins, settings.eps)
-        k1 = int((x >= threshold).sum())
-        fr = flag_rate_test(k1, len(x), k0, len(ref))
-        c = ChunkDrift(
-            index=i, start=start, end=end, first_line=int(cur.lines[idx].min()), last_line=int(cur.lines[idx].max()),
-            n=len(x), psi=d.psi, js=d.js, ks=d.ks, ks_p=d.ks_p if d.ks_p is not None else 1.0, wasserstein=d.wasserstein,
-            flag_rate=fr.rate, ref_flag_rate=fr.ref_rate, flag_rate_diff=fr.diff, flag_rate_diff_ci95=fr.diff_ci95,
-            flag_rate_p=fr.p_value,
-        )
-        if settings.alerts != "constant":
-            key = _size_key(len(x), exact)
-            if key not in spreads:
-                spreads[key] = _reference_spread(ref, bins, key, threshold, settings)
-            spread = spreads[key]
-            if spread is None:
-                short.append(len(x))
-                # a stratum's reference may be too short for chunks this size: fall back on the
-                # largest size it has enough chunks of (smaller: wider limits, fewer alarms)
-                fallback = len(ref) // settings.min_reference_chunks
-                if fallback >= 1 and stratum is not None:
-                    if fallback not in spreads:
-                        spreads[fallback] = _reference_spread(ref, bins, fallback, threshold, settings)
-                    spread = spreads[fallback]
-                    c.note = f"limits from reference chunks of {fallback} rows (the stratum's reference has {len(ref)} rows)"
-                else:
-                    c.note = (
-                        f"reference has {len(ref)} rows: too few for {settings.min_reference_chunks} chunks of {key}; "
-                        "no data-driven limits"
-                    )
-            if spread is not None:
-                c.limits = _limits(spread, settings)
-        c.alerts = _check(c, settings, constant)
-        g.chunks.append(c)
-    if short and stratum is None:
-        raise InputError(
-            f"reference has {len(ref)} rows for label {label!r}: too few for {settings.min_reference_chunks} chunks of "
-            f"{max(short)} rows (the largest chunk); use a larger reference, smaller chunks or constant alerts"
-        )
+    for i, (idx, start, end) in enumerate(_chunks(cur, kind, size)):
+        lines = (int(cur.lines[idx].min()), int(cur.lines[idx].max()))
+        g.chunks.append(_chunk_drift(i, scores[idx], lines, (start, end), sref, bins, threshold, k0, settings))
+    _finish_group(g, ref, bins, settings, constant)
     return g
 
 
-def monitor(log: ScoreLog, reference: ScoreLog, settings: MonitorSettings) -> MonitorReport:
-    """Drift of ``log``'s scores against ``reference``'s, per label and per stratum, chunk by chunk."""
-    kind, size = parse_chunk(settings.chunk)
+def _check_settings(settings: MonitorSettings) -> dict[str, float]:
+    """Validate the alert settings; the constant limits in force."""
     if settings.alerts not in ("std", "p99", "constant"):
         raise ConfigError(f"unknown alert method {settings.alerts!r} (std, p99, constant)")
     unknown = [k for k in settings.limits if k not in CONSTANT_LIMITS]
     if unknown:
         raise ConfigError(f"unknown limit {unknown[0]!r} (known: {', '.join(CONSTANT_LIMITS)})")
-    constant = {**CONSTANT_LIMITS, **settings.limits}
+    return {**CONSTANT_LIMITS, **settings.limits}
+
+
+def monitor(log: ScoreLog, reference: ScoreLog, settings: MonitorSettings) -> MonitorReport:
+    """Drift of ``log``'s scores against ``reference``'s, per label and per stratum, chunk by chunk."""
+    kind, size = parse_chunk(settings.chunk)
+    constant = _check_settings(settings)
     labels = list(settings.labels) if settings.labels else list(log.labels)
     for lb in labels:
         if lb not in log.labels:
@@ -306,6 +338,8 @@ def monitor(log: ScoreLog, reference: ScoreLog, settings: MonitorSettings) -> Mo
         alert_method=settings.alerts,
         sigma=None if settings.alerts != "std" else settings.sigma,
         limits=constant if settings.alerts == "constant" else None,
+        rows_skipped=log.skipped,
+        skipped_rows=list(log.skipped_rows),
     )
     for lb in labels:
         report.groups.append(_group(lb, None, log, reference.scores[lb], kind, size, settings, constant))

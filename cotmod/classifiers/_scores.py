@@ -12,13 +12,14 @@ A row (JSONL object, CSV row or Parquet row; ``.gz`` works for JSONL and CSV) ho
 
 The labels are those of the first row (or the ``labels`` asked for); every row must carry a score
 for each of them. The first unusable row raises :class:`~cotmod.InputError` naming
-``FILE:LINE`` and the field.
+``FILE:LINE`` and the field; with ``skip_bad_rows=True`` such rows (and lines that cannot be
+read at all) are left out, counted and the first few reported with ``FILE:LINE`` and the reason.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,11 +27,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel
 
 from .._exceptions import InputError
 from ..batch._reader import read_records
 
-__all__ = ["MISSING_STRATUM", "ScoreLog", "parse_timestamp", "read_scores"]
+__all__ = ["MISSING_STRATUM", "ScoreLog", "SkippedRow", "parse_timestamp", "read_scores"]
 
 #: The stratum value of a row that lacks the stratum field.
 MISSING_STRATUM = "(missing)"
@@ -55,6 +57,8 @@ class ScoreLog:
     timestamps: npt.NDArray[np.float64] | None = None
     strata: dict[str, list[str]] = field(default_factory=dict)
     texts: list[str | None] | None = None
+    skipped: int = 0  # rows left out by a lenient read (skip_bad_rows)
+    skipped_rows: list[SkippedRow] = field(default_factory=list)  # the first few, with their reason
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -75,6 +79,8 @@ class ScoreLog:
             timestamps=None if self.timestamps is None else self.timestamps[idx],
             strata={k: [v[i] for i in idx] for k, v in self.strata.items()},
             texts=None if self.texts is None else [self.texts[i] for i in idx],
+            skipped=self.skipped,
+            skipped_rows=list(self.skipped_rows),
         )
 
 
@@ -169,6 +175,145 @@ def _row_truth(rec: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     return {k[len("label_"):]: v for k, v in rec.items() if k.startswith("label_") and len(k) > len("label_")}, "label_{}"
 
 
+class SkippedRow(BaseModel):
+    """A row left out by a lenient read (``skip_bad_rows``): its line and why."""
+
+    line: int
+    reason: str  # "FILE:LINE: field ...: what is wrong"
+
+
+#: How many skipped rows a lenient read keeps with their reason (all are counted).
+MAX_SKIPPED_REPORTED = 20
+
+
+@dataclass
+class ParsedRow:
+    line: int
+    id: str
+    scores: list[float]
+    truth: list[int]
+    timestamp: float | None
+    strata: list[str]
+    text: str | None
+
+
+class RowParser:
+    """Turns one record into a :class:`ParsedRow` with ``read_scores``'s rules, or raises
+    :class:`~cotmod.InputError` ``FILE:LINE: field ...: what is wrong``.
+
+    The labels (and whether rows carry timestamps) are fixed by the first record that has scores.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        labels: Sequence[str] | None = None,
+        strata: Sequence[str] = (),
+        id_field: str = "id",
+        time_field: str = "timestamp",
+        text_field: str | None = None,
+        require_timestamps: bool = False,
+    ) -> None:
+        self.path = path
+        self.want = list(labels) if labels else None
+        self.names: list[str] | None = None
+        self.has_times = False
+        self.strata = list(strata)
+        self.id_field = id_field
+        self.time_field = time_field
+        self.text_field = text_field
+        self.require_timestamps = require_timestamps
+
+    def start(self, rec: Mapping[str, Any]) -> None:
+        """Fix the labels from ``rec`` (the first row); ValueError if it has none of them."""
+        raw = _row_scores(rec)
+        if not raw:
+            raise ValueError("no scores: expected 'score_<label>' columns or a 'scores' map")
+        if self.want is not None:
+            missing = [lb for lb in self.want if lb not in raw]
+            if missing:
+                raise ValueError(f"no score for label(s) {', '.join(map(repr, missing))} (labels here: {', '.join(raw)})")
+        self.names = self.want if self.want is not None else list(raw)
+        self.has_times = self.time_field in rec or self.require_timestamps
+
+    def parse(self, line: int, rec: Mapping[str, Any]) -> ParsedRow:
+        where = "scores"
+        try:
+            raw = _row_scores(rec)
+            if self.names is None:
+                self.start(rec)
+            names = self.names
+            assert names is not None
+            if self.want is None:
+                extra = [lb for lb in raw if lb not in names]
+                if extra:
+                    where = f"score_{extra[0]}"
+                    raise ValueError(f"unknown label {extra[0]!r} (labels from the first row: {', '.join(names)})")
+            scores: list[float] = []
+            for lb in names:
+                where = f"score_{lb}" if "scores" not in rec else f"scores.{lb}"
+                if lb not in raw:
+                    raise ValueError("is missing (every row needs a score for every label)")
+                scores.append(_score(raw[lb]))
+            where = "labels"
+            gt, pattern = _row_truth(rec)
+            truth: list[int] = []
+            for lb in names:
+                where = pattern.format(lb)
+                truth.append(_truth(gt.get(lb)))
+            ts: float | None = None
+            if self.has_times:
+                where = self.time_field
+                tv = rec.get(self.time_field)
+                if tv is None or tv == "":
+                    raise ValueError("is missing (rows must all have a timestamp, or none)")
+                ts = parse_timestamp(tv)
+            strata = []
+            for s in self.strata:
+                v = rec.get(s)
+                strata.append(MISSING_STRATUM if v is None or v == "" else str(v))
+            text: str | None = None
+            if self.text_field is not None:
+                tv = rec.get(self.text_field)
+                text = None if tv is None else str(tv)
+        except ValueError as exc:
+            msg = str(exc) if str(exc).startswith("field") else f"field {where!r}: {exc}"
+            raise InputError(f"{self.path}:{line}: {msg}") from None
+        raw_id = rec.get(self.id_field)
+        rid = f"line-{line}" if raw_id in (None, "") else str(raw_id)
+        return ParsedRow(line, rid, scores, truth, ts, strata, text)
+
+
+def iter_records(path: Path, fmt: str | None, skip_bad_rows: bool) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """``(line, record, problem)``: strict (``read_records``: the first unreadable line raises) or
+    lenient (an unreadable line comes with ``problem`` set: invalid JSON, not UTF-8, a bad CSV row)."""
+    if not skip_bad_rows:
+        for line, rec in read_records(path, fmt=fmt):
+            yield line, rec, None
+        return
+    from ..batch._reader import _check_file, _record_problem, _records, detect_format
+
+    _check_file(path)
+    for line, record, problem in _records(path, detect_format(path, fmt)):
+        if problem is None and record is not None:
+            problem = _record_problem(record)
+        yield line, record, problem
+
+
+class SkipCounter:
+    """Counts the rows a lenient read leaves out, keeping the first few with their reason."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.rows: list[SkippedRow] = []
+
+    def add(self, line: int, reason: str) -> None:
+        self.count += 1
+        if len(self.rows) < MAX_SKIPPED_REPORTED:
+            self.rows.append(SkippedRow(line=line, reason=reason))
+
+
 def read_scores(
     path: str | Path,
     *,
@@ -179,6 +324,7 @@ def read_scores(
     text_field: str | None = None,
     require_timestamps: bool = False,
     fmt: str | None = None,
+    skip_bad_rows: bool = False,
 ) -> ScoreLog:
     """Read a score log (JSONL, CSV or Parquet; ``.gz`` too) into a :class:`ScoreLog`.
 
@@ -186,78 +332,40 @@ def read_scores(
     group by (a row without one gets :data:`MISSING_STRATUM`). Timestamps are read when the first
     row has ``time_field``; then every row needs one (``require_timestamps`` makes them
     mandatory). Raises :class:`~cotmod.InputError` ``FILE:LINE: field ...: what is wrong`` at the
-    first unusable row, and for an empty file.
+    first unusable row, and for an empty file. With ``skip_bad_rows`` an unusable or unreadable
+    row is left out instead, and counted in ``ScoreLog.skipped`` (the first
+    :data:`MAX_SKIPPED_REPORTED` with their reason in ``skipped_rows``).
     """
     p = Path(path)
-    want = list(labels) if labels else None
-    names: list[str] | None = None
-    ids: list[str] = []
-    lines: list[int] = []
-    score_cols: dict[str, list[float]] = {}
-    truth_cols: dict[str, list[int]] = {}
-    times: list[float] | None = None
-    strata_cols: dict[str, list[str]] = {s: [] for s in strata}
-    texts: list[str | None] | None = [] if text_field else None
-    where = ""
-    for line, rec in read_records(p, fmt=fmt):
+    parser = RowParser(
+        p, labels=labels, strata=strata, id_field=id_field, time_field=time_field, text_field=text_field,
+        require_timestamps=require_timestamps,
+    )
+    skips = SkipCounter()
+    rows: list[ParsedRow] = []
+    for line, rec, problem in iter_records(p, fmt, skip_bad_rows):
+        if problem is not None or rec is None:
+            skips.add(line, f"{p}:{line}: {problem}")
+            continue
         try:
-            where = "scores"
-            raw = _row_scores(rec)
-            if names is None:
-                if not raw:
-                    raise ValueError("no scores: expected 'score_<label>' columns or a 'scores' map")
-                if want is not None:
-                    missing = [lb for lb in want if lb not in raw]
-                    if missing:
-                        raise ValueError(f"no score for label(s) {', '.join(map(repr, missing))} (labels here: {', '.join(raw)})")
-                names = want if want is not None else list(raw)
-                score_cols = {lb: [] for lb in names}
-                truth_cols = {lb: [] for lb in names}
-                if time_field in rec or require_timestamps:
-                    times = []
-            if want is None:
-                extra = [lb for lb in raw if lb not in score_cols]
-                if extra:
-                    where = f"score_{extra[0]}"
-                    raise ValueError(f"unknown label {extra[0]!r} (labels from the first row: {', '.join(names)})")
-            for lb in names:
-                where = f"score_{lb}" if "scores" not in rec else f"scores.{lb}"
-                if lb not in raw:
-                    raise ValueError("is missing (every row needs a score for every label)")
-                score_cols[lb].append(_score(raw[lb]))
-            where = "labels"
-            gt, pattern = _row_truth(rec)
-            for lb in names:
-                where = pattern.format(lb)
-                truth_cols[lb].append(_truth(gt.get(lb)))
-            if times is not None:
-                where = time_field
-                tv = rec.get(time_field)
-                if tv is None or tv == "":
-                    raise ValueError("is missing (rows must all have a timestamp, or none)")
-                times.append(parse_timestamp(tv))
-            for s in strata:
-                v = rec.get(s)
-                strata_cols[s].append(MISSING_STRATUM if v is None or v == "" else str(v))
-            if texts is not None:
-                tv = rec.get(text_field or "")
-                texts.append(None if tv is None else str(tv))
-        except ValueError as exc:
-            msg = str(exc) if str(exc).startswith("field") else f"field {where!r}: {exc}"
-            raise InputError(f"{p}:{line}: {msg}") from None
-        raw_id = rec.get(id_field)
-        ids.append(f"line-{line}" if raw_id in (None, "") else str(raw_id))
-        lines.append(line)
-    if names is None:
-        raise InputError(f"{p}: no rows")
+            rows.append(parser.parse(line, rec))
+        except InputError as exc:
+            if not skip_bad_rows:
+                raise
+            skips.add(line, str(exc))
+    names = parser.names
+    if names is None or not rows:
+        raise InputError(f"{p}: no rows" if not skips.count else f"{p}: no usable rows ({skips.count} skipped)")
     return ScoreLog(
         path=str(p),
         labels=tuple(names),
-        ids=ids,
-        lines=np.asarray(lines, dtype=np.int64),
-        scores={lb: np.asarray(v, dtype=np.float64) for lb, v in score_cols.items()},
-        truth={lb: np.asarray(v, dtype=np.int8) for lb, v in truth_cols.items()},
-        timestamps=None if times is None else np.asarray(times, dtype=np.float64),
-        strata=strata_cols,
-        texts=texts,
+        ids=[r.id for r in rows],
+        lines=np.asarray([r.line for r in rows], dtype=np.int64),
+        scores={lb: np.asarray([r.scores[i] for r in rows], dtype=np.float64) for i, lb in enumerate(names)},
+        truth={lb: np.asarray([r.truth[i] for r in rows], dtype=np.int8) for i, lb in enumerate(names)},
+        timestamps=np.asarray([r.timestamp for r in rows], dtype=np.float64) if parser.has_times else None,
+        strata={s: [r.strata[j] for r in rows] for j, s in enumerate(strata)},
+        texts=[r.text for r in rows] if text_field else None,
+        skipped=skips.count,
+        skipped_rows=skips.rows,
     )

@@ -7,6 +7,7 @@ traceback (set COTMOD_DEBUG=1 to see one). Importing this package registers ever
 from . import (  # noqa: F401  (register commands)
     _batch,
     _cascade,
+    _estimate,
     _evals,
     _explain,
     _governance,

@@ -61,6 +61,7 @@ def _scores_options(f: Any) -> Any:
 @click.option("--thresholds", "thresholds_path", type=click.Path(exists=True, dir_okay=False), help="Operating thresholds per label (cotmod classifier tune).")
 @click.option("--threshold", "threshold_values", multiple=True, help="Operating threshold: 0.7 (every label) or LABEL=0.7 [default: 0.5].")
 @click.option("--bins", type=click.IntRange(2, 100), default=10, show_default=True, help="Reference quantile bins for PSI and JS.")
+@click.option("--skip-bad-rows", is_flag=True, help="Leave out rows of SCORES that cannot be used (counted and listed; exit 1).")
 @click.option("--json", "as_json", is_flag=True)
 def monitor(
     scores: str,
@@ -77,6 +78,7 @@ def monitor(
     thresholds_path: str | None,
     threshold_values: tuple[str, ...],
     bins: int,
+    skip_bad_rows: bool,
     as_json: bool,
 ) -> None:
     """Score drift of a classifier, chunk by chunk, per label and per stratum; exit 1 on any alert.
@@ -87,11 +89,11 @@ def monitor(
     of reference chunks of the same size (mean + SIGMA sd), so small chunks do not cry wolf.
     """
     from ..classifiers._monitor import MonitorSettings, parse_chunk
-    from ..classifiers._monitor import monitor as monitor_fn
     from ..classifiers._scores import read_scores
+    from ..classifiers._stream import monitor_stream
     from ..classifiers._thresholds import load_classifier_thresholds
 
-    kind, _ = parse_chunk(chunk)
+    parse_chunk(chunk)  # a bad --chunk fails before anything is read
     th: dict[str, float] = load_classifier_thresholds(thresholds_path) if thresholds_path else {}
     default = 0.5
     for v in threshold_values:
@@ -107,20 +109,24 @@ def monitor(
         raise ConfigError(f"--threshold: expected a number from 0 to 1, got {default}")
     lim = {k: _float(v, f"--limit {k}") for k, v in _pairs(limits, "--limit", "NAME=VALUE, e.g. psi=0.25").items()}
     kw: dict[str, Any] = {"labels": labels or None, "strata": strata, "id_field": id_field, "time_field": time_field, "fmt": fmt}
-    log = read_scores(scores, require_timestamps=kind == "time", **kw)
     ref = read_scores(reference, **kw)
     settings = MonitorSettings(
         chunk=chunk, alerts=alerts, sigma=sigma, bins=bins, limits=lim,  # type: ignore[arg-type]
         thresholds=th, default_threshold=default, labels=labels or None, strata=strata,
     )
-    report = monitor_fn(log, ref, settings)
+    # SCORES is streamed (one pass, flat memory; same report as monitor_fn on read_scores(SCORES))
+    report = monitor_stream(scores, ref, settings, id_field=id_field, time_field=time_field, fmt=fmt, skip_bad_rows=skip_bad_rows)
     if as_json:
         data = report.model_dump(mode="json")
         data["alerts"] = report.alerts
         click.echo(json.dumps(data, indent=2))
     else:
         _print_report(report)
-    if report.alerts:
+    if report.rows_skipped:
+        from ._estimate import echo_skipped
+
+        echo_skipped(report.rows_skipped, report.skipped_rows)
+    if report.alerts or report.rows_skipped:
         sys.exit(EXIT_UNDECIDED)
 
 
