@@ -229,3 +229,31 @@ def test_cli_cascade_writes_a_file_run_can_use(tmp_path: Path, monkeypatch: pyte
     bad.write_text('{"item_id": "x"}\n')
     r = CliRunner().invoke(cli, ["classifier", "cascade", str(scores_p), "-v", str(bad), "-m", "spam=spam_scams"])
     assert r.exit_code == 2 and f"{bad}:1: not a cotmod verdict" in r.output
+
+
+def test_sync_check_flags_a_cascade_chosen_for_another_policy_version(tmp_path: Path) -> None:
+    import yaml
+
+    from cotmod.governance._sync import check_manifest, update_manifest
+
+    mod_ = AsyncModerator(backend=FakeBackend(default=good), settings=Settings())
+    pid = "spam_scams"
+    version = mod_.policies[pid].version
+    m = tmp_path / "enforcement.yaml"
+    m.write_text(yaml.safe_dump({"policies": {}}))
+    update_manifest(m, mod_, policies=[pid])
+    man = yaml.safe_load(m.read_text())
+    man["policies"][pid]["classifier"] = {"label_map": {"spam": pid}, "cascade": "cascade.yaml"}
+    m.write_text(yaml.safe_dump(man))
+
+    def findings() -> list[str]:
+        return [f.message for f in check_manifest(m, mod_, policies=[pid]) if f.pathway == "classifier"]
+
+    assert any("cascade.yaml does not exist" in f for f in findings())
+    cfile = tmp_path / "cascade.yaml"
+    cfile.write_text(CASCADE + f"    policy_version: {version}\n")
+    assert findings() == []
+    cfile.write_text(CASCADE + "    policy_version: 0.0.1\n")
+    assert findings() == [f"cascade bands were chosen for {pid} 0.0.1, policy is {version}: re-run cotmod eval and cotmod classifier cascade"]
+    cfile.write_text(CASCADE.replace("label: spam", "label: scam") + f"    policy_version: {version}\n")
+    assert findings() == [f"the cascade routes {pid} by label 'scam', which the label map does not map to {pid}"]

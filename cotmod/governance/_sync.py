@@ -10,6 +10,7 @@
         classifier:                                      # optional: a score-threshold classifier
           label_map: {hateful: hate_speech}
           thresholds: thresholds.yaml                    # written by cotmod tune or cotmod classifier tune
+          cascade: cascade.yaml                          # optional: written by cotmod classifier cascade
         escalation:                                      # where humans get what
           - {severity: critical, queue: threat-assessment, sla_hours: 1}
           - {criterion: HATE-X2, queue: hate-speech-specialists, sla_hours: 24}
@@ -127,6 +128,9 @@ def _check(p: Path, moderator: AsyncModerator) -> list[Finding]:
                                 out.append(Finding(pid, "classifier", lwhere, f"{tfile} has no threshold for label {label!r}", "human"))
                             elif lspec.get("policy") != target:
                                 out.append(Finding(pid, "classifier", lwhere, f"label {label!r} was tuned for policy {lspec.get('policy')!r}, the manifest maps it to {target!r}: re-run cotmod classifier tune", "human"))
+            cpath = clf.get("cascade")
+            if cpath:
+                out.extend(_check_cascade(base / cpath, pid, pol.version, clf.get("label_map") or {}, f"{where}.classifier.cascade"))
         routes = spec.get("escalation") or []
         routed_tiers, routed_criteria = set(), set()
         if not isinstance(routes, list):
@@ -235,3 +239,28 @@ def update_manifest(
     tmp.replace(p)
     remaining = [f for f in check_manifest(p, moderator, selection) if f.fix == "human"]
     return done, remaining
+
+
+def _check_cascade(path: Path, pid: str, version: str, label_map: dict[str, Any], where: str) -> list[Finding]:
+    """A cascade file bound in the manifest: it exists, routes this policy by a label the
+    manifest maps to it, and its bands were chosen for the current policy version."""
+    from ..engine._cascade import load_cascade
+
+    if not path.exists():
+        return [Finding(pid, "classifier", where, f"file {path} does not exist", "human")]
+    band = load_cascade(path).get(pid)
+    if band is None:
+        return [Finding(pid, "classifier", where, f"{path} has no cascade for {pid}", "human")]
+    out: list[Finding] = []
+    if label_map and label_map.get(band.label) != pid:
+        out.append(Finding(pid, "classifier", where, f"the cascade routes {pid} by label {band.label!r}, which the label map does not map to {pid}", "human"))
+    if band.policy_version != version:
+        out.append(
+            Finding(
+                pid, "classifier", where,
+                f"cascade bands were chosen for {pid} {band.policy_version}, policy is {version}: re-run cotmod eval and "
+                "cotmod classifier cascade",
+                "human",
+            )
+        )
+    return out
