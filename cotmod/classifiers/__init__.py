@@ -34,6 +34,7 @@ from ._explain import (
     load_label_map,
 )
 from ._monitor import ChunkDrift, GroupDrift, MonitorReport, MonitorSettings, monitor, parse_chunk
+from ._report import monitor_html, write_monitor_html
 from ._scores import MISSING_STRATUM, ScoreLog, SkippedRow, parse_timestamp, read_scores
 from ._stream import monitor_stream
 from ._thresholds import (
@@ -45,6 +46,14 @@ from ._thresholds import (
     choose_thresholds,
     load_classifier_thresholds,
     write_classifier_thresholds,
+)
+from ._verdictlog import (
+    VerdictLog,
+    VerdictMonitorReport,
+    VerdictSeries,
+    is_verdict_log,
+    monitor_verdicts,
+    read_verdict_log,
 )
 
 __all__ = [
@@ -73,6 +82,9 @@ __all__ = [
     "ScoreLog",
     "SkippedRow",
     "TuneSettings",
+    "VerdictLog",
+    "VerdictMonitorReport",
+    "VerdictSeries",
     "choose_threshold",
     "choose_thresholds",
     "classifier_errors",
@@ -80,13 +92,18 @@ __all__ = [
     "explain_errors",
     "explain_errors_async",
     "fit_calibrator",
+    "is_verdict_log",
     "load_classifier_bands",
     "load_classifier_thresholds",
     "load_label_map",
     "monitor",
+    "monitor_html",
     "monitor_stream",
+    "monitor_verdicts",
     "parse_chunk",
     "parse_timestamp",
     "read_scores",
+    "read_verdict_log",
     "write_classifier_thresholds",
+    "write_monitor_html",
 ]

@@ -56,6 +56,7 @@ STATS = (*DISTANCES, "flag_rate")
 CONSTANT_LIMITS: dict[str, float] = {"psi": 0.1, "js": 0.1, "wasserstein": 0.1, "ks_p": 0.05, "flag_rate_p": 0.05}
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _MAX_EXACT_SIZES = 8
+_TOL = 1e-9  # relative tolerance of the data-driven limits
 
 
 def parse_chunk(spec: str | int) -> tuple[Literal["time", "count"], int]:
@@ -212,7 +213,9 @@ def _check(c: ChunkDrift, settings: MonitorSettings, constant: Mapping[str, floa
         return alerts
     for s, (lo, hi) in c.limits.items():
         v = float(getattr(c, s))
-        if (hi is not None and v > hi) or (lo is not None and v < lo):
+        # a tolerance for rounding: scipy's Wasserstein of two equal constant samples is ~1e-14,
+        # and a constant series' reference spread is exactly 0 (limit 0)
+        if (hi is not None and v > hi + _TOL * max(1.0, abs(hi))) or (lo is not None and v < lo - _TOL * max(1.0, abs(lo))):
             alerts.append(s)
     return alerts
 

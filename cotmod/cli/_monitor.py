@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, InputError
 from ._app import CONTEXT, EXIT_UNDECIDED, _Group, _policy_source, cli
 
 
@@ -62,6 +65,14 @@ def _scores_options(f: Any) -> Any:
 @click.option("--threshold", "threshold_values", multiple=True, help="Operating threshold: 0.7 (every label) or LABEL=0.7 [default: 0.5].")
 @click.option("--bins", type=click.IntRange(2, 100), default=10, show_default=True, help="Reference quantile bins for PSI and JS.")
 @click.option("--skip-bad-rows", is_flag=True, help="Leave out rows of SCORES that cannot be used (counted and listed; exit 1).")
+@click.option(
+    "--verdicts",
+    "verdict_logs",
+    is_flag=True,
+    help="SCORES and REFERENCE are cotmod verdict logs (detected by their fields when not given): monitor the error rate, "
+    "tokens per verdict, and per policy the violation rate, each rule's firing rate, score and confidence.",
+)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report with time-series plots.")
 @click.option("--json", "as_json", is_flag=True)
 def monitor(
     scores: str,
@@ -79,6 +90,8 @@ def monitor(
     threshold_values: tuple[str, ...],
     bins: int,
     skip_bad_rows: bool,
+    verdict_logs: bool,
+    html_path: str | None,
     as_json: bool,
 ) -> None:
     """Score drift of a classifier, chunk by chunk, per label and per stratum; exit 1 on any alert.
@@ -87,6 +100,12 @@ def monitor(
     Wasserstein, and the flag rate at the operating threshold against the reference's (difference,
     95% CI, two-proportion test p). By default a chunk alerts when a statistic leaves the spread
     of reference chunks of the same size (mean + SIGMA sd), so small chunks do not cry wolf.
+
+    On cotmod verdict logs (--verdicts, or detected: lines with item_id, status, policy_versions
+    and prompt_fingerprint), the series are: error (error verdicts and the dead letters of failed
+    items in the run's .errors.jsonl), tokens, and per policy violates:POLICY, rule:RULE,
+    score:POLICY and confidence:POLICY; -l takes a series, a kind (violates, rule...) or a policy.
+    Time is each verdict's created_at (or --time-field, e.g. metadata.timestamp).
     """
     from ..classifiers._monitor import MonitorSettings, parse_chunk
     from ..classifiers._scores import read_scores
@@ -108,7 +127,19 @@ def monitor(
     if not 0 <= default <= 1:
         raise ConfigError(f"--threshold: expected a number from 0 to 1, got {default}")
     lim = {k: _float(v, f"--limit {k}") for k, v in _pairs(limits, "--limit", "NAME=VALUE, e.g. psi=0.25").items()}
+    if verdict_logs or _is_verdict_log(scores, fmt):
+        if th or threshold_values:
+            raise ConfigError("--threshold/--thresholds: verdict series have no operating threshold (rates are 0/1)")
+        explicit_time = click.get_current_context().get_parameter_source("time_field") != ParameterSource.DEFAULT
+        vsettings = MonitorSettings(
+            chunk=chunk, alerts=alerts, sigma=sigma, bins=bins, limits=lim,  # type: ignore[arg-type]
+            labels=labels or None, strata=strata,
+        )
+        _finish(_monitor_verdicts(scores, reference, vsettings, time_field if explicit_time else "created_at", fmt), html_path, as_json)
+        return
     kw: dict[str, Any] = {"labels": labels or None, "strata": strata, "id_field": id_field, "time_field": time_field, "fmt": fmt}
+    if _is_verdict_log(reference, fmt):
+        raise InputError(f"{reference}: a cotmod verdict log, but {scores} is a score log; compare like with like")
     ref = read_scores(reference, **kw)
     settings = MonitorSettings(
         chunk=chunk, alerts=alerts, sigma=sigma, bins=bins, limits=lim,  # type: ignore[arg-type]
@@ -116,6 +147,8 @@ def monitor(
     )
     # SCORES is streamed (one pass, flat memory; same report as monitor_fn on read_scores(SCORES))
     report = monitor_stream(scores, ref, settings, id_field=id_field, time_field=time_field, fmt=fmt, skip_bad_rows=skip_bad_rows)
+    if html_path:
+        _write_html(report, html_path)
     if as_json:
         data = report.model_dump(mode="json")
         data["alerts"] = report.alerts
@@ -130,6 +163,60 @@ def monitor(
         sys.exit(EXIT_UNDECIDED)
 
 
+def _is_verdict_log(path: str, fmt: str | None) -> bool:
+    from ..classifiers._verdictlog import is_verdict_log
+
+    return is_verdict_log(path, fmt)
+
+
+def _monitor_verdicts(scores: str, reference: str, settings: Any, time_field: str, fmt: str | None) -> Any:
+    from ..classifiers._monitor import parse_chunk
+    from ..classifiers._verdictlog import monitor_verdicts, read_verdict_log
+
+    if not _is_verdict_log(reference, fmt):
+        raise InputError(f"{reference}: not a cotmod verdict log (no item_id, status, policy_versions, prompt_fingerprint), but {scores} is one")
+    kind, _ = parse_chunk(settings.chunk)
+    kw: dict[str, Any] = {"strata": settings.strata, "time_field": time_field, "fmt": fmt}
+    log = read_verdict_log(scores, require_timestamps=kind == "time", **kw)
+    ref = read_verdict_log(reference, require_timestamps=kind == "time", **kw)
+    return monitor_verdicts(log, ref, settings)
+
+
+def _write_html(report: Any, path: str) -> None:
+    from ..batch._store import os_error
+    from ..classifiers._report import write_monitor_html
+
+    try:
+        write_monitor_html(report, path)
+    except OSError as exc:
+        raise os_error(Path(path), exc) from None
+
+
+def _finish(report: Any, html_path: str | None, as_json: bool) -> None:
+    """Output a verdict-log report (HTML, JSON or the table); exit 1 on any alert."""
+    if html_path:
+        _write_html(report, html_path)
+    if as_json:
+        data = report.model_dump(mode="json")
+        data["alerts"] = report.alerts
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(
+            f"{report.verdicts} verdicts and {report.dead_letters} dead letters of failed items; "
+            f"reference {report.reference_verdicts} verdicts and {report.reference_dead_letters} dead letters"
+        )
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        _print_report(report)
+    if report.alerts:
+        sys.exit(EXIT_UNDECIDED)
+
+
+def _g(v: float, spec: str) -> str:
+    """A number, or '-' for NaN (a verdict log's value series has no flag rate)."""
+    return "-" if math.isnan(v) else format(v, spec)
+
+
 def _print_report(report: Any) -> None:
     if report.alert_method == "std":
         how = f"reference chunks' mean + {report.sigma:g} sd"
@@ -140,7 +227,7 @@ def _print_report(report: Any) -> None:
     click.echo(f"{report.source} vs reference {report.reference}, chunks of {report.chunk}; alerts: {how}")
     for g in report.groups:
         head = f"\n{g.label}" + (f" [{g.stratum}]" if g.stratum else "") + f": {g.n} rows, reference {g.reference_n}"
-        if g.ref_flag_rate is not None:
+        if g.ref_flag_rate is not None and not math.isnan(g.ref_flag_rate):
             head += f", threshold {g.threshold:g} (reference flag rate {g.ref_flag_rate:.3f})"
         click.echo(click.style(head, bold=True))
         if g.note:
@@ -149,11 +236,11 @@ def _print_report(report: Any) -> None:
         click.echo(f"  {'chunk':<22} {'n':>7} {'psi':>7} {'js':>6} {'ks':>6} {'ks_p':>8} {'wass':>6} {'flag':>6} {'diff [95% CI]':>24}  alerts")
         for c in g.chunks:
             name = c.start[:19] if c.start else f"#{c.index} (lines {c.first_line}-{c.last_line})"
-            diff = f"{c.flag_rate_diff:+.3f} [{c.flag_rate_diff_ci95[0]:+.3f}, {c.flag_rate_diff_ci95[1]:+.3f}]"
+            diff = "-" if math.isnan(c.flag_rate_diff) else f"{c.flag_rate_diff:+.3f} [{c.flag_rate_diff_ci95[0]:+.3f}, {c.flag_rate_diff_ci95[1]:+.3f}]"
             mark = click.style(", ".join(c.alerts), fg="red") if c.alerts else ("-" if not c.note else c.note)
             click.echo(
                 f"  {name:<22} {c.n:>7} {c.psi:>7.4f} {c.js:>6.3f} {c.ks:>6.3f} {c.ks_p:>8.2g} {c.wasserstein:>6.3f} "
-                f"{c.flag_rate:>6.3f} {diff:>24}  {mark}"
+                f"{_g(c.flag_rate, '>6.3f'):>6} {diff:>24}  {mark}"
             )
     n = report.alerts
     click.echo(f"\n{n} chunk(s) with alerts" if n else "\nno alerts")
