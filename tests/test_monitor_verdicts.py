@@ -236,6 +236,8 @@ def test_cli_detects_verdict_logs_exit_codes_json_and_html(logs: dict[str, Path]
     assert "firing rate of rule HATE-1 (hate_speech)" in html
     r = run_cli(cli, ["monitor", str(logs["same"]), "-r", str(logs["ref"]), "-c", "500", "--threshold", "0.7"])
     assert r.exit_code == 2 and "no operating threshold" in r.output
+    r = run_cli(cli, ["monitor", str(logs["same"]), "-r", str(logs["ref"]), "-c", "500", "--skip-bad-rows"])
+    assert r.exit_code == 2 and "--skip-bad-rows is for score logs" in r.output
     scores = tmp_path / "scores.jsonl"
     scores.write_text(json.dumps({"score_spam": 0.2}) + "\n")
     r = run_cli(cli, ["monitor", str(logs["same"]), "-r", str(scores), "-c", "500"])

@@ -94,7 +94,7 @@ _VERDICT_KEYS = ("item_id", "status", "policy_versions", "prompt_fingerprint")
 _FLAG_FIELDS = ("flag_rate", "ref_flag_rate", "flag_rate_diff", "flag_rate_diff_ci95", "flag_rate_p")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Decision:
     violates: bool
     rules: tuple[str, ...]
@@ -103,7 +103,7 @@ class _Decision:
     triaged_out: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class _Row:
     line: int  # verdict-file line (a dead letter: that of the verdict written just before it)
     id: str
@@ -174,9 +174,11 @@ def _torn_last_line(p: Path, line: int) -> bool:
     """Whether ``line`` is the file's last line and has no newline: a write in progress."""
     if p.suffix.lower() == ".gz":
         return False
+    n, last = 0, b""
     with p.open("rb") as f:
-        data = f.read()
-    return not data.endswith(b"\n") and data.count(b"\n") + 1 == line
+        for raw in f:
+            n, last = n + 1, raw
+    return n == line and not last.endswith(b"\n")
 
 
 def _records(p: Path, fmt: str | None, notes: list[str]) -> list[tuple[int, dict[str, Any]]]:

@@ -130,6 +130,8 @@ def monitor(
     if verdict_logs or _is_verdict_log(scores, fmt):
         if th or threshold_values:
             raise ConfigError("--threshold/--thresholds: verdict series have no operating threshold (rates are 0/1)")
+        if skip_bad_rows:
+            raise ConfigError("--skip-bad-rows is for score logs: a verdict log's unreadable line is an error (FILE:LINE)")
         explicit_time = click.get_current_context().get_parameter_source("time_field") != ParameterSource.DEFAULT
         vsettings = MonitorSettings(
             chunk=chunk, alerts=alerts, sigma=sigma, bins=bins, limits=lim,  # type: ignore[arg-type]
