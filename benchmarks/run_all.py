@@ -1,4 +1,4 @@
-"""Run the batch-runner benchmarks one after another and collect their figures.
+"""Run the batch-runner and classifier-monitor benchmarks one after another and collect their figures.
 
     python benchmarks/run_all.py            # full size (several minutes)
     python benchmarks/run_all.py --quick    # small runs, a smoke test
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("overhead", "concurrency", "memory", "ratelimit", "resume")
+BENCHES = ("overhead", "concurrency", "memory", "ratelimit", "resume", "monitor_scale", "drift")
 TIMEOUT_QUICK = 180.0
 TIMEOUT_FULL = 1800.0
 

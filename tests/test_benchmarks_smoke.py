@@ -19,6 +19,6 @@ def test_benchmarks_run_quick() -> None:
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["failed"] == []
     results = summary["results"]
-    assert set(results) == {"overhead", "concurrency", "memory", "ratelimit", "resume"}
+    assert set(results) == {"overhead", "concurrency", "memory", "ratelimit", "resume", "monitor_scale", "drift"}
     resume = results["resume"]
     assert resume["duplicates"] == 0 and resume["missing"] == 0

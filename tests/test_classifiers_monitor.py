@@ -186,3 +186,28 @@ def test_cli_exit_codes_table_and_json(logs: dict[str, Path], tmp_path: Path) ->
     assert r.exit_code == 2 and "time window" in r.output
     r = run(cli, ["monitor", str(logs["same"]), "-r", str(logs["ref"]), "-c", "10", "--limit", "psi"])
     assert r.exit_code == 2 and "NAME=VALUE" in r.output
+
+
+# -- the benchmarks keep working (figures are not checked here) ----------------------------------
+
+
+def test_bench_drift_and_monitor_scale_smoke() -> None:
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_drift.py"), "--sizes", "300", "--trials", "10"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])["rows"][0]
+    assert row["size"] == 300 and row["none_n"] == row["shift_n"] == 10
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_monitor_scale.py"), "--rows", "4000", "--chunk", "400"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    assert data["rows"] == 4000 and data["labels"] == 5 and data["tenth_rows"] == 400
