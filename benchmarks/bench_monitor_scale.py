@@ -22,7 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +104,11 @@ def child(mode: str, path: Path, ref_path: Path, chunk: int) -> None:
                 np.histogram(np.concatenate(parts[lb]), bins=edges[lb])
             return len(LABELS)
 
-        for b in pf.iter_batches(batch_size=65536, columns=["timestamp", *(f"score_{lb}" for lb in LABELS)]):
+        def batches() -> Iterator[Any]:  # row group by row group, as monitor_stream reads (flat memory)
+            for g in range(pf.num_row_groups):
+                yield from pf.read_row_group(g, columns=["timestamp", *(f"score_{lb}" for lb in LABELS)]).to_batches(max_chunksize=65536)
+
+        for b in batches():
             cols = {lb: b.column(f"score_{lb}").to_numpy() for lb in LABELS}
             i = 0
             while i < b.num_rows:

@@ -177,8 +177,11 @@ class _Batches:
 
         schema = pf.schema_arrow
         names = schema.names
+        want = self.parser.want or [n[len("score_"):] for n in names if n.startswith("score_") and len(n) > len("score_")]
+        wanted = {self.time_field, *self.strata, *(f"score_{lb}" for lb in want), *(f"label_{lb}" for lb in want)}
+        columns = [c for c in names if c in wanted]
         row = 0
-        for b in pf.iter_batches(batch_size=self.batch_rows):
+        for b in self._parquet_batches(pf, columns):
             n = b.num_rows
             if n == 0:
                 continue
@@ -241,6 +244,12 @@ class _Batches:
                 strata = {k: v[keep] for k, v in strata.items()}
             if len(lines):
                 yield ScoreBatch(lines=lines, scores=scores, timestamps=times, strata=strata)
+
+    def _parquet_batches(self, pf: Any, columns: list[str]) -> Iterator[Any]:
+        # one row group at a time: ParquetFile.iter_batches keeps memory that grows with the file
+        # (about 420 MB after 10M rows x 5 columns, 134 MB after 1M; row groups: 100 MB both)
+        for i in range(pf.num_row_groups):
+            yield from pf.read_row_group(i, columns=columns).to_batches(max_chunksize=self.batch_rows)
 
     def _bad(self, b: Any, rows: npt.NDArray[np.intp], lines: Ints) -> None:
         """Report rows that failed the column checks, with the row parser's message."""
