@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (register commands)
     _moderate,
     _monitor,
     _policies,
+    _serve,
 )
 from ._app import cli, main
 
