@@ -428,3 +428,15 @@ def test_cli_serve_runs_and_stops_on_sigterm(fake: FakeOpenAIServer, tmp_path: P
     assert KEY not in log and "VIOLATE" not in log and '"POST /v1/moderations" 200' in log
     assert len(audit.read_text().splitlines()) == 1
 
+
+
+def test_server_thread_socket_has_nodelay() -> None:
+    """Regression: without TCP_NODELAY on the pre-bound socket, every keep-alive request waited
+    ~40 ms for a delayed ACK (accepted sockets inherit the option from the listening one)."""
+    import socket
+
+    srv = ServerThread(create_app(_settings("http://127.0.0.1:9/v1")))
+    try:
+        assert srv.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        srv.sock.close()
