@@ -5,6 +5,7 @@ traceback (set COTMOD_DEBUG=1 to see one). Importing this package registers ever
 """
 
 from . import (  # noqa: F401  (register commands)
+    _audit,
     _batch,
     _cascade,
     _estimate,
