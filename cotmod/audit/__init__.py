@@ -30,7 +30,7 @@ from ._report import (
     build_report,
     read_history,
 )
-from ._run import check_audit_output, read_audit, run_audit_async
+from ._run import check_audit_output, read_audit, run_audit, run_audit_async
 
 __all__ = [
     "AuditPlan",
@@ -62,6 +62,7 @@ __all__ = [
     "read_history",
     "read_labels",
     "read_plan",
+    "run_audit",
     "run_audit_async",
     "sample_size",
     "stratified_mean",

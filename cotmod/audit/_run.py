@@ -18,7 +18,7 @@ from .._verdict import Verdict
 from ..batch._store import errors_path, write_json_atomic
 from ._plan import AuditPlan
 
-__all__ = ["audit_link_path", "check_audit_output", "check_auditor_policies", "read_audit", "run_audit_async"]
+__all__ = ["audit_link_path", "check_audit_output", "check_auditor_policies", "read_audit", "run_audit", "run_audit_async"]
 
 
 def audit_link_path(output: Path) -> Path:
@@ -96,6 +96,37 @@ async def run_audit_async(
     # beyond --limit stay to be run: the report counts them as not audited
     summary.input_rows = len(rows) if summary.input_rows == 0 else summary.input_rows
     return summary
+
+
+def run_audit(
+    plan: AuditPlan,
+    moderator: Any,
+    output: str | Path,
+    *,
+    concurrency: int | None = None,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    price_in: float | None = None,
+    price_out: float | None = None,
+    retry_errors: bool = False,
+    overwrite: bool = False,
+    limit: int | None = None,
+    on_progress: Callable[[Any, int | None], None] | None = None,
+) -> Any:
+    """The blocking twin of :func:`run_audit_async` (same parameters), on a fresh event loop;
+    closes the moderator's connections after, like :meth:`cotmod.Runner.run_sync`."""
+    import asyncio
+
+    async def go() -> Any:
+        try:
+            return await run_audit_async(
+                plan, moderator, output, concurrency=concurrency, rpm=rpm, tpm=tpm, price_in=price_in,
+                price_out=price_out, retry_errors=retry_errors, overwrite=overwrite, limit=limit, on_progress=on_progress,
+            )
+        finally:
+            await moderator.aclose()
+
+    return asyncio.run(go())
 
 
 def read_audit(plan: AuditPlan, output: str | Path) -> tuple[dict[str, Verdict], dict[str, str], str]:

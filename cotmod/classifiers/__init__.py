@@ -6,6 +6,7 @@ Needs the ``classifiers`` extra (``pip install 'cotmod[classifiers]'``: scipy an
 >>> from cotmod.classifiers import read_scores, choose_thresholds, monitor, MonitorSettings
 """
 
+from ._cascade import CascadePoint, CascadeReport, choose_cascade, read_llm_decisions, write_cascade
 from ._errors import (
     ErrorGroup,
     ErrorItem,
@@ -59,6 +60,8 @@ from ._verdictlog import (
 __all__ = [
     "MISSING_STRATUM",
     "Calibrator",
+    "CascadePoint",
+    "CascadeReport",
     "ChunkDrift",
     "ChunkEstimate",
     "ClassifierThresholds",
@@ -85,6 +88,7 @@ __all__ = [
     "VerdictLog",
     "VerdictMonitorReport",
     "VerdictSeries",
+    "choose_cascade",
     "choose_threshold",
     "choose_thresholds",
     "classifier_errors",
@@ -102,8 +106,10 @@ __all__ = [
     "monitor_verdicts",
     "parse_chunk",
     "parse_timestamp",
+    "read_llm_decisions",
     "read_scores",
     "read_verdict_log",
+    "write_cascade",
     "write_classifier_thresholds",
     "write_monitor_html",
 ]
