@@ -3,7 +3,7 @@ classifier-only, on the SMS Spam Collection (``spam_scams``).
 
 1. Train the demo classifier (scikit-learn TF-IDF + logistic regression, ``cotmod.classifiers``)
    on 60% of SMS Spam; score the held-out 40%.
-2. Draw ``--n`` held-out items (seeded; the natural spam share) and write them with their scores
+2. Draw ``--n`` held-out items (seeded; ``--spam-share`` spam, 1/3 by default) and write them with their scores
    (``items.jsonl``: id, text, score_spam) and the score log with ground truth (``scores.jsonl``).
 3. LLM-only: ``cotmod run items.jsonl -p spam_scams`` with the local model (resumable).
 4. ``cotmod classifier cascade``: choose the bands on a seeded half (at most ``--max-llm-share``
@@ -15,7 +15,7 @@ classifier-only, on the SMS Spam Collection (``spam_scams``).
 Prints one JSON line (stdout); the run directory keeps every file. Model benchmarks run alone
 (one llama.cpp server on 2 cores).
 
-    python benchmarks/bench_cascade.py --n 300 --out benchmarks/results/cascade-qwen1.5b
+    python benchmarks/bench_cascade.py --n 150 --out benchmarks/results/cascade-qwen1.5b
 """
 
 from __future__ import annotations
@@ -33,12 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cotmod_exe, emit, log
 
 
-def _write_items(out: Path, n: int, seed: int, test_size: float) -> tuple[Path, Path]:
+def _write_items(out: Path, n: int, seed: int, test_size: float, spam_share: float | None) -> tuple[Path, Path]:
     from cotmod.classifiers._demo import train_demo_classifier
 
     demo = train_demo_classifier(seed=0, test_size=test_size)
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(demo.texts), size=min(n, len(demo.texts)), replace=False)
+    if spam_share is None:
+        idx = rng.choice(len(demo.texts), size=min(n, len(demo.texts)), replace=False)
+    else:  # a fixed share of spam, each class drawn at random
+        pos, neg = np.flatnonzero(demo.truth == 1), np.flatnonzero(demo.truth == 0)
+        k = round(n * spam_share)
+        idx = rng.permutation(np.concatenate([rng.choice(pos, size=k, replace=False), rng.choice(neg, size=n - k, replace=False)]))
     items, scores = out / "items.jsonl", out / "scores.jsonl"
     with items.open("w", encoding="utf-8") as fi, scores.open("w", encoding="utf-8") as fs:
         for j in idx:
@@ -69,7 +74,12 @@ def _verdicts(path: Path) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=300, help="held-out items judged by the LLM")
+    ap.add_argument("--n", type=int, default=150, help="held-out items judged by the LLM")
+    ap.add_argument(
+        "--spam-share", type=float, default=1 / 3,
+        help="share of spam in the sample (each class drawn at random; 0 = the natural ~13%%, which leaves few spam "
+        "items in a small test half) [default: 1/3]",
+    )
     ap.add_argument("--seed", type=int, default=2026, help="sample, split and bootstrap seed (the benchmark seed; never tuned on)")
     ap.add_argument("--local-model", default="qwen2.5-coder-1.5b")
     ap.add_argument("--base-url", help="an OpenAI-compatible endpoint instead of the local model")
@@ -82,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    items, scores = _write_items(out, args.n, args.seed, 0.4)
+    items, scores = _write_items(out, args.n, args.seed, 0.4, args.spam_share or None)
     exe = cotmod_exe()
     endpoint = ["--base-url", args.base_url, "--model", args.model] if args.base_url else ["--local-model", args.local_model]
     common = ["-p", "spam_scams", "-c", str(args.concurrency), "--no-progress", "--json", *endpoint]
@@ -149,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
                 sum(int(v.get("attempts", 0)) for v in llm_v.values() if v["status"] == "ok") / max(1, len(llm_v)), 3
             ),
             "agreement_with_simulation": round(agree / decided, 4) if decided else None,
+            "tokens_per_item": round(sum(int(v["usage"]["total_tokens"]) for v in lv.values()) / max(1, len(lv)), 1),
+            "llm_only_tokens_per_item": round(sum(int(v["usage"]["total_tokens"]) for v in llm_v.values()) / max(1, len(llm_v)), 1),
         },
     }
     (out / "result.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
