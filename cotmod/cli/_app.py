@@ -6,6 +6,7 @@ in use is said on stderr, so stdout stays clean for --json."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -127,6 +128,69 @@ def _endpoint_options(f: F) -> F:
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+class FiniteFloat(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2; the floor is 8.1
+    """A finite float (``nan`` and ``inf`` are usage errors), at least ``min`` (or above it when
+    ``min_open``)."""
+
+    name = "number"
+
+    def __init__(self, min: float = 0.0, *, min_open: bool = False) -> None:
+        self.min = min
+        self.min_open = min_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            f = float(value)
+        else:
+            try:
+                f = float(str(value))
+            except ValueError:
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(f):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if f < self.min or (self.min_open and f == self.min):
+            self.fail(f"{value!r} must be {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
+        return f
+
+
+def _runner_options(
+    *,
+    spend: bool = True,
+    retry_help: str = "Reprocess only the items in <output>.errors.jsonl.",
+    overwrite_help: str = "Discard an existing output (and its errors/manifest) first.",
+    json_help: str = "Print the summary as JSON.",
+) -> Callable[[F], F]:
+    """The batch runner's options, shared by every command that runs items through it (``run``,
+    ``audit run``, ``classifier explain``): concurrency, rate caps, retry/overwrite, (with
+    ``spend``) a limit and prices, the result cache, ``--json`` and progress."""
+    opts = [
+        click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Maximum requests in flight [default: settings, 4]."),
+        click.option("--rpm", type=FiniteFloat(0, min_open=True), help="Requests-per-minute cap."),
+        click.option("--tpm", type=FiniteFloat(0, min_open=True), help="Tokens-per-minute cap."),
+        click.option("--retry-errors", is_flag=True, help=retry_help),
+        click.option("--overwrite", is_flag=True, help=overwrite_help),
+    ]
+    if spend:
+        opts += [
+            click.option("--limit", type=click.IntRange(min=1), help="Process at most N new items."),
+            click.option("--price-in", type=FiniteFloat(0), help="USD per 1M input tokens (default: built-in table)."),
+            click.option("--price-out", type=FiniteFloat(0), help="USD per 1M output tokens."),
+        ]
+    opts += [
+        click.option("--cache", "cache_path", type=click.Path(dir_okay=False), help="Result cache file [default: $COTMOD_HOME/cache.sqlite]."),
+        click.option("--no-cache", is_flag=True, help="Do not read or write the result cache."),
+        click.option("--json", "as_json", is_flag=True, help=json_help),
+        click.option("--progress/--no-progress", default=None, help="Progress on stderr [default: a bar when a terminal]."),
+    ]
+
+    def deco(f: F) -> F:
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return deco
 
 
 def _notice(line: str) -> None:

@@ -25,10 +25,10 @@ from ._app import (
     _finish_run,
     _notice,
     _policy_source,
+    _runner_options,
     _settings,
     cli,
 )
-from ._moderate import FiniteFloat
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -120,18 +120,7 @@ def audit_plan(
 @audit.command("run", context_settings=CONTEXT)
 @click.argument("plan_path", metavar="PLAN", type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Auditor verdicts JSONL (resumable).")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Maximum requests in flight [default: settings, 4].")
-@click.option("--rpm", type=FiniteFloat(0, min_open=True), help="Requests-per-minute cap.")
-@click.option("--tpm", type=FiniteFloat(0, min_open=True), help="Tokens-per-minute cap.")
-@click.option("--retry-errors", is_flag=True, help="Reprocess only the items in <output>.errors.jsonl.")
-@click.option("--overwrite", is_flag=True, help="Discard an existing output first.")
-@click.option("--limit", type=click.IntRange(min=1), help="Process at most N new items.")
-@click.option("--price-in", type=FiniteFloat(0), help="USD per 1M input tokens.")
-@click.option("--price-out", type=FiniteFloat(0), help="USD per 1M output tokens.")
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), help="Result cache file [default: $COTMOD_HOME/cache.sqlite].")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the result cache.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--progress/--no-progress", default=None, help="Progress on stderr [default: a bar when a terminal].")
+@_runner_options(overwrite_help="Discard an existing output first.")
 @_endpoint_options
 def audit_run(
     plan_path: str, output: str, concurrency: int | None, rpm: float | None, tpm: float | None, retry_errors: bool, overwrite: bool,

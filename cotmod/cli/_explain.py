@@ -17,8 +17,15 @@ from typing import Any
 import click
 
 from .._exceptions import ConfigError, CotmodError, InputError, UserError
-from ._app import CONTEXT, EXIT_OK, EXIT_UNDECIDED, _endpoint_options, _notice, _settings
-from ._moderate import FiniteFloat
+from ._app import (
+    CONTEXT,
+    EXIT_OK,
+    EXIT_UNDECIDED,
+    _endpoint_options,
+    _notice,
+    _runner_options,
+    _settings,
+)
 from ._monitor import _pairs, classifier
 
 
@@ -118,15 +125,12 @@ def _print(report: Any) -> None:
 @click.option("--time-field", default="timestamp", show_default=True)
 @click.option("--text-field", default="text", show_default=True, help="Field with the item's text (the verdict needs it).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]), help="Input format [default: from the extension].")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Maximum requests in flight [default: settings, 4].")
-@click.option("--rpm", type=FiniteFloat(0, min_open=True), help="Requests-per-minute cap.")
-@click.option("--tpm", type=FiniteFloat(0, min_open=True), help="Tokens-per-minute cap.")
-@click.option("--retry-errors", is_flag=True, help="Send again the sampled items that got no verdict in an earlier run.")
-@click.option("--overwrite", is_flag=True, help="Discard the run directory's earlier verdicts first.")
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), help="Result cache file [default: $COTMOD_HOME/cache.sqlite].")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the result cache.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--progress/--no-progress", default=None, help="Progress on stderr [default: a bar when a terminal].")
+@_runner_options(
+    spend=False,
+    retry_help="Send again the sampled items that got no verdict in an earlier run.",
+    overwrite_help="Discard the run directory's earlier verdicts first.",
+    json_help="Print the report as JSON.",
+)
 @_endpoint_options
 def classifier_explain(
     scores: str,

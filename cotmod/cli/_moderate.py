@@ -8,7 +8,6 @@ interrupted.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,34 +21,10 @@ from ._app import (
     _endpoint_options,
     _finish_run,
     _print_verdict,
+    _runner_options,
     _settings,
     cli,
 )
-
-
-class FiniteFloat(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2; the floor is 8.1
-    """A finite float (``nan`` and ``inf`` are usage errors), at least ``min`` (or above it when
-    ``min_open``)."""
-
-    name = "number"
-
-    def __init__(self, min: float = 0.0, *, min_open: bool = False) -> None:
-        self.min = min
-        self.min_open = min_open
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            f = float(value)
-        else:
-            try:
-                f = float(str(value))
-            except ValueError:
-                self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(f):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        if f < self.min or (self.min_open and f == self.min):
-            self.fail(f"{value!r} must be {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
-        return f
 
 
 def _make_moderator(settings: Any, cache: Any = None) -> Any:
@@ -172,18 +147,7 @@ def moderate(text: str | None, file_: str | None, fmt: str | None, as_json: bool
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "text"]), help="Input format [default: from the extension; .gz is looked through].")
 @click.option("--id-field", default="id", show_default=True, help="Column/field holding the item id.")
 @click.option("--text-field", default="text", show_default=True, help="Column/field holding the text.")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Maximum requests in flight [default: settings, 4].")
-@click.option("--rpm", type=FiniteFloat(0, min_open=True), help="Requests-per-minute cap.")
-@click.option("--tpm", type=FiniteFloat(0, min_open=True), help="Tokens-per-minute cap.")
-@click.option("--retry-errors", is_flag=True, help="Reprocess only the items in <output>.errors.jsonl.")
-@click.option("--overwrite", is_flag=True, help="Discard an existing output (and its errors/manifest) first.")
-@click.option("--limit", type=click.IntRange(min=1), help="Process at most N new items.")
-@click.option("--price-in", type=FiniteFloat(0), help="USD per 1M input tokens (default: built-in table).")
-@click.option("--price-out", type=FiniteFloat(0), help="USD per 1M output tokens.")
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), help="Result cache file [default: $COTMOD_HOME/cache.sqlite].")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the result cache.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--progress/--no-progress", default=None, help="Progress on stderr [default: a bar when a terminal].")
+@_runner_options()
 @_endpoint_options
 def run(
     input_path: str,
