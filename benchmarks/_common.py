@@ -57,6 +57,17 @@ def emit(figures: dict[str, Any]) -> None:
     print(json.dumps(figures, sort_keys=False), flush=True)
 
 
+def run_cmd(cmd: list[str], ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+    """Run a command (logged to stderr), capturing its output; exit with its output when its code
+    is not in ``ok``."""
+    log("$ " + " ".join(cmd))
+    proc = subprocess.run(cmd, text=True, capture_output=True)
+    if proc.returncode not in ok:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
+    return proc
+
+
 def rnd(x: float | None, n: int = 3) -> float | None:
     return None if x is None else round(x, n)
 

@@ -13,7 +13,7 @@ the golden set's labels standing in for human adjudication.
 
 Prints one JSON line (stdout); the run directory keeps every file. Model benchmarks run alone.
 
-    python benchmarks/bench_audit_models.py --n 300 --size 80 --out benchmarks/results/audit-smollm-vs-qwen
+    python benchmarks/bench_audit_models.py --n 150 --size 60 --control 20 --out benchmarks/results/audit-smollm-vs-qwen
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,18 +28,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cotmod_exe, emit, log
+from _common import cotmod_exe, emit, run_cmd
 
 GOLD = Path(__file__).resolve().parent / "goldsets" / "sms_spam" / "sms_spam.normalized.jsonl.gz"
-
-
-def _run(cmd: list[str], ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
-    log("$ " + " ".join(cmd))
-    proc = subprocess.run(cmd, text=True, capture_output=True)
-    if proc.returncode not in ok:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
-    return proc
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -88,21 +78,21 @@ def main(argv: list[str] | None = None) -> None:
 
     common = ["-c", str(args.concurrency), "--no-progress", "--json"]
     prod = out / "production.jsonl"
-    _run([exe, "run", str(items), "-o", str(prod), "-p", "spam_scams", "--local-model", args.production, *common], ok=(0, 1))
+    run_cmd([exe, "run", str(items), "-o", str(prod), "-p", "spam_scams", "--local-model", args.production, *common], ok=(0, 1))
     plan = out / "plan.jsonl"
-    _run([exe, "audit", "plan", str(prod), "--items", str(items), "-p", "spam_scams", "--size", str(args.size),
+    run_cmd([exe, "audit", "plan", str(prod), "--items", str(items), "-p", "spam_scams", "--size", str(args.size),
           "--seed", str(args.seed), "-o", str(plan)])
     audit = out / "audit.jsonl"
-    _run([exe, "audit", "run", str(plan), "-o", str(audit), "--local-model", args.auditor, *common], ok=(0, 1))
+    run_cmd([exe, "audit", "run", str(plan), "-o", str(audit), "--local-model", args.auditor, *common], ok=(0, 1))
     task = out / "task.jsonl"
-    _run([exe, "audit", "export", str(plan), str(audit), "-o", str(task), "--control", str(args.control), "--seed", str(args.seed)])
+    run_cmd([exe, "audit", "export", str(plan), str(audit), "-o", str(task), "--control", str(args.control), "--seed", str(args.seed)])
     labels = out / "labels.jsonl"
     with labels.open("w", encoding="utf-8") as f:
         for row in _jsonl(task):
             row["label"] = "violates" if gold[str(row["id"])] else "safe"
             row["labeler"] = "gold (SMS Spam Collection)"
             f.write(json.dumps(row) + "\n")
-    rep = json.loads(_run([exe, "audit", "report", str(plan), str(audit), "--labels", str(labels), "--json",
+    rep = json.loads(run_cmd([exe, "audit", "report", str(plan), str(audit), "--labels", str(labels), "--json",
                            "--html", str(out / "report.html")], ok=(0, 1)).stdout)
     (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n", encoding="utf-8")
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cotmod_exe, emit, log
+from _common import cotmod_exe, emit, run_cmd
 
 
 def _write_items(out: Path, n: int, seed: int, test_size: float, spam_share: float | None) -> tuple[Path, Path]:
@@ -52,15 +51,6 @@ def _write_items(out: Path, n: int, seed: int, test_size: float, spam_share: flo
             fi.write(json.dumps({"id": sid, "text": demo.texts[j], "score_spam": s}) + "\n")
             fs.write(json.dumps({"id": sid, "score_spam": s, "label_spam": int(demo.truth[j])}) + "\n")
     return items, scores
-
-
-def _run(cmd: list[str], ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
-    log("$ " + " ".join(cmd))
-    proc = subprocess.run(cmd, text=True, capture_output=True)
-    if proc.returncode not in ok:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
-    return proc
 
 
 def _verdicts(path: Path) -> dict[str, dict[str, Any]]:
@@ -98,10 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     common = ["-p", "spam_scams", "-c", str(args.concurrency), "--no-progress", "--json", *endpoint]
 
     llm_out = out / "llm.jsonl"
-    llm = json.loads(_run([exe, "run", str(items), "-o", str(llm_out), *common], ok=(0, 1)).stdout)
+    llm = json.loads(run_cmd([exe, "run", str(items), "-o", str(llm_out), *common], ok=(0, 1)).stdout)
     cascade_file = out / "cascade.yaml"
     rep = json.loads(
-        _run(
+        run_cmd(
             [exe, "classifier", "cascade", str(scores), "-v", str(llm_out), "-m", "spam=spam_scams", "-o", str(cascade_file),
              "--max-llm-share", str(args.max_llm_share), "--max-f1-loss", str(args.max_f1_loss), "--seed", str(args.seed), "--json"],
             ok=(0, 1),
@@ -109,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     )[0]
     live_out = out / "cascade.jsonl"
     live = json.loads(
-        _run([exe, "run", str(items), "-o", str(live_out), "--cascade", str(cascade_file), "--no-cache", *common], ok=(0, 1)).stdout
+        run_cmd([exe, "run", str(items), "-o", str(live_out), "--cascade", str(cascade_file), "--no-cache", *common], ok=(0, 1)).stdout
     )
 
     # the live engine against the offline simulation, item by item (all items, both halves)
