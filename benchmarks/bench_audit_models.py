@@ -28,13 +28,18 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cotmod_exe, emit, run_cmd
+from _common import cotmod_exe, emit, log, run_cmd
 
 GOLD = Path(__file__).resolve().parent / "goldsets" / "sms_spam" / "sms_spam.normalized.jsonl.gz"
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _lines(path: Path) -> int:
+    """Dead letters: items that got no verdict at all."""
+    return len(_jsonl(path)) if path.exists() else 0
 
 
 def _pr(pairs: list[tuple[bool, bool]]) -> dict[str, float | None]:
@@ -80,8 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     prod = out / "production.jsonl"
     run_cmd([exe, "run", str(items), "-o", str(prod), "-p", "spam_scams", "--local-model", args.production, *common], ok=(0, 1))
     plan = out / "plan.jsonl"
-    run_cmd([exe, "audit", "plan", str(prod), "--items", str(items), "-p", "spam_scams", "--size", str(args.size),
-          "--seed", str(args.seed), "-o", str(plan)])
+    if plan.exists():  # a rerun resumes the same audit (a new plan would have another hash)
+        log(f"reusing {plan}")
+    else:
+        run_cmd([exe, "audit", "plan", str(prod), "--items", str(items), "-p", "spam_scams", "--size", str(args.size),
+                 "--seed", str(args.seed), "-o", str(plan)])
     audit = out / "audit.jsonl"
     run_cmd([exe, "audit", "run", str(plan), "-o", str(audit), "--local-model", args.auditor, *common], ok=(0, 1))
     task = out / "task.jsonl"
@@ -108,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
         "production": args.production,
         "auditor": args.auditor,
-        "production_errors": sum(1 for v in pv.values() if v["status"] != "ok"),
-        "auditor_errors": sum(1 for v in av.values() if v["status"] != "ok"),
+        "production_errors": sum(1 for v in pv.values() if v["status"] != "ok") + _lines(out / "production.errors.jsonl"),
+        "auditor_errors": sum(1 for v in av.values() if v["status"] != "ok") + _lines(out / "audit.errors.jsonl"),
         "audited": len(av),
         "human_labels": len(_jsonl(labels)),
         "production_true": _pr(truth_pairs),
