@@ -9,7 +9,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -277,6 +277,45 @@ def _print_summary(d: dict[str, Any]) -> None:
         f"{d['transport_retries']}, re-asks {d['reasks']}, 429s {d['throttled_429']}"
     )
 
+
+
+T = TypeVar("T")
+
+
+def _drive_run(
+    work: Callable[[Callable[[Any, int | None], None] | None], Awaitable[T]],
+    *,
+    moderator: Any,
+    cache: Any,
+    show: bool,
+    written_to: str,
+    what: str = "run",
+) -> T:
+    """Run ``work(on_progress)`` (a batch-runner job) to the end, with a progress bar when
+    ``show``; close the moderator and the result cache after. When a runtime failure stops it, say
+    on stderr that what was written to ``written_to`` is kept and the same command resumes."""
+    import asyncio
+
+    async def go() -> T:
+        try:
+            if not show:
+                return await work(None)
+            from ._progress import RunProgress
+
+            with RunProgress() as bar:
+                return await work(bar.update)
+        finally:
+            await moderator.aclose()
+
+    try:
+        return asyncio.run(go())
+    except CotmodError as exc:
+        if not isinstance(exc, UserError):
+            click.echo(f"cotmod: the {what} stopped; verdicts already written to {written_to} are kept: rerun the same command to resume", err=True)
+        raise
+    finally:
+        if cache is not None:
+            cache.close()
 
 
 def _finish_run(summary: Any, as_json: bool, undecided_note: str | None = None) -> None:

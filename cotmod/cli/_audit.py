@@ -16,11 +16,12 @@ from typing import Any
 
 import click
 
-from .._exceptions import CotmodError, InputError, UserError
+from .._exceptions import InputError
 from ._app import (
     CONTEXT,
     EXIT_OK,
     EXIT_UNDECIDED,
+    _drive_run,
     _endpoint_options,
     _finish_run,
     _notice,
@@ -132,7 +133,6 @@ def audit_run(
 
     Refuses an output made from another plan, and guidelines whose policy versions differ from
     the plan's. Exits 1 when some items got no auditor verdict."""
-    import asyncio
 
     from .._config import cotmod_home
     from ..audit import read_plan, run_audit_async
@@ -149,28 +149,12 @@ def audit_run(
     mod = _moderate._make_moderator(settings, cache)
     show = progress if progress is not None else (sys.stderr.isatty() and not as_json)
 
-    async def go() -> Any:
-        kwargs: dict[str, Any] = {"rpm": rpm, "tpm": tpm, "price_in": price_in, "price_out": price_out,
-                                  "retry_errors": retry_errors, "overwrite": overwrite, "limit": limit}
-        try:
-            if not show:
-                return await run_audit_async(plan, mod, output, **kwargs)
-            from ._progress import RunProgress
-
-            with RunProgress() as bar:
-                return await run_audit_async(plan, mod, output, on_progress=bar.update, **kwargs)
-        finally:
-            await mod.aclose()
-
-    try:
-        summary = asyncio.run(go())
-    except CotmodError as exc:
-        if not isinstance(exc, UserError):
-            click.echo(f"cotmod: the audit stopped; verdicts already written to {output} are kept: rerun the same command to resume", err=True)
-        raise
-    finally:
-        if cache is not None:
-            cache.close()
+    kwargs: dict[str, Any] = {"rpm": rpm, "tpm": tpm, "price_in": price_in, "price_out": price_out,
+                              "retry_errors": retry_errors, "overwrite": overwrite, "limit": limit}
+    summary = _drive_run(
+        lambda on_progress: run_audit_async(plan, mod, output, on_progress=on_progress, **kwargs),
+        moderator=mod, cache=cache, show=show, written_to=output, what="audit",
+    )
     _finish_run(summary, as_json, f"{summary.undecided} sampled item(s) without an auditor verdict (--retry-errors redoes the retryable ones)")
 
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import click
 
-from .._exceptions import ConfigError, CotmodError, InputError, UserError
+from .._exceptions import ConfigError, InputError
 from ._app import (
     CONTEXT,
     EXIT_OK,
     EXIT_UNDECIDED,
+    _drive_run,
     _endpoint_options,
     _notice,
     _runner_options,
@@ -175,8 +176,6 @@ def classifier_explain(
       cotmod classifier explain scores.jsonl --thresholds th.yaml --label-policy spam=spam_scams
       cotmod classifier explain scores.jsonl --thresholds th.yaml --manifest enforcement.yaml --sample 100 -o rca/
     """
-    import asyncio
-
     from .._config import cotmod_home
     from ..classifiers._errors import load_classifier_bands
     from ..classifiers._explain import explain_errors_async
@@ -206,30 +205,16 @@ def classifier_explain(
     _notice(f"explaining {', '.join(f'{lb} ({pid})' for lb, pid in lmap.items())}; verdicts in {out}/ (rerun the same command to resume)")
     show = progress if progress is not None else (sys.stderr.isatty() and not as_json)
 
-    async def go() -> Any:
-        kwargs: dict[str, Any] = {
-            "moderator": mod, "label_policy": lmap, "sample": sample, "seed": seed, "run_dir": out,
-            "rpm": rpm, "tpm": tpm, "retry_errors": retry_errors, "overwrite": overwrite,
-        }
-        try:
-            if not show:
-                return await explain_errors_async(log, bands, **kwargs)
-            from ._progress import RunProgress
+    kwargs: dict[str, Any] = {
+        "moderator": mod, "label_policy": lmap, "sample": sample, "seed": seed, "run_dir": out,
+        "rpm": rpm, "tpm": tpm, "retry_errors": retry_errors, "overwrite": overwrite,
+    }
 
-            with RunProgress() as bar:
-                return await explain_errors_async(log, bands, on_progress=lambda _pid, s, n: bar.update(s, n), **kwargs)
-        finally:
-            await mod.aclose()
+    def work(on_progress: Any) -> Any:
+        progress_ = None if on_progress is None else (lambda _pid, s, n: on_progress(s, n))
+        return explain_errors_async(log, bands, on_progress=progress_, **kwargs)
 
-    try:
-        report = asyncio.run(go())
-    except CotmodError as exc:
-        if not isinstance(exc, UserError):
-            click.echo(f"cotmod: the run stopped; verdicts already written to {out}/ are kept: rerun the same command to resume", err=True)
-        raise
-    finally:
-        if cache is not None:
-            cache.close()
+    report = _drive_run(work, moderator=mod, cache=cache, show=show, written_to=f"{out}/")
     code = EXIT_UNDECIDED if report.undecided else EXIT_OK
     if as_json:
         data = report.model_dump(mode="json")

@@ -13,11 +13,12 @@ from typing import Any
 
 import click
 
-from .._exceptions import CotmodError, InputError, UserError
+from .._exceptions import InputError, UserError
 from ._app import (
     CONTEXT,
     EXIT_UNDECIDED,
     _check_text,
+    _drive_run,
     _endpoint_options,
     _finish_run,
     _print_verdict,
@@ -186,7 +187,6 @@ def run(
       cotmod run posts.jsonl -o verdicts.jsonl -p hate_speech -c 8 --rpm 600
       cotmod run posts.csv.gz --text-field body --id-field post_id -o out.jsonl --json
     """
-    import asyncio
     import sys
 
     from .._config import cotmod_home
@@ -200,37 +200,20 @@ def run(
     mod = _make_moderator(settings, cache)
     runner = Runner(mod, rpm=rpm, tpm=tpm, price_in=price_in, price_out=price_out)
     show = progress if progress is not None else (sys.stderr.isatty() and not as_json)
-    out_path = output
 
-    async def go() -> Any:
-        kwargs: dict[str, Any] = {
-            "policies": list(policies) or None,
-            "id_field": id_field,
-            "text_field": text_field,
-            "fmt": fmt,
-            "retry_errors": retry_errors,
-            "overwrite": overwrite,
-            "limit": limit,
-        }
-        try:
-            if not show:
-                return await runner.run(input_path, output, **kwargs)
-            from ._progress import RunProgress
-
-            with RunProgress() as bar:
-                return await runner.run(input_path, output, on_progress=bar.update, **kwargs)
-        finally:
-            await mod.aclose()
-
-    try:
-        summary = asyncio.run(go())
-    except CotmodError as exc:
-        if not isinstance(exc, UserError):
-            click.echo(f"cotmod: the run stopped; verdicts already written to {out_path} are kept: rerun the same command to resume", err=True)
-        raise
-    finally:
-        if cache is not None:
-            cache.close()
+    kwargs: dict[str, Any] = {
+        "policies": list(policies) or None,
+        "id_field": id_field,
+        "text_field": text_field,
+        "fmt": fmt,
+        "retry_errors": retry_errors,
+        "overwrite": overwrite,
+        "limit": limit,
+    }
+    summary = _drive_run(
+        lambda on_progress: runner.run(input_path, output, on_progress=on_progress, **kwargs),
+        moderator=mod, cache=cache, show=show, written_to=output,
+    )
     _finish_run(
         summary,
         as_json,
