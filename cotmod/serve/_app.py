@@ -43,11 +43,11 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import re
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,7 +237,7 @@ class _Observe:
                 given = v.decode("latin-1")
                 rid = given if _REQUEST_ID.match(given) else ""
                 break
-        rid = rid or "req-" + uuid.uuid4().hex[:20]
+        rid = rid or "req-" + os.urandom(10).hex()
         scope.setdefault("state", {})["request_id"] = rid
         status = 500
         start = time.perf_counter()
@@ -325,6 +325,29 @@ def _kind(value: Any) -> str:
     return {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object"}.get(
         type(value), type(value).__name__
     )
+
+
+#: a verdict and its JSON text (the audit-log line)
+Recorded = tuple[Verdict, str]
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (no lone surrogate, which JSON escapes let in)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _dumps(obj: Any) -> str:
+    """JSON text as :class:`JSONResponse` renders it (compact, UTF-8, no NaN)."""
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+
+
+def _json_response(text: str) -> Response:
+    """A JSON response whose body is already JSON text (verdicts spliced in as serialised)."""
+    return Response(text.encode("utf-8"), media_type="application/json")
 
 
 class _Service:
@@ -423,12 +446,16 @@ class _Service:
             except UnicodeEncodeError:
                 raise ApiError(400, f"{where}: text is not valid Unicode (a lone surrogate)", param=where) from None
             item_id = given if given is not None else f"{rid}-{i}"
+            if not _utf8(item_id):
+                raise ApiError(400, f"{where}.id: not valid Unicode (a lone surrogate)", param=f"{where}.id")
             if item_id in seen:
                 raise ApiError(400, f"{where}.id: duplicate id {item_id!r} in this request", param=f"{where}.id")
             seen.add(item_id)
             item = Item(text, item_id, {**meta, "request_id": rid})
             try:
-                json.dumps(dict(item.metadata), allow_nan=False)
+                if not _utf8(json.dumps(dict(item.metadata), allow_nan=False, ensure_ascii=False)):
+                    # the verdict carries the metadata and could be neither logged nor returned
+                    raise ApiError(400, f"{where}.metadata: not valid Unicode (a lone surrogate)", param=where)
                 self.mod.routes(item, ids)  # a bad cascade score fails here, before any model call
             except (TypeError, ValueError) as exc:
                 raise ApiError(400, f"{where}.metadata: not JSON-serialisable ({exc})", param=where) from None
@@ -438,19 +465,22 @@ class _Service:
         return out
 
     # -- the work ----------------------------------------------------------------------------------
-    def record(self, v: Verdict) -> None:
-        """Audit-log and count one verdict (as soon as it is made)."""
+    def record(self, v: Verdict) -> str:
+        """Audit-log and count one verdict (as soon as it is made); returns its JSON, serialised
+        once: the audit-log line and the verdict in the response are the same text."""
+        line = v.model_dump_json()
         if self.audit is not None:
             try:
-                self.audit.write(v.model_dump_json())
+                self.audit.write(line)
             except CotmodError as exc:
                 log.error("audit log: %s", exc)
                 raise ApiError(503, "the audit log cannot be written; no verdict is returned unlogged", "server_error", code="audit_log_failed") from None
         self.metrics.observe_verdict(v)
+        return line
 
-    async def moderate(self, items: list[Item], policies: list[str] | None) -> list[Verdict]:
-        """Moderate under the admission limit and the request timeout; each verdict is
-        recorded as it finishes."""
+    async def moderate(self, items: list[Item], policies: list[str] | None) -> list[Recorded]:
+        """Moderate under the admission limit; each verdict is recorded as it finishes and
+        returned with its JSON (see :meth:`record`)."""
         if not await self.admission.acquire():
             self.metrics.rejected.labels("overloaded").inc()
             raise ApiError(
@@ -462,11 +492,12 @@ class _Service:
             )
         try:
 
-            async def one(item: Item) -> Verdict:
+            async def one(item: Item) -> Recorded:
                 v = await self.mod.moderate(item, policies)
-                self.record(v)
-                return v
+                return v, self.record(v)
 
+            if len(items) == 1:  # the common case: no task and gather for a single item
+                return [await one(items[0])]
             tasks = [asyncio.ensure_future(one(it)) for it in items]
             try:
                 return list(await asyncio.gather(*tasks))
@@ -477,7 +508,7 @@ class _Service:
         finally:
             self.admission.release()
 
-    async def run(self, items: list[Item], policies: list[str] | None) -> list[Verdict]:
+    async def run(self, items: list[Item], policies: list[str] | None) -> list[Recorded]:
         try:
             return await asyncio.wait_for(self.moderate(items, policies), self.config.request_timeout)
         except asyncio.TimeoutError:
@@ -490,7 +521,8 @@ class _Service:
             raise ApiError(400, str(exc)) from None
 
     # -- responses ---------------------------------------------------------------------------------
-    def moderation_result(self, v: Verdict, policy_ids: Sequence[str]) -> dict[str, Any]:
+    def moderation_result(self, v: Verdict, verdict_json: str, policy_ids: Sequence[str]) -> str:
+        """One ``results`` entry (JSON text): the OpenAI fields, then the verdict under ``cotmod``."""
         by_id = {d.policy_id: d for d in v.decisions}
         categories: dict[str, bool] = {}
         scores: dict[str, float] = {}
@@ -499,13 +531,13 @@ class _Service:
             name = self.category(pid)
             categories[name] = bool(d is not None and d.violates)
             scores[name] = float(d.score if d is not None and not d.triaged_out else 0.0)
-        return {
+        head = {
             "flagged": bool(v.violates),
             "categories": categories,
             "category_scores": scores,
             "category_applied_input_types": {name: ["text"] for name in categories},
-            "cotmod": v.model_dump(mode="json"),
         }
+        return _dumps(head)[:-1] + ',"cotmod":' + verdict_json + "}"
 
 
 def _handler(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -588,8 +620,8 @@ def create_app(
         policies = svc.policies(data)
         rid = request.state.request_id
         items = svc.items([(None, t, m) for t, m in _texts(data["input"], "input")], rid, "input", policies)
-        verdicts = await svc.run(items, policies)
-        for i, v in enumerate(verdicts):
+        recorded = await svc.run(items, policies)
+        for i, (v, _) in enumerate(recorded):
             if v.status != "ok":
                 why = v.error.message if v.error else "no valid answer"
                 raise ApiError(
@@ -600,12 +632,8 @@ def create_app(
                     code="no_verdict",
                 )
         ids = mod.policies.select(policies).ids
-        body = {
-            "id": f"modr-{rid}",
-            "model": verdicts[0].model if verdicts else mod.model_name,
-            "results": [svc.moderation_result(v, ids) for v in verdicts],
-        }
-        return JSONResponse(body)
+        head = _dumps({"id": f"modr-{rid}", "model": recorded[0][0].model if recorded else mod.model_name})
+        return _json_response(head[:-1] + ',"results":[' + ",".join(svc.moderation_result(v, j, ids) for v, j in recorded) + "]}")
 
     @_handler
     async def verdicts(request: Request) -> Response:
@@ -648,8 +676,8 @@ def create_app(
                     meta["scores"] = x["scores"]
                 triples.append((None if item_id is None else str(item_id), text, meta))
         items = svc.items(triples, rid, param, policies)
-        out = await svc.run(items, policies)
-        return JSONResponse({"request_id": rid, "verdicts": [v.model_dump(mode="json") for v in out]})
+        recorded = await svc.run(items, policies)
+        return _json_response(_dumps({"request_id": rid})[:-1] + ',"verdicts":[' + ",".join(j for _, j in recorded) + "]}")
 
     @_handler
     async def render(request: Request) -> Response:
@@ -710,9 +738,12 @@ def create_app(
             )
         )
 
-    app.add_api_route("/v1/moderations", moderations, methods=["POST"])
-    app.add_api_route("/v1/verdicts", verdicts, methods=["POST"])
-    app.add_api_route("/v1/render", render, methods=["POST"])
+    # plain Starlette routes for the POST endpoints: the handlers take the Request and return a
+    # Response, so FastAPI's per-request dependency solving (query, header and body parsing for
+    # parameters there are none of) is pure overhead on the hot path
+    app.add_route("/v1/moderations", moderations, methods=["POST"])
+    app.add_route("/v1/verdicts", verdicts, methods=["POST"])
+    app.add_route("/v1/render", render, methods=["POST"])
     app.add_api_route("/v1/policies", policies, methods=["GET"])
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route("/readyz", readyz, methods=["GET"])

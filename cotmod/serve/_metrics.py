@@ -15,6 +15,8 @@ several apps in one process do not collide).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -43,20 +45,30 @@ class ServeMetrics:
         self.rejected = Counter("cotmod_serve_rejected", "Requests turned away (429) by reason", ["reason"], registry=r)
         self.in_flight = Gauge("cotmod_serve_in_flight", "Requests being moderated now", registry=r)
         self.queue_depth = Gauge("cotmod_serve_queue_depth", "Requests waiting for a moderation slot", registry=r)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    # labels() takes a lock and builds a key on every call: the labelled children are looked up
+    # once and kept (label sets are few: endpoints x statuses, policies x actions, error types)
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        self._child(self.requests, endpoint, str(status)).inc()
+        self._child(self.latency, endpoint).observe(seconds)
 
     def observe_verdict(self, v: Verdict) -> None:
-        self.verdicts.labels(v.status).inc()
+        self._child(self.verdicts, v.status).inc()
         if v.status == "ok":
             for d in v.decisions:
-                self.decisions.labels(d.policy_id, d.action).inc()
+                self._child(self.decisions, d.policy_id, d.action).inc()
         elif v.error is not None:
-            self.errors.labels(v.error.type).inc()
-        self.tokens.labels("prompt").inc(v.usage.prompt_tokens)
-        self.tokens.labels("completion").inc(v.usage.completion_tokens)
+            self._child(self.errors, v.error.type).inc()
+        self._child(self.tokens, "prompt").inc(v.usage.prompt_tokens)
+        self._child(self.tokens, "completion").inc(v.usage.completion_tokens)
         if v.cache_hits:
             self.cache_hits.inc(v.cache_hits)
 
