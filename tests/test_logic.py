@@ -74,6 +74,24 @@ def test_request_schema_ties_each_quote_to_its_answer() -> None:
     assert not v.is_valid(bad) and not jsonschema.Draft202012Validator(comp.schema).is_valid(bad)
 
 
+def test_the_answer_comes_before_its_quote_in_schema_prompt_and_examples() -> None:
+    """Answer first, then the quote that grounds it: with the quote first, a grammar-constrained
+    model that had copied any words could only pick an answer needing evidence (an insult quoted
+    under "harm" became physical harm), so the quote decided the answer."""
+    comp = Compiler(load_policies([GUIDELINES]).select(HATE), decision_logic=True)
+    for schema in (comp.schema, comp.request_schema):
+        for q in schema["properties"]["answers"]["properties"].values():
+            for shape in q.get("anyOf", [q]):
+                assert list(shape["properties"]) == ["answer", "quote"], shape
+    turns = comp.example_turns
+    assert turns
+    for turn in turns[1::2]:
+        for a in json.loads(turn["content"])["answers"].values():
+            assert list(a) == ["answer", "quote"]
+    shape = comp.system_prompt.split("# Output", 1)[1]
+    assert shape.index('"answer"') < shape.index('"quote"')
+
+
 def test_rules_derive_from_answers_and_exceptions_override() -> None:
     p = load_policies([GUIDELINES])["hate_speech"]
     assert outcome(p, {"target": "protected_group", "attack": "dehumanizes", "voice": "own_view"}) == (["HATE-1"], [])
@@ -273,11 +291,11 @@ def test_answer_distributions_read_the_first_token_of_each_answer() -> None:
         return {"token": t, "logprob": 0.0, "top_logprobs": [{"token": a, "logprob": math.log(pr)} for a, pr in alts]}
 
     logprobs = [
-        tok('{"answers": {"topic": {"quote": "x", "answer": "'),
+        tok('{"answers": {"topic": {"answer": "'),
         tok("suic", ("suic", 0.7), ("fig", 0.2), ("none", 0.1)),
-        tok('ide_or_self_harm"}, "act": {"quote": "y", "answer": "'),
+        tok('ide_or_self_harm", "quote": "x"}, "act": {"answer": "'),
         tok("seeks", ("seeks", 0.5), ("other", 0.5)),
-        tok('_or_gives_method"}}, "rationale": "r", "confidence": 0.9}'),
+        tok('_or_gives_method", "quote": "y"}}, "rationale": "r", "confidence": 0.9}'),
     ]
     d = answer_distributions(p, logprobs)  # type: ignore[arg-type]
     assert d is not None

@@ -98,15 +98,21 @@ def _question_schema(q: Question, limits: bool) -> dict[str, Any]:
         quote["maxLength"] = MAX_ANSWER_QUOTE_CHARS
     return {
         "type": "object",
-        "properties": {"quote": quote, "answer": {"type": "string", "enum": q.values}},
-        "required": ["quote", "answer"],
+        "properties": {"answer": {"type": "string", "enum": q.values}, "quote": quote},
+        "required": ["answer", "quote"],
         "additionalProperties": False,
     }
 
 
 def logic_schema(policy: Policy, *, limits: bool = True) -> dict[str, Any]:
-    """JSON Schema of the model's output under decision logic: per question (in order) the quote
-    then the answer, then a one-sentence rationale and a confidence."""
+    """JSON Schema of the model's output under decision logic: per question (in order) the answer
+    then the quote it rests on, then a one-sentence rationale and a confidence.
+
+    Answer first: with the quote first, a grammar-constrained model that had copied any words
+    could only go on to an answer that needs evidence, and one that had written an empty quote
+    only to one that does not, so the quote decided the answer (insults quoted under "harm" became
+    physical harm). Written first, the answer is the model's judgment; the quote then has to
+    ground it."""
     rationale: dict[str, Any] = {"type": "string"}
     if limits:
         rationale["maxLength"] = MAX_LOGIC_RATIONALE_CHARS
@@ -125,7 +131,7 @@ def logic_schema(policy: Policy, *, limits: bool = True) -> dict[str, Any]:
 
 def logic_request_schema(policy: Policy, schema: dict[str, Any]) -> dict[str, Any]:
     """The schema sent to the server: each question's quote tied to its answer (an empty quote
-    only before an answer that needs no evidence, a non-empty one only before one that does)."""
+    only after an answer that needs no evidence, a non-empty one only after one that does)."""
     out = copy.deepcopy(schema)
     props = out["properties"]["answers"]["properties"]
     for q in policy.questions:
@@ -163,7 +169,7 @@ def example_logic_answer(policy: Policy, ex: Example, confidence: float) -> dict
     out: dict[str, Any] = {}
     for q in policy.questions:
         value, quote = _answer_value(answers[q.id]) if q.id in answers else (q.values[-1], "")
-        out[q.id] = {"quote": quote, "answer": value}
+        out[q.id] = {"answer": value, "quote": quote}
     return {"answers": out, "rationale": ex.rationale, "confidence": confidence}
 
 
