@@ -178,6 +178,14 @@ class Settings(BaseModel):
         le=50,
         description="With triage: the policies one item may be sent to at most (the most likely first)",
     )
+    triage_threshold: float = Field(
+        default=0.3,
+        ge=0.0,
+        le=1.0,
+        description="With triage and logprobs: a policy is selected when the model's probability of answering "
+        "'yes' for it is at least this (lower it to trade calls for recall; without logprobs the sampled "
+        "yes/no decides)",
+    )
     concurrency: int = Field(default=4, ge=1, description="Maximum requests in flight")
     guidelines: str | None = Field(default=None, description="Directory or file of policies")
     prompts: str | None = Field(default=None, description="Directory of prompt templates")

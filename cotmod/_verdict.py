@@ -178,6 +178,18 @@ class Triage(BaseModel):
         description="Why triage did not narrow the policies (its output stayed invalid after the re-asks, or "
         "its call failed in transport): then every policy was judged; null when triage worked",
     )
+    scores: dict[str, float] | None = Field(
+        default=None,
+        description="With logprobs: the triage call's probability of 'yes' per policy in play (selected when at "
+        "least Settings.triage_threshold); omitted without logprobs",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_no_scores(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("scores") is None:
+            out.pop("scores", None)
+        return out
 
 
 class Verdict(BaseModel):

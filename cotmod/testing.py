@@ -146,18 +146,17 @@ def wants_evidence(schema: Mapping[str, Any], policy_id: str) -> bool:
 def answer_for(request_body: Mapping[str, Any], flag_word: str = "VIOLATE") -> dict[str, Any]:
     """A valid decision for an OpenAI chat request whose ``response_format`` carries cotmod's
     decision schema: a policy is violated (its first rule cited) when the item contains
-    ``flag_word``; otherwise everything is safe. A triage request selects the first policies it
-    may (its ``maxItems``) when the item contains ``flag_word``, none otherwise; a decision-logic request gets
+    ``flag_word``; otherwise everything is safe. A triage request answers "yes" for every
+    policy when the item contains ``flag_word`` (the engine keeps ``triage_max``), "no" otherwise; a decision-logic request gets
     :func:`logic_answer`. Used by :class:`FakeOpenAIServer`. With
     evidence on, the cited rule quotes ``flag_word``."""
     schema = body_schema(request_body)
     item = str(request_body["messages"][-1]["content"])
     if "answers" in schema["properties"]:  # decision logic
         return logic_answer(schema, flag_word if flag_word in item else None)
-    if "decisions" not in schema["properties"] and "policies" in schema["properties"]:  # triage
-        ids = list(schema["properties"]["policies"]["items"]["enum"])
-        cap = int(schema["properties"]["policies"].get("maxItems", len(ids)))
-        return {"summary": "a post", "policies": ids[:cap] if flag_word in item else []}
+    if "at_stake" in schema["properties"]:  # triage
+        ids = list(schema["properties"]["at_stake"]["properties"])
+        return {"summary": "a post", "at_stake": dict.fromkeys(ids, "yes" if flag_word in item else "no")}
     cited: dict[str, list[str]] = {}
     quotes: dict[str, list[tuple[str, str]]] = {}
     for pid in schema["properties"]["decisions"]["properties"]:

@@ -105,6 +105,13 @@ def _endpoint_options(f: F) -> F:
             help="With --triage: the policies one item may be sent to at most, the most likely first [default: 2].",
         ),
         click.option(
+            "--triage-threshold",
+            type=click.FloatRange(0.0, 1.0),
+            default=None,
+            help="With --triage and --logprobs: select a policy when the triage call's probability of 'yes' for it "
+            "is at least this; lower trades calls for recall [default: 0.3].",
+        ),
+        click.option(
             "--decision-logic/--no-decision-logic",
             default=None,
             help="Judge policies that define questions by their decision logic (env COTMOD_DECISION_LOGIC) [default: off, "

@@ -220,6 +220,7 @@ class TriageOutcome:
     fallback: str | None = None
     raw_output: str | None = None
     cached: bool = False
+    scores: dict[str, float] | None = None
 
     def record(self, policy_ids: Sequence[str]) -> Triage:
         """The verdict's :class:`~cotmod.Triage` record for the policies in play."""
@@ -229,6 +230,7 @@ class TriageOutcome:
             skipped=[p for p in policy_ids if p not in chosen],
             summary=self.summary,
             fallback=self.fallback,
+            scores={p: self.scores[p] for p in policy_ids if p in self.scores} if self.scores else None,
         )
 
 
@@ -674,18 +676,23 @@ class AsyncModerator:
 
     # -- triage --------------------------------------------------------------------------------
     def triage_sampling(self) -> dict[str, Any]:
-        """What the triage call sends besides its messages (one call: no votes, no logprobs)."""
+        """What the triage call sends besides its messages (one call, no votes). With logprobs on,
+        the call asks for them too and selects by ``triage_threshold`` (see :func:`parse_triage`)."""
         s = self.settings
-        return {
+        out: dict[str, Any] = {
             "temperature": s.temperature,
             "max_tokens": s.max_tokens,
             "seed": s.seed,
             "response_format": s.response_format,
         }
+        if s.logprobs:
+            out["logprobs"] = True
+            out["triage_threshold"] = s.triage_threshold
+        return out
 
     def _triage_request(self, prompt: CompiledPrompt, messages: list[dict[str, str]], attempt: int) -> ChatRequest:
         return dataclasses.replace(
-            self.request_for(prompt, messages, attempt), logprobs=False, schema_name=TRIAGE_SCHEMA_NAME
+            self.request_for(prompt, messages, attempt), logprobs=self.settings.logprobs, schema_name=TRIAGE_SCHEMA_NAME
         )
 
     async def _triage_call(
@@ -712,7 +719,12 @@ class AsyncModerator:
             model = _model_label(result.model, backend.model_name)
             try:
                 answer = parse_triage(
-                    result.text, prompt.policies, finish_reason=result.finish_reason, max_policies=comp.max_policies
+                    result.text,
+                    prompt.policies,
+                    finish_reason=result.finish_reason,
+                    max_policies=comp.max_policies,
+                    logprobs=result.logprobs if s.logprobs else None,
+                    threshold=s.triage_threshold if s.logprobs else None,
                 )
             except OutputInvalid as exc:
                 last_error = str(exc)
@@ -723,7 +735,9 @@ class AsyncModerator:
                         {"role": "user", "content": comp.reask_message(last_error, attempt, max_attempts)},
                     ]
                 continue
-            return TriageOutcome(answer.summary, answer.policies, usage, attempt, retries, attempt - 1, model)
+            return TriageOutcome(
+                answer.summary, answer.policies, usage, attempt, retries, attempt - 1, model, scores=answer.scores
+            )
         return TriageOutcome(
             "",
             list(prompt.policies.ids),
@@ -749,6 +763,7 @@ class AsyncModerator:
             hit = await self._cache_call(cache.get, key)
             if hit is not None:
                 selected = hit.get("policies")
+                scores = hit.get("scores")
                 if isinstance(selected, list) and all(p in policy_ids for p in selected):
                     chosen = set(selected)
                     return TriageOutcome(
@@ -760,6 +775,7 @@ class AsyncModerator:
                         0,
                         _model_label(str(hit.get("model", "")), backend.model_name),
                         cached=True,
+                        scores={str(k): float(v) for k, v in scores.items()} if isinstance(scores, dict) else None,
                     )
         try:
             outcome = await self._limited(backend, prompt, sem, lambda first: self._triage_call(backend, prompt, first))
@@ -778,7 +794,9 @@ class AsyncModerator:
             )
         if key is not None and cache is not None and outcome.fallback is None:
             await self._cache_call(
-                cache.put, key, {"summary": outcome.summary, "policies": outcome.selected, "model": outcome.model}
+                cache.put,
+                key,
+                {"summary": outcome.summary, "policies": outcome.selected, "model": outcome.model, "scores": outcome.scores},
             )
         return outcome
 

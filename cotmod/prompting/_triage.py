@@ -2,9 +2,17 @@
 
 Before the per-policy calls, the item is sent once with a static system message listing every
 policy in play (id, title, summary and the titles of its rules, one line each). The model answers
-``{"summary": "<one sentence: what the content is and does>", "policies": [<ids>]}``, summary
-first (a short chain of thought), then the ids of the policies worth checking. Only those get
-their per-policy call; the engine records the others as triaged out.
+``{"summary": "<what the content literally says>", "at_stake": {"<id>": "no" | "yes", ...}}``:
+the summary first (a short chain of thought that describes the content without judging it), then
+"no" or "yes" for every policy in play, in policy order. The policies answered "yes" (at most
+``max_policies``, in policy order) get their per-policy call; the engine records the others as
+triaged out.
+
+Why a yes/no per policy rather than a list of ids: asked for a list, a small model picked the
+first policy of the prompt for most items, harmless ones included (Qwen2.5-Coder-1.5B on a
+development sample of 40 Jigsaw comments: an insult's own policy among the picks for 3 of 20
+insults, nothing picked for 5 of 20 harmless comments); answering each policy in turn, 11 of 20
+and 14 of 20 (``benchmarks/bench_triage.py``).
 
 * The prompt is built like the per-policy prompts (:mod:`cotmod.prompting._compiler`): the static
   system message first, byte-identical for every item; the item last, between random per-request
@@ -25,6 +33,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -49,6 +58,7 @@ __all__ = [
     "TriageCompiler",
     "parse_triage",
     "triage_schema",
+    "yes_probabilities",
 ]
 
 TRIAGE_SYSTEM_TEMPLATE = "triage.system.j2"
@@ -56,7 +66,7 @@ TRIAGE_USER_TEMPLATE = "triage.user.j2"
 #: the ``json_schema`` name of the triage request (the decision requests use ``cotmod_decision``)
 TRIAGE_SCHEMA_NAME = "cotmod_triage"
 MAX_SUMMARY_CHARS = 150
-TRIAGE_FINGERPRINT_VERSION = "1"
+TRIAGE_FINGERPRINT_VERSION = "2"
 _PROBE_TEXT = "<item text>"
 _PROBE_BOUNDARY = "0" * 16
 
@@ -64,32 +74,41 @@ _PROBE_BOUNDARY = "0" * 16
 @dataclass(frozen=True)
 class TriageAnswer:
     """A valid triage answer: the one-sentence summary and the selected policy ids (in the
-    order of the policy set, without repeats)."""
+    order of the policy set, without repeats); with log-probabilities, the model's probability of
+    "yes" for every policy in play (``scores``)."""
 
     summary: str
     policies: list[str]
+    scores: dict[str, float] | None = None
 
 
 #: policies the triage call may select at most (Settings.triage_max)
 DEFAULT_MAX_POLICIES = 2
+#: what the triage call answers for each policy in play
+TRIAGE_ANSWERS = ("no", "yes")
 
 
 def triage_schema(policies: PolicySet, *, limits: bool = True, max_policies: int = DEFAULT_MAX_POLICIES) -> dict[str, Any]:
-    """The JSON Schema the triage answer is constrained to (sent as ``response_format``).
+    """The JSON Schema the triage answer is constrained to (sent as ``response_format``): the
+    summary, then ``at_stake`` with "no" or "yes" for every policy in play, in policy order.
 
-    ``limits`` (``Settings.schema_limits``) adds ``maxLength`` to the summary and
-    ``uniqueItems``/``maxItems`` (``max_policies``, at most the number of policies) to the ids."""
+    ``limits`` (``Settings.schema_limits``) adds ``maxLength`` to the summary. ``max_policies``
+    cannot be said in JSON Schema for an object of answers: :func:`parse_triage` applies it."""
+    del max_policies  # applied when parsing
     ids = policies.ids
     summary: dict[str, Any] = {"type": "string"}
-    chosen: dict[str, Any] = {"type": "array", "items": {"type": "string", "enum": ids}}
     if limits:
         summary["maxLength"] = MAX_SUMMARY_CHARS
-        chosen["uniqueItems"] = True
-        chosen["maxItems"] = min(max_policies, len(ids))
+    at_stake = {
+        "type": "object",
+        "properties": {pid: {"type": "string", "enum": list(TRIAGE_ANSWERS)} for pid in ids},
+        "required": list(ids),
+        "additionalProperties": False,
+    }
     return {
         "type": "object",
-        "properties": {"summary": summary, "policies": chosen},
-        "required": ["summary", "policies"],
+        "properties": {"summary": summary, "at_stake": at_stake},
+        "required": ["summary", "at_stake"],
         "additionalProperties": False,
     }
 
@@ -99,8 +118,11 @@ def triage_schema(policies: PolicySet, *, limits: bool = True, max_policies: int
 #: none of these costs a re-ask.
 _PARSE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"summary": {"type": "string"}, "policies": {"type": "array", "items": {"type": "string"}}},
-    "required": ["summary", "policies"],
+    "properties": {
+        "summary": {"type": "string"},
+        "at_stake": {"type": "object", "additionalProperties": {"type": "string", "enum": list(TRIAGE_ANSWERS)}},
+    },
+    "required": ["summary", "at_stake"],
     "additionalProperties": False,
 }
 
@@ -110,27 +132,90 @@ def _cut(text: str, limit: int = MAX_SUMMARY_CHARS) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def yes_probabilities(policy_ids: list[str], logprobs: list[dict[str, Any]] | None) -> dict[str, float] | None:
+    """Per policy, the model's probability of answering "yes" in ``at_stake``, read from the top
+    log-probabilities of the first token of each answer (a candidate starting with "y" counts for
+    yes, with "n" for no; renormalised over the two). None unless every policy's answer is found."""
+    if not logprobs:
+        return None
+    out: dict[str, float] = {}
+    text = ""
+    want = 0
+    armed = False
+    for tok in logprobs:
+        piece = str(tok.get("token", ""))
+        if armed:
+            head = piece.lstrip().lstrip('"')
+            if not head:  # the opening quote alone: the answer starts at the next token
+                continue
+            mass = {"y": 0.0, "n": 0.0}
+            for cand in tok.get("top_logprobs") or [{"token": piece, "logprob": tok.get("logprob", 0.0)}]:
+                t = str(cand.get("token", "")).lstrip().lstrip('"')[:1].lower()
+                if t in mass:
+                    mass[t] += math.exp(float(cand.get("logprob", -1e9)))
+            if mass["y"] + mass["n"] <= 0:
+                return None
+            out[policy_ids[want]] = mass["y"] / (mass["y"] + mass["n"])
+            want += 1
+            armed = False
+            text = ""
+            if want == len(policy_ids):
+                break
+            continue
+        text += piece
+        tail = text.rstrip()
+        key = f'"{policy_ids[want]}":'
+        if tail.endswith(key) or tail.endswith(key + ' "') or tail.endswith(key + '"'):
+            armed = True
+            text = ""
+        elif len(text) > 200:
+            text = text[-200:]
+    return out if len(out) == len(policy_ids) else None
+
+
 def parse_triage(
-    raw: str, policies: PolicySet, *, finish_reason: str | None = None, max_policies: int | None = None
+    raw: str,
+    policies: PolicySet,
+    *,
+    finish_reason: str | None = None,
+    max_policies: int | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+    threshold: float | None = None,
 ) -> TriageAnswer:
     """Validate a triage completion against the policies in play. Raises :class:`OutputInvalid`.
 
-    ``max_policies``: keep only the first that many ids the model named (most likely first), for
-    a server that does not enforce the schema's ``maxItems``."""
+    Every policy in play must be answered "no" or "yes" and no other id may appear (each is
+    re-asked with the valid ids).
+
+    With ``threshold`` and the completion's ``logprobs`` (see :func:`yes_probabilities`), a
+    policy is selected when its probability of "yes" is at least ``threshold`` (whatever the
+    sampled word), and ``max_policies`` keeps the most probable. Otherwise the policies answered
+    "yes" are selected and ``max_policies`` keeps the first, in policy order."""
     if finish_reason == "length":
         raise OutputInvalid(
             "the output was cut off by the token limit before the JSON closed; keep the summary to one short sentence"
         )
     data = extract_json(raw)
     check_schema(data, _PARSE_SCHEMA)
-    named = list(dict.fromkeys(str(p) for p in data["policies"]))
-    unknown = [p for p in named if p not in policies.ids]
+    answered: dict[str, str] = data["at_stake"]
+    unknown = [p for p in answered if p not in policies.ids]
     if unknown:
         raise OutputInvalid(
-            f"policies lists unknown policy ids {unknown}; use only these ids: {', '.join(policies.ids)}"
+            f"at_stake names unknown policy ids {unknown}; answer exactly these ids: {', '.join(policies.ids)}"
         )
-    chosen = set(named[:max_policies] if max_policies is not None else named)
-    return TriageAnswer(summary=_cut(str(data["summary"])), policies=[p for p in policies.ids if p in chosen])
+    missing = [p for p in policies.ids if p not in answered]
+    if missing:
+        raise OutputInvalid(f"at_stake must answer every policy \"no\" or \"yes\"; missing: {', '.join(missing)}")
+    scores = yes_probabilities(policies.ids, logprobs) if threshold is not None else None
+    if scores is not None and threshold is not None:
+        ranked = sorted((p for p in policies.ids if scores[p] >= threshold), key=lambda p: -scores[p])
+        chosen = set(ranked[:max_policies] if max_policies is not None else ranked)
+        yes = [p for p in policies.ids if p in chosen]
+    else:
+        yes = [p for p in policies.ids if answered[p] == "yes"]
+        yes = yes[:max_policies] if max_policies is not None else yes
+    rounded = {p: round(v, 4) for p, v in scores.items()} if scores is not None else None
+    return TriageAnswer(summary=_cut(str(data["summary"])), policies=yes, scores=rounded)
 
 
 class TriageCompiler:

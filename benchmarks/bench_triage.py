@@ -1,0 +1,225 @@
+"""Triage alone: does the one cheap call select the policies a golden item is about?
+
+Triage (``Settings.triage``) decides which policies get a per-policy call; a policy it leaves out
+is allowed unjudged. So its misses cap recall and its extra picks feed false positives and wrong
+attributions downstream. This benchmark measures the triage call by itself, one short call per
+item, so a triage prompt can be tried on a development sample in minutes instead of the hour a
+full ``bench_quality.py`` run takes.
+
+Items: the same seeded samples as ``bench_quality.py`` (``--seed`` for the benchmark sample,
+``--dev SEED`` for a development sample drawn outside it), every policy of the guidelines in play.
+The gold policies of an item are those its set's ``mapping.yaml`` maps its positive labels to.
+
+Per set (and pooled):
+
+* ``gold_recall``: harmful items where triage selected at least one of their gold policies (the
+  per-policy call then has the chance to flag it under the right policy);
+* ``benign_none``: benign items where triage selected nothing (no per-policy call at all);
+* ``selected_per_item`` on harmful and benign items;
+* ``pick_precision``: selected (item, policy) pairs on harmful items that are gold policies;
+* ``fallbacks``: items whose triage output stayed invalid (the engine then judges every policy);
+* ``capped``: items answered "yes" for more policies than ``--triage-max`` (the first are kept);
+* the most frequent wrong picks (gold label -> selected policy);
+* ``sweep``: the same figures had the triage selected by P(yes) >= 0.5, 0.3, 0.2, 0.1, 0.05
+  (``Settings.triage_threshold``; the call asks for log-probabilities, as ``--logprobs`` does).
+
+Usage::
+
+    python benchmarks/bench_triage.py --dev 11 --sets jigsaw_toxic,ailuminate_demo --out DIR
+    python benchmarks/bench_triage.py --base-url http://127.0.0.1:8080/v1 --model NAME ...
+
+Prints a table per set and one JSON line; writes ``answers.jsonl`` and ``result.json`` to --out
+(resumable: answered items are not asked again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_quality as bq
+import yaml
+
+from cotmod import AsyncModerator
+from cotmod.policy import load_policies
+from cotmod.prompting._decision import OutputInvalid
+from cotmod.prompting._triage import parse_triage
+
+DEFAULT_SETS = "jigsaw_toxic,ailuminate_demo,xstest"
+
+
+def gold_policies(row: dict[str, Any], mapping: dict[str, Any]) -> list[str] | None:
+    """The policies the item's positive labels map to; [] for a benign item; None when ambiguous."""
+    labels = row["labels"]
+    if labels.get(bq.ANY) is None:
+        return None
+    out: list[str] = []
+    for lab, val in labels.items():
+        if lab == bq.ANY or not val or lab not in mapping["labels"]:
+            continue
+        out += [p for p in mapping["labels"][lab]["policies"] if p not in out]
+    if labels.get(bq.ANY) and not out:  # harmful but mapped to no policy (e.g. xstest "unsafe")
+        return None
+    return out
+
+
+async def ask(mod: AsyncModerator, policy_ids: list[str], row: dict[str, Any], sem: asyncio.Semaphore) -> dict[str, Any]:
+    comp = mod.triage_compiler(policy_ids)
+    prompt = comp.compile(row["text"], item_id=row["id"])
+    backend = await mod.get_backend()
+    messages = list(prompt.messages)
+    async with sem:
+        t0 = time.perf_counter()
+        for attempt in range(1 + mod.settings.max_reasks):
+            req = dataclasses.replace(mod.request_for(prompt, messages, attempt), logprobs=True, schema_name="cotmod_triage")
+            res = await backend.complete(req)
+            try:
+                ans = parse_triage(res.text, comp.policies, max_policies=comp.max_policies, logprobs=res.logprobs,
+                                   threshold=mod.settings.triage_threshold)
+                yes = sum(v == "yes" for v in json.loads(res.text).get("at_stake", {}).values())
+                return {"id": row["id"], "selected": list(ans.policies), "yes": yes, "scores": ans.scores,
+                        "summary": ans.summary, "attempts": attempt + 1,
+                        "s": time.perf_counter() - t0}
+            except OutputInvalid as exc:
+                messages = [*messages, {"role": "assistant", "content": res.text or ""},
+                            {"role": "user", "content": f"Invalid answer: {exc}. Reply again with valid JSON."}]
+        return {"id": row["id"], "selected": None, "summary": "", "attempts": 1 + mod.settings.max_reasks, "s": time.perf_counter() - t0}
+
+
+SWEEP = (0.5, 0.3, 0.2, 0.1, 0.05)
+
+
+def reselect(a: dict[str, Any], threshold: float, cap: int) -> dict[str, Any]:
+    """The answer as it would have selected at another threshold (from its recorded P(yes))."""
+    scores = a.get("scores")
+    if not scores or a["selected"] is None:
+        return a
+    ranked = sorted((p for p, v in scores.items() if v >= threshold), key=lambda p: -scores[p])[:cap]
+    return {**a, "selected": ranked, "yes": len(ranked)}
+
+
+def measure(rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]], mapping: dict[str, Any]) -> dict[str, Any]:
+    harm = benign = hit = none = fallback = capped = 0
+    sel_h = sel_b = 0
+    picks = good = 0
+    wrong: collections.Counter[str] = collections.Counter()
+    for r in rows:
+        a = answers.get(r["id"])
+        gold = gold_policies(r, mapping)
+        if a is None or gold is None:
+            continue
+        if a["selected"] is None:
+            fallback += 1
+            continue
+        sel = a["selected"]
+        capped += a.get("yes", 0) > len(sel)
+        if gold:
+            harm += 1
+            sel_h += len(sel)
+            hit += bool(set(sel) & set(gold))
+            picks += len(sel)
+            good += sum(p in gold for p in sel)
+            labs = "+".join(k for k, v in r["labels"].items() if v and k != bq.ANY)
+            wrong.update(f"{labs} -> {p}" for p in sel if p not in gold)
+        else:
+            benign += 1
+            sel_b += len(sel)
+            none += not sel
+            wrong.update(f"benign -> {p}" for p in sel)
+
+    def ratio(a: int, b: int) -> float | None:
+        return round(a / b, 3) if b else None
+
+    return {
+        "harmful": harm, "benign": benign, "fallbacks": fallback, "capped": capped,
+        "gold_recall": ratio(hit, harm), "benign_none": ratio(none, benign),
+        "selected_per_harmful": ratio(sel_h, harm), "selected_per_benign": ratio(sel_b, benign),
+        "pick_precision": ratio(good, picks),
+        "wrong_picks": dict(wrong.most_common(8)),
+    }
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = [s for s in args.sets.split(",") if s]
+    n = {**bq.DEFAULT_N, **bq.parse_n(args.n)}
+    samples = bq.benchmark_sample(sets, n, args.seed, args.dev)
+    policies = load_policies([args.guidelines])
+    pids = [p.id for p in policies]
+    base_url = args.base_url
+    if base_url is None:
+        from cotmod.backends._local import ensure_local_server
+
+        base_url = ensure_local_server(args.model, n_parallel=args.concurrency)
+    mod = AsyncModerator(args.guidelines, base_url=base_url, model=args.model, triage=True, triage_max=args.triage_max,
+                         logprobs=True, triage_threshold=args.threshold,
+                         concurrency=args.concurrency, prompts=args.prompts, timeout=600)
+    done_path = out / "answers.jsonl"
+    answers: dict[str, dict[str, Any]] = {}
+    if done_path.exists():
+        for line in done_path.read_text().splitlines():
+            a = json.loads(line)
+            answers[a["id"]] = a
+    sem = asyncio.Semaphore(args.concurrency)
+    result: dict[str, Any] = {"bench": "triage", "model": args.model, "seed": args.seed, "dev": args.dev,
+                              "guidelines": str(args.guidelines), "triage_max": args.triage_max, "sets": {}}
+    async with mod:
+        fp = mod.triage_compiler(pids).fingerprint
+        result["triage_fingerprint"] = fp
+        with done_path.open("a") as fh:
+            for name in sets:
+                rows = [bq.golden_row(name, r) for r in samples[name]]
+                todo = [r for r in rows if r["id"] not in answers or answers[r["id"]].get("fp") != fp]
+                for coro in asyncio.as_completed([ask(mod, pids, r, sem) for r in todo]):
+                    a = await coro
+                    a["fp"] = fp
+                    answers[a["id"]] = a
+                    fh.write(json.dumps(a) + "\n")
+                    fh.flush()
+                mapping = yaml.safe_load((bq.GOLDSETS / name / "mapping.yaml").read_text())
+                res = measure(rows, answers, mapping)
+                res["sweep"] = {
+                    str(t): {k: v for k, v in measure(rows, {i: reselect(a, t, args.triage_max) for i, a in answers.items()}, mapping).items()
+                             if k in ("gold_recall", "benign_none", "selected_per_harmful", "selected_per_benign", "pick_precision")}
+                    for t in SWEEP
+                }
+                res["s_per_item"] = round(sum(answers[r["id"]]["s"] for r in rows) / max(len(rows), 1), 2)
+                result["sets"][name] = res
+                print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in res.items() if k not in ("wrong_picks", "sweep")), file=sys.stderr)
+                for t, m in res["sweep"].items():
+                    print(f"  P(yes) >= {t}: {m}", file=sys.stderr)
+                print(f"  wrong picks: {res['wrong_picks']}", file=sys.stderr)
+    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="qwen2.5-coder-1.5b")
+    ap.add_argument("--base-url", default=None, help="use this OpenAI-compatible server instead of starting the local model")
+    ap.add_argument("--sets", default=DEFAULT_SETS)
+    ap.add_argument("--n", action="append", default=[], metavar="SET=N")
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--dev", type=int, default=None)
+    ap.add_argument("--guidelines", default=str(bq.HERE.parent / "guidelines"))
+    ap.add_argument("--prompts", default=None)
+    ap.add_argument("--triage-max", type=int, default=2)
+    ap.add_argument("--threshold", type=float, default=0.3, help="Settings.triage_threshold (P(yes) to select a policy)")
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    print(json.dumps(asyncio.run(amain(args))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""bench_triage.py's figures, on hand-made answers (the model run itself is a benchmark)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from types import ModuleType
+from typing import Any
+
+from .conftest import ROOT
+
+
+def _load() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_triage", ROOT / "benchmarks" / "bench_triage.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bt = _load()
+MAPPING = {"labels": {"insult": {"policies": ["harassment_bullying"]}, "threat": {"policies": ["violent_threats"]}}}
+
+
+def row(i: str, **labels: int) -> dict[str, Any]:
+    any_ = int(any(labels.values()))
+    return {"id": i, "labels": {"insult": 0, "threat": 0, **labels, "any_violation": any_}}
+
+
+def test_measure_counts_gold_recall_benign_none_picks_and_fallbacks() -> None:
+    rows = [row("a", insult=1), row("b", threat=1), row("c"), row("d"), row("e", insult=1)]
+    answers = {
+        "a": {"selected": ["harassment_bullying", "violent_threats"], "yes": 2},
+        "b": {"selected": ["hate_speech"], "yes": 3},  # capped at 1 by triage_max
+        "c": {"selected": [], "yes": 0},
+        "d": {"selected": ["adult_sexual_content"], "yes": 1},
+        "e": {"selected": None, "yes": 0},  # invalid output: the engine would judge every policy
+    }
+    m = bt.measure(rows, answers, MAPPING)
+    assert (m["harmful"], m["benign"], m["fallbacks"], m["capped"]) == (2, 2, 1, 1)
+    assert m["gold_recall"] == 0.5 and m["benign_none"] == 0.5
+    assert m["pick_precision"] == round(1 / 3, 3) and m["selected_per_harmful"] == 1.5
+    assert m["wrong_picks"] == {"insult -> violent_threats": 1, "threat -> hate_speech": 1, "benign -> adult_sexual_content": 1}
+
+
+def test_reselect_applies_another_threshold_and_keeps_the_most_probable() -> None:
+    a = {"selected": ["spam_scams"], "scores": {"hate_speech": 0.2, "spam_scams": 0.9, "violent_threats": 0.35}}
+    assert bt.reselect(a, 0.3, 2)["selected"] == ["spam_scams", "violent_threats"]
+    assert bt.reselect(a, 0.1, 2)["selected"] == ["spam_scams", "violent_threats"]
+    assert bt.reselect(a, 0.1, 3)["selected"] == ["spam_scams", "violent_threats", "hate_speech"]
+    assert bt.reselect({"selected": None, "scores": None}, 0.1, 2)["selected"] is None
