@@ -52,7 +52,7 @@ import yaml
 from cotmod import AsyncModerator
 from cotmod.policy import load_policies
 from cotmod.prompting._decision import OutputInvalid
-from cotmod.prompting._triage import parse_triage
+from cotmod.prompting._triage import TRIAGE_SCHEMA_NAME, parse_triage
 
 DEFAULT_SETS = "jigsaw_toxic,ailuminate_demo,xstest"
 
@@ -79,19 +79,22 @@ async def ask(mod: AsyncModerator, policy_ids: list[str], row: dict[str, Any], s
     messages = list(prompt.messages)
     async with sem:
         t0 = time.perf_counter()
-        for attempt in range(1 + mod.settings.max_reasks):
-            req = dataclasses.replace(mod.request_for(prompt, messages, attempt), logprobs=True, schema_name="cotmod_triage")
+        max_attempts = 1 + mod.settings.max_reasks
+        # the engine's triage call (AsyncModerator._triage_call), with log-probabilities always on
+        # so that other thresholds can be measured afterwards: same request, parse and re-asks
+        for attempt in range(1, max_attempts + 1):
+            req = dataclasses.replace(mod.request_for(prompt, messages, attempt), logprobs=True, schema_name=TRIAGE_SCHEMA_NAME)
             res = await backend.complete(req)
             try:
-                ans = parse_triage(res.text, comp.policies, max_policies=comp.max_policies, logprobs=res.logprobs,
-                                   threshold=mod.settings.triage_threshold)
+                ans = parse_triage(res.text, comp.policies, finish_reason=res.finish_reason, max_policies=comp.max_policies,
+                                   logprobs=res.logprobs, threshold=mod.settings.triage_threshold)
                 yes = sum(v == "yes" for v in json.loads(res.text).get("at_stake", {}).values())
                 return {"id": row["id"], "selected": list(ans.policies), "yes": yes, "scores": ans.scores,
-                        "summary": ans.summary, "attempts": attempt + 1,
+                        "summary": ans.summary, "attempts": attempt,
                         "s": time.perf_counter() - t0}
             except OutputInvalid as exc:
-                messages = [*messages, {"role": "assistant", "content": res.text or ""},
-                            {"role": "user", "content": f"Invalid answer: {exc}. Reply again with valid JSON."}]
+                messages = [*messages, {"role": "assistant", "content": (res.text or "")[:4000]},
+                            {"role": "user", "content": comp.reask_message(str(exc), attempt, max_attempts)}]
         return {"id": row["id"], "selected": None, "summary": "", "attempts": 1 + mod.settings.max_reasks, "s": time.perf_counter() - t0}
 
 
