@@ -20,6 +20,8 @@ import copy
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
@@ -424,3 +426,101 @@ def violates_probabilities(logprobs: list[dict[str, Any]] | None) -> list[float 
         elif len(text) > 64:
             text = text[-64:]
     return out
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the model's probabilities of a string value from its tokens' log-probabilities
+
+
+@dataclass(frozen=True)
+class ValueSlot:
+    """One string value of a completion whose probabilities :func:`value_distributions` reads.
+
+    ``keys``: the JSON keys that lead to it, in the order they are written; the value is that of
+    the last key, the ones before it are passed on the way (e.g. ``("at_stake", "hate_speech")``
+    for the first policy of a triage answer, ``("hate_speech",)`` for the next ones, since the
+    scan goes on from where the previous value was read). ``values``: the allowed values.
+    ``match``: which allowed values a candidate token counts for, given the token without its
+    leading whitespace and opening quote; its probability is split evenly among them."""
+
+    keys: tuple[str, ...]
+    values: tuple[str, ...]
+    match: Callable[[str], Sequence[str]]
+
+
+#: characters of text kept, besides the longest key, while looking for a key
+_SCAN_KEEP = 200
+
+
+def _value_head(token: str) -> str:
+    """A token as the start of a string value: without leading whitespace and the opening quote."""
+    head = token.lstrip()
+    return head[1:] if head.startswith('"') else head
+
+
+def _key_pattern(key: str, value: bool) -> re.Pattern[str]:
+    """``"key":`` (whitespace allowed before the colon); for the value's key it must end the text
+    (after it, only whitespace and the value's opening quote)."""
+    pattern = '"' + re.escape(key) + r'"\s*:'
+    return re.compile(pattern + r'\s*"?\s*$' if value else pattern)
+
+
+def value_distributions(slots: Sequence[ValueSlot], logprobs: list[dict[str, Any]] | None) -> list[dict[str, float]] | None:
+    """Per slot, the model's probability of each allowed value, read from the top
+    log-probabilities of the first token of the value (renormalised over the allowed values).
+
+    The scan follows the completion's tokens: once the text so far has passed the keys leading
+    to the slot's value and ends with its own ``"key":`` (and maybe the opening quote), the next
+    token that is not whitespace or the opening quote alone is the value's first token; its
+    ``top_logprobs`` (or, without them, the sampled token itself) are the candidates. Slots are
+    read in order, each after the previous one. None when a slot's value is not found, or when
+    no candidate of its first token counts for an allowed value."""
+    if not logprobs:
+        return None
+    if not slots:
+        return []
+    plans = [
+        ([_key_pattern(k, False) for k in s.keys[:-1]], _key_pattern(s.keys[-1], True)) for s in slots
+    ]
+    keep = _SCAN_KEEP + max(len(k) for s in slots for k in s.keys) + 4
+    out: list[dict[str, float]] = []
+    passed = 0  # keys of the current slot passed so far
+    text = ""
+    armed = False
+    for tok in logprobs:
+        piece = str(tok.get("token", ""))
+        if armed:
+            if not _value_head(piece):  # whitespace or the opening quote alone: the value starts next
+                continue
+            slot = slots[len(out)]
+            mass = dict.fromkeys(slot.values, 0.0)
+            for cand in tok.get("top_logprobs") or [{"token": piece, "logprob": tok.get("logprob", 0.0)}]:
+                matches = [v for v in slot.match(_value_head(str(cand.get("token", "")))) if v in mass]
+                if matches:
+                    p = math.exp(float(cand.get("logprob", -1e9)))
+                    for v in matches:
+                        mass[v] += p / len(matches)
+            total = sum(mass.values())
+            if total <= 0:
+                return None
+            out.append({v: m / total for v, m in mass.items()})
+            if len(out) == len(slots):
+                return out
+            armed = False
+            passed = 0
+            text = ""  # the scan goes on from this token (it may carry the next key)
+        text += piece
+        on_the_way, own = plans[len(out)]
+        while passed < len(on_the_way):
+            m = on_the_way[passed].search(text)
+            if m is None:
+                break
+            text = text[m.end() :]
+            passed += 1
+        if passed == len(on_the_way) and own.search(text):
+            armed = True
+            text = ""
+        elif len(text) > keep:
+            text = text[-keep:]
+    return None

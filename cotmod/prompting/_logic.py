@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._verdict import Answer, DroppedCitation, Evidence, PolicyDecision
@@ -268,60 +267,41 @@ def parse_logic(
 # A score that ranks: P(violates) under the model's uncertainty about its answers
 
 
+def _prefix_match(values: Sequence[str]) -> Callable[[str], list[str]]:
+    """A candidate token counts for every allowed value it is a prefix of, or that is a prefix of it."""
+
+    def match(head: str) -> list[str]:
+        t = head.rstrip('"')
+        return [v for v in values if v.startswith(t) or t.startswith(v)] if t else []
+
+    return match
+
+
 def answer_distributions(policy: Policy, logprobs: list[dict[str, Any]] | None) -> dict[str, dict[str, float]] | None:
     """Per question, the model's probability of each allowed answer, read from the top
-    log-probabilities of the first token of each ``"answer"`` value (in question order).
+    log-probabilities of the first token of each question's ``"answer"`` value (looked for inside
+    ``answers``, under each question's key, in question order; see
+    :func:`~cotmod.prompting._decision.value_distributions`).
 
     A candidate token counts for every allowed value it is a prefix of (split evenly when it is a
     prefix of several); probabilities are renormalised over the allowed values. None when the
     answers cannot all be located."""
-    if not logprobs:
-        return None
-    out: list[dict[str, float]] = []
-    text = ""
-    armed = False
+    # imported here: _decision imports this module (parse_logic) at import time
+    from ._decision import ValueSlot, value_distributions
+
     questions = list(policy.questions)
-    for tok in logprobs:
-        piece = str(tok.get("token", ""))
-        if armed:
-            stripped = piece.lstrip()
-            if stripped.startswith('"'):
-                stripped = stripped[1:]
-            if not stripped:  # the opening quote alone: the value starts at the next token
-                text = ""
-                continue
-            q = questions[len(out)]
-            mass = dict.fromkeys(q.values, 0.0)
-            for cand in tok.get("top_logprobs") or [{"token": piece, "logprob": tok.get("logprob", 0.0)}]:
-                t = str(cand.get("token", "")).lstrip()
-                if t.startswith('"'):
-                    t = t[1:]
-                t = t.rstrip('"')
-                if not t:
-                    continue
-                matches = [v for v in q.values if v.startswith(t) or t.startswith(v)]
-                if matches:
-                    p = math.exp(float(cand.get("logprob", -1e9)))
-                    for v in matches:
-                        mass[v] += p / len(matches)
-            total = sum(mass.values())
-            if total <= 0:
-                return None
-            out.append({v: m / total for v, m in mass.items()})
-            armed = False
-            text = ""
-            if len(out) == len(questions):
-                break
-            continue
-        text += piece
-        if text.rstrip().endswith('"answer":') or text.rstrip().endswith('"answer": "') or text.endswith('"answer":"'):
-            armed = True
-            text = ""
-        elif len(text) > 64:
-            text = text[-64:]
-    if len(out) != len(questions):
+    slots = [
+        ValueSlot(
+            keys=("answers", q.id, "answer") if i == 0 else (q.id, "answer"),
+            values=tuple(q.values),
+            match=_prefix_match(q.values),
+        )
+        for i, q in enumerate(questions)
+    ]
+    dists = value_distributions(slots, logprobs)
+    if dists is None:
         return None
-    return {q.id: d for q, d in zip(questions, out, strict=True)}
+    return {q.id: d for q, d in zip(questions, dists, strict=True)}
 
 
 def violation_probability(policy: Policy, dists: Mapping[str, Mapping[str, float]]) -> float:

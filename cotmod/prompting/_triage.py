@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -48,7 +47,7 @@ from ._compiler import (
     boundary_lines,
     content_boundary,
 )
-from ._decision import OutputInvalid, check_schema, extract_json
+from ._decision import OutputInvalid, ValueSlot, check_schema, extract_json, value_distributions
 from ._tokens import count_tokens, token_counter_name, truncate_to_tokens
 
 __all__ = [
@@ -132,45 +131,26 @@ def _cut(text: str, limit: int = MAX_SUMMARY_CHARS) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def _yes_or_no(head: str) -> tuple[str, ...]:
+    """A candidate token counts for "yes" when it starts with "y", for "no" with "n" (any case)."""
+    first = head.lstrip('"')[:1].lower()
+    return ("yes",) if first == "y" else ("no",) if first == "n" else ()
+
+
 def yes_probabilities(policy_ids: list[str], logprobs: list[dict[str, Any]] | None) -> dict[str, float] | None:
     """Per policy, the model's probability of answering "yes" in ``at_stake``, read from the top
     log-probabilities of the first token of each answer (a candidate starting with "y" counts for
-    yes, with "n" for no; renormalised over the two). None unless every policy's answer is found."""
-    if not logprobs:
+    yes, with "n" for no; renormalised over the two). The answers are looked for inside
+    ``at_stake``, in policy order (:func:`~cotmod.prompting._decision.value_distributions`).
+    None unless every policy's answer is found."""
+    slots = [
+        ValueSlot(keys=("at_stake", pid) if i == 0 else (pid,), values=TRIAGE_ANSWERS, match=_yes_or_no)
+        for i, pid in enumerate(policy_ids)
+    ]
+    dists = value_distributions(slots, logprobs)
+    if dists is None:
         return None
-    out: dict[str, float] = {}
-    text = ""
-    want = 0
-    armed = False
-    for tok in logprobs:
-        piece = str(tok.get("token", ""))
-        if armed:
-            head = piece.lstrip().lstrip('"')
-            if not head:  # the opening quote alone: the answer starts at the next token
-                continue
-            mass = {"y": 0.0, "n": 0.0}
-            for cand in tok.get("top_logprobs") or [{"token": piece, "logprob": tok.get("logprob", 0.0)}]:
-                t = str(cand.get("token", "")).lstrip().lstrip('"')[:1].lower()
-                if t in mass:
-                    mass[t] += math.exp(float(cand.get("logprob", -1e9)))
-            if mass["y"] + mass["n"] <= 0:
-                return None
-            out[policy_ids[want]] = mass["y"] / (mass["y"] + mass["n"])
-            want += 1
-            armed = False
-            text = ""
-            if want == len(policy_ids):
-                break
-            continue
-        text += piece
-        tail = text.rstrip()
-        key = f'"{policy_ids[want]}":'
-        if tail.endswith(key) or tail.endswith(key + ' "') or tail.endswith(key + '"'):
-            armed = True
-            text = ""
-        elif len(text) > 200:
-            text = text[-200:]
-    return out if len(out) == len(policy_ids) else None
+    return {pid: d["yes"] for pid, d in zip(policy_ids, dists, strict=True)}
 
 
 def parse_triage(
