@@ -17,7 +17,8 @@ Per set (and pooled):
 * ``benign_none``: benign items where triage selected nothing (no per-policy call at all);
 * ``selected_per_item`` on harmful and benign items;
 * ``pick_precision``: selected (item, policy) pairs on harmful items that are gold policies;
-* ``fallbacks``: items whose triage output stayed invalid (the engine then judges every policy);
+* ``fallbacks``: items whose triage output stayed invalid, or whose call failed in transport for
+  that item only (the engine then judges every policy);
 * ``capped``: items answered "yes" for more policies than ``--triage-max`` (the first are kept);
 * the most frequent wrong picks (gold label -> selected policy);
 * ``sweep``: the same figures had the triage selected by P(yes) >= 0.5, 0.3, 0.2, 0.1, 0.05
@@ -37,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import dataclasses
 import json
 import sys
 import time
@@ -49,10 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_quality as bq
 import yaml
 
-from cotmod import AsyncModerator
+from cotmod import AsyncModerator, Item
 from cotmod.policy import load_policies
-from cotmod.prompting._decision import OutputInvalid
-from cotmod.prompting._triage import TRIAGE_SCHEMA_NAME, parse_triage
 
 DEFAULT_SETS = "jigsaw_toxic,ailuminate_demo,xstest"
 
@@ -73,29 +71,18 @@ def gold_policies(row: dict[str, Any], mapping: dict[str, Any]) -> list[str] | N
 
 
 async def ask(mod: AsyncModerator, policy_ids: list[str], row: dict[str, Any], sem: asyncio.Semaphore) -> dict[str, Any]:
-    comp = mod.triage_compiler(policy_ids)
-    prompt = comp.compile(row["text"], item_id=row["id"])
-    backend = await mod.get_backend()
-    messages = list(prompt.messages)
+    """The engine's triage call for one item (:meth:`AsyncModerator.triage`: same request,
+    parse and re-asks as ``moderate`` makes it; the moderator asks for log-probabilities so
+    that other thresholds can be measured afterwards)."""
     async with sem:
         t0 = time.perf_counter()
-        max_attempts = 1 + mod.settings.max_reasks
-        # the engine's triage call (AsyncModerator._triage_call), with log-probabilities always on
-        # so that other thresholds can be measured afterwards: same request, parse and re-asks
-        for attempt in range(1, max_attempts + 1):
-            req = dataclasses.replace(mod.request_for(prompt, messages, attempt), logprobs=True, schema_name=TRIAGE_SCHEMA_NAME)
-            res = await backend.complete(req)
-            try:
-                ans = parse_triage(res.text, comp.policies, finish_reason=res.finish_reason, max_policies=comp.max_policies,
-                                   logprobs=res.logprobs, threshold=mod.settings.triage_threshold)
-                yes = sum(v == "yes" for v in json.loads(res.text).get("at_stake", {}).values())
-                return {"id": row["id"], "selected": list(ans.policies), "yes": yes, "scores": ans.scores,
-                        "summary": ans.summary, "attempts": attempt,
-                        "s": time.perf_counter() - t0}
-            except OutputInvalid as exc:
-                messages = [*messages, {"role": "assistant", "content": (res.text or "")[:4000]},
-                            {"role": "user", "content": comp.reask_message(str(exc), attempt, max_attempts)}]
-        return {"id": row["id"], "selected": None, "summary": "", "attempts": 1 + mod.settings.max_reasks, "s": time.perf_counter() - t0}
+        out = await mod.triage(Item(row["text"], row["id"]), policy_ids)
+        s = time.perf_counter() - t0
+    if out.fallback is not None:  # invalid output after the re-asks (or this call failed in transport)
+        return {"id": row["id"], "selected": None, "summary": "", "attempts": out.attempts, "s": s}
+    yes = sum(v == "yes" for v in (out.answers or {}).values())
+    return {"id": row["id"], "selected": list(out.selected), "yes": yes, "scores": out.scores,
+            "summary": out.summary, "attempts": out.attempts, "s": s}
 
 
 SWEEP = (0.5, 0.3, 0.2, 0.1, 0.05)
@@ -166,7 +153,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         base_url = ensure_local_server(args.model, n_parallel=args.concurrency)
     mod = AsyncModerator(args.guidelines, base_url=base_url, model=args.model, triage=True, triage_max=args.triage_max,
                          logprobs=True, triage_threshold=args.threshold,
-                         concurrency=args.concurrency, prompts=args.prompts, timeout=600)
+                         concurrency=args.concurrency, prompts=args.prompts, timeout=600,
+                         warm_prefix=False)  # the calls run at --concurrency from the start, as before
     done_path = out / "answers.jsonl"
     answers: dict[str, dict[str, Any]] = {}
     if done_path.exists():

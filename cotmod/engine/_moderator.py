@@ -36,7 +36,8 @@ first selects the policies plausibly at stake (:mod:`cotmod.prompting._triage`);
 are called. It is cached, counted, limited and warmed like a group call (its prompt prefix ramps
 like any other). The other policies get an ``allow`` decision marked ``triaged_out``; if triage
 fails for the item (invalid output after the re-asks, or a transport failure of this call only),
-every policy is judged and ``Verdict.triage.fallback`` says why.
+every policy is judged and ``Verdict.triage.fallback`` says why. :meth:`AsyncModerator.triage`
+makes that call alone for an item (evaluating a triage prompt without the per-policy calls).
 
 Result cache: calls into a cache run on a dedicated thread, never on the event loop, unless the
 cache declares ``blocking = False`` (:class:`~cotmod.engine.MemoryCache` does). One thread, so a
@@ -208,6 +209,11 @@ class TriageOutcome:
     ``selected``: the policies to judge, in policy order. When triage failed (its output stayed
     invalid after the re-asks, or its call failed in transport for this item), ``fallback`` says
     why and ``selected`` is every policy in play: a failed triage never allows an item unjudged.
+    ``scores`` (with ``logprobs``): the probability of "yes" per policy, by which ``selected``
+    was chosen. ``answers``: the word the model answered per policy ("no" or "yes", in policy
+    order), which with ``scores`` may differ from the selection; None after a fallback (and for
+    an outcome cached before answers were recorded). ``attempts`` is 0 for an outcome from the
+    cache (``cached``).
     """
 
     summary: str
@@ -221,6 +227,7 @@ class TriageOutcome:
     raw_output: str | None = None
     cached: bool = False
     scores: dict[str, float] | None = None
+    answers: dict[str, str] | None = None
 
     def record(self, policy_ids: Sequence[str]) -> Triage:
         """The verdict's :class:`~cotmod.Triage` record for the policies in play."""
@@ -736,7 +743,15 @@ class AsyncModerator:
                     ]
                 continue
             return TriageOutcome(
-                answer.summary, answer.policies, usage, attempt, retries, attempt - 1, model, scores=answer.scores
+                answer.summary,
+                answer.policies,
+                usage,
+                attempt,
+                retries,
+                attempt - 1,
+                model,
+                scores=answer.scores,
+                answers=dict(answer.answers),
             )
         return TriageOutcome(
             "",
@@ -764,6 +779,7 @@ class AsyncModerator:
             if hit is not None:
                 selected = hit.get("policies")
                 scores = hit.get("scores")
+                answers = hit.get("answers")
                 if isinstance(selected, list) and all(p in policy_ids for p in selected):
                     chosen = set(selected)
                     return TriageOutcome(
@@ -776,6 +792,7 @@ class AsyncModerator:
                         _model_label(str(hit.get("model", "")), backend.model_name),
                         cached=True,
                         scores={str(k): float(v) for k, v in scores.items()} if isinstance(scores, dict) else None,
+                        answers={str(k): str(v) for k, v in answers.items()} if isinstance(answers, dict) else None,
                     )
         try:
             outcome = await self._limited(backend, prompt, sem, lambda first: self._triage_call(backend, prompt, first))
@@ -796,9 +813,48 @@ class AsyncModerator:
             await self._cache_call(
                 cache.put,
                 key,
-                {"summary": outcome.summary, "policies": outcome.selected, "model": outcome.model, "scores": outcome.scores},
+                {
+                    "summary": outcome.summary,
+                    "policies": outcome.selected,
+                    "model": outcome.model,
+                    "scores": outcome.scores,
+                    "answers": outcome.answers,
+                },
             )
         return outcome
+
+    async def triage(self, item: str | Item | Mapping[str, Any], policies: Sequence[str] | None = None) -> TriageOutcome:
+        """The triage call alone for one item: exactly the call :meth:`moderate` makes first when
+        triage applies (same prompt, sampling, re-asks, parsing, result cache and concurrency
+        limits), without the per-policy calls. For trying a triage prompt or threshold on a
+        sample quickly.
+
+        ``policies`` (default: all loaded policies) are the policies triage chooses among; a
+        cascade (``settings.cascade``) is not consulted. Returns the :class:`TriageOutcome`:
+        ``selected``, ``summary``, ``answers``, ``scores`` (with ``logprobs``), ``attempts``,
+        ``usage``, ``model``, ``cached``; as in :meth:`moderate`, output that stays invalid after
+        the re-asks, or a transport failure that concerns this item only, gives a ``fallback``
+        outcome selecting every policy. ``outcome.record(policy_ids)`` is the ``Verdict.triage``
+        :meth:`moderate` would record.
+
+        Raises :class:`~cotmod.ConfigError` when triage does not apply (:meth:`triage_applies`):
+        ``settings.triage`` is off, or there is only one policy group to choose from (one policy,
+        or ``strategy="combined"``).
+        """
+        if not self.settings.triage:
+            raise ConfigError(
+                "triage is off: turn it on (Settings(triage=True), --triage, COTMOD_TRIAGE=1) to triage an item"
+            )
+        groups = self.policy_groups(policies)
+        if len(groups) < 2:
+            why = f"strategy {self.settings.strategy!r} sends them in one call" if len(groups[0]) > 1 else "one policy"
+            raise ConfigError(
+                f"triage chooses among policy groups and there is only one here ({why}): select more than one "
+                "policy, with strategy 'per_policy'"
+            )
+        it = Item.coerce(item)
+        backend = await self.get_backend()
+        return await self._triage(it, [pid for g in groups for pid in g], backend, self._semaphore())
 
     async def _cache_call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a cache method off the event loop (on the moderator's cache thread), unless the
@@ -1279,6 +1335,10 @@ class Moderator:
 
     def moderate(self, item: str | Item | Mapping[str, Any], policies: Sequence[str] | None = None) -> Verdict:
         return self._call(self._async.moderate(item, policies))
+
+    def triage(self, item: str | Item | Mapping[str, Any], policies: Sequence[str] | None = None) -> TriageOutcome:
+        """See :meth:`AsyncModerator.triage`."""
+        return self._call(self._async.triage(item, policies))
 
     def moderate_many(
         self, items: Iterable[str | Item | Mapping[str, Any]], policies: Sequence[str] | None = None

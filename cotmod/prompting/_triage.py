@@ -34,7 +34,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -74,11 +74,13 @@ _PROBE_BOUNDARY = "0" * 16
 class TriageAnswer:
     """A valid triage answer: the one-sentence summary and the selected policy ids (in the
     order of the policy set, without repeats); with log-probabilities, the model's probability of
-    "yes" for every policy in play (``scores``)."""
+    "yes" for every policy in play (``scores``). ``answers``: the word answered for every policy
+    in play ("no" or "yes", in policy order), whatever was selected."""
 
     summary: str
     policies: list[str]
     scores: dict[str, float] | None = None
+    answers: dict[str, str] = field(default_factory=dict)
 
 
 #: policies the triage call may select at most (Settings.triage_max)
@@ -195,7 +197,12 @@ def parse_triage(
         yes = [p for p in policies.ids if answered[p] == "yes"]
         yes = yes[:max_policies] if max_policies is not None else yes
     rounded = {p: round(v, 4) for p, v in scores.items()} if scores is not None else None
-    return TriageAnswer(summary=_cut(str(data["summary"])), policies=yes, scores=rounded)
+    return TriageAnswer(
+        summary=_cut(str(data["summary"])),
+        policies=yes,
+        scores=rounded,
+        answers={p: answered[p] for p in policies.ids},
+    )
 
 
 class TriageCompiler:
