@@ -83,6 +83,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from cotmod import AsyncModerator  # noqa: E402
 from cotmod._exceptions import CotmodError, UserError  # noqa: E402
+from cotmod.engine import load_thresholds  # noqa: E402
 from cotmod.evals import (  # noqa: E402
     EvalResult,
     ItemFlags,
@@ -366,13 +367,25 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def cotmod_record(row: dict[str, Any], verdict: dict[str, Any] | None, dead: dict[str, Any] | None, policies: Sequence[str]) -> ItemRecord:
-    """An item's record from its verdict line (or its dead letter; neither: not run yet)."""
+def flags(decision: dict[str, Any], thresholds: dict[str, dict[str, float]] | None) -> bool:
+    """Whether a policy decision flags the item: ``score >= review`` where the policy has an
+    operating threshold (as ``cotmod eval --thresholds`` decides), the model's ``violates``
+    otherwise."""
+    th = (thresholds or {}).get(decision["policy_id"])
+    return float(decision["score"]) >= th["review"] if th is not None else bool(decision["violates"])
+
+
+def cotmod_record(
+    row: dict[str, Any], verdict: dict[str, Any] | None, dead: dict[str, Any] | None, policies: Sequence[str],
+    thresholds: dict[str, dict[str, float]] | None = None,
+) -> ItemRecord:
+    """An item's record from its verdict line (or its dead letter; neither: not run yet);
+    with ``thresholds`` the policies decide by score (see :func:`flags`)."""
     gold = int(row["labels"][ANY])
     labels = gold_labels(row)
     if verdict is not None and verdict.get("status", "ok") == "ok":
         decs = [d for d in verdict["decisions"] if d["policy_id"] in policies]
-        flagged = list(dict.fromkeys(d["policy_id"] for d in decs if d["violates"]))
+        flagged = list(dict.fromkeys(d["policy_id"] for d in decs if flags(d, thresholds)))
         return ItemRecord(
             id=row["id"], gold=gold, gold_labels=labels, status="ok", pred=1 if flagged else 0, flagged=flagged,
             score=max((float(d["score"]) for d in decs), default=0.0),
@@ -515,6 +528,56 @@ def pair_attribution(flags: Sequence[ItemFlags]) -> dict[str, Any]:
         "flagged_pairs_harmful": pairs,
         "blamed_per_harmful": mean(blamed),
         "blamed_max": max(blamed) if blamed else None,
+    }
+
+
+# -- operating point ----------------------------------------------------------------------------
+OP = "@op"  # suffix of a variant decided at the operating point (--operating-point / --tune-on)
+
+
+def shared_threshold(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One threshold on the item score (the max over the policies in play of ``decision.score``)
+    for every policy: the one maximising F1 of "anything violated" over ``rows`` (prediction
+    lines of one variant, every set pooled, each item weighing the same), ties to the higher
+    threshold. Error verdicts have no score and count as wrong whatever the threshold (a harmful
+    item as a false negative, a benign one as a false positive), as in the headline figures."""
+    scored = [(float(r["score"]), int(r["gold"])) for r in rows if r.get("status") == "ok" and r.get("score") is not None]
+    err = [int(r["gold"]) for r in rows if r.get("status") == "error"]
+    if not scored or not any(g for _, g in scored):
+        raise ValueError("no decided harmful item to choose a threshold on")
+    fn_err, fp_err = sum(err), len(err) - sum(err)
+    best: tuple[float, float] | None = None
+    for t in sorted({sc for sc, _ in scored if sc > 0}, reverse=True):
+        tp = sum(1 for sc, g in scored if g and sc >= t)
+        fp = sum(1 for sc, g in scored if not g and sc >= t) + fp_err
+        fn = sum(1 for sc, g in scored if g and sc < t) + fn_err
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        if best is None or f1 > best[1] + 1e-12:  # a tie (up to float rounding) keeps the higher threshold
+            best = (t, f1)
+    assert best is not None
+    return {"review": best[0], "f1": best[1], "items": len(scored) + len(err), "errors": len(err)}
+
+
+def tune_operating_point(dev_out: Path, variant: str, policies: Sequence[str]) -> dict[str, Any]:
+    """The thresholds document (``cotmod tune``'s format: ``thresholds: {POLICY: {review: t}}``)
+    with the shared threshold chosen on a development run's ``predictions.jsonl`` (its ``variant``
+    lines), for every policy."""
+    path = dev_out / "predictions.jsonl"
+    rows = [r for r in read_jsonl(path) if r.get("variant") == variant]
+    if not rows:
+        raise ValueError(f"{path}: no prediction of variant {variant!r} (run the development sample first)")
+    try:
+        dev_result = json.loads((dev_out / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{dev_out / 'result.json'}: {exc}") from None
+    if dev_result.get("dev") is None:
+        raise ValueError(f"{dev_out}: not a development run (--dev SEED): a threshold is never chosen on the benchmark sample")
+    chosen = shared_threshold(rows)
+    return {
+        "thresholds": {pid: {"review": chosen["review"]} for pid in policies},
+        "chosen_on": {"run": str(dev_out), "dev_seed": dev_result["dev"], "variant": variant,
+                      "sets": sorted({r["set"] for r in rows}), "items": chosen["items"], "errors": chosen["errors"],
+                      "rule": "max F1 of anything-violated, every set pooled, ties to the higher threshold", "dev_f1": chosen["f1"]},
     }
 
 
@@ -697,12 +760,23 @@ def measure_set(name: str, info: dict[str, Any], items: list[dict[str, Any]], se
             row["attribution"] = attribution_figures(result)
             row["_flags"] = result.item_flags
         records[v], out[v] = recs, {"prompt": v, "settings": info["settings"].get(v, {}), **row}
+        op = getattr(args, "op_thresholds", None)
+        if op:  # the same verdicts decided at the operating point: no model call
+            vo = v + OP
+            recs = [cotmod_record(it, verdicts.get(it["id"]), dead.get(it["id"]), pols, op) for it in items]
+            row = {**headline(recs, rounds=args.bootstrap, seed=args.seed), "s_per_item": out[v]["s_per_item"]}
+            if (run_dir / "manifest.json").exists():
+                result = compute_metrics(run_dir, thresholds=op, bootstrap_rounds=200)
+                row["attribution"] = attribution_figures(result)
+                row["_flags"] = result.item_flags
+            row["paired_vs_model_decision"] = paired_vs(records[v], recs, rounds=args.bootstrap)
+            records[vo], out[vo] = recs, {"prompt": v, "settings": out[v]["settings"], "operating_point": op, **row}
     if NAIVE in records:
-        for v in variants:
+        for v in records:
             if v != NAIVE:
                 out[v]["paired_vs_naive"] = paired_vs(records[NAIVE], records[v], rounds=args.bootstrap)
     if "v12" in out and out["v12"].get("_flags"):
-        for v in variants:
+        for v in out:
             if v not in (NAIVE, "v12") and out[v].get("_flags"):
                 cmp = compare_attribution(out["v12"]["_flags"], out[v]["_flags"], pols, rounds=args.bootstrap, seed=args.seed)
                 out[v]["attribution_vs_v12"] = cmp.model_dump(mode="json") if cmp else None
@@ -737,6 +811,13 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the CIs")
     ap.add_argument("--out", default=None, help="Keep the run directories here (run again with the same --out to resume)")
     ap.add_argument("--reuse", action="store_true", help="Measure what is already in --out (no model calls)")
+    ap.add_argument("--operating-point", default=None, metavar="FILE",
+                    help="a thresholds file (cotmod tune's format): every cotmod variant is also measured deciding by "
+                    "score at it, as VARIANT@op (the same verdicts, no model call)")
+    ap.add_argument("--tune-on", default=None, metavar="DEV_OUT",
+                    help="choose the operating point on a development run's --out (--dev SEED): one threshold on the score "
+                    "for every policy, maximising pooled F1 of that run's --tune-variant; written to OUT/operating_point.yaml")
+    ap.add_argument("--tune-variant", default="new", help="the development run's variant to tune on [default: new]")
     args = ap.parse_args()
 
     try:
@@ -753,6 +834,8 @@ def main() -> None:
             raise ValueError(f"--variants: unknown variant {unknown[0] if unknown else '(none)'} (known: {NAIVE}, {', '.join(defs)})")
         if args.reuse and not args.out:
             raise ValueError("--reuse needs --out (the directory to measure)")
+        if args.operating_point and args.tune_on:
+            raise ValueError("give --operating-point or --tune-on, not both")
         sets = [s for s in sets if n[s] > 0]
         if not sets:
             raise ValueError("every selected set has --n 0")
@@ -767,6 +850,11 @@ def main() -> None:
         for v in variants:  # every variant's settings are valid before anything runs
             if v != NAIVE and not args.reuse:
                 AsyncModerator(args.guidelines, **moderator_kwargs(args, "http://127.0.0.1:9/v1", defs[v]))
+        if args.tune_on:
+            op_doc = tune_operating_point(Path(args.tune_on), args.tune_variant, all_policies)
+            (work / "operating_point.yaml").write_text(json.dumps(op_doc, indent=1) + "\n", encoding="utf-8")
+            args.operating_point = str(work / "operating_point.yaml")
+        args.op_thresholds = load_thresholds(args.operating_point) if args.operating_point else None
     except (CotmodError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"bench_quality: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
@@ -849,9 +937,10 @@ def main() -> None:
 
     result: dict[str, Any] = {
         "bench": "quality", "model": args.model, "seed": args.seed, "dev": args.dev, "variants": variants,
+        "operating_point": args.operating_point,
         "variant_settings": {v: infos[sets[0]]["settings"].get(v, {}) for v in variants if v != NAIVE}, "sets": {},
     }
-    pooled: dict[str, list[ItemRecord]] = {v: [] for v in variants}
+    pooled: dict[str, list[ItemRecord]] = {}
     with (work / "predictions.jsonl").open("w", encoding="utf-8") as pf:
         for name in sets:
             items = items_by_set[name]
@@ -861,12 +950,12 @@ def main() -> None:
             result["sets"][name] = info
             print_set(name, info)
             for v, recs in records.items():
-                pooled[v].extend(recs)
+                pooled.setdefault(v, []).extend(recs)
                 for r in recs:
                     pf.write(json.dumps({"set": name, "variant": v, **asdict(r)}) + "\n")
     pooled_out: dict[str, Any] = {v: headline(recs, rounds=args.bootstrap, seed=args.seed) for v, recs in pooled.items()}
     if NAIVE in pooled:
-        for v in variants:
+        for v in pooled:
             if v != NAIVE:
                 pooled_out[v]["paired_vs_naive"] = paired_vs(pooled[NAIVE], pooled[v], rounds=args.bootstrap)
     result["pooled"] = pooled_out

@@ -248,6 +248,62 @@ def test_read_jsonl_skips_a_torn_last_line(tmp_path: Path) -> None:
     assert bq.read_jsonl(p) == [{"id": 1}, {"id": 2}]
 
 
+# -- the operating point: a threshold chosen on a development run, applied to the benchmark ---------
+def test_cotmod_record_decides_by_score_where_a_policy_has_a_threshold() -> None:
+    v = {"status": "ok", "decisions": [dec("hate_speech", False, 0.4), dec("spam_scams", True, 0.2)]}
+    assert bq.cotmod_record(item(1), v, None, ["hate_speech", "spam_scams"]).flagged == ["spam_scams"]
+    op = {"hate_speech": {"review": 0.3}}  # spam_scams has none: the model's violates stands
+    r = bq.cotmod_record(item(1), v, None, ["hate_speech", "spam_scams"], op)
+    assert (r.pred, r.flagged) == (1, ["hate_speech", "spam_scams"])
+    op = {"hate_speech": {"review": 0.5}, "spam_scams": {"review": 0.5}}
+    r = bq.cotmod_record(item(1), v, None, ["hate_speech", "spam_scams"], op)
+    assert (r.pred, r.flagged) == (0, [])
+    assert bq.cotmod_record(item(1), v, None, ["hate_speech"], {"hate_speech": {"review": 0.4}}).flagged == ["hate_speech"]  # >=
+
+
+def _pred(gold: int, score: float | None, status: str = "ok", variant: str = "new", set_: str = "s") -> dict[str, Any]:
+    return {"set": set_, "variant": variant, "gold": gold, "score": score, "status": status}
+
+
+def test_shared_threshold_maximises_f1_ties_to_the_higher_threshold() -> None:
+    rows = [_pred(1, 0.9), _pred(1, 0.2), _pred(0, 0.5), _pred(0, 0.1), _pred(0, 0.0)]
+    # t=0.9: tp1 fn1 -> 2/3; t=0.5: tp1 fp1 fn1 -> 0.5; t=0.2: tp2 fp1 -> 0.8; t=0.1: tp2 fp2 -> 2/3
+    got = bq.shared_threshold(rows)
+    assert (got["review"], round(got["f1"], 3), got["items"], got["errors"]) == (0.2, 0.8, 5, 0)
+    flat = [_pred(1, 0.7), _pred(0, 0.5), _pred(1, 0.3), _pred(0, 0.2), _pred(0, 0.1), _pred(1, 0.05)]
+    # t=0.7 (tp1 fn2) 0.5 ; t=0.3 (tp2 fp1 fn1) 2/3 ; t=0.05 (tp3 fp3) 2/3: a tie, the higher wins
+    assert bq.shared_threshold(flat)["review"] == 0.3
+
+
+def test_shared_threshold_counts_errors_as_wrong_and_needs_a_harmful_item() -> None:
+    rows = [_pred(1, 0.9), _pred(0, 0.5), _pred(1, None, "error"), _pred(0, None, "error")]
+    got = bq.shared_threshold(rows)  # t=0.9: tp1, fp 0+1, fn 0+1 -> 0.5; t=0.5: tp1 fp2 fn1 -> 0.4
+    assert (got["review"], got["f1"], got["errors"]) == (0.9, 0.5, 2)
+    with pytest.raises(ValueError, match="no decided harmful item"):
+        bq.shared_threshold([_pred(0, 0.5), _pred(1, None, "error")])
+
+
+def test_tune_operating_point_only_from_a_development_run(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    lines = [_pred(1, 0.9), _pred(0, 0.5), _pred(1, 0.2, set_="t"), _pred(1, 0.99, variant="v12")]
+    (dev / "predictions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (dev / "result.json").write_text(json.dumps({"dev": 11}))
+    doc = bq.tune_operating_point(dev, "new", ["hate_speech", "spam_scams"])
+    assert doc["thresholds"] == {"hate_speech": {"review": 0.2}, "spam_scams": {"review": 0.2}}
+    assert doc["chosen_on"]["dev_seed"] == 11 and doc["chosen_on"]["sets"] == ["s", "t"] and doc["chosen_on"]["items"] == 3
+    p = tmp_path / "op.yaml"
+    p.write_text(json.dumps(doc))
+    from cotmod.engine import load_thresholds
+
+    assert load_thresholds(p) == doc["thresholds"]  # cotmod's own reader takes it (cotmod eval --thresholds)
+    (dev / "result.json").write_text(json.dumps({"dev": None}))
+    with pytest.raises(ValueError, match="never chosen on the benchmark sample"):
+        bq.tune_operating_point(dev, "new", ["hate_speech"])
+    with pytest.raises(ValueError, match="no prediction of variant 'naive'"):
+        bq.tune_operating_point(dev, "naive", ["hate_speech"])
+
+
 # -- bench_spans.py's helpers ----------------------------------------------------------------------
 def _load_spans() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_spans", ROOT / "benchmarks" / "bench_spans.py")
