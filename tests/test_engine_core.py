@@ -138,6 +138,20 @@ async def test_build_verdict_from_outputs_obtained_elsewhere_matches_a_live_verd
     assert v.status == "error" and v.violates is None and v.error is not None and v.error.raw_output == "not json"
 
 
+def test_sync_build_verdict_passes_the_cascade_routes_on() -> None:
+    """Moderator.build_verdict took ``routes`` and dropped it: the route and the classifier
+    score of a policy the classifier sent to the LLM were missing from the verdict."""
+    answers = {"hate_speech": decision({"hate_speech": []})}
+    fake = FakeBackend(default=lambda req: answers[group_of(req)[0]])
+    with Moderator(backend=fake, settings=Settings(decision_logic=False)) as mod:
+        groups = mod.policy_groups(["hate_speech"])
+        prompts = [mod.compiler(g).compile("some post", item_id="a") for g in groups]
+        outcomes = [mod.outcome_from_output(prompts[0], ChatResult(text=json.dumps(answers["hate_speech"]), finish_reason="stop"))]
+        v = mod.build_verdict(Item("some post", "a"), groups, prompts, outcomes, routes={"hate_speech": ("llm", 0.42)})
+    d = v.decisions[0]
+    assert (d.route, d.classifier_score) == ("llm", 0.42)
+
+
 # -- 1. metadata ---------------------------------------------------------------------------------
 
 

@@ -1331,7 +1331,7 @@ class Moderator:
         triage: TriageOutcome | None = None,
         routes: Mapping[str, tuple[Route, float | None]] | None = None,
     ) -> Verdict:
-        return self._async.build_verdict(item, groups, prompts, outcomes, latency_ms, triage=triage)
+        return self._async.build_verdict(item, groups, prompts, outcomes, latency_ms, triage=triage, routes=routes)
 
     def moderate(self, item: str | Item | Mapping[str, Any], policies: Sequence[str] | None = None) -> Verdict:
         return self._call(self._async.moderate(item, policies))
