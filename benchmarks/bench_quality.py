@@ -531,6 +531,16 @@ def pair_attribution(flags: Sequence[ItemFlags]) -> dict[str, Any]:
     }
 
 
+def reused_seeds(work: Path, seed: int, dev: int | None) -> tuple[int, int | None]:
+    """The benchmark seed and development seed a ``--reuse`` reports: those its ``result.json``
+    recorded when the sample was drawn (a re-measure draws nothing), else the options'."""
+    try:
+        prev = json.loads((work / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return seed, dev
+    return int(prev.get("seed", seed)), prev.get("dev", dev) if dev is None else dev
+
+
 # -- operating point ----------------------------------------------------------------------------
 OP = "@op"  # suffix of a variant decided at the operating point (--operating-point / --tune-on)
 
@@ -844,6 +854,8 @@ def main() -> None:
 
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="cotmod-quality-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.reuse:  # the sample was drawn with the seeds recorded then: a re-measure keeps them
+        args.seed, args.dev = reused_seeds(work, args.seed, args.dev)
     try:
         probe = AsyncModerator(args.guidelines, **moderator_kwargs(args, "http://127.0.0.1:9/v1", {}))
         all_policies = probe.policies.ids

@@ -283,6 +283,14 @@ def test_shared_threshold_counts_errors_as_wrong_and_needs_a_harmful_item() -> N
         bq.shared_threshold([_pred(0, 0.5), _pred(1, None, "error")])
 
 
+def test_reuse_keeps_the_seeds_the_sample_was_drawn_with(tmp_path: Path) -> None:
+    assert bq.reused_seeds(tmp_path, 2026, None) == (2026, None)  # nothing recorded
+    (tmp_path / "result.json").write_text(json.dumps({"seed": 2026, "dev": 11}))
+    assert bq.reused_seeds(tmp_path, 2026, None) == (2026, 11)  # a re-measure stays a development run
+    (tmp_path / "result.json").write_text(json.dumps({"seed": 7, "dev": None}))
+    assert bq.reused_seeds(tmp_path, 2026, None) == (7, None)
+
+
 def test_tune_operating_point_only_from_a_development_run(tmp_path: Path) -> None:
     dev = tmp_path / "dev"
     dev.mkdir()
