@@ -3,7 +3,7 @@
 Each measurement is one ``cotmod run`` subprocess (concurrency 32, --no-cache, against the
 instant fake server); its peak RSS is read with ``os.wait4`` on that one child, so no two runs'
 maxima mix (ru_maxrss of exactly that process, in KiB on Linux). Sizes: 10k and 100k items
-(--quick: 2k and 20k). ``ratio = peak RSS at the large size / peak RSS at the small size``.
+(--quick: 1k and 10k). ``ratio = peak RSS at the large size / peak RSS at the small size``.
 Target: ratio <= 1.1 (the input is streamed; the runner keeps only id digests and per-item
 latencies, so growth should be small). Also reported: the growth in KiB per 1000 extra items.
 Prints one JSON line.
@@ -25,7 +25,7 @@ CONCURRENCY = 32
 
 def main() -> None:
     args = c.parse_args(__doc__.split("\n\n")[0])
-    small, large = (2_000, 20_000) if args.quick else (10_000, 100_000)
+    small, large = (1_000, 10_000) if args.quick else (10_000, 100_000)
     result: dict[str, Any] = {"bench": "memory", "quick": args.quick, "concurrency": CONCURRENCY}
     rss: dict[int, int] = {}
     with c.workdir("memory") as tmp, c.server(delay=0.0) as url:
