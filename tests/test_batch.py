@@ -71,7 +71,7 @@ def test_import_refuses_changed_policies(tmp_path: Path, policy_dir: Path) -> No
     req = tmp_path / "requests.jsonl"
     export_batch(AsyncModerator(policy_dir, model="m", base_url="http://127.0.0.1:9/v1"), inp, req, policies=["spam_scams"])
     f = policy_dir / "spam_scams.yaml"
-    f.write_text(f.read_text().replace("version: 1.0.0", "version: 1.0.1", 1))
+    f.write_text(f.read_text().replace("version: 1.1.0", "version: 1.1.1", 1))
     results = tmp_path / "results.jsonl"
     fake_provider(req, results)
     with pytest.raises(ConfigError, match="changed since"):

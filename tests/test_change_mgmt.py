@@ -65,7 +65,7 @@ def test_diff_each_change_kind_and_version_rules(policy_dir: Path) -> None:
 
 def test_version_bump_errors(policy_dir: Path) -> None:
     old = load_policies([GUIDELINES])
-    edit(policy_dir, "spam_scams", "version: 1.0.0", "version: 1.0.1")
+    edit(policy_dir, "spam_scams", "version: 1.1.0", "version: 1.1.1")
     f = policy_dir / "spam_scams.yaml"
     data = yaml.safe_load(f.read_text())
     removed = data["rules"].pop()["id"]  # a removed rule needs a major bump
@@ -244,7 +244,7 @@ def test_sync_policy_option_restricts_check_and_update(tmp_path: Path, policy_di
     m, _ = make_manifest(tmp_path, policy_dir)
     edit(policy_dir, "hate_speech", f"version: {HATE_V}", "version: 9.0.0")
     edit(policy_dir, "hate_speech", "denies their humanity", "denies that they are human")
-    edit(policy_dir, "spam_scams", "version: 1.0.0", "version: 1.0.1")
+    edit(policy_dir, "spam_scams", "version: 1.1.0", "version: 1.1.1")
     edit(policy_dir, "spam_scams", "seek", "look for", -1)
 
     def check(*pols: str) -> tuple[int, list[dict]]:
@@ -263,9 +263,9 @@ def test_sync_policy_option_restricts_check_and_update(tmp_path: Path, policy_di
     guide_before = (tmp_path / "guide.md").read_text()
     r = CliRunner().invoke(cli, ["sync", "update", str(m), "-g", str(policy_dir), "-p", "spam_scams"])
     assert r.exit_code == 0, r.output
-    assert "spam_scams: version 1.0.0 -> 1.0.1" in r.stdout and "hate_speech" not in r.stdout
+    assert "spam_scams: version 1.1.0 -> 1.1.1" in r.stdout and "hate_speech" not in r.stdout
     data = yaml.safe_load(m.read_text())
-    assert data["policies"]["spam_scams"]["version"] == "1.0.1"
+    assert data["policies"]["spam_scams"]["version"] == "1.1.1"
     assert data["policies"]["hate_speech"]["version"] == HATE_V  # left alone
     assert (tmp_path / "guide.md").read_text() == guide_before
     assert check("spam_scams") == (0, [])

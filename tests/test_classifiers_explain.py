@@ -218,7 +218,7 @@ def test_library_bad_input(demo_files: tuple[Path, Path], tmp_path: Path) -> Non
 def test_load_label_map(tmp_path: Path) -> None:
     m = tmp_path / "enforcement.yaml"
     m.write_text(yaml.safe_dump({"policies": {
-        "spam_scams": {"version": "1.0.0", "classifier": {"label_map": {"spam": "spam_scams", "scam": "spam_scams"}}},
+        "spam_scams": {"version": "1.1.0", "classifier": {"label_map": {"spam": "spam_scams", "scam": "spam_scams"}}},
         "hate_speech": {"version": "1.0.0"},
     }}))
     assert load_label_map(m) == {"spam": "spam_scams", "scam": "spam_scams"}
@@ -325,7 +325,7 @@ def test_manifest_and_two_labels_of_one_policy(demo_files: tuple[Path, Path], tm
     th2 = tmp_path / "th2.yaml"
     th2.write_text(yaml.safe_dump({"labels": {lb: {"review": REVIEW, "auto_action": AUTO} for lb in ("spam", "scam")}}))
     m = tmp_path / "enforcement.yaml"
-    m.write_text(yaml.safe_dump({"policies": {"spam_scams": {"version": "1.0.0", "classifier": {
+    m.write_text(yaml.safe_dump({"policies": {"spam_scams": {"version": "1.1.0", "classifier": {
         "label_map": {"spam": "spam_scams", "scam": "spam_scams", "other_clf_label": "spam_scams"}}}}}))
     fake = use_backend(monkeypatch, scripted({}))
     out = tmp_path / "rca"

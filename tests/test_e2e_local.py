@@ -38,7 +38,7 @@ def test_cli_moderate_json_validates_against_schema(local_url: str) -> None:
     schema = json.loads(subprocess.run([sys.executable, "-m", "cotmod", "schema", "verdict"], capture_output=True, text=True, check=True).stdout)
     jsonschema.validate(verdict, schema)
     assert verdict["model"] and verdict["usage"]["prompt_tokens"] > 500
-    assert verdict["policy_versions"] == {"spam_scams": "1.0.0"}
+    assert verdict["policy_versions"] == {"spam_scams": "1.1.0"}
     if verdict["status"] == "ok":
         assert verdict["reasoning"] and verdict["decisions"][0]["policy_id"] == "spam_scams"
     else:  # a tiny model may fail validation; then it is an explicit error with the raw output
@@ -71,7 +71,7 @@ def test_impact_with_the_real_local_model_recomputes_only_the_changed_policy(tmp
     f = policy_dir / "spam_scams.yaml"
     text = f.read_text()
     assert "\ntitle: " in text
-    f.write_text(text.replace("version: 1.0.0", "version: 1.0.1", 1).replace("\ntitle: ", "\ntitle: Revised ", 1))
+    f.write_text(text.replace("version: 1.1.0", "version: 1.1.1", 1).replace("\ntitle: ", "\ntitle: Revised ", 1))
     new = load_policies([policy_dir])
     settings = Settings(base_url=local_url, model=e2e_model(), max_reasks=0, concurrency=2)
     res = impact(old, new, settings=settings, cache=MemoryCache(), golden=gold, mapping=mapping, work_dir=tmp_path / "imp")

@@ -18,7 +18,7 @@ from cotmod.testing import FakeBackend, FakeOpenAIServer, decision, item_content
 from .conftest import GUIDELINES
 
 HATE = ["hate_speech"]
-LOGIC_POLICIES = ["hate_speech", "harassment_bullying", "violent_threats", "self_harm"]
+LOGIC_POLICIES = ["hate_speech", "harassment_bullying", "violent_threats", "self_harm", "violent_extremism", "spam_scams"]
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +46,7 @@ def test_starter_policies_with_questions_are_judged_by_them() -> None:
         assert policies[pid].rules[0].id not in comp.system_prompt
     # off, or a policy without questions: the rules form
     assert not Compiler(policies.select(HATE)).logic
-    assert not Compiler(policies.select(["spam_scams"]), decision_logic=True).logic
+    assert not Compiler(policies.select(["regulated_goods"]), decision_logic=True).logic
     rules_form = Compiler(policies.select(HATE)).fingerprint
     assert Compiler(policies.select(HATE), decision_logic=True).fingerprint != rules_form
 
@@ -169,11 +169,11 @@ def test_policies_without_questions_keep_the_rules_form_in_the_same_moderator() 
         schema = req.schema  # type: ignore[attr-defined]
         if "answers" in schema["properties"]:
             return logic_answer(schema)
-        return decision({"spam_scams": []})
+        return decision({"regulated_goods": []})
 
     fake = FakeBackend(default=respond)
-    v = mod(fake).moderate("hello there", policies=["hate_speech", "spam_scams"])
-    assert v.status == "ok" and [d.policy_id for d in v.decisions] == ["hate_speech", "spam_scams"]
+    v = mod(fake).moderate("hello there", policies=["hate_speech", "regulated_goods"])
+    assert v.status == "ok" and [d.policy_id for d in v.decisions] == ["hate_speech", "regulated_goods"]
     assert v.decisions[0].answers and not v.decisions[1].answers
 
 
@@ -264,7 +264,7 @@ def test_lint_explains_yaml_booleans_in_answers(policy_dir: Path) -> None:
 
 
 def test_lint_refuses_when_without_questions(policy_dir: Path) -> None:
-    f = policy_dir / "spam_scams.yaml"
+    f = policy_dir / "regulated_goods.yaml"
     text = f.read_text()
     f.write_text(text.replace("    severity: ", "    when: {kind: scam}\n    severity: ", 1))
     rep = lint_paths([f])
@@ -380,7 +380,7 @@ def test_triage_and_decision_logic_together_through_the_cli() -> None:
     f = json.loads(flagged.stdout.strip().splitlines()[-1])
     assert calls_flagged == 11 and f["violates"] and len(f["triage"]["selected"]) == 10
     by = {d["policy_id"]: d for d in f["decisions"]}
-    assert all(by[p]["answers"] for p in LOGIC_POLICIES) and not by["spam_scams"].get("answers")
+    assert all(by[p]["answers"] for p in LOGIC_POLICIES) and not by["regulated_goods"].get("answers")
 
 
 def test_triage_sends_an_item_to_at_most_triage_max_policies() -> None:

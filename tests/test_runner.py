@@ -99,7 +99,7 @@ def test_cache_hits_make_no_request_and_policy_edit_recomputes_only_it(tmp_path:
     s = Runner(AsyncModerator(policy_dir, backend=fake, cache=cache)).run_sync(inp, tmp_path / "b.jsonl", policies=POLICIES)
     assert len(fake.history) == 16 and s.cache_hits == 16 and s.processed == 8
     f = policy_dir / "spam_scams.yaml"
-    f.write_text(f.read_text().replace("version: 1.0.0", "version: 1.1.0", 1))
+    f.write_text(f.read_text().replace("version: 1.1.0", "version: 1.2.0", 1))
     s = Runner(AsyncModerator(policy_dir, backend=fake, cache=cache)).run_sync(inp, tmp_path / "c.jsonl", policies=POLICIES)
     new_calls = fake.history[16:]
     assert len(new_calls) == 8 and s.cache_hits == 8
