@@ -89,6 +89,7 @@ from cotmod.evals import (  # noqa: E402
     ItemFlags,
     compare_attribution,
     compute_metrics,
+    flagged_policies,
     load_mapping,
     metric_cis,
     paired_comparison,
@@ -367,25 +368,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def flags(decision: dict[str, Any], thresholds: dict[str, dict[str, float]] | None) -> bool:
-    """Whether a policy decision flags the item: ``score >= review`` where the policy has an
-    operating threshold (as ``cotmod eval --thresholds`` decides), the model's ``violates``
-    otherwise."""
-    th = (thresholds or {}).get(decision["policy_id"])
-    return float(decision["score"]) >= th["review"] if th is not None else bool(decision["violates"])
-
-
 def cotmod_record(
     row: dict[str, Any], verdict: dict[str, Any] | None, dead: dict[str, Any] | None, policies: Sequence[str],
     thresholds: dict[str, dict[str, float]] | None = None,
 ) -> ItemRecord:
     """An item's record from its verdict line (or its dead letter; neither: not run yet);
-    with ``thresholds`` the policies decide by score (see :func:`flags`)."""
+    with ``thresholds`` the policies decide by score, as ``cotmod eval --thresholds`` does
+    (``cotmod.evals.flagged_policies``)."""
     gold = int(row["labels"][ANY])
     labels = gold_labels(row)
     if verdict is not None and verdict.get("status", "ok") == "ok":
         decs = [d for d in verdict["decisions"] if d["policy_id"] in policies]
-        flagged = list(dict.fromkeys(d["policy_id"] for d in decs if flags(d, thresholds)))
+        flagged = flagged_policies(decs, thresholds)
         return ItemRecord(
             id=row["id"], gold=gold, gold_labels=labels, status="ok", pred=1 if flagged else 0, flagged=flagged,
             score=max((float(d["score"]) for d in decs), default=0.0),

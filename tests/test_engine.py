@@ -193,7 +193,7 @@ def test_logprob_scores_replace_stated_confidence() -> None:
     toks = [{"token": head + '"violates":', "logprob": 0.0, "top_logprobs": []},
             {"token": " true", "logprob": math.log(0.7), "top_logprobs": [{"token": " true", "logprob": math.log(0.7)}, {"token": " false", "logprob": math.log(0.2)}]},
             {"token": tail[len("true"):], "logprob": 0.0, "top_logprobs": []}]
-    assert violates_probabilities(toks) == [pytest.approx(0.7 / 0.9)]
+    assert violates_probabilities(["spam_scams"], toks) == [pytest.approx(0.7 / 0.9)]
     fake = FakeBackend([ChatResult(text=answer, finish_reason="stop", logprobs=toks)])
     v = asyncio_run(make(fake, logprobs=True).moderate("win", policies=["spam_scams"]))
     d = v.decision("spam_scams")

@@ -306,12 +306,12 @@ def _with_logprob_scores(
             return decisions
         p_violates = violation_probability(policy, dists)
         return [decisions[0].model_copy(update={"score": p_violates, "score_source": "answers"})]
-    probs = violates_probabilities(logprobs)
     try:
-        order = list(json.loads(raw)["decisions"])
+        order = [str(pid) for pid in json.loads(raw)["decisions"]]
     except (ValueError, KeyError, TypeError):
         return decisions
-    if len(probs) != len(order):
+    probs = violates_probabilities(order, logprobs)
+    if probs is None:
         return decisions
     by_policy = dict(zip(order, probs, strict=True))
     out = []

@@ -11,6 +11,7 @@ Computing is pure and returns pydantic models; writing files is separate::
     write_thresholds(tune(result, target_precision=0.9), "thresholds.yaml")
     compare(result, compute_metrics("runs/b"))    # Comparison: paired deltas, McNemar, regressions
     span_f1(predicted_spans(verdict), gold)       # quoted words vs annotated words (SemEval-2021 Task 5)
+    flagged_policies(verdict["decisions"], thresholds)  # the policies that flag it, as eval decides
 """
 
 from ._compare import (
@@ -22,7 +23,7 @@ from ._compare import (
     write_thresholds,
 )
 from ._golden import GoldenItem, GoldenSet, LabelMapping, load_golden, load_mapping
-from ._harness import compute_metrics, load_result, run_eval, write_metrics
+from ._harness import compute_metrics, flagged_policies, load_result, run_eval, write_metrics
 from ._metrics import metric_cis, paired_comparison, paired_ratio_delta
 from ._report import html_report, text_table, write_report
 from ._results import (
@@ -109,6 +110,7 @@ __all__ = [
     "compare_attribution",
     "compare_runs",
     "compute_metrics",
+    "flagged_policies",
     "html_report",
     "load_golden",
     "load_mapping",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -227,12 +227,14 @@ class _Row:
     strata: dict[str, Any] = field(default_factory=dict)
 
 
-def _flagged(decisions: list[dict[str, Any]], thresholds: dict[str, dict[str, float]]) -> list[str]:
-    """The policies whose decision flags the item: ``score >= review`` where the policy has a
-    threshold, the model's ``violates`` otherwise."""
+def flagged_policies(decisions: Sequence[Mapping[str, Any]], thresholds: Mapping[str, Mapping[str, float]] | None = None) -> list[str]:
+    """The policies whose decision (a verdict's ``decisions`` entries, as dicts) flags the item,
+    in order, each once: ``score >= review`` where the policy has an operating threshold
+    (``load_thresholds``: what ``cotmod eval --thresholds`` applies), the model's ``violates``
+    otherwise."""
     out: list[str] = []
     for d in decisions:
-        th = thresholds.get(d["policy_id"])
+        th = (thresholds or {}).get(d["policy_id"])
         if (th is not None and float(d["score"]) >= th["review"]) or (th is None and d["violates"]):
             out.append(d["policy_id"])
     return list(dict.fromkeys(out))
@@ -240,7 +242,7 @@ def _flagged(decisions: list[dict[str, Any]], thresholds: dict[str, dict[str, fl
 
 def _row(it: GoldenItem, y: int, label: str, v: dict[str, Any], policies: list[str], thresholds: dict[str, dict[str, float]], strata: list[str]) -> _Row:
     decs = [d for d in v["decisions"] if d["policy_id"] in policies]
-    flagged = _flagged(decs, thresholds)
+    flagged = flagged_policies(decs, thresholds)
     return _Row(
         id=it.id,
         text=it.text,
@@ -456,7 +458,7 @@ def _attribution(
             else:
                 missing += 1
             continue
-        flagged = _flagged([d for d in v["decisions"] if d["policy_id"] in in_play], thresholds)
+        flagged = flagged_policies([d for d in v["decisions"] if d["policy_id"] in in_play], thresholds)
         records.append(ItemFlags(id=it.id, kind=kind, gold=pos, own=own, flagged=flagged))
         unknown_pols[it.id] = {p for lab, ps in labels.items() if it.labels.get(lab) is None for p in ps}
     harmful = [r for r in records if r.kind == "harmful"]

@@ -398,44 +398,13 @@ def parse_decision(
     return [str(s) for s in data["reasoning"]], decisions
 
 
-def violates_probabilities(logprobs: list[dict[str, Any]] | None) -> list[float | None]:
-    """P(violates = true) for each ``"violates":`` value in a completion, in order of appearance,
-    from the tokens' top log-probabilities (true vs false); None where neither is among them."""
-    if not logprobs:
-        return []
-    out: list[float | None] = []
-    text = ""
-    armed = False
-    for tok in logprobs:
-        piece = str(tok.get("token", ""))
-        if armed and piece.strip():
-            p_true = p_false = 0.0
-            for cand in tok.get("top_logprobs") or [{"token": piece, "logprob": tok.get("logprob", 0.0)}]:
-                t = str(cand.get("token", "")).strip().lower()
-                lp = float(cand.get("logprob", -1e9))
-                if t and "true".startswith(t[:4]) and t[0] == "t":
-                    p_true += math.exp(lp)
-                elif t and "false".startswith(t[:5]) and t[0] == "f":
-                    p_false += math.exp(lp)
-            out.append(p_true / (p_true + p_false) if p_true + p_false > 0 else None)
-            armed = False
-        text += piece
-        if not armed and text.rstrip().endswith('"violates":'):
-            armed = True
-            text = ""
-        elif len(text) > 64:
-            text = text[-64:]
-    return out
-
-
-
 # ---------------------------------------------------------------------------------------------
-# Reading the model's probabilities of a string value from its tokens' log-probabilities
+# Reading the model's probabilities of a value (a string, or a boolean) from its tokens' log-probabilities
 
 
 @dataclass(frozen=True)
 class ValueSlot:
-    """One string value of a completion whose probabilities :func:`value_distributions` reads.
+    """One value of a completion (a string, or an unquoted boolean) whose probabilities :func:`value_distributions` reads.
 
     ``keys``: the JSON keys that lead to it, in the order they are written; the value is that of
     the last key, the ones before it are passed on the way (e.g. ``("at_stake", "hate_speech")``
@@ -524,3 +493,26 @@ def value_distributions(slots: Sequence[ValueSlot], logprobs: list[dict[str, Any
         elif len(text) > keep:
             text = text[-keep:]
     return None
+
+
+def _true_or_false(head: str) -> tuple[str, ...]:
+    """A candidate token of an unquoted JSON boolean: ``t``, ``tr``, ``true`` count for true."""
+    t = head.strip().lower()
+    if t and t[0] == "t" and "true".startswith(t[:4]):
+        return ("true",)
+    if t and t[0] == "f" and "false".startswith(t[:5]):
+        return ("false",)
+    return ()
+
+
+def violates_probabilities(policy_ids: Sequence[str], logprobs: list[dict[str, Any]] | None) -> list[float] | None:
+    """P(violates = true) of each policy of a rules-form answer (``{"decisions": {"<id>":
+    {"violates": ...}}}``, the policies in the order written), read by :func:`value_distributions`
+    from the top log-probabilities of each ``violates`` value's first token (true vs false);
+    None when one of them is not found."""
+    slots = [
+        ValueSlot(keys=(("decisions",) if i == 0 else ()) + (pid, "violates"), values=("true", "false"), match=_true_or_false)
+        for i, pid in enumerate(policy_ids)
+    ]
+    dists = value_distributions(slots, logprobs)
+    return None if dists is None else [d["true"] for d in dists]
