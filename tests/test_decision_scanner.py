@@ -170,3 +170,26 @@ def test_logic_a_question_named_answer_is_read_under_its_own_key() -> None:
     assert got is not None
     assert math.isclose(got["answer"]["none"], 0.6) and math.isclose(got["answer"]["figurative_only"], 0.4)
     assert math.isclose(got["act"]["other"], 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules form: P(violates = true) per policy, on the same scanner
+
+
+def test_rules_form_violates_per_policy_in_written_order() -> None:
+    from cotmod.prompting._decision import violates_probabilities
+
+    # the reasoning quotes a policy's key and the word violates (escaped inside the string): not a slot
+    head = '{"reasoning": ["the text says \\"spam_scams\\": \\"violates\\": true"], "decisions": {"hate_speech": {"rule_ids": [], "violates":'
+    toks = [
+        tok(head),
+        tok(" fal", (" fal", 0.6), (" tr", 0.3), (" null", 0.1)),
+        tok('se}, "spam_scams": {"violates": '),
+        tok("t", ("t", 0.8), ("f", 0.2)),
+        tok("rue}}}"),
+    ]
+    got = violates_probabilities(["hate_speech", "spam_scams"], toks)
+    assert got is not None and math.isclose(got[0], 0.3 / 0.9) and math.isclose(got[1], 0.8)
+    # a policy whose value is not in the completion: no scores at all, never a shifted one
+    assert violates_probabilities(["hate_speech", "spam_scams", "self_harm"], toks) is None
+    assert violates_probabilities(["hate_speech"], None) is None
