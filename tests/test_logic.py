@@ -18,7 +18,10 @@ from cotmod.testing import FakeBackend, FakeOpenAIServer, decision, item_content
 from .conftest import GUIDELINES
 
 HATE = ["hate_speech"]
-LOGIC_POLICIES = ["hate_speech", "harassment_bullying", "violent_threats", "self_harm", "violent_extremism", "spam_scams"]
+LOGIC_POLICIES = [
+    "hate_speech", "harassment_bullying", "violent_threats", "self_harm", "violent_extremism", "spam_scams",
+    "adult_sexual_content", "minor_safety",
+]
 
 
 @pytest.fixture(autouse=True)
