@@ -31,6 +31,12 @@ Variants (``--variants``, run one after another on the same items, each in its o
 * any ``--variant-settings NAME:key=val,...`` (Settings overrides, e.g.
   ``evid:decision_logic=true,triage=true,evidence=true``).
 
+To compare policy versions, run the same sample with the previous ``--guidelines`` into another
+``--out``, copy its ``SET/new`` in as ``SET/v14`` (any name) and re-measure with ``--reuse
+--baseline v14``: every variant is then also paired with it (``paired_vs_baseline``: F1/FPR
+deltas with paired-bootstrap CIs and McNemar; an ``@op`` variant with the baseline's ``@op``)
+and its attribution compared (``attribution_vs_v14``).
+
 Per set and variant: precision / recall / F1 / FPR of "anything violated" with bootstrap 95% CIs;
 the paired delta against naive (F1, FPR, ...: paired bootstrap CI, exact McNemar); attribution
 (cotmod.evals' machinery: attribution precision over the flagged (item, policy) pairs on harmful
@@ -722,6 +728,11 @@ def print_set(name: str, info: dict[str, Any]) -> None:
               f"{fmt(r['fpr']):>7}{fmt(r['auprc']):>7}{fmt(r['calls_per_item'], '.1f'):>7}{fmt(r['tokens_per_item'], '.0f'):>7}"
               f"{fmt(r['s_per_item'], '.1f'):>7}  {fmt_ci(r['f1_ci95']):<12}{df1:>22}{dfpr:>22}{mp:>10}")
     for v, r in info["variants"].items():
+        pb = r.get("paired_vs_baseline")
+        if pb and pb.get("f1"):
+            print(f"  {v} vs {pb['baseline']} (paired, {pb['n']} items): dF1 {pb['f1']['delta']:+.3f} {fmt_ci(pb['f1']['ci95'])}, "
+                  f"dFPR {pb['fpr']['delta']:+.3f} {fmt_ci(pb['fpr']['ci95'])}, McNemar p {pb['mcnemar']['p_value']:.3g}")
+    for v, r in info["variants"].items():
         if r.get("triage_ran"):
             print(f"  {v}: triage ran on {r['triage_ran']} items ({r['triage_fallbacks']} fell back to every policy); "
                   f"policies triaged out per item {fmt(r['triaged_out_per_item'], '.2f')}")
@@ -736,6 +747,14 @@ def print_set(name: str, info: dict[str, Any]) -> None:
         print("    " + f"{head:<18}{'items':>6}{'none':>6}" + "".join(f"{short(p):>5}" for p in pols))
         for lab, row in at["matrix"].items():
             print("    " + f"{lab[:18]:<18}{row['items']:>6}{row['no_flag']:>6}" + "".join(f"{row['flagged_by'].get(p, 0):>5}" for p in pols))
+
+
+def baseline_of(variant: str, baseline: str) -> str | None:
+    """The variant ``variant`` is paired with under ``--baseline``: the baseline itself, or its
+    operating-point twin for an ``@op`` variant; None for naive and for the baseline's own."""
+    if variant in (NAIVE, baseline, baseline + OP):
+        return None
+    return baseline + OP if variant.endswith(OP) else baseline
 
 
 def measure_set(name: str, info: dict[str, Any], items: list[dict[str, Any]], set_dir: Path, variants: list[str], args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[ItemRecord]]]:
@@ -779,11 +798,16 @@ def measure_set(name: str, info: dict[str, Any], items: list[dict[str, Any]], se
         for v in records:
             if v != NAIVE:
                 out[v]["paired_vs_naive"] = paired_vs(records[NAIVE], records[v], rounds=args.bootstrap)
-    if "v12" in out and out["v12"].get("_flags"):
-        for v in out:
-            if v not in (NAIVE, "v12") and out[v].get("_flags"):
-                cmp = compare_attribution(out["v12"]["_flags"], out[v]["_flags"], pols, rounds=args.bootstrap, seed=args.seed)
-                out[v]["attribution_vs_v12"] = cmp.model_dump(mode="json") if cmp else None
+    base = getattr(args, "baseline", None) or "v12"
+    for v in out:
+        b = baseline_of(v, base)
+        if b is None or b not in out:
+            continue
+        if getattr(args, "baseline", None):
+            out[v]["paired_vs_baseline"] = {"baseline": b, **(paired_vs(records[b], records[v], rounds=args.bootstrap) or {})}
+        if out[b].get("_flags") and out[v].get("_flags"):
+            cmp = compare_attribution(out[b]["_flags"], out[v]["_flags"], pols, rounds=args.bootstrap, seed=args.seed)
+            out[v][f"attribution_vs_{base}"] = cmp.model_dump(mode="json") if cmp else None
     for r in out.values():
         r.pop("_flags", None)
     return out, records
@@ -821,6 +845,10 @@ def main() -> None:
     ap.add_argument("--tune-on", default=None, metavar="DEV_OUT",
                     help="choose the operating point on a development run's --out (--dev SEED): one threshold on the score "
                     "for every policy, maximising pooled F1 of that run's --tune-variant; written to OUT/operating_point.yaml")
+    ap.add_argument("--baseline", default=None, metavar="VARIANT",
+                    help="also pair every variant with this one (an @op variant with its @op twin): paired F1/FPR "
+                    "deltas with CIs and McNemar (paired_vs_baseline) and attribution deltas (attribution_vs_VARIANT); "
+                    "e.g. a run of the previous policies copied in as SET/v14 and measured with --reuse")
     ap.add_argument("--tune-variant", default="new", help="the development run's variant to tune on [default: new]")
     args = ap.parse_args()
 
@@ -964,6 +992,11 @@ def main() -> None:
         for v in pooled:
             if v != NAIVE:
                 pooled_out[v]["paired_vs_naive"] = paired_vs(pooled[NAIVE], pooled[v], rounds=args.bootstrap)
+    if args.baseline:
+        for v in pooled:
+            b = baseline_of(v, args.baseline)
+            if b is not None and b in pooled:
+                pooled_out[v]["paired_vs_baseline"] = {"baseline": b, **(paired_vs(pooled[b], pooled[v], rounds=args.bootstrap) or {})}
     result["pooled"] = pooled_out
     print(f"\nmodel {args.model}; seed {args.seed}{f'; dev sample (seed {args.dev})' if args.dev is not None else ''}; "
           f"out {work}; policy legend: " + ", ".join(f"{short(p)}={p}" for p in all_policies))

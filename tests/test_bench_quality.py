@@ -366,3 +366,39 @@ def test_spans_post_scores_and_summary() -> None:
     assert s["span_f1"] == pytest.approx((10 / 12 + 1.0) / 2) and s["baseline_whole_post"] == pytest.approx(0.25)
     assert s["baseline_no_spans"] == pytest.approx(0.5) and s["span_f1_flagged"] == pytest.approx(10 / 12)
     assert (s["dropped_citations"], s["reasks_per_item"], s["calls_per_item"]) == (2, 1.0, 3.5)
+
+
+def test_baseline_pairs_like_with_like() -> None:
+    assert bq.baseline_of("new", "v14") == "v14" and bq.baseline_of("new@op", "v14") == "v14@op"
+    assert bq.baseline_of("naive", "v14") is None and bq.baseline_of("v14@op", "v14") is None
+
+
+def test_reuse_with_a_baseline_pairs_every_variant_with_it(tmp_path: Path) -> None:
+    """A committed run re-measured with --reuse, its cotmod variant copied in as a "previous
+    policies" variant: paired against itself it changes nothing, and naive stays paired too."""
+    import shutil
+    import subprocess
+
+    src = ROOT / "benchmarks" / "results" / "quality-qwen1.5b-v1.4-issue11"
+    out = tmp_path / "out"
+    shutil.copytree(src / "sms_spam", out / "sms_spam")
+    shutil.copytree(src / "sms_spam" / "new", out / "sms_spam" / "v14")
+    (out / "result.json").write_text(json.dumps({"seed": 2026, "dev": None}))
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), "--out", str(out), "--reuse", "--sets", "sms_spam",
+         "--baseline", "v14", "--operating-point", str(src / "operating_point.yaml"), "--bootstrap", "50"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads((out / "result.json").read_text())
+    v = got["sets"]["sms_spam"]["variants"]
+    assert set(v) == {"naive", "new", "v14", "new@op", "v14@op"}
+    for name, base in (("new", "v14"), ("new@op", "v14@op")):
+        pb = v[name]["paired_vs_baseline"]
+        assert pb["baseline"] == base and pb["n"] == 30
+        assert pb["f1"]["delta"] == 0 and pb["mcnemar"]["p_value"] == 1.0
+        assert v[name]["attribution_vs_v14"] is not None
+    assert "paired_vs_baseline" not in v["v14"] and "paired_vs_naive" in v["new"]
+    assert v["new@op"]["operating_point"] and "paired_vs_model_decision" in v["new@op"]
+    assert "new vs v14 (paired, 30 items): dF1 +0.000" in r.stdout
+    assert got["pooled"]["new@op"]["paired_vs_baseline"]["baseline"] == "v14@op"
