@@ -87,7 +87,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cotmod import AsyncModerator  # noqa: E402
+from cotmod import AsyncModerator, SqliteCache  # noqa: E402
 from cotmod._exceptions import CotmodError, UserError  # noqa: E402
 from cotmod.engine import load_thresholds  # noqa: E402
 from cotmod.evals import (  # noqa: E402
@@ -656,13 +656,16 @@ async def run_naive(base_url: str, model: str, items: list[dict[str, Any]], conc
 
 def run_cotmod_variant(args: argparse.Namespace, url: str, settings: dict[str, Any], sample: Path, mapping: Path, vdir: Path) -> None:
     run_dir = vdir / "run"
-    mod = AsyncModerator(args.guidelines, **moderator_kwargs(args, url, settings))
+    cache = SqliteCache(args.cache) if getattr(args, "cache", None) else None
+    mod = AsyncModerator(args.guidelines, cache=cache, **moderator_kwargs(args, url, settings))
     before = count_lines(run_dir / "verdicts.jsonl") + count_lines(run_dir / "verdicts.errors.jsonl")
     t0 = time.perf_counter()
     try:
         run_eval(mod, sample, mapping, run_dir)
     finally:
         wall = time.perf_counter() - t0
+        if cache is not None:
+            cache.close()
         after = count_lines(run_dir / "verdicts.jsonl") + count_lines(run_dir / "verdicts.errors.jsonl")
         if after > before:
             add_timing(vdir / "timing.jsonl", wall, after - before)
@@ -845,6 +848,10 @@ def main() -> None:
     ap.add_argument("--tune-on", default=None, metavar="DEV_OUT",
                     help="choose the operating point on a development run's --out (--dev SEED): one threshold on the score "
                     "for every policy, maximising pooled F1 of that run's --tune-variant; written to OUT/operating_point.yaml")
+    ap.add_argument("--cache", default=None, metavar="FILE",
+                    help="a result cache (cotmod.SqliteCache) shared by the variants and runs: a variant that "
+                    "differs only in triage threshold re-asks triage and reuses every policy call already made "
+                    "(its calls per item then count only the calls it made)")
     ap.add_argument("--baseline", default=None, metavar="VARIANT",
                     help="also pair every variant with this one (an @op variant with its @op twin): paired F1/FPR "
                     "deltas with CIs and McNemar (paired_vs_baseline) and attribution deltas (attribution_vs_VARIANT); "
