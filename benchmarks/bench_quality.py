@@ -760,6 +760,17 @@ def baseline_of(variant: str, baseline: str) -> str | None:
     return baseline + OP if variant.endswith(OP) else baseline
 
 
+def baseline_pairs(records: dict[str, list[ItemRecord]], baseline: str, *, rounds: int) -> dict[str, dict[str, Any]]:
+    """``paired_vs_baseline`` of every variant that has a baseline to pair with in ``records``
+    (see :func:`baseline_of`), per set or pooled alike."""
+    out: dict[str, dict[str, Any]] = {}
+    for v in records:
+        b = baseline_of(v, baseline)
+        if b is not None and b in records:
+            out[v] = {"baseline": b, **(paired_vs(records[b], records[v], rounds=rounds) or {})}
+    return out
+
+
 def measure_set(name: str, info: dict[str, Any], items: list[dict[str, Any]], set_dir: Path, variants: list[str], args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[ItemRecord]]]:
     pols = info["policies"]
     records: dict[str, list[ItemRecord]] = {}
@@ -801,13 +812,15 @@ def measure_set(name: str, info: dict[str, Any], items: list[dict[str, Any]], se
         for v in records:
             if v != NAIVE:
                 out[v]["paired_vs_naive"] = paired_vs(records[NAIVE], records[v], rounds=args.bootstrap)
-    base = getattr(args, "baseline", None) or "v12"
+    explicit = getattr(args, "baseline", None)
+    base = explicit or "v12"
+    if explicit:
+        for v, pb in baseline_pairs(records, explicit, rounds=args.bootstrap).items():
+            out[v]["paired_vs_baseline"] = pb
     for v in out:
         b = baseline_of(v, base)
         if b is None or b not in out:
             continue
-        if getattr(args, "baseline", None):
-            out[v]["paired_vs_baseline"] = {"baseline": b, **(paired_vs(records[b], records[v], rounds=args.bootstrap) or {})}
         if out[b].get("_flags") and out[v].get("_flags"):
             cmp = compare_attribution(out[b]["_flags"], out[v]["_flags"], pols, rounds=args.bootstrap, seed=args.seed)
             out[v][f"attribution_vs_{base}"] = cmp.model_dump(mode="json") if cmp else None
@@ -1000,10 +1013,8 @@ def main() -> None:
             if v != NAIVE:
                 pooled_out[v]["paired_vs_naive"] = paired_vs(pooled[NAIVE], pooled[v], rounds=args.bootstrap)
     if args.baseline:
-        for v in pooled:
-            b = baseline_of(v, args.baseline)
-            if b is not None and b in pooled:
-                pooled_out[v]["paired_vs_baseline"] = {"baseline": b, **(paired_vs(pooled[b], pooled[v], rounds=args.bootstrap) or {})}
+        for v, pb in baseline_pairs(pooled, args.baseline, rounds=args.bootstrap).items():
+            pooled_out[v]["paired_vs_baseline"] = pb
     result["pooled"] = pooled_out
     print(f"\nmodel {args.model}; seed {args.seed}{f'; dev sample (seed {args.dev})' if args.dev is not None else ''}; "
           f"out {work}; policy legend: " + ", ".join(f"{short(p)}={p}" for p in all_policies))
