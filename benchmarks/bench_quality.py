@@ -958,6 +958,9 @@ def main() -> None:
                 "settings": {v: defs[v] for v in variants if v != NAIVE},
             }
 
+    if args.baseline and args.baseline not in variants:
+        print(f"bench_quality: --baseline {args.baseline}: not a variant of this run (variants: {', '.join(variants)})", file=sys.stderr)
+        sys.exit(2)
     if not args.reuse:
         if args.base_url:
             url = args.base_url

@@ -402,3 +402,19 @@ def test_reuse_with_a_baseline_pairs_every_variant_with_it(tmp_path: Path) -> No
     assert v["new@op"]["operating_point"] and "paired_vs_model_decision" in v["new@op"]
     assert "new vs v14 (paired, 30 items): dF1 +0.000" in r.stdout
     assert got["pooled"]["new@op"]["paired_vs_baseline"]["baseline"] == "v14@op"
+
+
+def test_an_unknown_baseline_is_one_clear_line_before_anything_runs(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    src = ROOT / "benchmarks" / "results" / "quality-qwen1.5b-v1.4-issue11"
+    out = tmp_path / "out"
+    shutil.copytree(src / "sms_spam", out / "sms_spam")
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), "--out", str(out), "--reuse", "--sets", "sms_spam", "--baseline", "v13"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "bench_quality: --baseline v13: not a variant of this run (variants: naive, new)"
+    assert not (out / "result.json").exists()
