@@ -145,16 +145,18 @@ def test_cold_start_with_concurrency_needs_no_transport_retries(wide_local_url: 
     from cotmod import Settings
 
     settings = Settings(base_url=wide_local_url, model=e2e_model(), concurrency=4, max_reasks=0, max_tokens=256)
-    texts = [
-        "Congratulations! You won a prize, text WIN to 80086",
-        "See you at lunch tomorrow",
-        "I will find where you live and hurt you",
-        "Does anyone have a recipe for banana bread?",
-    ]
+    # two items x two policy groups: all four requests are ready at once on a 4-slot server,
+    # which without warm-up meant four cold ~4k-token prefills side by side (two items keep the
+    # test at about a minute; four took two)
+    texts = ["Congratulations! You won a prize, text WIN to 80086", "I will find where you live and hurt you"]
     with Moderator(settings=settings) as mod:
         verdicts = list(mod.moderate_stream(texts, policies=["spam_scams", "violent_threats"], concurrency=4))
-    assert sorted(v.item_id for v in verdicts) == ["0", "1", "2", "3"]
+    assert sorted(v.item_id for v in verdicts) == ["0", "1"]
     assert sum(v.transport_retries for v in verdicts) == 0, [v.transport_retries for v in verdicts]
+    # the followers reused the warmed prefix (without warm-up all four prefilled it side by side
+    # and none was cached: 0 of ~16k prompt tokens, twice as slow, measured)
+    cached = sum(v.usage.cached_prompt_tokens for v in verdicts)
+    assert cached * 3 >= sum(v.usage.prompt_tokens for v in verdicts), [v.usage for v in verdicts]
     assert all(v.attempts == 2 for v in verdicts)  # one call per policy, none repeated
     assert {v.model for v in verdicts} == {e2e_model()}  # llama.cpp reports the GGUF path; never recorded
 
