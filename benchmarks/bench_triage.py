@@ -30,7 +30,8 @@ Usage::
     python benchmarks/bench_triage.py --base-url http://127.0.0.1:8080/v1 --model NAME ...
 
 Prints a table per set and one JSON line; writes ``answers.jsonl`` and ``result.json`` to --out
-(resumable: answered items are not asked again).
+(resumable: answered items are not asked again; ``--measure-only`` recomputes the figures from
+them without a model).
 """
 
 from __future__ import annotations
@@ -97,14 +98,22 @@ def reselect(a: dict[str, Any], threshold: float, cap: int) -> dict[str, Any]:
     return {**a, "selected": ranked, "yes": len(ranked)}
 
 
-def measure(rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]], mapping: dict[str, Any]) -> dict[str, Any]:
+def measure(
+    rows: list[dict[str, Any]],
+    answers: dict[str, dict[str, Any]],
+    mapping: dict[str, Any] | None = None,
+    *,
+    golds: dict[str, list[str] | None] | None = None,
+) -> dict[str, Any]:
+    """The figures for ``rows``; each row's gold policies come from ``mapping`` (its set's), or
+    from ``golds`` (by row id) for rows of several sets measured together."""
     harm = benign = hit = none = fallback = capped = 0
     sel_h = sel_b = 0
     picks = good = 0
     wrong: collections.Counter[str] = collections.Counter()
     for r in rows:
         a = answers.get(r["id"])
-        gold = gold_policies(r, mapping)
+        gold = golds.get(r["id"]) if golds is not None else gold_policies(r, mapping or {"labels": {}})
         if a is None or gold is None:
             continue
         if a["selected"] is None:
@@ -138,6 +147,17 @@ def measure(rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]], mapp
     }
 
 
+def sweep(
+    rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]], golds: dict[str, list[str] | None], cap: int
+) -> dict[str, dict[str, Any]]:
+    """The main figures had the triage selected at each threshold of SWEEP (from recorded P(yes))."""
+    keep = ("gold_recall", "benign_none", "selected_per_harmful", "selected_per_benign", "pick_precision")
+    return {
+        str(t): {k: v for k, v in measure(rows, {i: reselect(a, t, cap) for i, a in answers.items()}, golds=golds).items() if k in keep}
+        for t in SWEEP
+    }
+
+
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +167,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     policies = load_policies([args.guidelines])
     pids = [p.id for p in policies]
     base_url = args.base_url
-    if base_url is None:
+    if args.measure_only:
+        base_url = "http://127.0.0.1:9/v1"  # never called: every item must already be answered
+    elif base_url is None:
         from cotmod.backends._local import ensure_local_server
 
         base_url = ensure_local_server(args.model, n_parallel=args.concurrency)
@@ -164,6 +186,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     sem = asyncio.Semaphore(args.concurrency)
     result: dict[str, Any] = {"bench": "triage", "model": args.model, "seed": args.seed, "dev": args.dev,
                               "guidelines": str(args.guidelines), "triage_max": args.triage_max, "sets": {}}
+    golds: dict[str, list[str] | None] = {}
+    all_rows: list[dict[str, Any]] = []
     async with mod:
         fp = mod.triage_compiler(pids).fingerprint
         result["triage_fingerprint"] = fp
@@ -171,6 +195,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             for name in sets:
                 rows = [bq.golden_row(name, r) for r in samples[name]]
                 todo = [r for r in rows if r["id"] not in answers or answers[r["id"]].get("fp") != fp]
+                if todo and args.measure_only:
+                    raise SystemExit(f"{name}: {len(todo)} items have no answer for this triage prompt in {done_path}")
                 for coro in asyncio.as_completed([ask(mod, pids, r, sem) for r in todo]):
                     a = await coro
                     a["fp"] = fp
@@ -178,18 +204,22 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                     fh.write(json.dumps(a) + "\n")
                     fh.flush()
                 mapping = yaml.safe_load((bq.GOLDSETS / name / "mapping.yaml").read_text())
-                res = measure(rows, answers, mapping)
-                res["sweep"] = {
-                    str(t): {k: v for k, v in measure(rows, {i: reselect(a, t, args.triage_max) for i, a in answers.items()}, mapping).items()
-                             if k in ("gold_recall", "benign_none", "selected_per_harmful", "selected_per_benign", "pick_precision")}
-                    for t in SWEEP
-                }
+                set_golds = {r["id"]: gold_policies(r, mapping) for r in rows}
+                golds.update(set_golds)
+                all_rows += rows
+                res = measure(rows, answers, golds=set_golds)
+                res["sweep"] = sweep(rows, answers, set_golds, args.triage_max)
                 res["s_per_item"] = round(sum(answers[r["id"]]["s"] for r in rows) / max(len(rows), 1), 2)
                 result["sets"][name] = res
                 print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in res.items() if k not in ("wrong_picks", "sweep")), file=sys.stderr)
                 for t, m in res["sweep"].items():
                     print(f"  P(yes) >= {t}: {m}", file=sys.stderr)
                 print(f"  wrong picks: {res['wrong_picks']}", file=sys.stderr)
+    if len(sets) > 1:  # every set's items together (each with its own set's gold policies)
+        pooled = measure(all_rows, answers, golds=golds)
+        pooled["sweep"] = sweep(all_rows, answers, golds, args.triage_max)
+        result["pooled"] = pooled
+        print("pooled: " + ", ".join(f"{k} {v}" for k, v in pooled.items() if k not in ("wrong_picks", "sweep")), file=sys.stderr)
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -208,6 +238,8 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.3, help="Settings.triage_threshold (P(yes) to select a policy)")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--measure-only", action="store_true",
+                    help="recompute result.json from --out's answers.jsonl without a model (every item must be answered)")
     args = ap.parse_args()
     print(json.dumps(asyncio.run(amain(args))))
 

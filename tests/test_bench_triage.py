@@ -50,3 +50,25 @@ def test_reselect_applies_another_threshold_and_keeps_the_most_probable() -> Non
     assert bt.reselect(a, 0.1, 2)["selected"] == ["spam_scams", "violent_threats"]
     assert bt.reselect(a, 0.1, 3)["selected"] == ["spam_scams", "violent_threats", "hate_speech"]
     assert bt.reselect({"selected": None, "scores": None}, 0.1, 2)["selected"] is None
+
+
+def test_pooled_measure_takes_each_sets_own_gold_policies() -> None:
+    """Rows of two sets measured together: each row's gold policies come from its own set's
+    mapping (``golds``), so a label name one set does not map cannot leak into another's."""
+    spam_map = {"labels": {"spam": {"policies": ["spam_scams"]}}}
+    jig = [row("j1", insult=1), row("j2")]
+    sms = [{"id": "s1", "labels": {"spam": 1, "any_violation": 1}}, {"id": "s2", "labels": {"spam": 0, "any_violation": 0}}]
+    golds = {**{r["id"]: bt.gold_policies(r, MAPPING) for r in jig}, **{r["id"]: bt.gold_policies(r, spam_map) for r in sms}}
+    answers = {
+        "j1": {"selected": ["violent_threats"], "yes": 1, "scores": {"violent_threats": 0.6, "harassment_bullying": 0.2}},
+        "j2": {"selected": [], "yes": 0, "scores": {"violent_threats": 0.1}},
+        "s1": {"selected": ["spam_scams"], "yes": 1, "scores": {"spam_scams": 0.9}},
+        "s2": {"selected": [], "yes": 0, "scores": {"spam_scams": 0.05}},
+    }
+    m = bt.measure(jig + sms, answers, golds=golds)
+    assert (m["harmful"], m["benign"], m["gold_recall"], m["benign_none"]) == (2, 2, 0.5, 1.0)
+    assert m["wrong_picks"] == {"insult -> violent_threats": 1}
+    swept = bt.sweep(jig + sms, answers, golds, 2)
+    assert swept["0.3"]["gold_recall"] == 0.5
+    assert swept["0.2"]["gold_recall"] == 1.0  # harassment_bullying (0.2) joins j1's picks
+    assert swept["0.1"]["benign_none"] == 0.5  # j2's violent_threats (0.1) is picked
