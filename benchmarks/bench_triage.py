@@ -24,6 +24,10 @@ Per set (and pooled):
 * ``sweep``: the same figures had the triage selected by P(yes) >= 0.5, 0.3, 0.2, 0.1, 0.05
   (``Settings.triage_threshold``; the call asks for log-probabilities, as ``--logprobs`` does).
 
+With ``--baseline DIR`` (another run's ``--out`` on the same sample), gold recall and benign_none are
+also paired with that run's, item by item: the difference with a paired-bootstrap 95% CI and an exact
+McNemar test, per set and pooled.
+
 Usage::
 
     python benchmarks/bench_triage.py --dev 11 --sets jigsaw_toxic,ailuminate_demo --out DIR
@@ -51,6 +55,7 @@ import bench_quality as bq
 import yaml
 
 from cotmod import AsyncModerator, Item
+from cotmod.evals import paired_comparison
 from cotmod.policy import load_policies
 
 DEFAULT_SETS = "jigsaw_toxic,ailuminate_demo,xstest"
@@ -158,6 +163,35 @@ def sweep(
     }
 
 
+def paired_vs(
+    rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]],
+    golds: dict[str, list[str] | None],
+) -> dict[str, Any]:
+    """This run against a baseline run's answers on the same items: gold recall on harmful items
+    and benign_none on benign ones, each as the paired difference (this − baseline) with a
+    paired-bootstrap 95% CI and an exact McNemar test (items either run could not answer, or
+    without a gold, are left out of both)."""
+    out: dict[str, Any] = {}
+    for what, harmful in (("gold_recall", True), ("benign_none", False)):
+        a: list[int] = []
+        b: list[int] = []
+        for r in rows:
+            gold, x, y = golds.get(r["id"]), answers.get(r["id"]), base.get(r["id"])
+            if gold is None or x is None or y is None or x["selected"] is None or y["selected"] is None or bool(gold) != harmful:
+                continue
+            a.append(int(bool(set(y["selected"]) & set(gold)) if harmful else not y["selected"]))
+            b.append(int(bool(set(x["selected"]) & set(gold)) if harmful else not x["selected"]))
+        if not a:
+            continue
+        pc = paired_comparison([1] * len(a), a, b, metrics=("accuracy",))
+        m = pc.metrics["accuracy"]
+        out[what] = {"n": len(a), "baseline": round(m.a, 3), "this": round(m.b, 3), "delta": round(m.delta, 3),
+                     "ci95": [round(v, 3) for v in m.ci95] if m.ci95 else None,
+                     "mcnemar": {"baseline_only": pc.mcnemar.a_correct_only, "this_only": pc.mcnemar.b_correct_only,
+                                 "p_value": round(pc.mcnemar.p_value, 4)}}
+    return out
+
+
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,6 +249,19 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 for t, m in res["sweep"].items():
                     print(f"  P(yes) >= {t}: {m}", file=sys.stderr)
                 print(f"  wrong picks: {res['wrong_picks']}", file=sys.stderr)
+    if args.baseline:
+        base = {}
+        for line in (Path(args.baseline) / "answers.jsonl").read_text().splitlines():
+            a = json.loads(line)
+            base[a["id"]] = a
+        result["baseline"] = str(args.baseline)
+        for name in sets:
+            ids = {bq.golden_row(name, r)["id"] for r in samples[name]}
+            result["sets"][name]["vs_baseline"] = paired_vs([r for r in all_rows if r["id"] in ids], answers, base, golds)
+        result["vs_baseline"] = paired_vs(all_rows, answers, base, golds)
+        for k, d in result["vs_baseline"].items():
+            print(f"vs baseline, pooled {k}: {d['baseline']} -> {d['this']}, delta {d['delta']:+} {d['ci95']}, "
+                  f"McNemar {d['mcnemar']['baseline_only']}/{d['mcnemar']['this_only']} p {d['mcnemar']['p_value']}", file=sys.stderr)
     if len(sets) > 1:  # every set's items together (each with its own set's gold policies)
         pooled = measure(all_rows, answers, golds=golds)
         pooled["sweep"] = sweep(all_rows, answers, golds, args.triage_max)
@@ -238,6 +285,8 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.3, help="Settings.triage_threshold (P(yes) to select a policy)")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--baseline", default=None, metavar="DIR",
+                    help="another run's --out on the same sample: paired gold recall and benign_none deltas with CIs and McNemar")
     ap.add_argument("--measure-only", action="store_true",
                     help="recompute result.json from --out's answers.jsonl without a model (every item must be answered)")
     args = ap.parse_args()

@@ -72,3 +72,20 @@ def test_pooled_measure_takes_each_sets_own_gold_policies() -> None:
     assert swept["0.3"]["gold_recall"] == 0.5
     assert swept["0.2"]["gold_recall"] == 1.0  # harassment_bullying (0.2) joins j1's picks
     assert swept["0.1"]["benign_none"] == 0.5  # j2's violent_threats (0.1) is picked
+
+
+def test_paired_vs_baseline_pairs_items_and_counts_discordant_ones() -> None:
+    rows = [row("h1", insult=1), row("h2", insult=1), row("h3", threat=1), row("b1"), row("b2")]
+    golds = {r["id"]: bt.gold_policies(r, MAPPING) for r in rows}
+    base = {"h1": {"selected": []}, "h2": {"selected": ["harassment_bullying"]}, "h3": {"selected": ["violent_threats"]},
+            "b1": {"selected": []}, "b2": {"selected": ["hate_speech"]}}
+    this = {"h1": {"selected": ["harassment_bullying"]}, "h2": {"selected": ["harassment_bullying"]},
+            "h3": {"selected": None},  # invalid output in this run: left out of both
+            "b1": {"selected": ["spam_scams"]}, "b2": {"selected": []}}
+    d = bt.paired_vs(rows, this, base, golds)
+    g = d["gold_recall"]
+    assert (g["n"], g["baseline"], g["this"], g["delta"]) == (2, 0.5, 1.0, 0.5)
+    assert (g["mcnemar"]["baseline_only"], g["mcnemar"]["this_only"]) == (0, 1)
+    b = d["benign_none"]
+    assert (b["n"], b["baseline"], b["this"], b["delta"]) == (2, 0.5, 0.5, 0.0)
+    assert (b["mcnemar"]["baseline_only"], b["mcnemar"]["this_only"]) == (1, 1)
