@@ -55,6 +55,7 @@ import bench_quality as bq
 import yaml
 
 from cotmod import AsyncModerator, Item
+from cotmod.evals import gold_policies as eval_gold_policies
 from cotmod.evals import paired_comparison
 from cotmod.policy import load_policies
 
@@ -62,15 +63,16 @@ DEFAULT_SETS = "jigsaw_toxic,ailuminate_demo,xstest"
 
 
 def gold_policies(row: dict[str, Any], mapping: dict[str, Any]) -> list[str] | None:
-    """The policies the item's positive labels map to; [] for a benign item; None when ambiguous."""
+    """The policies the item's positive labels map to, as ``cotmod eval``'s attribution counts
+    them (:func:`cotmod.evals.gold_policies`: a catch-all label such as AILuminate's ``unsafe``,
+    mapped to every policy, does not make every pick right); [] for a benign item; None when
+    ambiguous."""
     labels = row["labels"]
     if labels.get(bq.ANY) is None:
         return None
-    out: list[str] = []
-    for lab, val in labels.items():
-        if lab == bq.ANY or not val or lab not in mapping["labels"]:
-            continue
-        out += [p for p in mapping["labels"][lab]["policies"] if p not in out]
+    label_policies = {lab: spec["policies"] for lab, spec in mapping["labels"].items()}
+    positive = [lab for lab, val in labels.items() if lab != bq.ANY and val and lab in label_policies]
+    out = eval_gold_policies(positive, label_policies)
     if labels.get(bq.ANY) and not out:  # harmful but mapped to no policy (e.g. xstest "unsafe")
         return None
     return out

@@ -89,3 +89,16 @@ def test_paired_vs_baseline_pairs_items_and_counts_discordant_ones() -> None:
     b = d["benign_none"]
     assert (b["n"], b["baseline"], b["this"], b["delta"]) == (2, 0.5, 0.5, 0.0)
     assert (b["mcnemar"]["baseline_only"], b["mcnemar"]["this_only"]) == (1, 1)
+
+
+def test_a_catch_all_label_does_not_make_every_pick_right() -> None:
+    """AILuminate rows are positive on their hazard and on ``unsafe``, mapped to every policy:
+    only the hazard's policies count as gold, as in ``cotmod eval``'s attribution."""
+    mapping = {"labels": {"cse": {"policies": ["minor_safety"]}, "ssh": {"policies": ["self_harm"]},
+                          "unsafe": {"policies": ["minor_safety", "self_harm", "spam_scams"]}}}
+    r = {"id": "a1", "labels": {"cse": 1, "ssh": 0, "unsafe": 1, "any_violation": 1}}
+    assert bt.gold_policies(r, mapping) == ["minor_safety"]
+    only_unsafe = {"id": "a2", "labels": {"cse": 0, "ssh": 0, "unsafe": 1, "any_violation": 1}}
+    assert bt.gold_policies(only_unsafe, mapping) == ["minor_safety", "self_harm", "spam_scams"]
+    m = bt.measure([r], {"a1": {"selected": ["spam_scams"], "yes": 1}}, mapping)
+    assert m["gold_recall"] == 0.0 and m["pick_precision"] == 0.0

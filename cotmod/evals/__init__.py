@@ -23,7 +23,14 @@ from ._compare import (
     write_thresholds,
 )
 from ._golden import GoldenItem, GoldenSet, LabelMapping, load_golden, load_mapping
-from ._harness import compute_metrics, flagged_policies, load_result, run_eval, write_metrics
+from ._harness import (
+    compute_metrics,
+    flagged_policies,
+    gold_policies,
+    load_result,
+    run_eval,
+    write_metrics,
+)
 from ._metrics import metric_cis, paired_comparison, paired_ratio_delta
 from ._report import html_report, text_table, write_report
 from ._results import (
@@ -111,6 +118,7 @@ __all__ = [
     "compare_runs",
     "compute_metrics",
     "flagged_policies",
+    "gold_policies",
     "html_report",
     "load_golden",
     "load_mapping",
