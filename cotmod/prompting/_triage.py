@@ -2,9 +2,18 @@
 
 Before the per-policy calls, the item is sent once with a static system message listing every
 policy in play (id, title, summary and the titles of its rules, one line each). The model answers
-``{"summary": "<what the content literally says>", "at_stake": {"<id>": "no" | "yes", ...}}``:
+``{"summary": "<the kind of text, then what it literally says>", "at_stake": {"<id>": "no" | "yes", ...}}``:
 the summary first (a short chain of thought that describes the content without judging it), then
-"no" or "yes" for every policy in play, in policy order. The policies answered "yes" (at most
+"no" or "yes" for every policy in play, in policy order.
+
+The summary starts with the kind of text (a chat message, an advertisement, a prize notice, a
+question, an insult, a request for instructions, ...) and may not call the content a threat or a
+violation. Asked only for "what the content literally says or asks, to whom", the 1.5B default
+model wrote judgements there ("a direct threat to someone's life" for a prize SMS) and then
+answered violent_threats "yes" with P ≈ 0.99; spam reached spam_scams for 1 of 12 prize SMS.
+Measured alone on a development sample and confirmed on a fresh one (``--dev 2029``, 72 items, all
+ten policies, P(yes) ≥ 0.3): harmful items with their own policy picked 0.50 → 0.54, benign items
+with nothing picked 0.79 → 0.96 (``benchmarks/results/triage-qwen1.5b-fresh2029-prompts/``). The policies answered "yes" (at most
 ``max_policies``, in policy order) get their per-policy call; the engine records the others as
 triaged out.
 
