@@ -202,6 +202,14 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     samples = bq.benchmark_sample(sets, n, args.seed, args.dev)
     policies = load_policies([args.guidelines])
     pids = [p.id for p in policies]
+    base: dict[str, dict[str, Any]] = {}
+    if args.baseline:  # read before any model call: a wrong path fails at once, in one line
+        base_path = Path(args.baseline) / "answers.jsonl"
+        if not base_path.is_file():
+            raise SystemExit(f"--baseline {args.baseline}: no answers.jsonl there (give another run's --out)")
+        for line in base_path.read_text().splitlines():
+            a = json.loads(line)
+            base[a["id"]] = a
     base_url = args.base_url
     if args.measure_only:
         base_url = "http://127.0.0.1:9/v1"  # never called: every item must already be answered
@@ -246,20 +254,15 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 res = measure(rows, answers, golds=set_golds)
                 res["sweep"] = sweep(rows, answers, set_golds, args.triage_max)
                 res["s_per_item"] = round(sum(answers[r["id"]]["s"] for r in rows) / max(len(rows), 1), 2)
+                if args.baseline:
+                    res["vs_baseline"] = paired_vs(rows, answers, base, set_golds)
                 result["sets"][name] = res
                 print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in res.items() if k not in ("wrong_picks", "sweep")), file=sys.stderr)
                 for t, m in res["sweep"].items():
                     print(f"  P(yes) >= {t}: {m}", file=sys.stderr)
                 print(f"  wrong picks: {res['wrong_picks']}", file=sys.stderr)
     if args.baseline:
-        base = {}
-        for line in (Path(args.baseline) / "answers.jsonl").read_text().splitlines():
-            a = json.loads(line)
-            base[a["id"]] = a
         result["baseline"] = str(args.baseline)
-        for name in sets:
-            ids = {bq.golden_row(name, r)["id"] for r in samples[name]}
-            result["sets"][name]["vs_baseline"] = paired_vs([r for r in all_rows if r["id"] in ids], answers, base, golds)
         result["vs_baseline"] = paired_vs(all_rows, answers, base, golds)
         for k, d in result["vs_baseline"].items():
             print(f"vs baseline, pooled {k}: {d['baseline']} -> {d['this']}, delta {d['delta']:+} {d['ci95']}, "
