@@ -289,7 +289,7 @@ h3{font-size:15px;margin:16px 0 6px}.meta{color:#56606b;font-size:13px}
 table{border-collapse:collapse;margin:6px 0 12px}td,th{border:1px solid #dde2e7;padding:4px 8px;text-align:right;vertical-align:top}
 th{background:#f4f6f8;text-align:left}td.l{text-align:left}.cm td{min-width:110px;text-align:center}
 .good{background:#e8f5ec}.bad{background:#fdecec}.plots{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
-svg{background:#fff;border:1px solid #dde2e7;border-radius:4px}.t{font-size:12px;font-weight:600}.l,.k{font-size:10px;fill:#56606b}
+svg{background:#fff;border:1px solid #dde2e7;border-radius:4px}.t{font-size:12px;font-weight:600}svg .l,svg .k{font-size:10px;fill:#56606b}
 .ax{stroke:#8a949e}.curve{fill:none;stroke:#2f6fb3;stroke-width:2}.pt{fill:#d1495b}.diag{stroke:#b8c0c8;stroke-dasharray:4 3}
 .bin{fill:#2f6fb3;fill-opacity:.55}.warn{background:#fff4de}.am td{min-width:56px;text-align:center}details{margin:4px 0}summary{cursor:pointer}.ex{font-size:13px}.ex td{max-width:520px}
 """
