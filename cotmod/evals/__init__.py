@@ -69,6 +69,9 @@ from ._results import (
     RunManifest,
     StratumErrors,
     Thresholds,
+    TriageLabelReach,
+    TriagePoint,
+    TriageReach,
     TuneMethod,
 )
 from ._spans import predicted_spans, span_f1, span_offsets
@@ -112,6 +115,9 @@ __all__ = [
     "RunManifest",
     "StratumErrors",
     "Thresholds",
+    "TriageLabelReach",
+    "TriagePoint",
+    "TriageReach",
     "TuneMethod",
     "compare",
     "compare_attribution",

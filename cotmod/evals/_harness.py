@@ -68,6 +68,9 @@ from ._results import (
     RuleStats,
     RunManifest,
     StratumErrors,
+    TriageLabelReach,
+    TriagePoint,
+    TriageReach,
 )
 
 __all__ = ["compute_metrics", "load_result", "run_eval", "write_metrics"]
@@ -325,6 +328,7 @@ def compute_metrics(
     undecided = [it.id for it in run.items if it.id not in run.verdicts]
     n_errors = sum(1 for i in undecided if i in run.errors)
     attribution, item_flags = _attribution(run, thresholds, bootstrap_rounds, seed)
+    triage = _triage_reach(run, bootstrap_rounds, seed)
     return EvalResult(
         run=str(rd),
         manifest=run.manifest,
@@ -337,6 +341,7 @@ def compute_metrics(
         errors=n_errors,
         missing=len(undecided) - n_errors,
         attribution=attribution,
+        triage=triage,
         item_flags=item_flags,
     )
 
@@ -538,6 +543,99 @@ def _attribution(
         matrix=matrix,
     )
     return attribution, records
+
+
+#: the P(yes) thresholds :func:`_triage_reach` recomputes the selection at (0: always the most likely)
+TRIAGE_SWEEP = (0.5, 0.3, 0.2, 0.1, 0.05, 0.0)
+
+
+@dataclass
+class _Triaged:
+    kind: str
+    gold: list[str]
+    own: list[str]
+    selected: list[str]
+    scores: dict[str, float] | None
+
+
+def _select(scores: Mapping[str, float], threshold: float, cap: int) -> list[str]:
+    """The policies triage selects at ``threshold`` (P(yes) at least it, the ``cap`` most likely;
+    ties in policy order), as :func:`cotmod.prompting.parse_triage` does."""
+    return sorted((p for p in scores if scores[p] >= threshold), key=lambda p: -scores[p])[:cap]
+
+
+def _triage_reach(run: _Run, rounds: int, seed: int) -> TriageReach | None:
+    """Which policies triage sent each decided item to, against its gold policies (None when no
+    verdict carries a triage record)."""
+    labels = run.mapping.evaluated_labels
+    rows: list[_Triaged] = []
+    fallbacks = 0
+    for it in run.items:
+        v = run.verdicts.get(it.id)
+        if v is None or v.get("status", "ok") != "ok" or not v.get("triage"):
+            continue
+        t = v["triage"]
+        if t.get("fallback"):
+            fallbacks += 1
+            continue
+        kind, pos, own = _item_kind(it, labels)
+        scores = t.get("scores")
+        rows.append(_Triaged(kind, pos, own, list(t.get("selected", [])), dict(scores) if isinstance(scores, dict) else None))
+    if not rows and not fallbacks:
+        return None
+    recorded = (run.manifest.model_extra or {}).get("triage")
+    settings = recorded if isinstance(recorded, dict) else {}
+    cap = settings.get("max_policies")
+    if not isinstance(cap, int) or cap < 1:
+        cap = max([len(r.selected) for r in rows] + [1])
+    threshold = settings.get("threshold")
+    harmful = [r for r in rows if r.kind == "harmful"]
+    benign = [r for r in rows if r.kind == BENIGN]
+
+    def figures(selected: Callable[[_Triaged], list[str]]) -> tuple[list[float], list[float], float | None]:
+        reached = [1.0 if set(selected(r)) & set(r.own) else 0.0 for r in harmful]
+        none = [0.0 if selected(r) else 1.0 for r in benign]
+        per_item = float(np.mean([len(selected(r)) for r in rows])) if rows else None
+        return reached, none, per_item
+
+    reached, none, per_item = figures(lambda r: r.selected)
+    per_label: dict[str, TriageLabelReach] = {}
+    for lab, pols in labels.items():
+        pos_rows = [r for r in harmful if lab in r.gold]
+        hit = sum(1 for r in pos_rows if set(r.selected) & set(pols))
+        per_label[lab] = TriageLabelReach(positives=len(pos_rows), reached=hit, share=_share(hit, len(pos_rows)))
+    def at(t: float) -> Callable[[_Triaged], list[str]]:
+        return lambda r: _select(r.scores or {}, t, cap)
+
+    sweep: list[TriagePoint] = []
+    if rows and all(r.scores for r in rows):
+        for t in TRIAGE_SWEEP:
+            re_, no_, pi_ = figures(at(t))
+            sweep.append(TriagePoint(
+                threshold=t,
+                own_policy_reached=_share(int(sum(re_)), len(re_)),
+                benign_none=_share(int(sum(no_)), len(no_)),
+                selected_per_item=pi_ or 0.0,
+            ))
+    return TriageReach(
+        ran=len(rows),
+        fallbacks=fallbacks,
+        harmful=len(harmful),
+        benign=len(benign),
+        max_policies=cap,
+        threshold=threshold if isinstance(threshold, int | float) else None,
+        settings_recorded=bool(settings),
+        own_policy_reached=int(sum(reached)),
+        own_policy_reached_share=_share(int(sum(reached)), len(reached)),
+        own_policy_reached_ci95=_mean_ci(reached, rounds, seed),
+        missed=len(reached) - int(sum(reached)),
+        benign_none=int(sum(none)),
+        benign_none_share=_share(int(sum(none)), len(none)),
+        benign_none_ci95=_mean_ci(none, rounds, seed + 1),
+        selected_per_item=per_item,
+        per_label=per_label,
+        sweep=sweep,
+    )
 
 
 def _matrix_row(rows: list[ItemFlags], policies: list[str]) -> AttributionRow:

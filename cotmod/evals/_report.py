@@ -13,7 +13,16 @@ from typing import Any
 
 from ._results import EvalResult
 
-__all__ = ["attribution_html", "attribution_lines", "html_report", "text_table", "undecided_note", "write_report"]
+__all__ = [
+    "attribution_html",
+    "attribution_lines",
+    "html_report",
+    "text_table",
+    "triage_html",
+    "triage_lines",
+    "undecided_note",
+    "write_report",
+]
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -79,6 +88,7 @@ def text_table(result: EvalResult) -> str:
             if worst:
                 lines.append(f"  errors by {stratum}: " + ", ".join(f"{k} {v['fp']}fp/{v['fn']}fn of {v['n']}" for k, v in worst))
     lines.extend(attribution_lines(m.get("attribution")))
+    lines.extend(triage_lines(m.get("triage")))
     return "\n".join(lines)
 
 
@@ -133,6 +143,85 @@ def attribution_lines(a: dict[str, Any] | None) -> list[str]:
         cells = ", ".join(f"{pid} {n}" for pid, n in sorted(r["flagged_by"].items(), key=lambda kv: -kv[1]) if n)
         lines.append(f"    {row} ({r['items']}): {cells or 'no flags'}; no flag {r['no_flag']}")
     return lines
+
+
+def _triage_setting(t: dict[str, Any]) -> str:
+    if not t.get("settings_recorded", True):
+        return f"its threshold is not recorded (a run made before cotmod recorded it); at most {t['max_policies']} policies selected"
+    how = f"P(yes) >= {t['threshold']:g}" if t.get("threshold") is not None else "the sampled yes/no"
+    return f"at most {t['max_policies']} policies, selected by {how}"
+
+
+def triage_lines(t: dict[str, Any] | None) -> list[str]:
+    """The terminal lines on triage's reach (empty when triage did not run)."""
+    if t is None:
+        return []
+    fb = f" ({t['fallbacks']} fell back to judging every policy, left out)" if t["fallbacks"] else ""
+    lines = [
+        "",
+        f"triage: {t['ran']} decided items triaged{fb}; {_triage_setting(t)}",
+        f"  harmful items sent to one of their own policies: {t['own_policy_reached']}/{t['harmful']} = "
+        f"{_pct(t['own_policy_reached_share'])}{_pci(t['own_policy_reached_ci95'])}"
+        + (f"; {t['missed']} never judged under their own policy" if t["missed"] else ""),
+        f"  benign items sent to no policy call: {t['benign_none']}/{t['benign']} = "
+        f"{_pct(t['benign_none_share'])}{_pci(t['benign_none_ci95'])}; policies selected per item {_f(t['selected_per_item'], 2)}",
+    ]
+    labs = [(lab, e) for lab, e in t["per_label"].items() if e["positives"]]
+    if labs:
+        lines.append("  per label (own policy selected): " + ", ".join(f"{lab} {e['reached']}/{e['positives']}" for lab, e in labs))
+    if t["sweep"]:
+        lines.append("  at other thresholds, from the recorded P(yes) (no new calls; what the added policy calls would decide is unknown):")
+        lines.append(f"    {'P(yes) >=':<11}{'own policy':>11}{'benign none':>13}{'policies/item':>15}")
+        for pt in t["sweep"]:
+            lines.append(
+                f"    {pt['threshold']:<11g}{_pct(pt['own_policy_reached']):>11}{_pct(pt['benign_none']):>13}{_f(pt['selected_per_item'], 2):>15}"
+            )
+    return lines
+
+
+def triage_html(t: dict[str, Any] | None) -> str:
+    """The HTML section on triage's reach (empty when triage did not run)."""
+    if t is None:
+        return ""
+    esc = html.escape
+    out = [
+        "<h2>Triage: which policies got their call</h2>",
+        f"<p>{t['ran']} decided items triaged; {esc(_triage_setting(t))}."
+        + (f" {t['fallbacks']} fell back to judging every policy and are left out." if t["fallbacks"] else "")
+        + " A policy triage leaves out is allowed without being judged, so triage caps recall.</p>",
+        "<table><tr><th>figure</th><th>value [95% CI]</th><th>items</th></tr>",
+        f"<tr><td class=l>harmful items sent to one of their own policies</td><td data-metric='triage.own_policy_reached_share'>"
+        f"{_pct(t['own_policy_reached_share'])}{_pci(t['own_policy_reached_ci95'])}</td><td>{t['own_policy_reached']} of {t['harmful']}</td></tr>",
+        f"<tr><td class=l>benign items sent to no policy call</td><td data-metric='triage.benign_none_share'>"
+        f"{_pct(t['benign_none_share'])}{_pci(t['benign_none_ci95'])}</td><td>{t['benign_none']} of {t['benign']}</td></tr>",
+        f"<tr><td class=l>policies selected per item</td><td data-metric='triage.selected_per_item'>{_f(t['selected_per_item'], 2)}</td>"
+        f"<td>{t['ran']}</td></tr></table>",
+    ]
+    labs = [(lab, e) for lab, e in t["per_label"].items() if e["positives"]]
+    if labs:
+        out.append("<h3>Per label</h3><table><tr><th>label</th><th>positives</th><th>sent to its policy</th><th>share</th></tr>")
+        for lab, e in labs:
+            out.append(
+                f"<tr><td class=l>{esc(lab)}</td><td>{e['positives']}</td><td data-metric='triage.{esc(lab)}.reached'>{e['reached']}</td>"
+                f"<td>{_pct(e['share'])}</td></tr>"
+            )
+        out.append("</table>")
+    if t["sweep"]:
+        out.append(
+            "<h3>At other thresholds</h3><p class=meta>Recomputed from the recorded P(yes) of each item (no new calls). "
+            "The policy calls a lower threshold adds were not made, so what they would decide is unknown; "
+            "threshold 0 always sends the most likely policies.</p>"
+            "<table><tr><th>P(yes) &ge;</th><th>harmful items sent to their own policy</th><th>benign items sent to none</th>"
+            "<th>policies per item</th></tr>"
+        )
+        for pt in t["sweep"]:
+            mark = " class=here" if t.get("threshold") is not None and abs(pt["threshold"] - t["threshold"]) < 1e-9 else ""
+            out.append(
+                f"<tr{mark}><td>{pt['threshold']:g}</td><td data-metric='triage.sweep.{pt['threshold']:g}.own'>{_pct(pt['own_policy_reached'])}</td>"
+                f"<td>{_pct(pt['benign_none'])}</td><td>{_f(pt['selected_per_item'], 2)}</td></tr>"
+            )
+        out.append("</table>")
+    return "\n".join(out)
 
 
 # -- SVG -------------------------------------------------------------------------------------------
@@ -292,6 +381,7 @@ th{background:#f4f6f8;text-align:left}td.l{text-align:left}.cm td{min-width:110p
 svg{background:#fff;border:1px solid #dde2e7;border-radius:4px}.t{font-size:12px;font-weight:600}svg .l,svg .k{font-size:10px;fill:#56606b}
 .ax{stroke:#8a949e}.curve{fill:none;stroke:#2f6fb3;stroke-width:2}.pt{fill:#d1495b}.diag{stroke:#b8c0c8;stroke-dasharray:4 3}
 .bin{fill:#2f6fb3;fill-opacity:.55}.warn{background:#fff4de}.am td{min-width:56px;text-align:center}details{margin:4px 0}summary{cursor:pointer}.ex{font-size:13px}.ex td{max-width:520px}
+tr.here td{font-weight:600;background:#eef4fb}
 """
 
 
@@ -337,6 +427,9 @@ def html_report(result: EvalResult) -> str:
     if m.get("thresholds"):
         out.append("<p class=meta>Thresholds applied: " + esc(str(m["thresholds"])) + "</p>")
     section = attribution_html(m.get("attribution"))
+    if section:
+        out.append(section)
+    section = triage_html(m.get("triage"))
     if section:
         out.append(section)
     for label, e in m["labels"].items():

@@ -325,6 +325,61 @@ class Attribution(_Model):
     matrix: dict[str, AttributionRow]
 
 
+class TriageLabelReach(_Model):
+    """Items gold-positive on a label, and how many of them triage sent to one of the label's
+    policies (the others were never judged under it)."""
+
+    positives: int
+    reached: int
+    share: float | None
+
+
+class TriagePoint(_Model):
+    """What triage would have selected at another P(yes) threshold, recomputed from the recorded
+    probabilities (no new call; the per-policy calls a lower threshold adds were not made, so
+    their decisions are unknown)."""
+
+    threshold: float
+    own_policy_reached: float | None
+    benign_none: float | None
+    selected_per_item: float
+
+
+class TriageReach(_Model):
+    """Which policies triage (``Settings.triage``) sent each decided item to, against the gold.
+
+    Triage caps recall: a policy it leaves out is allowed without being judged. ``ran`` counts
+    decided items with a triage record whose call worked; ``fallbacks`` those where it fell back
+    to judging every policy (left out of the figures). ``own_policy_reached``: harmful items with
+    one of their own policies selected (the policies of their most specific positive labels, as
+    in :class:`Attribution`); the others (``missed``) were never judged under their own policy.
+    ``benign_none``: benign items sent to no policy call. ``selected_per_item``: policies selected
+    per item (per-policy calls, one per policy group). ``max_policies`` and ``threshold`` are the
+    run's settings (from its manifest; ``threshold`` is None when the sampled yes/no decided;
+    ``settings_recorded`` is False for a manifest that predates them: ``max_policies`` is then
+    the most any item had selected and ``threshold`` unknown).
+    ``sweep``: the same figures at other thresholds, from the recorded P(yes) (empty without
+    ``logprobs``); threshold 0 is "always the ``max_policies`` most likely policies"."""
+
+    ran: int
+    fallbacks: int
+    harmful: int
+    benign: int
+    max_policies: int
+    threshold: float | None = None
+    settings_recorded: bool = True
+    own_policy_reached: int
+    own_policy_reached_share: float | None
+    own_policy_reached_ci95: CI = None
+    missed: int
+    benign_none: int
+    benign_none_share: float | None
+    benign_none_ci95: CI = None
+    selected_per_item: float | None
+    per_label: dict[str, TriageLabelReach]
+    sweep: list[TriagePoint] = Field(default_factory=list)
+
+
 class ItemFlags(_Model):
     """One decided item for attribution (what ``compare`` pairs): ``kind`` harmful or benign,
     its positive evaluated labels, the policies of its most specific positive
@@ -343,8 +398,9 @@ class EvalResult(_Model):
     ``items`` is how many items were sent to the model; ``errors`` of them got an error verdict
     (dead-lettered) and ``missing`` have no verdict yet (an interrupted run): ``undecided`` is
     their sum, and the metrics cover only the decided items. ``attribution`` says which policy
-    was blamed across labels (``None`` in files written before it existed); ``item_flags`` are
-    its per-item records, like ``predictions`` left out of ``--json``.
+    was blamed across labels (``None`` in files written before it existed); ``triage`` which
+    policies triage sent the items to (``None`` when triage did not run); ``item_flags`` are
+    the attribution's per-item records, like ``predictions`` left out of ``--json``.
     """
 
     run: str
@@ -358,6 +414,7 @@ class EvalResult(_Model):
     errors: int = 0
     missing: int = 0
     attribution: Attribution | None = None
+    triage: TriageReach | None = None
     item_flags: list[ItemFlags] = Field(default_factory=list)
 
     @property
