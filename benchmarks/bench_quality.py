@@ -44,7 +44,8 @@ items, policies blamed per harmful item (mean, max), share of benign items with 
 gold-label x flagged-policy matrix); model calls per item (``Verdict.attempts``: every model call
 that returned a completion, re-asks, votes and the triage call (and its re-asks) included),
 policies triaged out per item, items where triage ran / fell back to judging every policy
-(``Verdict.triage``), tokens per item (``usage.total_tokens`` of decided items: dead
+(``Verdict.triage``) and its reach (``triage_reach``: harmful items it sent to one of their own
+policies, benign items it sent to none; ``EvalResult.triage``), tokens per item (``usage.total_tokens`` of decided items: dead
 letters carry no usage), seconds per item (wall time of the runs over the items they decided),
 error verdicts, and AUPRC of the per-item score (max over the policies in play of
 ``decision.score``).
@@ -737,8 +738,11 @@ def print_set(name: str, info: dict[str, Any]) -> None:
                   f"dFPR {pb['fpr']['delta']:+.3f} {fmt_ci(pb['fpr']['ci95'])}, McNemar p {pb['mcnemar']['p_value']:.3g}")
     for v, r in info["variants"].items():
         if r.get("triage_ran"):
+            tr = r.get("triage_reach")
+            reach = (f"; harmful items sent to their own policy {tr['own_policy_reached']}/{tr['harmful']}, "
+                     f"benign sent to none {tr['benign_none']}/{tr['benign']}") if tr else ""
             print(f"  {v}: triage ran on {r['triage_ran']} items ({r['triage_fallbacks']} fell back to every policy); "
-                  f"policies triaged out per item {fmt(r['triaged_out_per_item'], '.2f')}")
+                  f"policies triaged out per item {fmt(r['triaged_out_per_item'], '.2f')}{reach}")
         at = r.get("attribution")
         if not at:
             continue
@@ -796,6 +800,11 @@ def measure_set(name: str, info: dict[str, Any], items: list[dict[str, Any]], se
             write_metrics(result)
             row["attribution"] = attribution_figures(result)
             row["_flags"] = result.item_flags
+            if result.triage is not None:  # which policies triage sent the items to (cotmod eval's figures)
+                t = result.triage
+                row["triage_reach"] = {"own_policy_reached": t.own_policy_reached, "harmful": t.harmful,
+                                       "benign_none": t.benign_none, "benign": t.benign,
+                                       "selected_per_item": t.selected_per_item}
         records[v], out[v] = recs, {"prompt": v, "settings": info["settings"].get(v, {}), **row}
         op = getattr(args, "op_thresholds", None)
         if op:  # the same verdicts decided at the operating point: no model call
