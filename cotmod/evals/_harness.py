@@ -604,6 +604,7 @@ def _triage_reach(run: _Run, rounds: int, seed: int) -> TriageReach | None:
         pos_rows = [r for r in harmful if lab in r.gold]
         hit = sum(1 for r in pos_rows if set(r.selected) & set(pols))
         per_label[lab] = TriageLabelReach(positives=len(pos_rows), reached=hit, share=_share(hit, len(pos_rows)))
+
     def at(t: float) -> Callable[[_Triaged], list[str]]:
         return lambda r: _select(r.scores or {}, t, cap)
 
