@@ -154,7 +154,9 @@ def test_a_run_made_before_the_settings_were_recorded(tmp_path: Path) -> None:
 def test_resuming_at_another_triage_threshold_is_refused(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     (run / "verdicts.jsonl").write_text("".join((run / "verdicts.jsonl").read_text().splitlines(keepends=True)[:3]))
-    with pytest.raises(ConfigError, match="triage"):
+    # with logprobs the threshold is part of the triage prompt's fingerprint
+    with pytest.raises(ConfigError, match="prompt_fingerprint"):
         make_run(tmp_path, triage_threshold=0.1)
+    assert json.loads((run / "manifest.json").read_text())["triage"]["threshold"] == 0.3  # left describing the verdicts
     make_run(tmp_path)  # the same settings resume
     assert compute_metrics(run, bootstrap_rounds=0).triage.ran == 6  # type: ignore[union-attr]

@@ -328,11 +328,6 @@ class Runner:
             "sampling": m.sampling(),
             "thresholds": m.thresholds,
             **({"cascade": {pid: b.model_dump() for pid, b in m.cascade.items()}} if m.cascade else {}),
-            # the triage prompt (and its max_policies) is in the fingerprint; the threshold is
-            # applied to its answer, so it is recorded here: resuming at another one is refused
-            **({"triage": {"max_policies": m.settings.triage_max,
-                           "threshold": m.settings.triage_threshold if m.settings.logprobs else None}}
-               if m.triage_applies(ids) else {}),
         }
 
     @staticmethod

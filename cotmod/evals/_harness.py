@@ -129,8 +129,13 @@ def run_eval(
             if limit is not None and n >= limit:
                 break
     runner = Runner(moderator, concurrency=concurrency)
+    s = moderator.settings
     manifest = {
         **runner.manifest(mapping.policies),
+        # what triage selected by (its threshold and max are also in the prompt fingerprint):
+        # recorded for the triage-reach figures, which recompute the selection at other thresholds
+        **({"triage": {"max_policies": s.triage_max, "threshold": s.triage_threshold if s.logprobs else None}}
+           if moderator.triage_applies(mapping.policies) else {}),
         "cotmod_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(),
         "golden": {"path": str(golden_path), "sha256": golden.sha256, "rows": len(golden)},
