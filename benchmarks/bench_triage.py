@@ -58,6 +58,7 @@ from cotmod import AsyncModerator, Item
 from cotmod.evals import gold_policies as eval_gold_policies
 from cotmod.evals import paired_comparison
 from cotmod.policy import load_policies
+from cotmod.prompting import select_by_probability
 
 DEFAULT_SETS = "jigsaw_toxic,ailuminate_demo,xstest"
 
@@ -101,7 +102,7 @@ def reselect(a: dict[str, Any], threshold: float, cap: int) -> dict[str, Any]:
     scores = a.get("scores")
     if not scores or a["selected"] is None:
         return a
-    ranked = sorted((p for p, v in scores.items() if v >= threshold), key=lambda p: -scores[p])[:cap]
+    ranked = select_by_probability(scores, threshold, cap)
     return {**a, "selected": ranked, "yes": len(ranked)}
 
 

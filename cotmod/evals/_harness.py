@@ -36,6 +36,7 @@ from .._exceptions import ConfigError, InputError, UserError
 from .._version import __version__
 from ..batch._runner import Runner, RunSummary
 from ..engine._moderator import AsyncModerator
+from ..prompting import select_by_probability
 from ._golden import GoldenItem, LabelMapping, load_golden, load_mapping
 from ._metrics import (
     average_precision,
@@ -563,12 +564,6 @@ class _Triaged:
     scores: dict[str, float] | None
 
 
-def _select(scores: Mapping[str, float], threshold: float, cap: int) -> list[str]:
-    """The policies triage selects at ``threshold`` (P(yes) at least it, the ``cap`` most likely;
-    ties in policy order), as :func:`cotmod.prompting.parse_triage` does."""
-    return sorted((p for p in scores if scores[p] >= threshold), key=lambda p: -scores[p])[:cap]
-
-
 def _triage_reach(run: _Run, rounds: int, seed: int) -> TriageReach | None:
     """Which policies triage sent each decided item to, against its gold policies (None when no
     verdict carries a triage record)."""
@@ -611,7 +606,7 @@ def _triage_reach(run: _Run, rounds: int, seed: int) -> TriageReach | None:
         per_label[lab] = TriageLabelReach(positives=len(pos_rows), reached=hit, share=_share(hit, len(pos_rows)))
 
     def at(t: float) -> Callable[[_Triaged], list[str]]:
-        return lambda r: _select(r.scores or {}, t, cap)
+        return lambda r: select_by_probability(r.scores or {}, t, cap)
 
     sweep: list[TriagePoint] = []
     if rows and all(r.scores for r in rows):

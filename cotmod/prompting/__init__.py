@@ -10,7 +10,13 @@ from ._compiler import (
 )
 from ._decision import OutputInvalid, constrain_decisions, decision_schema, parse_decision
 from ._tokens import count_tokens, token_counter_name, truncate_to_tokens
-from ._triage import TriageAnswer, TriageCompiler, parse_triage, triage_schema
+from ._triage import (
+    TriageAnswer,
+    TriageCompiler,
+    parse_triage,
+    select_by_probability,
+    triage_schema,
+)
 
 __all__ = [
     "CompiledPrompt",
@@ -27,6 +33,7 @@ __all__ = [
     "default_prompts_dir",
     "parse_decision",
     "parse_triage",
+    "select_by_probability",
     "token_counter_name",
     "triage_schema",
     "truncate_to_tokens",

@@ -65,6 +65,7 @@ __all__ = [
     "TriageAnswer",
     "TriageCompiler",
     "parse_triage",
+    "select_by_probability",
     "triage_schema",
     "yes_probabilities",
 ]
@@ -164,6 +165,14 @@ def yes_probabilities(policy_ids: list[str], logprobs: list[dict[str, Any]] | No
     return {pid: d["yes"] for pid, d in zip(policy_ids, dists, strict=True)}
 
 
+def select_by_probability(scores: Mapping[str, float], threshold: float, max_policies: int | None = None) -> list[str]:
+    """The policies triage selects from its P(yes) ``scores``: those at least ``threshold``,
+    most probable first (ties in the order of ``scores``), at most ``max_policies``. The one rule
+    :func:`parse_triage` applies and the eval harness re-applies at other thresholds."""
+    ranked = sorted((p for p in scores if scores[p] >= threshold), key=lambda p: -scores[p])
+    return ranked[:max_policies] if max_policies is not None else ranked
+
+
 def parse_triage(
     raw: str,
     policies: PolicySet,
@@ -199,8 +208,7 @@ def parse_triage(
         raise OutputInvalid(f"at_stake must answer every policy \"no\" or \"yes\"; missing: {', '.join(missing)}")
     scores = yes_probabilities(policies.ids, logprobs) if threshold is not None else None
     if scores is not None and threshold is not None:
-        ranked = sorted((p for p in policies.ids if scores[p] >= threshold), key=lambda p: -scores[p])
-        chosen = set(ranked[:max_policies] if max_policies is not None else ranked)
+        chosen = set(select_by_probability({p: scores[p] for p in policies.ids}, threshold, max_policies))
         yes = [p for p in policies.ids if p in chosen]
     else:
         yes = [p for p in policies.ids if answered[p] == "yes"]
