@@ -584,3 +584,42 @@ async def test_triage_threshold_and_scores_reach_the_verdict() -> None:
     fake = backend(["spam_scams"])
     v = await make(fake, triage_threshold=0.0).moderate("hello", POLICIES)
     assert v.triage is not None and v.triage.selected == ["spam_scams"] and "scores" not in v.model_dump(mode="json")["triage"]
+
+
+async def test_another_threshold_reuses_the_cached_triage_answer_and_reselects() -> None:
+    """With logprobs the cached triage answer keeps P(yes) per policy; another threshold costs no
+    triage call (only the newly selected policy's call) and selects exactly as a fresh call would,
+    while the verdicts' fingerprints still tell the two thresholds apart."""
+    probs = {"hate_speech": 0.2, "spam_scams": 0.9, "violent_threats": 0.3}
+
+    def respond(req: ChatRequest) -> Any:
+        if is_triage(req):
+            text = json.dumps({"summary": "a post", "at_stake": {p: "yes" if v >= 0.5 else "no" for p, v in probs.items()}})
+            return ChatResult(text, "stop", model="fake-model", logprobs=_yes_no_logprobs(probs))
+        return judge(req)
+
+    cache = MemoryCache()
+    fake = FakeBackend(default=respond)
+    strict = await make(fake, cache=cache, logprobs=True, triage_threshold=0.5).moderate("hello", POLICIES)
+    assert strict.triage is not None and strict.triage.selected == ["spam_scams"]
+    assert [is_triage(r) for r in fake.history] == [True, False]
+
+    fake2 = FakeBackend(default=respond)
+    wide = await make(fake2, cache=cache, logprobs=True, triage_threshold=0.25).moderate("hello", POLICIES)
+    assert wide.triage is not None and wide.triage.selected == ["spam_scams", "violent_threats"]
+    assert wide.triage.scores == probs
+    assert policy_requests(fake2) == [("violent_threats",)]  # no triage call, spam_scams from the cache
+    assert wide.cache_hits == 2
+    # a fresh call at 0.25 selects the same
+    fresh = await make(FakeBackend(default=respond), logprobs=True, triage_threshold=0.25).moderate("hello", POLICIES)
+    assert fresh.triage is not None and fresh.triage.selected == wide.triage.selected
+    assert strict.prompt_fingerprint != wide.prompt_fingerprint == fresh.prompt_fingerprint
+    # the cap still applies to a re-selection, and the cap is in the prompt: another cap asks again
+    fake3 = FakeBackend(default=respond)
+    capped = await make(fake3, cache=cache, logprobs=True, triage_threshold=0.0, triage_max=1).moderate("hello", POLICIES)
+    assert capped.triage is not None and capped.triage.selected == ["spam_scams"]
+    assert is_triage(fake3.history[0])
+    # without logprobs the key is the one it always was: nothing is shared with the logprobs runs
+    fake4 = backend(["spam_scams"])
+    await make(fake4, cache=cache).moderate("hello", POLICIES)
+    assert is_triage(fake4.history[0])

@@ -89,7 +89,12 @@ from ..policy._model import Policy, PolicySet, default_guidelines_dir
 from ..prompting._compiler import CompiledPrompt, Compiler, PromptTemplates
 from ..prompting._decision import OutputInvalid, parse_decision, violates_probabilities
 from ..prompting._logic import answer_distributions, violation_probability
-from ..prompting._triage import TRIAGE_SCHEMA_NAME, TriageCompiler, parse_triage
+from ..prompting._triage import (
+    TRIAGE_SCHEMA_NAME,
+    TriageCompiler,
+    parse_triage,
+    select_by_probability,
+)
 from ._cache import Cache, cache_key
 from ._cascade import CascadeBand, Route, classifier_decision, item_score, load_cascade, route_for
 from ._thresholds import apply_band, load_thresholds
@@ -364,6 +369,7 @@ class AsyncModerator:
         self._backend_lock: asyncio.Lock | None = None
         self._compilers: dict[tuple[str, ...], Compiler] = {}
         self._triage_compilers: dict[tuple[str, ...], TriageCompiler] = {}
+        self._triage_cache_fps: dict[tuple[str, ...], str] = {}
         self._concurrency = self.settings.concurrency
         self._sem: asyncio.Semaphore | None = None
         self._ramps: dict[str, _Ramp] = {}
@@ -448,6 +454,30 @@ class AsyncModerator:
             )
             self._triage_compilers[key] = comp
         return comp
+
+    def _triage_cache_key(self, text: str, policy_ids: Sequence[str], backend: Backend) -> str:
+        """The result-cache key of a triage call. With logprobs the threshold is left out: it
+        does not change the prompt or the call, only which policies the recorded P(yes) select,
+        and a cached answer is re-selected at the current threshold (see :meth:`_triage`). So
+        trying another threshold on items already triaged costs no triage call and compares
+        thresholds on the same answers. (The verdict's fingerprint still covers the threshold.)"""
+        sampling = self.triage_sampling()
+        if sampling.pop("triage_threshold", None) is not None:
+            sampling["triage_selection"] = "by_probability"
+        key = tuple(policy_ids)
+        fp = self._triage_cache_fps.get(key)
+        if fp is None:
+            comp = self.triage_compiler(key)
+            fp = TriageCompiler(
+                comp.policies,
+                templates=self.templates,
+                max_item_tokens=self.settings.max_item_tokens,
+                schema_limits=self.settings.schema_limits,
+                sampling=sampling,
+                max_policies=self.settings.triage_max,
+            ).fingerprint
+            self._triage_cache_fps[key] = fp
+        return cache_key(text, fp, backend.model_name, sampling)
 
     def fingerprint(self, policies: Sequence[str] | None = None) -> str:
         """The prompt fingerprint verdicts for these policies carry. With triage on (and more
@@ -774,12 +804,19 @@ class AsyncModerator:
         cache = self.cache
         key = None
         if cache is not None:
-            key = cache_key(item.text, prompt.fingerprint, backend.model_name, self.triage_sampling())
+            key = self._triage_cache_key(item.text, policy_ids, backend)
             hit = await self._cache_call(cache.get, key)
             if hit is not None:
                 selected = hit.get("policies")
                 scores = hit.get("scores")
                 answers = hit.get("answers")
+                if self.settings.logprobs and isinstance(scores, dict) and all(p in scores for p in policy_ids):
+                    # the same rule parse_triage applied, at the current threshold
+                    selected = select_by_probability(
+                        {p: float(scores[p]) for p in policy_ids},
+                        self.settings.triage_threshold,
+                        self.triage_compiler(policy_ids).max_policies,
+                    )
                 if isinstance(selected, list) and all(p in policy_ids for p in selected):
                     chosen = set(selected)
                     return TriageOutcome(
