@@ -167,7 +167,7 @@ def test_metrics_json_keeps_old_keys_and_round_trips(run_a: Path) -> None:
     for key in ("run", "manifest", "thresholds", "labels", "micro", "macro", "predictions", "items", "errors", "missing"):
         assert key in data
     assert data["attribution"]["matrix"]["benign"]["flagged_by"] == {VT: 0, HB: 1, HS: 0}
-    assert data["item_flags"][0] == {"id": "g0", "kind": "harmful", "gold": ["threat", "unsafe"], "own": [VT], "flagged": [VT]}
+    assert data["item_flags"][0] == {"id": "g0", "kind": "harmful", "gold": ["threat", "unsafe"], "own": [VT], "flagged": [VT], "triaged": None}
     assert load_result(run_a) == result
     # --json leaves the per-item records in metrics.json, like the predictions
     r = CliRunner().invoke(cli, ["report", str(run_a), "--json"])

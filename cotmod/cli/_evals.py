@@ -158,13 +158,15 @@ def _fmt_delta_ci(ci: tuple[float, float] | None) -> str:
     "--fail-on",
     multiple=True,
     help="Regression rule, e.g. 'precision drop > 2' (points; any label) or 'benign_no_flag drop > 2' "
-    "(attribution: benign_no_flag, harmful_flagged, own_policy); exit 1 if met.",
+    "(attribution: benign_no_flag, harmful_flagged, own_policy; triage: triage_own_policy_reached, "
+    "triage_benign_none); exit 1 if met.",
 )
 @click.option("--json", "as_json", is_flag=True)
 def compare(run_a: str, run_b: str, fail_on: tuple[str, ...], as_json: bool) -> None:
     """Compare two runs on the same golden set: deltas B−A with 95% CIs, McNemar, flipped items,
-    and the attribution figures (benign items with no flag, policies blamed per harmful item,
-    per-policy attribution precision) with paired-bootstrap CIs."""
+    the attribution figures (benign items with no flag, policies blamed per harmful item,
+    per-policy attribution precision) and, when both runs triaged, triage's reach (harmful items
+    sent to one of their own policies, benign items sent to none), with paired-bootstrap CIs."""
     from ..evals._compare import compare_runs
 
     data = compare_runs(run_a, run_b, fail_on=list(fail_on))
@@ -187,6 +189,15 @@ def compare(run_a: str, run_b: str, fail_on: tuple[str, ...], as_json: bool) -> 
                     "  attribution precision: "
                     + ", ".join(f"{pid} {d.a:.3f} -> {d.b:.3f} ({d.delta:+.3f}{_fmt_delta_ci(d.ci95)})" for pid, d in moved.items())
                 )
+        if data.triage is not None:
+            tr = data.triage
+            click.echo(f"triage reach (n={tr.n_paired} triaged in both: {tr.harmful} harmful, {tr.benign} benign)")
+            for metric, d in tr.metrics.items():
+                click.echo(f"  {metric:<24} {d.a:.3f} -> {d.b:.3f}  delta {d.delta:+.3f}{_fmt_delta_ci(d.ci95)}")
+            for side, ids in (("A", tr.reached_a_only), ("B", tr.reached_b_only)):
+                if ids:
+                    more = f" (+{len(ids) - 10} more)" if len(ids) > 10 else ""
+                    click.echo(f"  own policy reached by {side} only: {len(ids)} ({', '.join(ids[:10])}{more})")
         for f in data.failures:
             click.echo(click.style("REGRESSION ", fg="red") + f)
     if data.regressions:

@@ -33,10 +33,11 @@ from ._results import (
     PolicyThreshold,
     Regression,
     Thresholds,
+    TriageComparison,
     TuneMethod,
 )
 
-__all__ = ["compare", "compare_attribution", "compare_runs", "parse_fail_on", "tune", "write_thresholds"]
+__all__ = ["compare", "compare_attribution", "compare_runs", "compare_triage", "parse_fail_on", "tune", "write_thresholds"]
 
 
 def _operating_point(
@@ -167,20 +168,23 @@ def write_thresholds(thresholds: Thresholds, path: str | Path) -> None:
 _LABEL_METRICS = ("precision", "recall", "f1", "fpr")
 #: attribution shares a --fail-on rule may name (without the ``_share`` suffix)
 ATTRIBUTION_FAIL = ("benign_no_flag", "harmful_flagged", "own_policy")
+#: triage-reach shares a --fail-on rule may name (``triage_`` + the share without ``_share``)
+TRIAGE_FAIL = ("triage_own_policy_reached", "triage_benign_none")
 _FAIL = re.compile(
-    r"^\s*(" + "|".join(_LABEL_METRICS + ATTRIBUTION_FAIL) + r")(?:_share)?\s+(drop|rise)\s*>\s*([0-9.]+)\s*$"
+    r"^\s*(" + "|".join(_LABEL_METRICS + TRIAGE_FAIL + ATTRIBUTION_FAIL) + r")(?:_share)?\s+(drop|rise)\s*>\s*([0-9.]+)\s*$"
 )
 
 
 def parse_fail_on(rule: str) -> tuple[str, str, float]:
     """``"precision drop > 2"`` → (metric, direction, points). A label metric (precision,
     recall, f1, fpr) applies to every label; an attribution share (``benign_no_flag``,
-    ``harmful_flagged``, ``own_policy``) to the run's attribution figures."""
+    ``harmful_flagged``, ``own_policy``) to the run's attribution figures; a triage share
+    (``triage_own_policy_reached``, ``triage_benign_none``) to triage's reach."""
     m = _FAIL.match(rule)
     if not m:
         raise InputError(
             f"--fail-on {rule!r}: expected e.g. 'precision drop > 2' (points), 'fpr rise > 1' or "
-            "'benign_no_flag drop > 2' (metric: precision, recall, f1, fpr, " + ", ".join(ATTRIBUTION_FAIL) + ")"
+            "'benign_no_flag drop > 2' (metric: precision, recall, f1, fpr, " + ", ".join(ATTRIBUTION_FAIL + TRIAGE_FAIL) + ")"
         )
     return m.group(1), m.group(2), float(m.group(3))
 
@@ -234,10 +238,50 @@ def compare_attribution(
     )
 
 
+def compare_triage(a: list[ItemFlags], b: list[ItemFlags], *, rounds: int = 1000, seed: int = 0) -> TriageComparison | None:
+    """Triage's reach in B against A, paired on the items both decided with a working triage
+    call (``ItemFlags.triaged``): the share of harmful items sent to one of their own policies,
+    of benign items sent to no policy call, and the policies selected per item, with
+    paired-bootstrap CIs. ``None`` when no item was triaged in both."""
+    fa = {r.id: r for r in a if r.triaged is not None}
+    fb = {r.id: r for r in b if r.triaged is not None}
+    ids = sorted(set(fa) & set(fb))
+    if not ids:
+        return None
+    ra, rb = [fa[i] for i in ids], [fb[i] for i in ids]
+    harm = [1.0 if r.kind == "harmful" else 0.0 for r in ra]
+    ben = [1.0 - h for h in harm]
+    ones = [1.0] * len(ids)
+
+    def reached(r: ItemFlags) -> bool:
+        return bool(set(r.triaged or []) & set(r.own))
+
+    def delta(num: Callable[[ItemFlags], float], den: list[float], salt: int) -> MetricDelta | None:
+        return paired_ratio_delta(
+            [num(r) * d for r, d in zip(ra, den, strict=True)], den,
+            [num(r) * d for r, d in zip(rb, den, strict=True)], den,
+            rounds=rounds, seed=seed + salt,
+        )
+
+    figures: dict[str, MetricDelta | None] = {
+        "own_policy_reached_share": delta(lambda r: 1.0 if reached(r) else 0.0, harm, 20),
+        "benign_none_share": delta(lambda r: 0.0 if r.triaged else 1.0, ben, 21),
+        "selected_per_item": delta(lambda r: float(len(r.triaged or [])), ones, 22),
+    }
+    return TriageComparison(
+        n_paired=len(ids),
+        harmful=int(sum(harm)),
+        benign=int(sum(ben)),
+        metrics={k: v for k, v in figures.items() if v is not None},
+        reached_a_only=[x.id for x, y in zip(ra, rb, strict=True) if x.kind == "harmful" and reached(x) and not reached(y)],
+        reached_b_only=[x.id for x, y in zip(ra, rb, strict=True) if x.kind == "harmful" and reached(y) and not reached(x)],
+    )
+
+
 def compare(a: EvalResult, b: EvalResult, *, fail_on: list[str] | None = None, rounds: int = 1000, seed: int = 0) -> Comparison:
     """Metric deltas B−A with paired-bootstrap CIs, McNemar tests and flipped items per label,
-    on the items both runs decided, and the attribution figures' deltas (when both results have
-    them); ``fail_on`` rules (e.g. ``"precision drop > 2"`` for any label, or
+    on the items both runs decided, the attribution figures' deltas (when both results have
+    them) and triage's reach (:func:`compare_triage`, when both runs triaged); ``fail_on`` rules (e.g. ``"precision drop > 2"`` for any label, or
     ``"benign_no_flag drop > 2"``, in percentage points) met are listed in ``regressions``. Pure."""
     if a.manifest.golden.sha256 != b.manifest.golden.sha256:
         raise InputError(f"{a.run} and {b.run} were run on different golden sets; compare like with like")
@@ -265,8 +309,17 @@ def compare(a: EvalResult, b: EvalResult, *, fail_on: list[str] | None = None, r
     if a.attribution is not None and b.attribution is not None:
         in_play = [p for p in a.attribution.policies if p in b.attribution.policies]
         attribution = compare_attribution(a.item_flags, b.item_flags, in_play, rounds=rounds, seed=seed)
+    triage = compare_triage(a.item_flags, b.item_flags, rounds=rounds, seed=seed)
     for metric, direction, limit in rules:
         if metric in _LABEL_METRICS:
+            continue
+        if metric in TRIAGE_FAIL:
+            got = triage.metrics.get(f"{metric.removeprefix('triage_')}_share") if triage is not None else None
+            if got is None:
+                continue  # triage did not run on both, or no such items
+            d = got.delta * 100
+            if (direction == "drop" and -d > limit) or (direction == "rise" and d > limit):
+                regressions.append(Regression(label="triage", metric=f"{metric}_share", direction=direction, points=abs(d), limit=limit))
             continue
         got = attribution.metrics.get(f"{metric}_share") if attribution is not None else None
         if got is None:
@@ -279,7 +332,8 @@ def compare(a: EvalResult, b: EvalResult, *, fail_on: list[str] | None = None, r
         return {"policies": r.manifest.policies, "prompt_fingerprint": r.manifest.prompt_fingerprint, "model": r.manifest.model}
 
     return Comparison(
-        a=a.run, b=b.run, a_manifest=head(a), b_manifest=head(b), labels=labels, attribution=attribution, regressions=regressions
+        a=a.run, b=b.run, a_manifest=head(a), b_manifest=head(b), labels=labels, attribution=attribution, triage=triage,
+        regressions=regressions,
     )
 
 

@@ -478,7 +478,9 @@ def _attribution(
                 missing += 1
             continue
         flagged = flagged_policies([d for d in v["decisions"] if d["policy_id"] in in_play], thresholds)
-        records.append(ItemFlags(id=it.id, kind=kind, gold=pos, own=own, flagged=flagged))
+        t = v.get("triage")
+        triaged = list(t.get("selected", [])) if isinstance(t, dict) and not t.get("fallback") else None
+        records.append(ItemFlags(id=it.id, kind=kind, gold=pos, own=own, flagged=flagged, triaged=triaged))
         unknown_pols[it.id] = {p for lab, ps in labels.items() if it.labels.get(lab) is None for p in ps}
     harmful = [r for r in records if r.kind == "harmful"]
     benign = [r for r in records if r.kind == BENIGN]

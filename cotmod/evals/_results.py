@@ -383,13 +383,16 @@ class TriageReach(_Model):
 class ItemFlags(_Model):
     """One decided item for attribution (what ``compare`` pairs): ``kind`` harmful or benign,
     its positive evaluated labels, the policies of its most specific positive
-    labels (``own``), and the policies in play that flagged it."""
+    labels (``own``), the policies in play that flagged it, and ``triaged``: the policies
+    triage sent it to (``None`` when no triage call decided it: triage off, or it fell back to
+    every policy; absent in files written before it existed)."""
 
     id: str
     kind: str
     gold: list[str]
     own: list[str]
     flagged: list[str]
+    triaged: list[str] | None = None
 
 
 class EvalResult(_Model):
@@ -546,6 +549,21 @@ class AttributionComparison(_Model):
     per_policy_precision: dict[str, MetricDelta]
 
 
+class TriageComparison(_Model):
+    """Triage's reach in A and B on the items both decided with a working triage call in both:
+    ``metrics`` are ``own_policy_reached_share`` (harmful items sent to one of their own
+    policies), ``benign_none_share`` (benign items sent to no policy call) and
+    ``selected_per_item``, with paired-bootstrap CIs; ``reached_a_only`` / ``reached_b_only``
+    the harmful items whose own policy only one side reached (ids, for reading them)."""
+
+    n_paired: int
+    harmful: int
+    benign: int
+    metrics: dict[str, MetricDelta]
+    reached_a_only: list[str] = Field(default_factory=list)
+    reached_b_only: list[str] = Field(default_factory=list)
+
+
 class Comparison(_Model):
     """Run B against run A on the same golden set, per label; ``regressions`` are the
     ``--fail-on`` rules B met (``ok`` when none)."""
@@ -556,6 +574,7 @@ class Comparison(_Model):
     b_manifest: dict[str, Any]
     labels: dict[str, LabelComparison]
     attribution: AttributionComparison | None = None
+    triage: TriageComparison | None = None
     regressions: list[Regression] = Field(default_factory=list)
 
     @computed_field  # type: ignore[prop-decorator]
