@@ -165,7 +165,9 @@ class Settings(BaseModel):
         ge=0,
         le=50,
         description="Per item, show only this many boundary examples, the most similar to the item "
-        "(word TF-IDF; both decisions represented), after the cached policy text; 0 = all examples, static",
+        "(word TF-IDF; both decisions represented), after the cached policy text; 0 = all examples, static. "
+        "Measured with the default 1.5B model (README): 29-47% fewer prompt tokens but lower recall, and more "
+        "tokens computed per call where the server caches the prompt prefix",
     )
     triage: bool = Field(
         default=False,
