@@ -189,6 +189,18 @@ def parse_fail_on(rule: str) -> tuple[str, str, float]:
     return m.group(1), m.group(2), float(m.group(3))
 
 
+def _paired_item_ratio(
+    ra: list[ItemFlags], rb: list[ItemFlags], num: Callable[[ItemFlags], float], den: list[float], *, rounds: int, seed: int
+) -> MetricDelta | None:
+    """``sum(num * den) / sum(den)`` over the same items in A and B (``den`` 1 for the items a
+    share is taken on, 0 for the others), paired: :func:`paired_ratio_delta`."""
+    return paired_ratio_delta(
+        [num(r) * d for r, d in zip(ra, den, strict=True)], den,
+        [num(r) * d for r, d in zip(rb, den, strict=True)], den,
+        rounds=rounds, seed=seed,
+    )
+
+
 def compare_attribution(
     a: list[ItemFlags], b: list[ItemFlags], policies: list[str], *, rounds: int = 1000, seed: int = 0
 ) -> AttributionComparison | None:
@@ -206,11 +218,7 @@ def compare_attribution(
     ben = [1.0 - h for h in harm]
 
     def delta(num: Callable[[ItemFlags], float], den: list[float], salt: int) -> MetricDelta | None:
-        return paired_ratio_delta(
-            [num(r) * d for r, d in zip(ra, den, strict=True)], den,
-            [num(r) * d for r, d in zip(rb, den, strict=True)], den,
-            rounds=rounds, seed=seed + salt,
-        )
+        return _paired_item_ratio(ra, rb, num, den, rounds=rounds, seed=seed + salt)
 
     figures: dict[str, MetricDelta | None] = {
         "benign_no_flag_share": delta(lambda r: 0.0 if r.flagged else 1.0, ben, 0),
@@ -257,11 +265,7 @@ def compare_triage(a: list[ItemFlags], b: list[ItemFlags], *, rounds: int = 1000
         return bool(set(r.triaged or []) & set(r.own))
 
     def delta(num: Callable[[ItemFlags], float], den: list[float], salt: int) -> MetricDelta | None:
-        return paired_ratio_delta(
-            [num(r) * d for r, d in zip(ra, den, strict=True)], den,
-            [num(r) * d for r, d in zip(rb, den, strict=True)], den,
-            rounds=rounds, seed=seed + salt,
-        )
+        return _paired_item_ratio(ra, rb, num, den, rounds=rounds, seed=seed + salt)
 
     figures: dict[str, MetricDelta | None] = {
         "own_policy_reached_share": delta(lambda r: 1.0 if reached(r) else 0.0, harm, 20),
