@@ -189,6 +189,21 @@ def parse_fail_on(rule: str) -> tuple[str, str, float]:
     return m.group(1), m.group(2), float(m.group(3))
 
 
+def _pair_items(
+    a: list[ItemFlags], b: list[ItemFlags]
+) -> tuple[list[ItemFlags], list[ItemFlags], list[float], list[float]] | None:
+    """A's and B's records of the items both have, in id order, with 1/0 harmful and benign
+    indicators (A's gold); ``None`` when they share no item."""
+    fa = {r.id: r for r in a}
+    fb = {r.id: r for r in b}
+    ids = sorted(set(fa) & set(fb))
+    if not ids:
+        return None
+    ra, rb = [fa[i] for i in ids], [fb[i] for i in ids]
+    harm = [1.0 if r.kind == "harmful" else 0.0 for r in ra]
+    return ra, rb, harm, [1.0 - h for h in harm]
+
+
 def _paired_item_ratio(
     ra: list[ItemFlags], rb: list[ItemFlags], num: Callable[[ItemFlags], float], den: list[float], *, rounds: int, seed: int
 ) -> MetricDelta | None:
@@ -208,14 +223,11 @@ def compare_attribution(
     the share of benign items with no flag, of harmful items flagged at all and flagged by one
     of their own labels' policies, the policies blamed per harmful item, and each policy's
     attribution precision. ``None`` when the runs share no decided item."""
-    fa = {r.id: r for r in a}
-    fb = {r.id: r for r in b}
-    ids = sorted(set(fa) & set(fb))
-    if not ids:
+    paired = _pair_items(a, b)
+    if paired is None:
         return None
-    ra, rb = [fa[i] for i in ids], [fb[i] for i in ids]
-    harm = [1.0 if r.kind == "harmful" else 0.0 for r in ra]
-    ben = [1.0 - h for h in harm]
+    ra, rb, harm, ben = paired
+    ids = [r.id for r in ra]
 
     def delta(num: Callable[[ItemFlags], float], den: list[float], salt: int) -> MetricDelta | None:
         return _paired_item_ratio(ra, rb, num, den, rounds=rounds, seed=seed + salt)
@@ -251,14 +263,11 @@ def compare_triage(a: list[ItemFlags], b: list[ItemFlags], *, rounds: int = 1000
     call (``ItemFlags.triaged``): the share of harmful items sent to one of their own policies,
     of benign items sent to no policy call, and the policies selected per item, with
     paired-bootstrap CIs. ``None`` when no item was triaged in both."""
-    fa = {r.id: r for r in a if r.triaged is not None}
-    fb = {r.id: r for r in b if r.triaged is not None}
-    ids = sorted(set(fa) & set(fb))
-    if not ids:
+    paired = _pair_items([r for r in a if r.triaged is not None], [r for r in b if r.triaged is not None])
+    if paired is None:
         return None
-    ra, rb = [fa[i] for i in ids], [fb[i] for i in ids]
-    harm = [1.0 if r.kind == "harmful" else 0.0 for r in ra]
-    ben = [1.0 - h for h in harm]
+    ra, rb, harm, ben = paired
+    ids = [r.id for r in ra]
     ones = [1.0] * len(ids)
 
     def reached(r: ItemFlags) -> bool:
