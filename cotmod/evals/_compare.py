@@ -227,7 +227,6 @@ def compare_attribution(
     if paired is None:
         return None
     ra, rb, harm, ben = paired
-    ids = [r.id for r in ra]
 
     def delta(num: Callable[[ItemFlags], float], den: list[float], salt: int) -> MetricDelta | None:
         return _paired_item_ratio(ra, rb, num, den, rounds=rounds, seed=seed + salt)
@@ -250,7 +249,7 @@ def compare_attribution(
         if d is not None:
             per_policy[pid] = d
     return AttributionComparison(
-        n_paired=len(ids),
+        n_paired=len(ra),
         harmful=int(sum(harm)),
         benign=int(sum(ben)),
         metrics={k: v for k, v in figures.items() if v is not None},
@@ -267,8 +266,7 @@ def compare_triage(a: list[ItemFlags], b: list[ItemFlags], *, rounds: int = 1000
     if paired is None:
         return None
     ra, rb, harm, ben = paired
-    ids = [r.id for r in ra]
-    ones = [1.0] * len(ids)
+    ones = [1.0] * len(ra)
 
     def reached(r: ItemFlags) -> bool:
         return bool(set(r.triaged or []) & set(r.own))
@@ -282,7 +280,7 @@ def compare_triage(a: list[ItemFlags], b: list[ItemFlags], *, rounds: int = 1000
         "selected_per_item": delta(lambda r: float(len(r.triaged or [])), ones, 22),
     }
     return TriageComparison(
-        n_paired=len(ids),
+        n_paired=len(ra),
         harmful=int(sum(harm)),
         benign=int(sum(ben)),
         metrics={k: v for k, v in figures.items() if v is not None},
@@ -326,20 +324,14 @@ def compare(a: EvalResult, b: EvalResult, *, fail_on: list[str] | None = None, r
     for metric, direction, limit in rules:
         if metric in _LABEL_METRICS:
             continue
-        if metric in TRIAGE_FAIL:
-            got = triage.metrics.get(f"{metric.removeprefix('triage_')}_share") if triage is not None else None
-            if got is None:
-                continue  # triage did not run on both, or no such items
-            d = got.delta * 100
-            if (direction == "drop" and -d > limit) or (direction == "rise" and d > limit):
-                regressions.append(Regression(label="triage", metric=f"{metric}_share", direction=direction, points=abs(d), limit=limit))
-            continue
-        got = attribution.metrics.get(f"{metric}_share") if attribution is not None else None
+        source, name = (triage, metric.removeprefix("triage_")) if metric in TRIAGE_FAIL else (attribution, metric)
+        got = source.metrics.get(f"{name}_share") if source is not None else None
         if got is None:
-            continue  # not measurable on these runs (no attribution records, or no such items)
+            continue  # not measurable on these runs (no attribution or triage records, or no such items)
         d = got.delta * 100
         if (direction == "drop" and -d > limit) or (direction == "rise" and d > limit):
-            regressions.append(Regression(label="attribution", metric=f"{metric}_share", direction=direction, points=abs(d), limit=limit))
+            label = "triage" if metric in TRIAGE_FAIL else "attribution"
+            regressions.append(Regression(label=label, metric=f"{metric}_share", direction=direction, points=abs(d), limit=limit))
 
     def head(r: EvalResult) -> dict[str, Any]:
         return {"policies": r.manifest.policies, "prompt_fingerprint": r.manifest.prompt_fingerprint, "model": r.manifest.model}
