@@ -188,6 +188,14 @@ class Settings(BaseModel):
         "'yes' for it is at least this (lower it to trade calls for recall; without logprobs the sampled "
         "yes/no decides)",
     )
+    triage_min: int = Field(
+        default=0,
+        ge=0,
+        le=50,
+        description="With triage and logprobs: when fewer policies than this reach triage_threshold, the most "
+        "probable make up the number (at most triage_max), so no item is left without a policy call; 0 = "
+        "an item triage finds harmless gets no policy call",
+    )
     concurrency: int = Field(default=4, ge=1, description="Maximum requests in flight")
     guidelines: str | None = Field(default=None, description="Directory or file of policies")
     prompts: str | None = Field(default=None, description="Directory of prompt templates")

@@ -87,7 +87,7 @@ def make_run(tmp_path: Path, name: str = "run", **settings: Any) -> Path:
 def test_triage_reach_known_by_construction(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["triage"] == {"max_policies": 2, "threshold": 0.3}
+    assert manifest["triage"] == {"max_policies": 2, "threshold": 0.3, "min_policies": 0}
     t = compute_metrics(run, bootstrap_rounds=200).triage
     assert t is not None
     assert (t.ran, t.fallbacks, t.harmful, t.benign) == (6, 1, 4, 2)
@@ -105,6 +105,21 @@ def test_triage_reach_known_by_construction(tmp_path: Path) -> None:
     assert sweep[0.5] == (0.5, 1.0, pytest.approx(4 / 6))
     assert sweep[0.2] == (0.75, 0.5, pytest.approx(1.0))
     assert sweep[0.0] == (1.0, 0.0, pytest.approx(2.0))  # always the two most likely
+
+
+def test_triage_min_is_recorded_and_the_sweep_applies_it(tmp_path: Path) -> None:
+    """With triage_min = 1 no decided item goes without a policy call (benign_none 0 at every
+    threshold), and the sweep re-applies the floor as the engine would."""
+    run = make_run(tmp_path, triage_min=1)
+    assert json.loads((run / "manifest.json").read_text())["triage"]["min_policies"] == 1
+    t = compute_metrics(run, bootstrap_rounds=0).triage
+    assert t is not None and t.min_policies == 1
+    assert t.benign_none == 0 and all(p.benign_none == 0.0 for p in t.sweep)
+    base = compute_metrics(make_run(tmp_path, "base"), bootstrap_rounds=0).triage
+    assert base is not None and t.own_policy_reached >= base.own_policy_reached
+    assert "at most 2 policies, at least 1 (the most likely), selected by P(yes) >= 0.3" in text_table(
+        compute_metrics(run, bootstrap_rounds=0)
+    )
 
 
 def test_terminal_and_html_show_triage_reach(tmp_path: Path) -> None:

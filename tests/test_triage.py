@@ -623,3 +623,66 @@ async def test_another_threshold_reuses_the_cached_triage_answer_and_reselects()
     fake4 = backend(["spam_scams"])
     await make(fake4, cache=cache).moderate("hello", POLICIES)
     assert is_triage(fake4.history[0])
+
+
+def test_select_by_probability_makes_up_the_minimum_from_the_most_probable() -> None:
+    from cotmod.prompting import select_by_probability
+
+    scores = {"a": 0.05, "b": 0.2, "c": 0.1}
+    assert select_by_probability(scores, 0.3, 2) == []
+    assert select_by_probability(scores, 0.3, 2, 1) == ["b"]
+    assert select_by_probability(scores, 0.3, 2, 2) == ["b", "c"]
+    assert select_by_probability(scores, 0.3, 1, 3) == ["b"]  # never above the cap
+    assert select_by_probability(scores, 0.15, 2, 1) == ["b"]  # enough reach it: nothing added
+    assert select_by_probability({"a": 0.2, "b": 0.2}, 0.5, 2, 1) == ["a"]  # ties keep the order
+    assert select_by_probability(scores, 0.3, None, 2) == ["b", "c"]
+
+
+async def test_triage_min_sends_an_item_nothing_reached_to_its_most_likely_policy() -> None:
+    """``triage_min``: when no policy reaches the threshold, the most probable still gets its
+    call; the cached answer is re-selected with it (no new triage call), and the fingerprint
+    tells the runs apart while leaving the default's fingerprint as it was."""
+    probs = {"hate_speech": 0.02, "spam_scams": 0.04, "violent_threats": 0.2}
+
+    def respond(req: ChatRequest) -> Any:
+        if is_triage(req):
+            text = json.dumps({"summary": "a post", "at_stake": {p: "no" for p in probs}})
+            return ChatResult(text, "stop", model="fake-model", logprobs=_yes_no_logprobs(probs))
+        return judge(req)
+
+    cache = MemoryCache()
+    fake = FakeBackend(default=respond)
+    plain = await make(fake, cache=cache, logprobs=True).moderate("hello", POLICIES)
+    assert plain.triage is not None and plain.triage.selected == []
+    assert [is_triage(r) for r in fake.history] == [True]
+
+    fake2 = FakeBackend(default=respond)
+    floor = await make(fake2, cache=cache, logprobs=True, triage_min=1).moderate("hello", POLICIES)
+    assert floor.triage is not None and floor.triage.selected == ["violent_threats"]
+    assert policy_requests(fake2) == [("violent_threats",)]  # the triage answer came from the cache
+    assert [d.policy_id for d in floor.decisions if d.triaged_out] == ["hate_speech", "spam_scams"]
+    fresh = await make(FakeBackend(default=respond), logprobs=True, triage_min=1).moderate("hello", POLICIES)
+    assert fresh.triage is not None and fresh.triage.selected == ["violent_threats"]
+    assert plain.prompt_fingerprint != floor.prompt_fingerprint == fresh.prompt_fingerprint
+    unset = await make(FakeBackend(default=respond), logprobs=True, triage_min=0).moderate("hello", POLICIES)
+    assert unset.prompt_fingerprint == plain.prompt_fingerprint
+
+
+def test_cli_triage_min_reaches_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cotmod import Settings
+
+    monkeypatch.chdir(tmp_path)
+    seen: dict[str, Any] = {}
+    real = Settings.resolve
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        out = real(*a, **kw)
+        seen["s"] = out.settings
+        return out
+
+    monkeypatch.setattr(Settings, "resolve", spy)
+    r = CliRunner().invoke(cli, ["render", "--triage", "--logprobs", "--triage-min", "1", "hello"])
+    assert r.exit_code == 0, r.output
+    assert seen["s"].triage_min == 1
+    r = CliRunner().invoke(cli, ["render", "--triage-min", "-1", "hello"])
+    assert r.exit_code == 2 and "-1" in r.output

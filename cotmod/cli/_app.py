@@ -112,6 +112,13 @@ def _endpoint_options(f: F) -> F:
             "is at least this; lower trades calls for recall [default: 0.3].",
         ),
         click.option(
+            "--triage-min",
+            type=click.IntRange(0, 50),
+            default=None,
+            help="With --triage and --logprobs: send every item to at least this many policies, the most likely "
+            "first, even when none reaches --triage-threshold [default: 0].",
+        ),
+        click.option(
             "--decision-logic/--no-decision-logic",
             default=None,
             help="Judge policies that define questions by their decision logic (env COTMOD_DECISION_LOGIC) [default: off, "

@@ -458,10 +458,12 @@ class AsyncModerator:
     def _triage_cache_key(self, text: str, policy_ids: Sequence[str], backend: Backend) -> str:
         """The result-cache key of a triage call. With logprobs the threshold is left out: it
         does not change the prompt or the call, only which policies the recorded P(yes) select,
-        and a cached answer is re-selected at the current threshold (see :meth:`_triage`). So
+        and a cached answer is re-selected at the current threshold (see :meth:`_triage`); so is
+        ``triage_min``. So
         trying another threshold on items already triaged costs no triage call and compares
         thresholds on the same answers. (The verdict's fingerprint still covers the threshold.)"""
         sampling = self.triage_sampling()
+        sampling.pop("triage_min", None)
         if sampling.pop("triage_threshold", None) is not None:
             sampling["triage_selection"] = "by_probability"
         key = tuple(policy_ids)
@@ -725,6 +727,8 @@ class AsyncModerator:
         if s.logprobs:
             out["logprobs"] = True
             out["triage_threshold"] = s.triage_threshold
+            if s.triage_min:  # only when set, so the fingerprints of earlier runs stay as they were
+                out["triage_min"] = s.triage_min
         return out
 
     def _triage_request(self, prompt: CompiledPrompt, messages: list[dict[str, str]], attempt: int) -> ChatRequest:
@@ -762,6 +766,7 @@ class AsyncModerator:
                     max_policies=comp.max_policies,
                     logprobs=result.logprobs if s.logprobs else None,
                     threshold=s.triage_threshold if s.logprobs else None,
+                    min_policies=s.triage_min if s.logprobs else 0,
                 )
             except OutputInvalid as exc:
                 last_error = str(exc)
@@ -816,6 +821,7 @@ class AsyncModerator:
                         {p: float(scores[p]) for p in policy_ids},
                         self.settings.triage_threshold,
                         self.triage_compiler(policy_ids).max_policies,
+                        self.settings.triage_min,
                     )
                 if isinstance(selected, list) and all(p in policy_ids for p in selected):
                     chosen = set(selected)

@@ -135,7 +135,8 @@ def run_eval(
         **runner.manifest(mapping.policies),
         # what triage selected by (its threshold and max are also in the prompt fingerprint):
         # recorded for the triage-reach figures, which recompute the selection at other thresholds
-        **({"triage": {"max_policies": s.triage_max, "threshold": s.triage_threshold if s.logprobs else None}}
+        **({"triage": {"max_policies": s.triage_max, "threshold": s.triage_threshold if s.logprobs else None,
+                       "min_policies": s.triage_min if s.logprobs else 0}}
            if moderator.triage_applies(mapping.policies) else {}),
         "cotmod_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(),
@@ -591,6 +592,8 @@ def _triage_reach(run: _Run, rounds: int, seed: int) -> TriageReach | None:
     if not isinstance(cap, int) or cap < 1:
         cap = max([len(r.selected) for r in rows] + [1])
     threshold = settings.get("threshold")
+    floor = settings.get("min_policies")
+    floor = floor if isinstance(floor, int) and floor > 0 else 0
     harmful = [r for r in rows if r.kind == "harmful"]
     benign = [r for r in rows if r.kind == BENIGN]
 
@@ -608,7 +611,7 @@ def _triage_reach(run: _Run, rounds: int, seed: int) -> TriageReach | None:
         per_label[lab] = TriageLabelReach(positives=len(pos_rows), reached=hit, share=_share(hit, len(pos_rows)))
 
     def at(t: float) -> Callable[[_Triaged], list[str]]:
-        return lambda r: select_by_probability(r.scores or {}, t, cap)
+        return lambda r: select_by_probability(r.scores or {}, t, cap, floor)
 
     sweep: list[TriagePoint] = []
     if rows and all(r.scores for r in rows):
@@ -627,6 +630,7 @@ def _triage_reach(run: _Run, rounds: int, seed: int) -> TriageReach | None:
         benign=len(benign),
         max_policies=cap,
         threshold=threshold if isinstance(threshold, int | float) else None,
+        min_policies=floor,
         settings_recorded=bool(settings),
         own_policy_reached=int(sum(reached)),
         own_policy_reached_share=_share(int(sum(reached)), len(reached)),

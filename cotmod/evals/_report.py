@@ -149,7 +149,8 @@ def _triage_setting(t: dict[str, Any]) -> str:
     if not t.get("settings_recorded", True):
         return f"its threshold is not recorded (a run made before cotmod recorded it); at most {t['max_policies']} policies selected"
     how = f"P(yes) >= {t['threshold']:g}" if t.get("threshold") is not None else "the sampled yes/no"
-    return f"at most {t['max_policies']} policies, selected by {how}"
+    floor = f", at least {t['min_policies']} (the most likely)" if t.get("min_policies") else ""
+    return f"at most {t['max_policies']} policies{floor}, selected by {how}"
 
 
 def triage_lines(t: dict[str, Any] | None) -> list[str]:

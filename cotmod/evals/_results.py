@@ -357,7 +357,8 @@ class TriageReach(_Model):
     per item (per-policy calls, one per policy group). ``max_policies`` and ``threshold`` are the
     run's settings (from its manifest; ``threshold`` is None when the sampled yes/no decided;
     ``settings_recorded`` is False for a manifest that predates them: ``max_policies`` is then
-    the most any item had selected and ``threshold`` unknown).
+    the most any item had selected and ``threshold`` unknown; ``min_policies`` is
+    ``Settings.triage_min``, 0 when not set).
     ``sweep``: the same figures at other thresholds, from the recorded P(yes) (empty without
     ``logprobs``); threshold 0 is "always the ``max_policies`` most likely policies"."""
 
@@ -367,6 +368,7 @@ class TriageReach(_Model):
     benign: int
     max_policies: int
     threshold: float | None = None
+    min_policies: int = 0
     settings_recorded: bool = True
     own_policy_reached: int
     own_policy_reached_share: float | None

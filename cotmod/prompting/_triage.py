@@ -165,12 +165,20 @@ def yes_probabilities(policy_ids: list[str], logprobs: list[dict[str, Any]] | No
     return {pid: d["yes"] for pid, d in zip(policy_ids, dists, strict=True)}
 
 
-def select_by_probability(scores: Mapping[str, float], threshold: float, max_policies: int | None = None) -> list[str]:
+def select_by_probability(
+    scores: Mapping[str, float], threshold: float, max_policies: int | None = None, min_policies: int = 0
+) -> list[str]:
     """The policies triage selects from its P(yes) ``scores``: those at least ``threshold``,
-    most probable first (ties in the order of ``scores``), at most ``max_policies``. The one rule
+    most probable first (ties in the order of ``scores``), at most ``max_policies``; when fewer
+    than ``min_policies`` reach the threshold, the most probable of the others make up the
+    number (``Settings.triage_min``: no item is left without a policy call). The one rule
     :func:`parse_triage` applies and the eval harness re-applies at other thresholds."""
-    ranked = sorted((p for p in scores if scores[p] >= threshold), key=lambda p: -scores[p])
-    return ranked[:max_policies] if max_policies is not None else ranked
+    ranked = sorted(scores, key=lambda p: -scores[p])  # stable: ties keep the order of scores
+    chosen = [p for p in ranked if scores[p] >= threshold]
+    floor = min(min_policies, max_policies) if max_policies is not None else min_policies
+    if len(chosen) < floor:
+        chosen = ranked[:floor]
+    return chosen[:max_policies] if max_policies is not None else chosen
 
 
 def parse_triage(
@@ -181,6 +189,7 @@ def parse_triage(
     max_policies: int | None = None,
     logprobs: list[dict[str, Any]] | None = None,
     threshold: float | None = None,
+    min_policies: int = 0,
 ) -> TriageAnswer:
     """Validate a triage completion against the policies in play. Raises :class:`OutputInvalid`.
 
@@ -189,7 +198,8 @@ def parse_triage(
 
     With ``threshold`` and the completion's ``logprobs`` (see :func:`yes_probabilities`), a
     policy is selected when its probability of "yes" is at least ``threshold`` (whatever the
-    sampled word), and ``max_policies`` keeps the most probable. Otherwise the policies answered
+    sampled word), and ``max_policies`` keeps the most probable; ``min_policies`` makes up that many
+    from the most probable when fewer reach the threshold. Otherwise the policies answered
     "yes" are selected and ``max_policies`` keeps the first, in policy order."""
     if finish_reason == "length":
         raise OutputInvalid(
@@ -208,7 +218,7 @@ def parse_triage(
         raise OutputInvalid(f"at_stake must answer every policy \"no\" or \"yes\"; missing: {', '.join(missing)}")
     scores = yes_probabilities(policies.ids, logprobs) if threshold is not None else None
     if scores is not None and threshold is not None:
-        chosen = set(select_by_probability({p: scores[p] for p in policies.ids}, threshold, max_policies))
+        chosen = set(select_by_probability({p: scores[p] for p in policies.ids}, threshold, max_policies, min_policies))
         yes = [p for p in policies.ids if p in chosen]
     else:
         yes = [p for p in policies.ids if answered[p] == "yes"]
