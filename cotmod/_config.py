@@ -299,6 +299,9 @@ class Settings(BaseModel):
             name = ".".join(str(x) for x in first["loc"])
             msg = str(first["msg"]).removeprefix("Value error, ")
             raise ConfigError(f"invalid setting {name}: {msg}{where}") from None
+        if settings.triage and settings.triage_min and not settings.logprobs:
+            notices.append("cotmod: triage_min has no effect without logprobs (it ranks policies by P(yes)); "
+                           "add --logprobs or logprobs = true")
         return LoadedSettings(settings, path, origin, source, notices)
 
     def redacted(self) -> dict[str, Any]:

@@ -686,3 +686,6 @@ def test_cli_triage_min_reaches_the_settings(tmp_path: Path, monkeypatch: pytest
     assert seen["s"].triage_min == 1
     r = CliRunner().invoke(cli, ["render", "--triage-min", "-1", "hello"])
     assert r.exit_code == 2 and "-1" in r.output
+    r = CliRunner().invoke(cli, ["render", "--triage", "--triage-min", "1", "hello"])
+    assert r.exit_code == 0
+    assert "triage_min has no effect without logprobs" in r.stderr
