@@ -458,10 +458,9 @@ class AsyncModerator:
     def _triage_cache_key(self, text: str, policy_ids: Sequence[str], backend: Backend) -> str:
         """The result-cache key of a triage call. With logprobs the threshold is left out: it
         does not change the prompt or the call, only which policies the recorded P(yes) select,
-        and a cached answer is re-selected at the current threshold (see :meth:`_triage`); so is
-        ``triage_min``. So
-        trying another threshold on items already triaged costs no triage call and compares
-        thresholds on the same answers. (The verdict's fingerprint still covers the threshold.)"""
+        and a cached answer is re-selected at the current threshold and ``triage_min`` (see
+        :meth:`_triage`). So trying another threshold on items already triaged costs no triage call
+        and compares thresholds on the same answers. (The verdict's fingerprint still covers both.)"""
         sampling = self.triage_sampling()
         sampling.pop("triage_min", None)
         if sampling.pop("triage_threshold", None) is not None:
