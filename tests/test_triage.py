@@ -274,6 +274,40 @@ async def test_second_run_is_answered_from_the_cache() -> None:
     assert [is_triage(r) for r in fake3.history] == [True]
 
 
+async def test_a_policy_edit_the_triage_prompt_does_not_show_keeps_the_cached_triage_answers(policy_dir: Path) -> None:
+    """The triage prompt shows each policy's id, title, summary and rule titles. Editing anything
+    else (here a rule's description) re-asks that policy's call only: the triage answer and the
+    other policies' calls come from the cache, and the verdict's fingerprint still changes. An
+    edit the triage prompt shows (the summary) re-asks triage."""
+    cache = MemoryCache()
+    settings = base_settings()
+
+    def run(fake: FakeBackend) -> Verdict:
+        mod = Moderator(policy_dir, backend=fake, settings=settings, cache=cache)
+        return mod.moderate("VIOLATE", POLICIES)
+
+    first = run(backend(["hate_speech", "spam_scams"]))
+    spam = policy_dir / "spam_scams.yaml"
+    text = spam.read_text(encoding="utf-8")
+    edited = text.replace("    description: >-\n", "    description: >-\n      Edited for the test.\n", 1)
+    assert edited != text
+    spam.write_text(edited, encoding="utf-8")
+    fake = backend(AssertionError("triage must come from the cache"))
+    second = run(fake)
+    assert [is_triage(r) for r in fake.history] == [False]
+    assert policy_requests(fake) == [("spam_scams",)]  # hate_speech's call is cached too
+    assert second.triage is not None and first.triage is not None
+    assert second.triage.selected == first.triage.selected == ["hate_speech", "spam_scams"]
+    assert second.prompt_fingerprint != first.prompt_fingerprint
+
+    summary_edit = edited.replace("summary: >-\n", "summary: >-\n  Edited summary.\n", 1)
+    assert summary_edit != edited
+    spam.write_text(summary_edit, encoding="utf-8")
+    fake2 = backend(["hate_speech", "spam_scams"])
+    run(fake2)
+    assert [is_triage(r) for r in fake2.history][:1] == [True]
+
+
 async def test_a_fallback_is_not_cached() -> None:
     cache = MemoryCache()
     await make(backend("garbage"), cache=cache, max_reasks=0).moderate("hi", POLICIES)

@@ -369,7 +369,6 @@ class AsyncModerator:
         self._backend_lock: asyncio.Lock | None = None
         self._compilers: dict[tuple[str, ...], Compiler] = {}
         self._triage_compilers: dict[tuple[str, ...], TriageCompiler] = {}
-        self._triage_cache_fps: dict[tuple[str, ...], str] = {}
         self._concurrency = self.settings.concurrency
         self._sem: asyncio.Semaphore | None = None
         self._ramps: dict[str, _Ramp] = {}
@@ -456,28 +455,20 @@ class AsyncModerator:
         return comp
 
     def _triage_cache_key(self, text: str, policy_ids: Sequence[str], backend: Backend) -> str:
-        """The result-cache key of a triage call. With logprobs the threshold is left out: it
-        does not change the prompt or the call, only which policies the recorded P(yes) select,
-        and a cached answer is re-selected at the current threshold and ``triage_min`` (see
-        :meth:`_triage`). So trying another threshold on items already triaged costs no triage call
-        and compares thresholds on the same answers. (The verdict's fingerprint still covers both.)"""
+        """The result-cache key of a triage call: the item, the triage prompt's
+        :attr:`~cotmod.prompting.TriageCompiler.prompt_fingerprint` (what the call sends, so an
+        edit to a policy that the triage prompt does not show keeps its cached answers), the model
+        and the sampling. With logprobs the threshold is left out: it does not change the prompt or
+        the call, only which policies the recorded P(yes) select, and a cached answer is
+        re-selected at the current threshold and ``triage_min`` (see :meth:`_triage`). So trying
+        another threshold on items already triaged costs no triage call and compares thresholds on
+        the same answers. (The verdict's fingerprint still covers the policies, threshold and
+        floor.)"""
         sampling = self.triage_sampling()
         sampling.pop("triage_min", None)
         if sampling.pop("triage_threshold", None) is not None:
             sampling["triage_selection"] = "by_probability"
-        key = tuple(policy_ids)
-        fp = self._triage_cache_fps.get(key)
-        if fp is None:
-            comp = self.triage_compiler(key)
-            fp = TriageCompiler(
-                comp.policies,
-                templates=self.templates,
-                max_item_tokens=self.settings.max_item_tokens,
-                schema_limits=self.settings.schema_limits,
-                sampling=sampling,
-                max_policies=self.settings.triage_max,
-            ).fingerprint
-            self._triage_cache_fps[key] = fp
+        fp = self.triage_compiler(policy_ids).prompt_fingerprint
         return cache_key(text, fp, backend.model_name, sampling)
 
     def fingerprint(self, policies: Sequence[str] | None = None) -> str:

@@ -80,6 +80,11 @@ _PROBE_TEXT = "<item text>"
 _PROBE_BOUNDARY = "0" * 16
 
 
+def _hash(blob: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+    return "fp-" + h.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class TriageAnswer:
     """A valid triage answer: the one-sentence summary and the selected policy ids (in the
@@ -302,13 +307,11 @@ class TriageCompiler:
             content_close=content_close,
         )
 
-    @cached_property
-    def fingerprint(self) -> str:
-        """Stable hash of everything sent besides the item, and of the expected output."""
-        blob: dict[str, Any] = {
+    def _request_blob(self) -> dict[str, Any]:
+        """Everything a triage request sends besides the item and the sampling settings."""
+        return {
             "v": TRIAGE_FINGERPRINT_VERSION,
             "kind": "triage",
-            "policies": [[p.id, p.version, p.content_hash()] for p in self.policies],
             "templates": {
                 n: hashlib.sha256(self._templates_for(n).source(n).encode()).hexdigest()
                 for n in (TRIAGE_SYSTEM_TEMPLATE, TRIAGE_USER_TEMPLATE)
@@ -325,10 +328,28 @@ class TriageCompiler:
                 "token_counter": token_counter_name(),
                 "max_policies": self.max_policies,
             },
+        }
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Stable hash of everything sent besides the item, and of the expected output, with each
+        policy's id, version and content hash: it changes whenever a policy in play changes."""
+        blob = self._request_blob() | {
+            "policies": [[p.id, p.version, p.content_hash()] for p in self.policies],
             "sampling": self.sampling,
         }
-        h = hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
-        return "fp-" + h.hexdigest()[:16]
+        return _hash(blob)
+
+    @cached_property
+    def prompt_fingerprint(self) -> str:
+        """Stable hash of exactly what a triage request sends besides the item (the rendered
+        messages, templates and schemas), without the sampling settings and without the policies'
+        content hashes. The triage prompt shows only each policy's id, title, summary and rule
+        titles, so an edit anywhere else in a policy (a rule's description, an exception, an
+        example, the decision questions, the version) leaves it unchanged. The engine keys cached
+        triage answers on it (with the sampling passed to the cache key separately), so a policy
+        edit re-asks only that policy's calls, not triage for every item."""
+        return _hash(self._request_blob())
 
     def compile(self, text: str, *, item_id: str = "item") -> CompiledPrompt:
         """The triage messages for one item. Each call draws a fresh random content boundary."""
