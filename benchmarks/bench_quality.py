@@ -317,9 +317,13 @@ def in_play(mode: str, set_labels: dict[str, list[str]], all_policies: Sequence[
 
 
 def mapping_doc(name: str, set_labels: dict[str, list[str]], strata: list[str], policies: list[str]) -> dict[str, Any]:
+    """The sample's label mapping: each label's policies among those in play (a label none of whose
+    policies is loaded, e.g. with ``--guidelines`` holding part of the starter pack, is left out),
+    and ``any_violation`` for every policy in play."""
+    kept = {lab: [p for p in ps if p in policies] for lab, ps in set_labels.items()}
     return {
         "name": f"{name}-quality-sample",
-        "labels": {**{lab: {"policies": ps} for lab, ps in set_labels.items()}, ANY: {"policies": policies}},
+        "labels": {**{lab: {"policies": ps} for lab, ps in kept.items() if ps}, ANY: {"policies": policies}},
         "strata": strata,
     }
 

@@ -140,6 +140,9 @@ def test_golden_row_and_mapping_add_any_violation() -> None:
     assert bq.in_play("all", labels, ["a", "hate_speech"]) == ["a", "hate_speech"]
     doc = bq.mapping_doc("hatecheck", labels, ["functionality"], ["a", "hate_speech"])
     assert doc["labels"][bq.ANY] == {"policies": ["a", "hate_speech"]} and doc["labels"]["hateful"] == {"policies": ["hate_speech"]}
+    # --guidelines holding part of the starter pack: labels keep only the policies loaded
+    part = bq.mapping_doc("x", {"unsafe": ["violent_threats", "dangerous_activities"], "cse": ["minor_safety"]}, [], ["dangerous_activities"])
+    assert part["labels"] == {"unsafe": {"policies": ["dangerous_activities"]}, bq.ANY: {"policies": ["dangerous_activities"]}}
 
 
 def test_write_once_refuses_another_sample(tmp_path: Path) -> None:
