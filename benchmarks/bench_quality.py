@@ -328,6 +328,14 @@ def mapping_doc(name: str, set_labels: dict[str, list[str]], strata: list[str], 
     }
 
 
+def keep_labels(row: dict[str, Any], labels: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with only the labels its sample's mapping has: those no policy in play decides
+    (see :func:`mapping_doc`) are left out; with every policy loaded nothing changes."""
+    if set(row["labels"]) <= set(labels):
+        return row
+    return {**row, "labels": {k: v for k, v in row["labels"].items() if k in labels}}
+
+
 def write_once(path: Path, text: str, what: str = "sample or mapping (other --n, --seed, --dev, --policies or policies)") -> None:
     """Write ``text`` unless the file holds something else already (another sample): refuse."""
     if path.exists():
@@ -957,11 +965,12 @@ def main() -> None:
             pols = in_play(modes[name], m.labels, all_policies)
             set_dir = work / name
             set_dir.mkdir(exist_ok=True)
-            items_by_set[name] = [golden_row(name, r) for r in samples[name]]
+            doc = mapping_doc(name, m.labels, m.strata, pols)
+            items_by_set[name] = [keep_labels(golden_row(name, r), doc["labels"]) for r in samples[name]]
             sample_text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items_by_set[name])
             try:
                 write_once(set_dir / "sample.jsonl", sample_text)
-                write_once(set_dir / "mapping.yaml", json.dumps(mapping_doc(name, m.labels, m.strata, pols), indent=1) + "\n")
+                write_once(set_dir / "mapping.yaml", json.dumps(doc, indent=1) + "\n")
             except ValueError as exc:
                 print(f"bench_quality: {exc}", file=sys.stderr)
                 sys.exit(2)

@@ -143,6 +143,9 @@ def test_golden_row_and_mapping_add_any_violation() -> None:
     # --guidelines holding part of the starter pack: labels keep only the policies loaded
     part = bq.mapping_doc("x", {"unsafe": ["violent_threats", "dangerous_activities"], "cse": ["minor_safety"]}, [], ["dangerous_activities"])
     assert part["labels"] == {"unsafe": {"policies": ["dangerous_activities"]}, bq.ANY: {"policies": ["dangerous_activities"]}}
+    row = {"id": "y", "text": "t", "labels": {"unsafe": 1, "cse": 1, bq.ANY: 1}}
+    assert bq.keep_labels(row, part["labels"])["labels"] == {"unsafe": 1, bq.ANY: 1}
+    assert bq.keep_labels(row, {**part["labels"], "cse": {}}) is row
 
 
 def test_write_once_refuses_another_sample(tmp_path: Path) -> None:
