@@ -87,6 +87,13 @@ _PROBE_BOUNDARY = "0" * (2 * BOUNDARY_BYTES)
 _MAX_DRAWS = 100
 
 
+def hash_fingerprint(blob: Mapping[str, Any]) -> str:
+    """The ``fp-`` fingerprint of a JSON-able description of what a prompt sends (canonical JSON,
+    SHA-256, 16 hex digits): shared by the policy and triage compilers."""
+    h = hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+    return "fp-" + h.hexdigest()[:16]
+
+
 def default_prompts_dir() -> Path:
     return bundled_dir("prompts")
 
@@ -459,8 +466,7 @@ class Compiler:
                 self._logic_templates.source(LOGIC_TEMPLATE).encode()
             ).hexdigest()
             blob["settings"]["decision_logic"] = True
-        h = hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
-        return "fp-" + h.hexdigest()[:16]
+        return hash_fingerprint(blob)
 
     def _user_message(self, text: str, item_id: str, truncated: bool, boundary: str) -> str:
         content_open, content_close = boundary_lines(boundary)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -55,6 +54,7 @@ from ._compiler import (
     PromptTemplates,
     boundary_lines,
     content_boundary,
+    hash_fingerprint,
 )
 from ._decision import OutputInvalid, ValueSlot, check_schema, extract_json, value_distributions
 from ._tokens import count_tokens, token_counter_name, truncate_to_tokens
@@ -78,11 +78,6 @@ MAX_SUMMARY_CHARS = 150
 TRIAGE_FINGERPRINT_VERSION = "2"
 _PROBE_TEXT = "<item text>"
 _PROBE_BOUNDARY = "0" * 16
-
-
-def _hash(blob: dict[str, Any]) -> str:
-    h = hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
-    return "fp-" + h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -338,7 +333,7 @@ class TriageCompiler:
             "policies": [[p.id, p.version, p.content_hash()] for p in self.policies],
             "sampling": self.sampling,
         }
-        return _hash(blob)
+        return hash_fingerprint(blob)
 
     @cached_property
     def prompt_fingerprint(self) -> str:
@@ -349,7 +344,7 @@ class TriageCompiler:
         example, the decision questions, the version) leaves it unchanged. The engine keys cached
         triage answers on it (with the sampling passed to the cache key separately), so a policy
         edit re-asks only that policy's calls, not triage for every item."""
-        return _hash(self._request_blob())
+        return hash_fingerprint(self._request_blob())
 
     def compile(self, text: str, *, item_id: str = "item") -> CompiledPrompt:
         """The triage messages for one item. Each call draws a fresh random content boundary."""
