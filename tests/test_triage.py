@@ -129,7 +129,8 @@ async def test_only_selected_policies_get_their_call_and_the_others_are_triaged_
         d = v.decision(pid)
         assert d.triaged_out is True
         assert (d.violates, d.action, d.escalate, d.rule_ids, d.confidence, d.score) == (False, "allow", False, [], 1.0, 0.0)
-        assert d.rationale == f"Triaged out: {SUMMARY}"
+        # the reason is the policy's own (triage answered "no" for it); the summary is context
+        assert d.rationale == f"Triaged out: triage answered that this policy is not at stake. Triage's summary of the content: {SUMMARY}"
         assert d.policy_version == mod.policies[pid].version
     assert v.triage == Triage(selected=["hate_speech"], skipped=["spam_scams", "violent_threats"], summary=SUMMARY, fallback=None)
     assert set(v.policy_versions) == set(POLICIES)
@@ -614,10 +615,30 @@ async def test_triage_threshold_and_scores_reach_the_verdict() -> None:
     assert v.triage is not None and v.triage.selected == ["spam_scams", "violent_threats"]
     assert v.triage.scores == probs and v.model_dump(mode="json")["triage"]["scores"] == probs
     assert sorted(policy_requests(fake)) == [("spam_scams",), ("violent_threats",)]
+    # each triaged-out policy says why in its own numbers, not only the item's summary
+    assert v.decision("hate_speech").rationale == (
+        "Triaged out: triage's probability that this policy is at stake, 0.20, is below the threshold 0.25. "
+        "Triage's summary of the content: a post"
+    )
+    # a policy over the threshold left out by the cap on policies judged per item says so
+    fake = FakeBackend(default=respond)
+    v = await make(fake, logprobs=True, triage_threshold=0.25, triage_max=1).moderate("hello", POLICIES)
+    assert v.triage is not None and v.triage.selected == ["spam_scams"]
+    assert v.decision("violent_threats").rationale.startswith(
+        "Triaged out: triage's probability 0.30 reached the threshold 0.25, but at most 1 policy is judged per item (triage_max), "
+        "the most likely first."
+    )
+    assert v.decision("hate_speech").rationale.startswith("Triaged out: triage's probability that this policy is at stake, 0.20")
     # logprobs off: no scores in the record, the words decide
     fake = backend(["spam_scams"])
     v = await make(fake, triage_threshold=0.0).moderate("hello", POLICIES)
     assert v.triage is not None and v.triage.selected == ["spam_scams"] and "scores" not in v.model_dump(mode="json")["triage"]
+    # without logprobs, a "yes" beyond the cap says so too
+    v = await make(backend(["spam_scams", "violent_threats"]), triage_max=1).moderate("hello", POLICIES)
+    assert v.triage is not None and v.triage.selected == ["spam_scams"]
+    assert v.decision("violent_threats").rationale.startswith(
+        "Triaged out: triage answered yes, but at most 1 policy is judged per item (triage_max)."
+    )
 
 
 async def test_another_threshold_reuses_the_cached_triage_answer_and_reselects() -> None:

@@ -257,12 +257,35 @@ def _triage_fallback_on(exc: TransportError) -> bool:
     return isinstance(exc, RequestTimeoutError) or not isinstance(exc, _FATAL_FOR_TRIAGE)
 
 
-def _triaged_out(policy: Policy, summary: str) -> PolicyDecision:
+def triage_reason(policy_id: str, triage: TriageOutcome, threshold: float | None, max_policies: int) -> str:
+    """Why triage left ``policy_id`` out, in the policy's own terms: its P(yes) against
+    ``threshold`` (with logprobs), or the word triage answered for it, or the cap of
+    ``max_policies`` judged per item; then the triage call's summary as context. The summary is
+    one sentence for the whole item and can be wrong about it, so it is never the reason alone."""
+    score = (triage.scores or {}).get(policy_id) if threshold is not None else None
+    cap = f"at most {max_policies} polic{'y is' if max_policies == 1 else 'ies are'} judged per item (triage_max)"
+    answer = (triage.answers or {}).get(policy_id)
+    if score is not None and threshold is not None:
+        if score < threshold:
+            why = f"triage's probability that this policy is at stake, {score:.2f}, is below the threshold {threshold:.2f}."
+        else:
+            why = f"triage's probability {score:.2f} reached the threshold {threshold:.2f}, but {cap}, the most likely first."
+    elif answer == "no":
+        why = "triage answered that this policy is not at stake."
+    elif answer == "yes":
+        why = f"triage answered yes, but {cap}."
+    else:
+        why = "triage found this policy not at stake."
+    summary = triage.summary.strip()
+    return f"Triaged out: {why}" + (f" Triage's summary of the content: {summary}" if summary else "")
+
+
+def _triaged_out(policy: Policy, reason: str) -> PolicyDecision:
     """The decision recorded for a policy triage found not at stake: allow, not judged."""
     return PolicyDecision(
         policy_id=policy.id,
         policy_version=policy.version,
-        rationale=f"Triaged out: {summary}" if summary else "Triaged out: triage found this policy not at stake.",
+        rationale=reason,
         violates=False,
         rule_ids=[],
         action="allow",
@@ -925,8 +948,9 @@ class AsyncModerator:
         # groups the LLM must judge: any of their policies routed to it (all, without a cascade)
         to_llm = [i for i, g in enumerate(groups) if any(routes.get(pid, ("llm", None))[0] == "llm" for pid in g)]
         triage: TriageOutcome | None = None
+        triaged_ids = [pid for i in to_llm for pid in groups[i]]
         if self.settings.triage and len(to_llm) > 1:
-            triage = await self._triage(it, [pid for i in to_llm for pid in groups[i]], backend, sem)
+            triage = await self._triage(it, triaged_ids, backend, sem)
 
         async def guarded(p: CompiledPrompt) -> GroupOutcome:
             key = self._cache_key(it.text, p, backend) if cache is not None else None
@@ -968,7 +992,9 @@ class AsyncModerator:
                 outcomes.append(GroupOutcome([], [], Usage(), 0, 0, 0, _model_label(None, backend.model_name)))
             else:
                 assert triage is not None
-                decisions = [_triaged_out(self.policies[pid], triage.summary) for pid in g]
+                threshold = self.settings.triage_threshold if self.settings.logprobs else None
+                cap = self.triage_compiler(triaged_ids).max_policies
+                decisions = [_triaged_out(self.policies[pid], triage_reason(pid, triage, threshold, cap)) for pid in g]
                 outcomes.append(GroupOutcome([], decisions, Usage(), 0, 0, 0, triage.model))
         latency = (time.perf_counter() - start) * 1000
         return self.build_verdict(it, groups, prompts, outcomes, latency, triage=triage, routes=routes)
