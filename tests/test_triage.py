@@ -27,12 +27,13 @@ from cotmod import (
     verdict_json_schema,
 )
 from cotmod._exceptions import RequestTimeoutError
-from cotmod._verdict import Triage
+from cotmod._verdict import Triage, Usage
 from cotmod.backends._openai import ChatRequest, ChatResult
 from cotmod.batch import Runner, export_batch, import_batch
 from cotmod.batch._runner import RunSummary
 from cotmod.cli import cli
 from cotmod.engine import MemoryCache
+from cotmod.engine._moderator import TriageOutcome, triage_reason
 from cotmod.prompting import (
     TriageCompiler,
     boundary_lines,
@@ -629,6 +630,11 @@ async def test_triage_threshold_and_scores_reach_the_verdict() -> None:
         "the most likely first."
     )
     assert v.decision("hate_speech").rationale.startswith("Triaged out: triage's probability that this policy is at stake, 0.20")
+    # a probability just under the threshold is shown with the digits that tell them apart
+    outcome = TriageOutcome("a post", [], Usage(), 1, 0, 0, "m", scores={"hate_speech": 0.299})
+    assert triage_reason("hate_speech", outcome, 0.3, 2).startswith(
+        "Triaged out: triage's probability that this policy is at stake, 0.299, is below the threshold 0.300."
+    )
     # logprobs off: no scores in the record, the words decide
     fake = backend(["spam_scams"])
     v = await make(fake, triage_threshold=0.0).moderate("hello", POLICIES)

@@ -263,13 +263,16 @@ def triage_reason(policy_id: str, triage: TriageOutcome, threshold: float | None
     ``max_policies`` judged per item; then the triage call's summary as context. The summary is
     one sentence for the whole item and can be wrong about it, so it is never the reason alone."""
     score = (triage.scores or {}).get(policy_id) if threshold is not None else None
+    digits = 2
+    while score is not None and threshold is not None and digits < 6 and f"{score:.{digits}f}" == f"{threshold:.{digits}f}" and score != threshold:
+        digits += 1  # 0.299 against 0.3 must not read "0.30 is below the threshold 0.30"
     cap = f"at most {max_policies} polic{'y is' if max_policies == 1 else 'ies are'} judged per item (triage_max)"
     answer = (triage.answers or {}).get(policy_id)
     if score is not None and threshold is not None:
         if score < threshold:
-            why = f"triage's probability that this policy is at stake, {score:.2f}, is below the threshold {threshold:.2f}."
+            why = f"triage's probability that this policy is at stake, {score:.{digits}f}, is below the threshold {threshold:.{digits}f}."
         else:
-            why = f"triage's probability {score:.2f} reached the threshold {threshold:.2f}, but {cap}, the most likely first."
+            why = f"triage's probability {score:.{digits}f} reached the threshold {threshold:.{digits}f}, but {cap}, the most likely first."
     elif answer == "no":
         why = "triage answered that this policy is not at stake."
     elif answer == "yes":
