@@ -143,8 +143,6 @@ async def test_only_selected_policies_get_their_call_and_the_others_are_triaged_
 
 async def test_usage_and_transport_retries_of_the_triage_call_are_in_the_verdict() -> None:
     def triage_result(req: ChatRequest) -> ChatResult:
-        from cotmod._verdict import Usage
-
         text = json.dumps(triage_answer(req, ["spam_scams"]))
         return ChatResult(text, "stop", Usage(prompt_tokens=1000, completion_tokens=30, total_tokens=1030), "fake-model", transport_retries=2)
 
