@@ -67,6 +67,8 @@ line. Usage::
     python benchmarks/bench_quality.py --out benchmarks/results/NAME            # benchmark sample
     python benchmarks/bench_quality.py --sets hatecheck --n hatecheck=80 --dev 7 --out dev-run
     python benchmarks/bench_quality.py --out DIR --reuse                        # re-measure
+    python benchmarks/bench_quality.py --out DIR --reuse --threshold-curve 0.03,0.05,0.1
+                                            # the same verdicts at other global score thresholds
 """
 
 from __future__ import annotations
@@ -604,6 +606,75 @@ def tune_operating_point(dev_out: Path, variant: str, policies: Sequence[str]) -
     }
 
 
+def parse_curve(spec: str) -> list[float]:
+    """``--threshold-curve``: comma-separated thresholds in [0, 1], returned sorted."""
+    out: list[float] = []
+    for part in (x.strip() for x in spec.split(",")):
+        if not part:
+            continue
+        try:
+            t = float(part)
+        except ValueError:
+            raise ValueError(f"--threshold-curve: {part!r} is not a number") from None
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"--threshold-curve: {part} is outside [0, 1]")
+        out.append(t)
+    if not out:
+        raise ValueError("--threshold-curve: give at least one threshold, e.g. 0.03,0.05,0.1")
+    return sorted(set(out))
+
+
+def curve_point(
+    sets: Sequence[str], items_by_set: dict[str, list[dict[str, Any]]], infos: dict[str, dict[str, Any]],
+    work: Path, variant: str, threshold: float | None,
+) -> dict[str, Any]:
+    """A cotmod variant's recorded verdicts decided at one global ``threshold`` on every policy's
+    score (None: the model's own decisions), every set pooled: F1 of "anything violated" (errors
+    count as wrong), benign items flagged, attribution precision and policies blamed per harmful
+    item, and F1 per set. No model call."""
+    tp = fp = fn = benign = benign_flagged = errors = 0
+    flags: list[ItemFlags] = []
+    per_set: dict[str, float | None] = {}
+    for name in sets:
+        run_dir = work / name / variant / "run"
+        pols = infos[name]["policies"]
+        op = None if threshold is None else {pid: {"review": threshold} for pid in pols}
+        verdicts = {str(x["item_id"]): x for x in read_jsonl(run_dir / "verdicts.jsonl")}
+        dead = {str(x["id"]): x for x in read_jsonl(run_dir / "verdicts.errors.jsonl")}
+        s_tp = s_fp = s_fn = 0
+        for it in items_by_set[name]:
+            r = cotmod_record(it, verdicts.get(it["id"]), dead.get(it["id"]), pols, op)
+            if r.pred is None:  # not run yet
+                continue
+            errors += int(r.status == "error")
+            s_tp += int(r.gold == 1 and r.pred == 1)
+            s_fp += int(r.gold == 0 and r.pred == 1)
+            s_fn += int(r.gold == 1 and r.pred == 0)
+            if r.gold == 0:
+                benign += 1
+                benign_flagged += int(r.pred == 1)
+        per_set[name] = 2 * s_tp / (2 * s_tp + s_fp + s_fn) if s_tp else (0.0 if s_fp + s_fn else None)
+        tp, fp, fn = tp + s_tp, fp + s_fp, fn + s_fn
+        if (run_dir / "manifest.json").exists():
+            flags.extend(compute_metrics(run_dir, thresholds=op, bootstrap_rounds=10).item_flags)
+    return {
+        "threshold": threshold, "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0, "tp": tp, "fp": fp, "fn": fn,
+        "benign_flagged": benign_flagged, "benign": benign, "errors": errors, **pair_attribution(flags),
+        "f1_per_set": per_set,
+    }
+
+
+def print_curve(variant: str, rows: Sequence[dict[str, Any]]) -> None:
+    print(f"\nthreshold curve of {variant} (every policy decides by score >= threshold; the same verdicts, pooled)")
+    print(f"  {'threshold':>9} {'F1':>6} {'TP':>4} {'FP':>4} {'FN':>4} {'benign flagged':>15} {'attribution':>11} {'blamed':>6}  F1 per set")
+    for r in rows:
+        t = "decision" if r["threshold"] is None else f"{r['threshold']:.3g}"
+        ap_ = r["attribution_precision"]
+        per = " ".join(f"{k}:{fmt(v)}" for k, v in r["f1_per_set"].items())
+        print(f"  {t:>9} {r['f1']:6.3f} {r['tp']:4d} {r['fp']:4d} {r['fn']:4d} {r['benign_flagged']:>8d} of {r['benign']:<4d} "
+              f"{'-' if ap_ is None else f'{ap_:.2f}':>11} {fmt(r['blamed_per_harmful'], '.2f'):>6}  {per}")
+
+
 # -- running ------------------------------------------------------------------------------------
 def count_lines(path: Path) -> int:
     return len(read_jsonl(path))
@@ -891,6 +962,10 @@ def main() -> None:
                     "deltas with CIs and McNemar (paired_vs_baseline) and attribution deltas (attribution_vs_VARIANT); "
                     "e.g. a run of the previous policies copied in as SET/v14 and measured with --reuse")
     ap.add_argument("--tune-variant", default="new", help="the development run's variant to tune on [default: new]")
+    ap.add_argument("--threshold-curve", default=None, metavar="T,T,...",
+                    help="also decide every cotmod variant's recorded verdicts at each of these global score thresholds "
+                         "(no model call): pooled F1, benign items flagged, attribution precision and policies blamed "
+                         "per harmful item, F1 per set; printed and written to result.json's threshold_curve")
     args = ap.parse_args()
 
     try:
@@ -909,6 +984,7 @@ def main() -> None:
             raise ValueError("--reuse needs --out (the directory to measure)")
         if args.operating_point and args.tune_on:
             raise ValueError("give --operating-point or --tune-on, not both")
+        curve = parse_curve(args.threshold_curve) if args.threshold_curve is not None else None
         sets = [s for s in sets if n[s] > 0]
         if not sets:
             raise ValueError("every selected set has --n 0")
@@ -1041,6 +1117,14 @@ def main() -> None:
         for v, pb in baseline_pairs(pooled, args.baseline, rounds=args.bootstrap).items():
             pooled_out[v]["paired_vs_baseline"] = pb
     result["pooled"] = pooled_out
+    if curve is not None:
+        result["threshold_curve"] = {}
+        for v in variants:
+            if v == NAIVE:
+                continue
+            rows = [curve_point(sets, items_by_set, infos, work, v, t) for t in (None, *curve)]
+            result["threshold_curve"][v] = rows
+            print_curve(v, rows)
     print(f"\nmodel {args.model}; seed {args.seed}{f'; dev sample (seed {args.dev})' if args.dev is not None else ''}; "
           f"out {work}; policy legend: " + ", ".join(f"{short(p)}={p}" for p in all_policies))
     print("errors count as wrong in P/R/F1/FPR (harmful -> FN, benign -> FP); calls = Verdict.attempts per item")

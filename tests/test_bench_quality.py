@@ -424,3 +424,43 @@ def test_an_unknown_baseline_is_one_clear_line_before_anything_runs(tmp_path: Pa
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == "bench_quality: --baseline v13: not a variant of this run (variants: naive, new)"
     assert not (out / "result.json").exists()
+
+
+def test_parse_curve_sorts_and_refuses_bad_thresholds() -> None:
+    assert bq.parse_curve("0.1, 0.03,0.1,") == [0.03, 0.1]
+    for bad, msg in (("0.1,x", "'x' is not a number"), ("1.5", "outside [0, 1]"), (" , ", "at least one threshold")):
+        with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+            bq.parse_curve(bad)
+
+
+def test_threshold_curve_rereads_recorded_verdicts_at_each_threshold(tmp_path: Path) -> None:
+    """--threshold-curve on a committed run (--reuse, no model): the model's decisions and each
+    threshold, pooled; at the operating point's own threshold it agrees with VARIANT@op, and a
+    lower threshold never flags fewer items."""
+    import shutil
+    import subprocess
+
+    src = ROOT / "benchmarks" / "results" / "quality-qwen1.5b-v1.4-issue11"
+    op_t = json.loads((src / "operating_point.yaml").read_text())["thresholds"]["spam_scams"]["review"]
+    out = tmp_path / "out"
+    shutil.copytree(src / "sms_spam", out / "sms_spam")
+    (out / "result.json").write_text(json.dumps({"seed": 2026, "dev": None}))
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), "--out", str(out), "--reuse", "--sets", "sms_spam",
+         "--variants", "new", "--operating-point", str(src / "operating_point.yaml"), "--bootstrap", "50",
+         "--threshold-curve", f"0.5,{op_t!r},0.01"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads((out / "result.json").read_text())
+    rows = got["threshold_curve"]["new"]
+    assert [x["threshold"] for x in rows] == [None, 0.01, op_t, 0.5]
+    new, at_op = got["pooled"]["new"], got["pooled"]["new@op"]
+    assert (rows[0]["tp"], rows[0]["fp"], rows[0]["fn"]) == (new["confusion"]["tp"], new["confusion"]["fp"], new["confusion"]["fn"])
+    assert rows[2]["f1"] == pytest.approx(at_op["f1"])
+    assert rows[2]["benign_flagged"] == at_op["confusion"]["fp"] and rows[2]["benign"] == 15
+    op_attr = got["sets"]["sms_spam"]["variants"]["new@op"]["attribution"]
+    assert rows[2]["attribution_precision"] == op_attr["attribution_precision"]
+    flagged = [x["tp"] + x["fp"] for x in rows[1:]]
+    assert flagged == sorted(flagged, reverse=True) and flagged[0] > flagged[-1]
+    assert "threshold curve of new" in r.stdout and "decision" in r.stdout
