@@ -624,44 +624,49 @@ def parse_curve(spec: str) -> list[float]:
     return sorted(set(out))
 
 
-def curve_point(
+def threshold_curve(
     sets: Sequence[str], items_by_set: dict[str, list[dict[str, Any]]], infos: dict[str, dict[str, Any]],
-    work: Path, variant: str, threshold: float | None,
-) -> dict[str, Any]:
-    """A cotmod variant's recorded verdicts decided at one global ``threshold`` on every policy's
+    work: Path, variant: str, thresholds: Sequence[float | None],
+) -> list[dict[str, Any]]:
+    """A cotmod variant's recorded verdicts decided at each global threshold on every policy's
     score (None: the model's own decisions), every set pooled: F1 of "anything violated" (errors
-    count as wrong), benign items flagged, attribution precision and policies blamed per harmful
-    item, and F1 per set. No model call."""
-    tp = fp = fn = benign = benign_flagged = errors = 0
-    flags: list[ItemFlags] = []
-    per_set: dict[str, float | None] = {}
+    count as wrong, as in the headline figures), benign items flagged, attribution precision and
+    policies blamed per harmful item, and F1 per set. No model call; each set's verdicts are read
+    once."""
+    runs = {}
     for name in sets:
         run_dir = work / name / variant / "run"
-        pols = infos[name]["policies"]
-        op = None if threshold is None else {pid: {"review": threshold} for pid in pols}
-        verdicts = {str(x["item_id"]): x for x in read_jsonl(run_dir / "verdicts.jsonl")}
-        dead = {str(x["id"]): x for x in read_jsonl(run_dir / "verdicts.errors.jsonl")}
-        s_tp = s_fp = s_fn = 0
-        for it in items_by_set[name]:
-            r = cotmod_record(it, verdicts.get(it["id"]), dead.get(it["id"]), pols, op)
-            if r.pred is None:  # not run yet
-                continue
-            errors += int(r.status == "error")
-            s_tp += int(r.gold == 1 and r.pred == 1)
-            s_fp += int(r.gold == 0 and r.pred == 1)
-            s_fn += int(r.gold == 1 and r.pred == 0)
-            if r.gold == 0:
-                benign += 1
-                benign_flagged += int(r.pred == 1)
-        per_set[name] = 2 * s_tp / (2 * s_tp + s_fp + s_fn) if s_tp else (0.0 if s_fp + s_fn else None)
-        tp, fp, fn = tp + s_tp, fp + s_fp, fn + s_fn
-        if (run_dir / "manifest.json").exists():
-            flags.extend(compute_metrics(run_dir, thresholds=op, bootstrap_rounds=10).item_flags)
-    return {
-        "threshold": threshold, "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0, "tp": tp, "fp": fp, "fn": fn,
-        "benign_flagged": benign_flagged, "benign": benign, "errors": errors, **pair_attribution(flags),
-        "f1_per_set": per_set,
-    }
+        runs[name] = (run_dir, {str(x["item_id"]): x for x in read_jsonl(run_dir / "verdicts.jsonl")},
+                      {str(x["id"]): x for x in read_jsonl(run_dir / "verdicts.errors.jsonl")})
+    rows = []
+    for threshold in thresholds:
+        ys: list[int] = []
+        ps: list[int] = []
+        errors = 0
+        flags: list[ItemFlags] = []
+        per_set: dict[str, float | None] = {}
+        for name in sets:
+            run_dir, verdicts, dead = runs[name]
+            pols = infos[name]["policies"]
+            op = None if threshold is None else {pid: {"review": threshold} for pid in pols}
+            recs = [cotmod_record(it, verdicts.get(it["id"]), dead.get(it["id"]), pols, op) for it in items_by_set[name]]
+            done = [r for r in recs if r.pred is not None]  # items not run yet are left out
+            errors += sum(1 for r in done if r.status == "error")
+            m = binary_metrics([r.gold for r in done], [int(r.pred or 0) for r in done])
+            c = m["confusion"]
+            per_set[name] = m["f1"] if c["tp"] + c["fp"] + c["fn"] else None
+            ys += [r.gold for r in done]
+            ps += [int(r.pred or 0) for r in done]
+            if (run_dir / "manifest.json").exists():
+                flags.extend(compute_metrics(run_dir, thresholds=op, bootstrap_rounds=10).item_flags)
+        m = binary_metrics(ys, ps)
+        c = m["confusion"]
+        rows.append({
+            "threshold": threshold, "f1": m["f1"], "tp": c["tp"], "fp": c["fp"], "fn": c["fn"],
+            "benign_flagged": c["fp"], "benign": c["fp"] + c["tn"], "errors": errors, **pair_attribution(flags),
+            "f1_per_set": per_set,
+        })
+    return rows
 
 
 def print_curve(variant: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -1122,7 +1127,7 @@ def main() -> None:
         for v in variants:
             if v == NAIVE:
                 continue
-            rows = [curve_point(sets, items_by_set, infos, work, v, t) for t in (None, *curve)]
+            rows = threshold_curve(sets, items_by_set, infos, work, v, [None, *curve])
             result["threshold_curve"][v] = rows
             print_curve(v, rows)
     print(f"\nmodel {args.model}; seed {args.seed}{f'; dev sample (seed {args.dev})' if args.dev is not None else ''}; "
