@@ -493,9 +493,36 @@ def headline(recs: Sequence[ItemRecord], *, rounds: int = 1000, seed: int = 0) -
     return out
 
 
+def paired_auprc(base: Sequence[ItemRecord], other: Sequence[ItemRecord], *, rounds: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+    """AUPRC of ``other`` - ``base`` on the items both scored (decided, with a score), with a
+    paired bootstrap 95% CI (the same resampled items for both; resamples with one class only are
+    skipped). None when there are no such items or they hold one class only."""
+    b = {r.id: r for r in base if r.status == "ok" and r.score is not None}
+    pairs = [(b[r.id], r) for r in other if r.status == "ok" and r.score is not None and r.id in b]
+    ys = [x.gold for x, _ in pairs]
+    sa = [float(x.score or 0.0) for x, _ in pairs]
+    sb = [float(y.score or 0.0) for _, y in pairs]
+    a0, b0 = auprc(ys, sa), auprc(ys, sb)
+    if a0 is None or b0 is None:
+        return None
+    rng = random.Random(seed)
+    deltas: list[float] = []
+    n = len(pairs)
+    for _ in range(rounds):
+        idx = [rng.randrange(n) for _ in range(n)]
+        y = [ys[i] for i in idx]
+        da, db = auprc(y, [sa[i] for i in idx]), auprc(y, [sb[i] for i in idx])
+        if da is not None and db is not None:
+            deltas.append(db - da)
+    deltas.sort()
+    ci = [deltas[int(0.025 * (len(deltas) - 1))], deltas[int(0.975 * (len(deltas) - 1))]] if deltas else None
+    return {"n": n, "a": a0, "b": b0, "delta": b0 - a0, "ci95": ci}
+
+
 def paired_vs(base: Sequence[ItemRecord], other: Sequence[ItemRecord], *, rounds: int = 1000) -> dict[str, Any] | None:
     """``other`` - ``base`` on the items both have (errors as wrong): paired-bootstrap CIs of the
-    deltas and an exact McNemar test on which got each item right."""
+    deltas, an exact McNemar test on which got each item right and, when both have scores, the
+    AUPRC delta (:func:`paired_auprc`)."""
     b = {r.id: r for r in base if r.status != "missing"}
     pairs = [(b[r.id], r) for r in other if r.status != "missing" and r.id in b]
     if not pairs:
@@ -505,7 +532,11 @@ def paired_vs(base: Sequence[ItemRecord], other: Sequence[ItemRecord], *, rounds
         ys, [int(x.pred or 0) for x, _ in pairs], [int(y.pred or 0) for _, y in pairs],
         metrics=("precision", "recall", "f1", "fpr", "accuracy"), rounds=rounds,
     ).model_dump(mode="json")
-    return {"n": len(pairs), **pc["metrics"], "mcnemar": pc["mcnemar"]}
+    out = {"n": len(pairs), **pc["metrics"], "mcnemar": pc["mcnemar"]}
+    au = paired_auprc(base, other, rounds=rounds)
+    if au is not None:
+        out["auprc"] = au
+    return out
 
 
 def attribution_figures(result: EvalResult) -> dict[str, Any]:
@@ -823,7 +854,8 @@ def print_set(name: str, info: dict[str, Any]) -> None:
         pb = r.get("paired_vs_baseline")
         if pb and pb.get("f1"):
             print(f"  {v} vs {pb['baseline']} (paired, {pb['n']} items): dF1 {pb['f1']['delta']:+.3f} {fmt_ci(pb['f1']['ci95'])}, "
-                  f"dFPR {pb['fpr']['delta']:+.3f} {fmt_ci(pb['fpr']['ci95'])}, McNemar p {pb['mcnemar']['p_value']:.3g}")
+                  f"dFPR {pb['fpr']['delta']:+.3f} {fmt_ci(pb['fpr']['ci95'])}, McNemar p {pb['mcnemar']['p_value']:.3g}"
+                  + (f", dAUPRC {pb['auprc']['delta']:+.3f} {fmt_ci(pb['auprc']['ci95'])}" if pb.get("auprc") else ""))
     for v, r in info["variants"].items():
         if r.get("triage_ran"):
             tr = r.get("triage_reach")

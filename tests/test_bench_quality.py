@@ -229,6 +229,26 @@ def test_paired_vs_pairs_only_items_both_have() -> None:
     assert d["recall"]["delta"] == 1.0 and d["fpr"]["delta"] == 0.0
 
 
+def test_paired_auprc_on_the_items_both_scored() -> None:
+    """base ranks a benign item second (AP 0.5 + 1/3), other ranks both harmful items first (AP
+    1); an error, a missing item and an unscored item are left out of the pairing."""
+    base = [rec("a", 1, "ok", 1, 0.9), rec("b", 0, "ok", 1, 0.8), rec("c", 1, "ok", 1, 0.7), rec("d", 0, "ok", 0, 0.1),
+            rec("e", 1, "error", 0), rec("f", 0, "ok", 0, 0.5)]
+    other = [rec("a", 1, "ok", 1, 0.9), rec("b", 0, "ok", 0, 0.1), rec("c", 1, "ok", 1, 0.8), rec("d", 0, "ok", 0, 0.2),
+             rec("e", 1, "ok", 1, 0.9), rec("f", 0, "ok", 0, None), rec("g", 1, "ok", 1, 0.9)]
+    d = bq.paired_auprc(base, other, rounds=200)
+    assert d is not None and d["n"] == 4
+    assert d["a"] == pytest.approx(0.5 + 1 / 3) and d["b"] == 1.0 and d["delta"] == pytest.approx(1 / 6)
+    lo, hi = d["ci95"]
+    assert 0.0 <= lo <= d["delta"] <= hi <= 1.0  # other is never worse on a resample: it ranks perfectly
+    assert bq.paired_auprc(base, other, rounds=200) == d  # seeded
+    assert bq.paired_auprc([rec("a", 1, "ok", 1, 0.9)], [rec("a", 1, "ok", 1, 0.2)]) is None  # one class only
+    pv = bq.paired_vs(base, other, rounds=50)
+    assert pv is not None and pv["auprc"]["delta"] == pytest.approx(1 / 6)
+    naive = [rec(r.id, r.gold, r.status, r.pred) for r in base]  # no scores: no AUPRC pairing
+    assert "auprc" not in (bq.paired_vs(naive, other, rounds=50) or {})
+
+
 def test_pair_attribution_hand_example() -> None:
     flags = [
         ItemFlags(id="1", kind="harmful", gold=["hateful"], own=["hate_speech"], flagged=["hate_speech", "harassment_bullying"]),
