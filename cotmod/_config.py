@@ -196,6 +196,15 @@ class Settings(BaseModel):
         "probable make up the number (at most triage_max), so no item is left without a policy call; 0 = "
         "an item triage finds harmless gets no policy call",
     )
+    triage_blend: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="With triage and logprobs: the weight of triage's probability that a policy is at stake in "
+        "that policy's score, score = (1 - w) * the policy call's score + w * P(yes); a policy triaged out then "
+        "scores w * P(yes). Ranks items better (AUPRC) for thresholds and review queues; 0 = the policy call's "
+        "score alone. Sends nothing different and re-asks nothing: cached answers are re-scored",
+    )
     concurrency: int = Field(default=4, ge=1, description="Maximum requests in flight")
     guidelines: str | None = Field(default=None, description="Directory or file of policies")
     prompts: str | None = Field(default=None, description="Directory of prompt templates")
@@ -299,6 +308,9 @@ class Settings(BaseModel):
             name = ".".join(str(x) for x in first["loc"])
             msg = str(first["msg"]).removeprefix("Value error, ")
             raise ConfigError(f"invalid setting {name}: {msg}{where}") from None
+        if settings.triage_blend and not (settings.triage and settings.logprobs):
+            notices.append("cotmod: triage_blend has no effect without triage and logprobs (it blends triage's P(yes) "
+                           "into the scores); add --triage --logprobs")
         if settings.triage and settings.triage_min and not settings.logprobs:
             notices.append("cotmod: triage_min has no effect without logprobs (it ranks policies by P(yes)); "
                            "add --logprobs or logprobs = true")

@@ -99,11 +99,12 @@ class PolicyDecision(BaseModel):
     score: float = Field(
         ge=0.0, le=1.0, description="Probability-like score that the item violates (for thresholds)"
     )
-    score_source: Literal["confidence", "logprobs", "votes", "answers", "classifier"] = Field(
+    score_source: Literal["confidence", "logprobs", "votes", "answers", "classifier", "blend"] = Field(
         default="confidence",
         description="Where score comes from: stated confidence, token log-probabilities, the share "
-        "of self-consistency votes for violates, the answers' probabilities (decision logic), or the "
-        "classifier's score (a cascade decision made without the LLM)",
+        "of self-consistency votes for violates, the answers' probabilities (decision logic), the "
+        "classifier's score (a cascade decision made without the LLM), or (Settings.triage_blend) the "
+        "policy's own score blended with triage's probability that the policy is at stake",
     )
     votes: list[int] | None = Field(
         default=None,
@@ -138,14 +139,21 @@ class PolicyDecision(BaseModel):
     classifier_score: float | None = Field(
         default=None, ge=0.0, le=1.0, description="With a cascade: the classifier score the item was routed by"
     )
+    policy_score: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="With Settings.triage_blend: the policy's own score before triage's P(yes) was blended in "
+        "(0 for a policy triaged out); omitted otherwise",
+    )
 
     @model_serializer(mode="wrap")
     def _omit_empty_evidence(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """With evidence off, ``evidence`` and ``dropped`` are empty and left out, so verdict
         lines stay as they were before the option existed (loading fills the defaults)."""
         data: dict[str, Any] = handler(self)
-        for key in ("evidence", "dropped", "answers", "triaged_out", "route", "classifier_score"):
-            if data.get(key) is None or (key != "classifier_score" and not data.get(key)):
+        for key in ("evidence", "dropped", "answers", "triaged_out", "route", "classifier_score", "policy_score"):
+            if data.get(key) is None or (key not in ("classifier_score", "policy_score") and not data.get(key)):
                 data.pop(key, None)
         return data
 

@@ -219,3 +219,21 @@ def test_compare_without_triage_has_no_triage_block(tmp_path: Path) -> None:
     for run in (a, b):
         write_metrics(compute_metrics(run, bootstrap_rounds=0))
     assert compare_runs(a, b, fail_on=["triage_benign_none drop > 1"]).triage is None
+
+
+def test_triage_blend_is_recorded_and_moves_only_the_scores(tmp_path: Path) -> None:
+    """An eval with ``triage_blend`` records its weight (a resume without it is refused by the run
+    store) and its predictions carry the blended scores: a policy triaged out scores half its
+    P(yes) instead of 0, while what was flagged stays the same."""
+    base = compute_metrics(make_run(tmp_path), bootstrap_rounds=0)
+    run = make_run(tmp_path, "blend", triage_blend=0.5)
+    assert json.loads((run / "manifest.json").read_text())["triage_blend"] == 0.5
+    blend = compute_metrics(run, bootstrap_rounds=0)
+    b0 = {p.id: p for p in base.predictions["insult"]}
+    b1 = {p.id: p for p in blend.predictions["insult"]}
+    assert b0["g1"].score == 0.0 and b1["g1"].score == pytest.approx(0.1)  # insult one: HB triaged out at P(yes) 0.2
+    assert b0["g2"].score == 0.0 and b1["g2"].score == pytest.approx(0.02)  # insult two: 0.04
+    assert b1["g6"].score == b0["g6"].score  # triage fell back: no P(yes), the policy call's own score
+    assert [p.pred for p in blend.predictions["insult"]] == [p.pred for p in base.predictions["insult"]]
+    with pytest.raises(ConfigError, match="triage_blend"):
+        make_run(tmp_path, "blend")

@@ -727,9 +727,9 @@ async def test_triage_min_sends_an_item_nothing_reached_to_its_most_likely_polic
     assert unset.prompt_fingerprint == plain.prompt_fingerprint
 
 
-def test_cli_triage_min_reaches_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cotmod import Settings
-
+@pytest.fixture
+def seen_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Run from an empty directory; ``["s"]`` is the Settings the last CLI command resolved."""
     monkeypatch.chdir(tmp_path)
     seen: dict[str, Any] = {}
     real = Settings.resolve
@@ -740,6 +740,11 @@ def test_cli_triage_min_reaches_the_settings(tmp_path: Path, monkeypatch: pytest
         return out
 
     monkeypatch.setattr(Settings, "resolve", spy)
+    return seen
+
+
+def test_cli_triage_min_reaches_the_settings(seen_settings: dict[str, Any]) -> None:
+    seen = seen_settings
     r = CliRunner().invoke(cli, ["render", "--triage", "--logprobs", "--triage-min", "1", "hello"])
     assert r.exit_code == 0, r.output
     assert seen["s"].triage_min == 1
@@ -748,3 +753,111 @@ def test_cli_triage_min_reaches_the_settings(tmp_path: Path, monkeypatch: pytest
     r = CliRunner().invoke(cli, ["render", "--triage", "--triage-min", "1", "hello"])
     assert r.exit_code == 0
     assert "triage_min has no effect without logprobs" in r.stderr
+
+
+# -- triage_blend: triage's P(yes) blended into each policy's score -------------------------------
+
+BLEND_PROBS = {"hate_speech": 0.2, "spam_scams": 0.9, "violent_threats": 0.6}
+
+
+def _blend_respond(req: ChatRequest) -> Any:
+    """Triage answers with P(yes) = BLEND_PROBS; policy calls with the stated confidence 0.9
+    (violates) for an item saying VIOLATE, else 0.9 safe (score 0.1)."""
+    if is_triage(req):
+        text = json.dumps({"summary": "a post", "at_stake": {p: "yes" if v >= 0.5 else "no" for p, v in BLEND_PROBS.items()}})
+        return ChatResult(text, "stop", model="fake-model", logprobs=_yes_no_logprobs(BLEND_PROBS))
+    return judge(req)
+
+
+async def test_triage_blend_mixes_triages_probability_into_every_score() -> None:
+    """Off, nothing changes (no ``policy_score`` in the line); at weight 0.5 each judged policy
+    scores the mean of its own score and triage's P(yes), a policy triaged out half its P(yes),
+    and the decision keeps its own score and says where the score came from."""
+    plain = await make(FakeBackend(default=_blend_respond), logprobs=True).moderate("VIOLATE hello", POLICIES)
+    assert plain.triage is not None and plain.triage.selected == ["spam_scams", "violent_threats"]
+    own = {d.policy_id: d.score for d in plain.decisions}
+    assert own["hate_speech"] == 0.0 and "policy_score" not in json.dumps(plain.model_dump(mode="json"))
+    assert {d.score_source for d in plain.decisions} == {"confidence"}
+
+    v = await make(FakeBackend(default=_blend_respond), logprobs=True, triage_blend=0.5).moderate("VIOLATE hello", POLICIES)
+    for d in v.decisions:
+        assert d.score_source == "blend" and d.policy_score == own[d.policy_id]
+        assert math.isclose(d.score, 0.5 * own[d.policy_id] + 0.5 * BLEND_PROBS[d.policy_id])
+    hs = v.decision("hate_speech")
+    assert hs.triaged_out and math.isclose(hs.score, 0.1) and hs.violates is False and hs.action == "allow"
+    # the decisions themselves do not move: only the scores
+    assert [(d.policy_id, d.violates, d.action) for d in v.decisions] == [(d.policy_id, d.violates, d.action) for d in plain.decisions]
+    line = v.model_dump(mode="json")
+    assert line["decisions"][0]["policy_score"] == own[line["decisions"][0]["policy_id"]]
+    assert Verdict.model_validate_json(v.model_dump_json()) == v
+    jsonschema.validate(line, verdict_json_schema())
+    # weight 1: triage's probability alone
+    w1 = await make(FakeBackend(default=_blend_respond), logprobs=True, triage_blend=1.0).moderate("VIOLATE hello", POLICIES)
+    assert {d.policy_id: d.score for d in w1.decisions} == BLEND_PROBS
+
+
+async def test_triage_blend_needs_triages_probabilities() -> None:
+    """Without logprobs (no P(yes)), or when triage fell back to judging everything, the scores
+    are the policy calls' own."""
+    v = await make(backend(["spam_scams"]), triage_blend=0.5).moderate("VIOLATE hello", POLICIES)
+    assert {d.score_source for d in v.decisions} == {"confidence"} and all(d.policy_score is None for d in v.decisions)
+    fell_back = await make(backend("not json"), logprobs=True, triage_blend=0.5).moderate("VIOLATE hello", POLICIES)
+    assert fell_back.triage is not None and fell_back.triage.fallback
+    assert {d.score_source for d in fell_back.decisions} == {"confidence"}
+
+
+async def test_triage_blend_rescores_cached_answers_without_a_call() -> None:
+    cache = MemoryCache()
+    fake = FakeBackend(default=_blend_respond)
+    first = await make(fake, cache=cache, logprobs=True).moderate("VIOLATE hello", POLICIES)
+    assert len(fake.history) == 3  # triage + two policy calls
+    again = FakeBackend(default=_blend_respond)
+    blended = await make(again, cache=cache, logprobs=True, triage_blend=0.5).moderate("VIOLATE hello", POLICIES)
+    assert again.history == [] and blended.cache_hits == 3
+    assert blended.prompt_fingerprint == first.prompt_fingerprint  # nothing sent differs
+    assert [d.policy_score for d in blended.decisions] == [d.score for d in first.decisions]
+
+
+async def test_thresholds_band_the_blended_score_even_of_a_policy_triaged_out(tmp_path: Path) -> None:
+    """A policy triaged out is not banded by thresholds (it was not judged); with the blend its
+    score is triage's judgment, and reaching review sends it to human review."""
+    th = tmp_path / "thresholds.yaml"
+    th.write_text("thresholds:\n  hate_speech: {review: 0.08}\n  spam_scams: {review: 0.5}\n  violent_threats: {review: 0.5}\n")
+    off = await make(FakeBackend(default=_blend_respond), logprobs=True, thresholds=str(th)).moderate("hello", POLICIES)
+    assert off.decision("hate_speech").band is None and not off.escalate
+    assert off.decision("spam_scams").band == "allow"  # own score 0.1 < 0.5
+    v = await make(FakeBackend(default=_blend_respond), logprobs=True, thresholds=str(th), triage_blend=0.5).moderate("hello", POLICIES)
+    hs = v.decision("hate_speech")
+    assert hs.triaged_out and hs.band == "human_review" and hs.escalate and hs.violates is False
+    assert v.decision("spam_scams").band == "human_review"  # 0.5 * 0.1 + 0.5 * 0.9 = 0.5
+    assert v.decision("violent_threats").band == "allow"  # 0.5 * 0.1 + 0.5 * 0.6 = 0.35
+
+
+def test_runner_refuses_to_mix_blended_and_unblended_verdicts(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"p{i}", "text": f"post {i}"}) + "\n" for i in range(2)))
+    out = tmp_path / "out.jsonl"
+    Runner(make(FakeBackend(default=_blend_respond), logprobs=True, triage_blend=0.5)).run_sync(inp, out, policies=POLICIES)
+    manifest = json.loads(Runner.manifest_path(out).read_text())
+    assert manifest["triage_blend"] == 0.5
+    for kw in ({"triage_blend": 0.3}, {}):  # another weight, or the blend switched off
+        with pytest.raises(ConfigError, match="triage_blend"):
+            Runner(make(FakeBackend(default=_blend_respond), logprobs=True, **kw)).run_sync(inp, out, policies=POLICIES)
+    # a run without the blend writes no such key (manifests of earlier runs resume as they were)
+    out2 = tmp_path / "out2.jsonl"
+    Runner(make(FakeBackend(default=_blend_respond), logprobs=True)).run_sync(inp, out2, policies=POLICIES)
+    assert "triage_blend" not in json.loads(Runner.manifest_path(out2).read_text())
+
+
+def test_cli_triage_blend_reaches_the_settings(seen_settings: dict[str, Any], tmp_path: Path) -> None:
+    seen = seen_settings
+    r = CliRunner().invoke(cli, ["render", "--triage", "--logprobs", "--triage-blend", "0.5", "hello"])
+    assert r.exit_code == 0, r.output
+    assert seen["s"].triage_blend == 0.5 and "no effect" not in r.stderr
+    r = CliRunner().invoke(cli, ["render", "--triage-blend", "1.5", "hello"])
+    assert r.exit_code == 2 and "1.5" in r.output
+    r = CliRunner().invoke(cli, ["render", "--triage", "--triage-blend", "0.5", "hello"])
+    assert r.exit_code == 0 and "triage_blend has no effect without triage and logprobs" in r.stderr
+    (tmp_path / "cotmod.toml").write_text("triage = true\nlogprobs = true\ntriage_blend = 2\n")
+    r = CliRunner().invoke(cli, ["render", "hello"])
+    assert r.exit_code != 0 and "triage_blend" in r.output and "Traceback" not in r.output

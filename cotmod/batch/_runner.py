@@ -93,6 +93,8 @@ _Appender = Appender
 LATENCY_SAMPLE = 10_000
 _RNG = random.Random(0)
 RATE_LIMIT_REQUEUES = 6
+#: manifest keys written only when their setting is on: a run resumed with it off differs too
+_OPTIONAL_MANIFEST_KEYS = ("cascade", "triage_blend")
 
 ItemLike: TypeAlias = "Item | Mapping[str, Any] | str"
 #: What :meth:`Runner.run` reads items from: a file path, or an (async) iterable of items.
@@ -328,6 +330,8 @@ class Runner:
             "sampling": m.sampling(),
             "thresholds": m.thresholds,
             **({"cascade": {pid: b.model_dump() for pid, b in m.cascade.items()}} if m.cascade else {}),
+            # only when set, so that runs written before it existed resume as they were
+            **({"triage_blend": m.settings.triage_blend} if m.settings.triage_blend else {}),
         }
 
     @staticmethod
@@ -352,11 +356,14 @@ class Runner:
                     f"{output} exists but was not written by cotmod run (no {mpath.name}); "
                     "choose another output or pass --overwrite"
                 )
-            diffs = [k for k in manifest if old.get(k) != manifest[k]]
+            # an optional key the old run had and this one lacks (a cascade or a blend switched off) differs too
+            diffs = [k for k in manifest if old.get(k) != manifest[k]] + [
+                k for k in _OPTIONAL_MANIFEST_KEYS if k in old and k not in manifest
+            ]
             if diffs:
                 raise ConfigError(
                     f"{output} holds verdicts from a different configuration ({', '.join(diffs)} differ: "
-                    f"{old.get(diffs[0])!r} vs {manifest[diffs[0]]!r}); refusing to mix verdicts. "
+                    f"{old.get(diffs[0])!r} vs {manifest.get(diffs[0])!r}); refusing to mix verdicts. "
                     "Write to another output, or pass --overwrite to start over"
                 )
 

@@ -119,6 +119,13 @@ def _endpoint_options(f: F) -> F:
             "first, even when none reaches --triage-threshold [default: 0].",
         ),
         click.option(
+            "--triage-blend",
+            type=click.FloatRange(0.0, 1.0),
+            default=None,
+            help="With --triage and --logprobs: blend triage's probability that a policy is at stake into its score "
+            "with this weight (0.5: the mean); ranks items better for thresholds and review queues [default: 0, off].",
+        ),
+        click.option(
             "--decision-logic/--no-decision-logic",
             default=None,
             help="Judge policies that define questions by their decision logic (env COTMOD_DECISION_LOGIC) [default: off, "

@@ -321,6 +321,26 @@ def _model_label(reported: str | None, requested: str) -> str:
     return stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem
 
 
+def blend_triage_score(decision: PolicyDecision, p_yes: float | None, weight: float) -> PolicyDecision:
+    """``decision`` with triage's probability that its policy is at stake blended into its score
+    (``Settings.triage_blend``): ``(1 - weight) * score + weight * p_yes``, ``score_source``
+    ``"blend"``, the policy's own score kept in ``policy_score``. A policy triaged out had no call:
+    its own score is 0, so it scores ``weight * p_yes``. Unchanged when ``weight`` is 0 or there is
+    no P(yes) for the policy (triage off, without logprobs, or fallen back).
+
+    Why: on three development samples of the ten-policy pipeline (Qwen2.5-Coder-1.5B), triage's
+    P(yes) alone ranked harmful items as well as the policy calls' scores (item-level AUPRC 0.840
+    against 0.812 pooled) and the two disagree on different items: their mean ranked better than
+    either (0.872). Confirmed on a fresh sample: 0.777 → 0.820 (+0.043 [+0.004, +0.082]). It is a
+    ranking, not a better choice of policy: triage's most probable policy is often the wrong one,
+    so flags made by the blend blame the wrong policy more often. See docs/quality.md."""
+    if not weight or p_yes is None:
+        return decision
+    own = float(decision.score)
+    score = min(1.0, max(0.0, (1.0 - weight) * own + weight * float(p_yes)))
+    return decision.model_copy(update={"score": score, "score_source": "blend", "policy_score": own})
+
+
 def _with_logprob_scores(
     decisions: list[PolicyDecision], raw: str, logprobs: list[dict[str, Any]], policies: PolicySet | None = None
 ) -> list[PolicyDecision]:
@@ -1101,7 +1121,9 @@ class AsyncModerator:
         ``triage``: the item's triage outcome, if triage ran; its usage, attempts, retries,
         re-asks and cache hit are counted, and it becomes ``Verdict.triage``. The outcomes of
         triaged-out groups carry their ``triaged_out`` decisions (thresholds do not apply to
-        them: they were not judged).
+        them: they were not judged; with ``triage_blend`` their score is triage's judgment,
+        ``triage_blend`` × P(yes), and thresholds apply to it). With ``triage_blend``, every
+        policy's score is blended with triage's P(yes) before thresholds (:func:`blend_triage_score`).
 
         ``routes``: the cascade's route per policy (:meth:`routes`); a policy the classifier
         settled gets the classifier's decision (whatever its group's outcome holds, which may be
@@ -1125,8 +1147,11 @@ class AsyncModerator:
                 d = by_id.get(pid)
                 if d is None:
                     continue  # an error outcome has no decisions
+                if triage is not None and triage.scores is not None:
+                    d = blend_triage_score(d, triage.scores.get(pid), self.settings.triage_blend)
                 th = self.thresholds.get(pid)
-                d = apply_band(d, self.policies[pid], th) if th and not d.triaged_out else d
+                # a policy triaged out was not judged: no band, unless its blended score is triage's judgment
+                d = apply_band(d, self.policies[pid], th) if th and (not d.triaged_out or d.score_source == "blend") else d
                 if pid in routes and not d.triaged_out:
                     d = d.model_copy(update={"route": "llm", "classifier_score": score})
                 decisions.append(d)
