@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, CotmodError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -311,6 +311,9 @@ class Settings(BaseModel):
         if settings.triage_blend and not (settings.triage and settings.logprobs):
             notices.append("cotmod: triage_blend has no effect without triage and logprobs (it blends triage's P(yes) "
                            "into the scores); add --triage --logprobs")
+        blend_notice = _thresholds_blend_notice(settings)
+        if blend_notice:
+            notices.append(blend_notice)
         if settings.triage and settings.triage_min and not settings.logprobs:
             notices.append("cotmod: triage_min has no effect without logprobs (it ranks policies by P(yes)); "
                            "add --logprobs or logprobs = true")
@@ -383,6 +386,28 @@ def resolve_policy_source(
     else:
         files = 1 if path.exists() else 0
     return PolicySource(path, origin, files)
+
+
+def _thresholds_blend_notice(settings: Settings) -> str | None:
+    """A warning when the thresholds file was tuned on scores blended with another
+    ``triage_blend`` than this run's (``cotmod tune`` records it; a file without it was tuned on
+    unblended scores). An unreadable file is left to the engine, which reports it."""
+    if not settings.thresholds:
+        return None
+    from ._yamlfile import read_yaml_mapping
+
+    try:
+        tuned = read_yaml_mapping(Path(settings.thresholds), "thresholds file").get("triage_blend") or 0.0
+    except (CotmodError, OSError):
+        return None
+    if isinstance(tuned, bool) or not isinstance(tuned, (int, float)):
+        return None
+    used = settings.triage_blend if settings.triage and settings.logprobs else 0.0
+    if math.isclose(float(tuned), used, abs_tol=1e-9):
+        return None
+    return (f"cotmod: warning: {settings.thresholds} was tuned on scores with triage_blend {float(tuned):g}, and this run "
+            f"scores with triage_blend {used:g}: its thresholds may not mean what they did (tune again on scores like "
+            f"these, or set triage_blend = {float(tuned):g} with triage and logprobs)")
 
 
 def _show(path: Path | None) -> str:

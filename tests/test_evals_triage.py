@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cotmod import AsyncModerator, ConfigError, Settings
 from cotmod.backends._openai import ChatRequest, ChatResult
@@ -23,7 +24,9 @@ from cotmod.evals import (
     load_result,
     run_eval,
     text_table,
+    tune,
     write_metrics,
+    write_thresholds,
 )
 from cotmod.testing import FakeBackend, item_content
 
@@ -237,3 +240,27 @@ def test_triage_blend_is_recorded_and_moves_only_the_scores(tmp_path: Path) -> N
     assert [p.pred for p in blend.predictions["insult"]] == [p.pred for p in base.predictions["insult"]]
     with pytest.raises(ConfigError, match="triage_blend"):
         make_run(tmp_path, "blend")
+
+
+def test_tune_records_the_blend_and_a_run_with_another_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thresholds tuned on blended scores say so; applying them to scores blended otherwise (or
+    not at all) gets a warning, and matching ones none. A file tuned on unblended scores has no
+    such key (as before the option existed)."""
+    blended = tmp_path / "blended.yaml"
+    write_thresholds(tune(compute_metrics(make_run(tmp_path, "b", triage_blend=0.5), bootstrap_rounds=0), cost_fp=1, cost_fn=1), blended)
+    plain = tmp_path / "plain.yaml"
+    write_thresholds(tune(compute_metrics(make_run(tmp_path, "p"), bootstrap_rounds=0), cost_fp=1, cost_fn=1), plain)
+    assert yaml.safe_load(blended.read_text())["triage_blend"] == 0.5
+    assert "triage_blend" not in yaml.safe_load(plain.read_text())
+    monkeypatch.chdir(tmp_path)
+
+    def warned(path: Path, **kw: Any) -> bool:
+        notices = Settings.resolve(None, thresholds=str(path), triage=True, logprobs=True, **kw).notices
+        return any("was tuned on scores with triage_blend" in n for n in notices)
+
+    assert not warned(blended, triage_blend=0.5)
+    assert warned(blended) and warned(blended, triage_blend=0.3)
+    assert not warned(plain) and warned(plain, triage_blend=0.5)
+    # without logprobs the blend has no effect: the scores are unblended, whatever the setting
+    notices = Settings.resolve(None, thresholds=str(blended), triage=True, triage_blend=0.5).notices
+    assert any("scores with triage_blend 0:" in n for n in notices)

@@ -141,6 +141,7 @@ def tune(
         policies=versions,
         prompt_fingerprint=result.manifest.prompt_fingerprint,
         model=result.manifest.model,
+        triage_blend=(result.manifest.model_extra or {}).get("triage_blend") or None,
         created_at=datetime.now(timezone.utc).isoformat(),
     )
 
@@ -153,6 +154,8 @@ def write_thresholds(thresholds: Thresholds, path: str | Path) -> None:
     auto-action threshold has no ``auto_action`` key.
     """
     data = thresholds.model_dump(mode="json")
+    if data.get("triage_blend") is None:  # tuned on unblended scores: the file stays as it was
+        data.pop("triage_blend", None)
     for spec in data["thresholds"].values():
         if spec.get("auto_action") is None:
             spec.pop("auto_action", None)

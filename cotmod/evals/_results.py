@@ -478,6 +478,9 @@ class Thresholds(_Model):
     policies: dict[str, str] = Field(default_factory=dict)
     prompt_fingerprint: str | None = None
     model: str | None = None
+    triage_blend: float | None = Field(
+        default=None, description="Settings.triage_blend of the run the scores came from (None: not blended)"
+    )
     created_at: str
 
 
