@@ -56,10 +56,15 @@ def scores(it: dict[str, Any], f: Any) -> dict[str, float]:
     return {p: f(it["own"].get(p, 0.0), it["tri"].get(p, 0.0)) for p in set(it["own"]) | set(it["tri"])}
 
 
-def reading(items: list[dict[str, Any]], t: float, combo: str = "blend w=0.5 (candidate)") -> str:
+def tally(items: list[dict[str, Any]], flagged: Any) -> dict[str, Any]:
+    """Item-level counts when ``flagged(item)`` lists the policies flagging each item: TP/FP/FN and F1
+    of "anything violated", flags on an own policy (``good``) of all flags on harmful items
+    (``pairs``), benign items flagged, and each item's 0/1 prediction."""
     tp = fp = fn = good = pairs = benign = bflag = 0
+    preds = []
     for it in items:
-        fl = [p for p, s in scores(it, COMBOS[combo]).items() if s > 0 and s >= t]
+        fl = flagged(it)
+        preds.append(int(bool(fl)))
         if it["gold"]:
             tp += bool(fl)
             fn += not fl
@@ -71,7 +76,12 @@ def reading(items: list[dict[str, Any]], t: float, combo: str = "blend w=0.5 (ca
             fp += bool(fl)
             bflag += bool(fl)
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return f"F1 {f1:.3f}, benign flagged {bflag}/{benign}, attribution {good}/{pairs}"
+    return {"f1": f1, "tp": tp, "fp": fp, "fn": fn, "good": good, "pairs": pairs, "benign": benign, "bflag": bflag, "preds": preds}
+
+
+def reading(items: list[dict[str, Any]], t: float, combo: str = "blend w=0.5 (candidate)") -> str:
+    c = tally(items, lambda it: [p for p, s in scores(it, COMBOS[combo]).items() if s > 0 and s >= t])
+    return f"F1 {c['f1']:.3f}, benign flagged {c['bflag']}/{c['benign']}, attribution {c['good']}/{c['pairs']}"
 
 
 def main() -> None:

@@ -40,20 +40,8 @@ def choose(items: list[dict[str, Any]], policies: list[str], kind: str) -> dict[
 
 
 def reading(items: list[dict[str, Any]], policies: list[str], kind: str, th: dict[str, float]) -> str:
-    tp = fp = fn = good = pairs = benign = bflag = 0
-    for it in items:
-        fl = [p for p in policies if score(it, p, kind) > 0 and score(it, p, kind) >= th[p]]
-        if it["gold"]:
-            tp += bool(fl)
-            fn += not fl
-            if it["gp"]:
-                pairs += len(fl)
-                good += sum(p in it["gp"] for p in fl)
-        else:
-            benign += 1
-            fp += bool(fl)
-            bflag += bool(fl)
-    return f"F1 {2 * tp / (2 * tp + fp + fn):.3f}, benign flagged {bflag}/{benign}, attribution {good}/{pairs}"
+    c = dc.tally(items, lambda it: [p for p in policies if score(it, p, kind) > 0 and score(it, p, kind) >= th[p]])
+    return f"F1 {c['f1']:.3f}, benign flagged {c['bflag']}/{c['benign']}, attribution {c['good']}/{c['pairs']}"
 
 
 def main() -> None:

@@ -25,28 +25,14 @@ def flags(it, kind):
 
 res = {}
 for kind in ("base", "cand"):
-    tp = fp = fn = good = pairs = bf = nb = 0
-    preds = []
-    for it in items:
-        fl = flags(it, kind)
-        preds.append(int(bool(fl)))
-        if it["gold"]:
-            tp += bool(fl)
-            fn += not fl
-            if it["gp"]:
-                pairs += len(fl)
-                good += sum(p in it["gp"] for p in fl)
-        else:
-            nb += 1
-            fp += bool(fl)
-            bf += bool(fl)
-    f1 = 2 * tp / (2 * tp + fp + fn)
-    res[kind] = dict(f1=f1, tp=tp, fp=fp, fn=fn, good=good, pairs=pairs, attr=good / pairs if pairs else 0.0, bf=bf, nb=nb, preds=preds)
-    print(f"{kind}: F1 {f1:.3f} (TP {tp} FP {fp} FN {fn}), attribution {good}/{pairs} = {res[kind]['attr']:.3f}, benign flagged {bf}/{nb}")
+    c = dc.tally(items, lambda it, kind=kind: flags(it, kind))
+    res[kind] = dict(c, attr=c["good"] / c["pairs"] if c["pairs"] else 0.0)
+    print(f"{kind}: F1 {c['f1']:.3f} (TP {c['tp']} FP {c['fp']} FN {c['fn']}), attribution {c['good']}/{c['pairs']} = "
+          f"{res[kind]['attr']:.3f}, benign flagged {c['bflag']}/{c['benign']}")
 ys = [int(it["gold"]) for it in items]
 pc = paired_comparison(ys, res["base"]["preds"], res["cand"]["preds"], metrics=("f1",), rounds=2000).model_dump(mode="json")
 print("F1 cand - base:", round(pc["metrics"]["f1"]["delta"], 3), [round(x, 3) for x in pc["metrics"]["f1"]["ci95"]], "McNemar", pc["mcnemar"])
 a = res["cand"]["f1"] >= res["base"]["f1"] + 0.02
 b = res["cand"]["attr"] >= res["base"]["attr"]
-c = res["cand"]["bf"] <= res["base"]["bf"] + 1
+c = res["cand"]["bflag"] <= res["base"]["bflag"] + 1
 print(f"rule: (a) {'holds' if a else 'FAILS'}, (b) {'holds' if b else 'FAILS'}, (c) {'holds' if c else 'FAILS'} -> {'ADOPT' if a and b and c else 'no change'}")
