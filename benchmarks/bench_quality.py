@@ -87,6 +87,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
@@ -105,7 +107,7 @@ from cotmod.evals import (  # noqa: E402
     run_eval,
     write_metrics,
 )
-from cotmod.evals._metrics import average_precision, binary_metrics  # noqa: E402
+from cotmod.evals._metrics import average_precision, binary_metrics, bootstrap_ci  # noqa: E402
 
 GOLDSETS = HERE / "goldsets"
 SETS = ("hatecheck", "xstest", "simple_safety_tests", "jigsaw_toxic", "ailuminate_demo", "sms_spam")
@@ -495,7 +497,8 @@ def headline(recs: Sequence[ItemRecord], *, rounds: int = 1000, seed: int = 0) -
 
 def paired_auprc(base: Sequence[ItemRecord], other: Sequence[ItemRecord], *, rounds: int = 1000, seed: int = 0) -> dict[str, Any] | None:
     """AUPRC of ``other`` - ``base`` on the items both scored (decided, with a score), with a
-    paired bootstrap 95% CI (the same resampled items for both; resamples with one class only are
+    paired bootstrap 95% CI (:func:`cotmod.evals._metrics.bootstrap_ci`, the percentile bootstrap
+    every other CI here uses: the same resampled items for both; resamples with one class only are
     skipped). None when there are no such items or they hold one class only."""
     b = {r.id: r for r in base if r.status == "ok" and r.score is not None}
     pairs = [(b[r.id], r) for r in other if r.status == "ok" and r.score is not None and r.id in b]
@@ -505,18 +508,15 @@ def paired_auprc(base: Sequence[ItemRecord], other: Sequence[ItemRecord], *, rou
     a0, b0 = auprc(ys, sa), auprc(ys, sb)
     if a0 is None or b0 is None:
         return None
-    rng = random.Random(seed)
-    deltas: list[float] = []
+    ya, fa, fb = np.asarray(ys), np.asarray(sa), np.asarray(sb)
+
+    def delta(idx: Any) -> float | None:
+        da, db = auprc(ya[idx].tolist(), fa[idx].tolist()), auprc(ya[idx].tolist(), fb[idx].tolist())
+        return None if da is None or db is None else db - da
+
+    ci = bootstrap_ci(delta, len(pairs), rounds=rounds, seed=seed)
     n = len(pairs)
-    for _ in range(rounds):
-        idx = [rng.randrange(n) for _ in range(n)]
-        y = [ys[i] for i in idx]
-        da, db = auprc(y, [sa[i] for i in idx]), auprc(y, [sb[i] for i in idx])
-        if da is not None and db is not None:
-            deltas.append(db - da)
-    deltas.sort()
-    ci = [deltas[int(0.025 * (len(deltas) - 1))], deltas[int(0.975 * (len(deltas) - 1))]] if deltas else None
-    return {"n": n, "a": a0, "b": b0, "delta": b0 - a0, "ci95": ci}
+    return {"n": n, "a": a0, "b": b0, "delta": b0 - a0, "ci95": list(ci) if ci else None}
 
 
 def paired_vs(base: Sequence[ItemRecord], other: Sequence[ItemRecord], *, rounds: int = 1000) -> dict[str, Any] | None:

@@ -331,7 +331,7 @@ def blend_triage_score(decision: PolicyDecision, p_yes: float | None, weight: fl
     Why: on three development samples of the ten-policy pipeline (Qwen2.5-Coder-1.5B), triage's
     P(yes) alone ranked harmful items as well as the policy calls' scores (item-level AUPRC 0.840
     against 0.812 pooled) and the two disagree on different items: their mean ranked better than
-    either (0.872). Confirmed on a fresh sample: 0.777 → 0.820 (+0.043 [+0.004, +0.082]). It is a
+    either (0.872). Confirmed on a fresh sample: 0.777 → 0.820 (+0.043 [+0.002, +0.079]). It is a
     ranking, not a better choice of policy: triage's most probable policy is often the wrong one,
     so flags made by the blend blame the wrong policy more often. See docs/quality.md."""
     if not weight or p_yes is None:
