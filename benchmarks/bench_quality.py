@@ -92,7 +92,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cotmod import AsyncModerator, SqliteCache  # noqa: E402
+from cotmod import AsyncModerator, Settings, SqliteCache  # noqa: E402
 from cotmod._exceptions import CotmodError, UserError  # noqa: E402
 from cotmod.engine import load_thresholds  # noqa: E402
 from cotmod.evals import (  # noqa: E402
@@ -740,7 +740,12 @@ async def run_naive(base_url: str, model: str, items: list[dict[str, Any]], conc
     todo = [it for it in items if it["id"] not in done]
     if not todo:
         return
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=2, timeout=600)
+    # the key cotmod's own calls use for this endpoint (COTMOD_API_KEY / OPENAI_API_KEY, a config's
+    # api_key_env, with cotmod's rules on which endpoint may receive it), so both prompts reach a
+    # hosted model; a local server needs none
+    key = Settings.load(base_url=base_url, model=model).api_key
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=key.get_secret_value() if key else "not-needed",
+                                max_retries=2, timeout=600)
     sem = asyncio.Semaphore(concurrency)
     with answers.open("a", encoding="utf-8") as f:
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import sys
@@ -484,3 +485,25 @@ def test_threshold_curve_rereads_recorded_verdicts_at_each_threshold(tmp_path: P
     flagged = [x["tp"] + x["fp"] for x in rows[1:]]
     assert flagged == sorted(flagged, reverse=True) and flagged[0] > flagged[-1]
     assert "threshold curve of new" in r.stdout and "decision" in r.stdout
+
+
+def test_the_naive_prompt_reaches_a_hosted_model_with_cotmods_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The naive baseline sends the key cotmod's own calls would send to the endpoint (here from
+    COTMOD_API_KEY), so a comparison against a stronger hosted model (`--base-url`) runs both
+    prompts there; with no key configured it sends a placeholder, as cotmod does for a local server."""
+    from cotmod.testing import FakeOpenAIServer
+
+    monkeypatch.chdir(tmp_path)  # no cotmod.toml in play
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    items = [{"id": "a", "text": "hello"}, {"id": "b", "text": "you idiot"}]
+    with FakeOpenAIServer(handler=lambda body: {"answer": "yes" if "idiot" in body["messages"][-1]["content"] else "no"}) as srv:
+        monkeypatch.setenv("COTMOD_API_KEY", "sk-bench-test-key")
+        answers = tmp_path / "with-key.jsonl"
+        asyncio.run(bq.run_naive(srv.base_url, "m", items, 2, answers))
+        assert srv.auth_headers == ["Bearer sk-bench-test-key"] * 2
+        got = {a["id"]: a["answer"] for a in bq.read_jsonl(answers)}
+        assert got == {"a": "no", "b": "yes"}
+
+        monkeypatch.delenv("COTMOD_API_KEY")
+        asyncio.run(bq.run_naive(srv.base_url, "m", items, 2, tmp_path / "no-key.jsonl"))
+        assert srv.auth_headers[2:] == ["Bearer not-needed"] * 2
