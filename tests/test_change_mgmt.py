@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -189,6 +191,36 @@ def test_manifest_errors(tmp_path: Path, policy_dir: Path) -> None:
     assert ("hate_speech", "policies.hate_speech.classifier.thresholds") in found
     with pytest.raises(InputError, match="not found"):
         check_manifest(tmp_path / "nope.yaml", mod)
+
+
+@pytest.mark.parametrize(
+    ("edit_manifest", "message"),
+    [
+        (lambda d: d["policies"].update(hate_speech="1.2.0"), r"policies\.hate_speech: expected a mapping"),
+        (lambda d: d["policies"]["hate_speech"].update(llm=True), r"policies\.hate_speech\.llm: expected a mapping .* got True"),
+        (lambda d: d["policies"]["hate_speech"].update(classifier="thr.yaml"), r"policies\.hate_speech\.classifier: expected a mapping"),
+        (lambda d: d["policies"]["hate_speech"]["classifier"].update(label_map=["a", "b"]), r"classifier\.label_map: expected a mapping"),
+        (lambda d: d["policies"]["hate_speech"]["classifier"].update(thresholds=5), r"classifier\.thresholds: expected a file path, got 5"),
+        (lambda d: d.update(guide="docs/x.md"), r"guide: expected a mapping"),
+        (lambda d: d.update(guide={"path": 5}), r"guide\.path: expected a string, got 5"),
+    ],
+)
+def test_a_manifest_entry_of_the_wrong_type_is_one_clear_error(
+    tmp_path: Path, policy_dir: Path, edit_manifest: Any, message: str
+) -> None:
+    """Hand edits of the wrong type name the manifest and the field, in check and update alike
+    (they used to crash with AttributeError / TypeError), and the CLI exits 2 without a traceback."""
+    m, mod = make_manifest(tmp_path, policy_dir)
+    data = yaml.safe_load(m.read_text())
+    edit_manifest(data)
+    m.write_text(yaml.safe_dump(data))
+    for run in (lambda: check_manifest(m, mod), lambda: update_manifest(m, mod)):
+        with pytest.raises(InputError, match=message) as info:
+            run()
+        assert str(info.value).startswith(str(m))
+    res = CliRunner().invoke(cli, ["sync", "check", str(m), "-g", str(policy_dir)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert re.search(message, res.output)
 
 
 def test_impact_recomputes_only_changed_policies(tmp_path: Path, policy_dir: Path) -> None:

@@ -61,7 +61,40 @@ def _load(path: Path) -> dict[str, Any]:
     data = read_yaml_mapping(path, "enforcement manifest")
     if not isinstance(data.get("policies"), dict):
         raise InputError(f"{path}: expected a mapping with 'policies: {{POLICY_ID: {{version: ...}}}}'")
+    _check_shape(path, data)
     return data
+
+
+def _expect(path: Path, where: str, value: Any, kind: type | tuple[type, ...], what: str) -> None:
+    """One clear line when a manifest entry has the wrong type (None = absent, always fine)."""
+    if value is not None and not isinstance(value, kind):
+        shown = value if isinstance(value, (str, int, float, bool)) else type(value).__name__
+        raise InputError(f"{path}: {where}: expected {what}, got {shown!r}")
+
+
+def _check_shape(path: Path, data: dict[str, Any]) -> None:
+    """The manifest's entries have the types :func:`check_manifest` and :func:`update_manifest`
+    read (a hand edit such as ``llm: yes`` or ``policies: {self_harm: "1.2.0"}`` is one clear
+    line naming the field, not a crash)."""
+    text = (str,)
+    for pid, spec in data["policies"].items():
+        where = f"policies.{pid}"
+        _expect(path, where, spec, dict, "a mapping like {version: ..., llm: {fingerprint: ...}}")
+        spec = spec or {}
+        _expect(path, f"{where}.version", spec.get("version"), (str, int, float), "a version string")
+        _expect(path, f"{where}.llm", spec.get("llm"), dict, "a mapping like {fingerprint: fp-...}")
+        clf = spec.get("classifier")
+        _expect(path, f"{where}.classifier", clf, dict, "a mapping like {label_map: {...}, thresholds: FILE}")
+        clf = clf or {}
+        _expect(path, f"{where}.classifier.label_map", clf.get("label_map"), dict, "a mapping of classifier labels to policy ids")
+        for label, target in (clf.get("label_map") or {}).items():
+            _expect(path, f"{where}.classifier.label_map.{label}", target, text, "a policy id")
+        for key in ("thresholds", "cascade"):
+            _expect(path, f"{where}.classifier.{key}", clf.get(key), text, "a file path")
+    guide = data.get("guide")
+    _expect(path, "guide", guide, dict, "a mapping like {path: labeling-guide.md}")
+    for key in ("path", "fingerprint"):
+        _expect(path, f"guide.{key}", (guide or {}).get(key), text, "a string")
 
 
 def _selected(moderator: AsyncModerator, policies: Sequence[str] | None) -> set[str] | None:
