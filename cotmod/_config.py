@@ -438,7 +438,7 @@ def _find_config(explicit: str | Path | None) -> tuple[Path, ConfigOrigin] | Non
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is not an error
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -452,6 +452,8 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: api_key_env must be the name of an environment variable")
     for k in PATH_SETTINGS:
         v = data.get(k)
+        if v is not None and not (isinstance(v, str) and v):
+            raise ConfigError(f"{path}: {k} = {v!r}: expected a path (a non-empty string)")
         if isinstance(v, str) and v:
             expanded = Path(v).expanduser()  # "~/policies" means the user's home, as in a shell
             if expanded.is_absolute():

@@ -139,6 +139,25 @@ def test_non_finite_number_in_config_file_names_file_and_key(cwd: Path) -> None:
         Settings.load()
 
 
+@pytest.mark.parametrize("line", ["guidelines = 5", 'guidelines = ["a"]', 'guidelines = ""', "prompts = true", "thresholds = 0.5"])
+def test_a_path_setting_that_is_not_a_path_names_file_and_key(cwd: Path, line: str) -> None:
+    """guidelines = 5 used to crash lint / render / guide export with a TypeError traceback."""
+    (cwd / "cotmod.toml").write_text(line + "\n")
+    key = line.split(" ")[0]
+    with pytest.raises(ConfigError, match=rf"cotmod\.toml: {key} = .*: expected a path"):
+        Settings.load()
+    with pytest.raises(ConfigError, match="expected a path"):
+        resolve_policy_source()
+    for args in (["lint"], ["render", "-p", "spam_scams", "hi"], ["guide", "export"]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and "expected a path" in r.stderr and "Traceback" not in r.output, (args, r.output)
+
+
+def test_a_config_file_with_a_byte_order_mark_is_read(cwd: Path) -> None:
+    (cwd / "cotmod.toml").write_bytes("\ufefftimeout = 12\n".encode())
+    assert Settings.load().timeout == 12
+
+
 @pytest.mark.parametrize(
     "url", ["localhost:8000/v1", "127.0.0.1:8000", "ftp://host/v1", "http://", "http:///v1", " http://h/v1", "http://h /v1", "http://h:99999/v1"]
 )
