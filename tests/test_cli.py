@@ -92,6 +92,18 @@ def test_clean_errors_no_tracebacks(tmp_path: Path) -> None:
     assert r.exit_code == 3 and "unreachable" in r.output and "Traceback" not in r.output
 
 
+def test_an_output_file_in_a_missing_directory_is_one_clear_line(tmp_path: Path) -> None:
+    """-o into a directory that does not exist (guide export, tune, classifier tune, cascade, sync
+    update --create all write with plain file writes) is caught at the CLI boundary: one line
+    naming the file, exit 2, no traceback."""
+    target = tmp_path / "nodir" / "guide.md"
+    r = CliRunner().invoke(cli, ["guide", "export", "-o", str(target)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.strip().splitlines()[-1] == f"Error: FileNotFoundError: No such file or directory: {target}"
+    r = CliRunner().invoke(cli, ["sync", "update", str(tmp_path / "nodir" / "m.yaml"), "--create"])
+    assert r.exit_code == 2 and "No such file or directory" in r.stderr and "Traceback" not in r.output
+
+
 def test_missing_local_model_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("COTMOD_HOME", str(tmp_path))
     r = CliRunner().invoke(cli, ["moderate", "-p", "spam_scams", "--local-model", "smollm2-135m", "hi"])

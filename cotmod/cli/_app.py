@@ -50,6 +50,14 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # a file the user named cannot be read or written (-o into a missing directory, ...)
+            if os.environ.get("COTMOD_DEBUG"):
+                raise
+            user_side = isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError))
+            what = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+            raise _CotmodClickError(f"{type(exc).__name__}: {what}", EXIT_USAGE if user_side else EXIT_FAILURE) from None
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
