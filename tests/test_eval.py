@@ -298,3 +298,24 @@ def test_interrupted_eval_can_be_reported_then_resumed(tmp_path: Path) -> None:
     assert len(backend.history) == 3 and json.loads((run / "manifest.json").read_text())["complete"] is True
     r = CliRunner().invoke(cli, ["report", str(run)])
     assert "INCOMPLETE" not in r.output
+
+
+def test_a_run_file_with_bytes_that_are_not_utf8_is_one_clear_line(tmp_path: Path) -> None:
+    """report / compare read verdicts.jsonl line by line: a corrupted (non-UTF-8) line names the file
+    and line, exit 2, instead of a UnicodeDecodeError traceback; a line torn mid-character by a stop
+    is still treated as torn."""
+    from cotmod.testing import FakeBackend
+
+    g, m = make_golden(tmp_path)
+    run = tmp_path / "run"
+    backend = FakeBackend(default=lambda req: decision({"hate_speech": ["HATE-1"] if "VIOLATE" in req.messages[-1]["content"] else []}))
+    run_eval(AsyncModerator(backend=backend), g, m, run)
+    verdicts = run / "verdicts.jsonl"
+    good = verdicts.read_bytes()
+    lines = good.count(b"\n")
+    verdicts.write_bytes(good + "{\"x\": \"é".encode()[:-1])  # torn inside a two-byte character
+    assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
+    verdicts.write_bytes(good + b"\xff\xfe oops\n")
+    r = CliRunner().invoke(cli, ["report", str(run)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert f"{verdicts}:{lines + 1}: not valid UTF-8" in r.stderr
