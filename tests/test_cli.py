@@ -182,3 +182,26 @@ def test_timeout_option_reaches_the_settings(monkeypatch) -> None:
     monkeypatch.setattr("cotmod.cli._policies._settings", spy)
     r = run("render", "-p", "spam_scams", "--timeout", "2.5", "hi")
     assert r.exit_code == 0 and seen["timeout"] == 2.5
+
+
+def test_float_options_refuse_nan_and_infinities_and_seeds_refuse_negatives(tmp_path: Path) -> None:
+    """--sigma nan made every comparison false (no drift alert could fire, exit 0) and
+    --target-precision nan wrote a thresholds file without thresholds; a negative --seed crashed in
+    numpy. Each is now a usage error naming the option."""
+    s = tmp_path / "s.jsonl"
+    s.write_text("")
+    run = tmp_path / "run"
+    run.mkdir()
+    cases = [
+        (["monitor", str(s), "-r", str(s), "--sigma", "nan"], "--sigma", "not a finite number"),
+        (["monitor", str(s), "-r", str(s), "--sigma", "inf"], "--sigma", "not a finite number"),
+        (["tune", str(run), "--target-precision", "nan"], "--target-precision", "not a finite number"),
+        (["classifier", "tune", str(s), "--target-precision", "nan"], "--target-precision", "not a finite number"),
+        (["classifier", "cascade", str(s), "-v", str(s), "-m", "a=b", "--max-llm-share", "nan"], "--max-llm-share", "not a finite number"),
+        (["moderate", "--timeout", "inf", "hi"], "--timeout", "not a finite number"),
+        (["classifier", "estimate", str(s), "--seed", "-5"], "--seed", "x>=0"),
+        (["audit", "plan", str(s), "--seed", "-1"], "--seed", "x>=0"),
+    ]
+    for args, option, message in cases:
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.stderr and message in r.stderr, (args, r.output)

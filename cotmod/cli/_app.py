@@ -30,6 +30,18 @@ EXIT_FAILURE = 3  # a runtime failure stopped the command (endpoint unreachable,
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
+class FloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and infinities: ``--sigma nan`` would make
+    every comparison false (no alert could fire, exit 0), ``--target-precision nan`` a thresholds
+    file with no threshold. Every float option of the CLI uses it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if isinstance(rv, float) and not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
 class _CotmodClickError(click.ClickException):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
@@ -89,7 +101,7 @@ def _endpoint_options(f: F) -> F:
         # No envvar here: Settings reads COTMOD_API_KEY itself and decides whether an endpoint from a
         # ./cotmod.toml may receive it (see cotmod._config).
         click.option("--api-key", help="API key (prefer the COTMOD_API_KEY env var)."),
-        click.option("--timeout", type=float, default=None, help="Seconds per HTTP request (env COTMOD_TIMEOUT) [default: 120]."),
+        click.option("--timeout", type=FloatRange(min=0, min_open=True), default=None, help="Seconds per HTTP request (env COTMOD_TIMEOUT) [default: 120]."),
         click.option("--local-model", help="Embedded model to use when no endpoint is set (see: cotmod models list)."),
         click.option("--strategy", type=click.Choice(["per_policy", "combined"]), help="One call per policy, or all in one call."),
         click.option("--logprobs/--no-logprobs", default=None, help="Score decisions by token log-probabilities (servers that return them)."),
@@ -99,7 +111,7 @@ def _endpoint_options(f: F) -> F:
             default=None,
             help="Self-consistency: sample K verdicts per policy call (at --vote-temperature); the majority decides and the score is the vote share.",
         ),
-        click.option("--vote-temperature", type=click.FloatRange(0, 2, min_open=True), default=None, help="Sampling temperature of the votes [default: 0.7]."),
+        click.option("--vote-temperature", type=FloatRange(0, 2, min_open=True), default=None, help="Sampling temperature of the votes [default: 0.7]."),
         click.option(
             "--triage/--no-triage",
             default=None,
@@ -114,7 +126,7 @@ def _endpoint_options(f: F) -> F:
         ),
         click.option(
             "--triage-threshold",
-            type=click.FloatRange(0.0, 1.0),
+            type=FloatRange(0.0, 1.0),
             default=None,
             help="With --triage and --logprobs: select a policy when the triage call's probability of 'yes' for it "
             "is at least this; lower trades calls for recall [default: 0.3].",
@@ -128,7 +140,7 @@ def _endpoint_options(f: F) -> F:
         ),
         click.option(
             "--triage-blend",
-            type=click.FloatRange(0.0, 1.0),
+            type=FloatRange(0.0, 1.0),
             default=None,
             help="With --triage and --logprobs: blend triage's probability that a policy is at stake into its score "
             "with this weight (0.5: the mean); ranks items better for thresholds and review queues [default: 0, off].",

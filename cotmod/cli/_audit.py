@@ -21,6 +21,7 @@ from ._app import (
     CONTEXT,
     EXIT_OK,
     EXIT_UNDECIDED,
+    FloatRange,
     _drive_run,
     _endpoint_options,
     _finish_run,
@@ -67,11 +68,11 @@ def audit() -> None:
 @click.option("--strata", "strata_fields", multiple=True, help="Field to stratify by as well (repeatable), e.g. language.")
 @click.option("--score-bands", default="0.25,0.5,0.75", show_default=True, help="Score cut points of the score bands (without production bands).")
 @click.option("--allocation", type=click.Choice(["oversample", "proportional", "neyman"]), default="oversample", show_default=True, help="How the sample is spread over the strata.")
-@click.option("--nonflagged-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True, help="oversample: the sample's share from the non-flagged side.")
-@click.option("--half-width", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Target 95%% CI half-width [default: 0.05 unless --size].")
+@click.option("--nonflagged-share", type=FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True, help="oversample: the sample's share from the non-flagged side.")
+@click.option("--half-width", type=FloatRange(0, 1, min_open=True, max_open=True), help="Target 95%% CI half-width [default: 0.05 unless --size].")
 @click.option("--size", type=click.IntRange(min=1), help="Sample size per policy (instead of --half-width).")
 @click.option("--budget", type=click.IntRange(min=1), help="At most this many sampled items over every policy.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--guidelines", "-g", type=click.Path(exists=True), help="The auditor's policies [default: as for lint].")
@@ -246,7 +247,7 @@ def audit_report(plan_path: str, audit_path: str, labels_path: str | None, as_js
 @click.argument("audit_path", metavar="AUDIT", type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Task file: .csv, .jsonl or .json (Label Studio import).")
 @click.option("--control", type=click.IntRange(min=0), default=50, show_default=True, help="Random control items per policy (stratified, seeded).")
-@click.option("--seed", type=int, default=None, help="Control sample seed [default: the plan's].")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Control sample seed [default: the plan's].")
 def audit_export(plan_path: str, audit_path: str, output: str, control: int, seed: int | None) -> None:
     """Write the labeling task: the disagreement queue plus a random control sample, pointing to
     the labeling guide of the plan's policy versions (cotmod guide export -p POLICY)."""

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ._app import CONTEXT, EXIT_UNDECIDED
+from ._app import CONTEXT, EXIT_UNDECIDED, FloatRange
 from ._monitor import _scores_options, classifier
 
 
@@ -19,11 +19,11 @@ def _ci(ci: tuple[float, float] | None) -> str:
 @click.option("--verdicts", "-v", "verdicts_path", required=True, type=click.Path(exists=True, dir_okay=False), help="The LLM's verdicts on the same items (cotmod run output, or verdicts.jsonl of a cotmod eval run).")
 @click.option("--map", "-m", "pairs", required=True, multiple=True, help="LABEL=POLICY (repeatable): the classifier label that routes the policy.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Cascade file to write (for cotmod run --cascade).")
-@click.option("--max-llm-share", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="At most this share of the items goes to the LLM.")
-@click.option("--max-f1-loss", type=click.FloatRange(0, 1), default=0.01, show_default=True, help="At most this F1 loss against LLM-only (on the tune part).")
-@click.option("--tune-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True, help="Share of the items the bands are chosen on; the rest reports them.")
+@click.option("--max-llm-share", type=FloatRange(0, 1), default=0.2, show_default=True, help="At most this share of the items goes to the LLM.")
+@click.option("--max-f1-loss", type=FloatRange(0, 1), default=0.01, show_default=True, help="At most this F1 loss against LLM-only (on the tune part).")
+@click.option("--tune-share", type=FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True, help="Share of the items the bands are chosen on; the rest reports them.")
 @click.option("--action", type=click.Choice(["label", "limit_reach", "age_restrict", "remove", "remove_and_report"]), default="remove", show_default=True, help="Action of a classifier enforcement.")
-@click.option("--seed", type=int, default=2026, show_default=True, help="Split and bootstrap seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=2026, show_default=True, help="Split and bootstrap seed.")
 @_scores_options
 @click.option("--json", "as_json", is_flag=True)
 def classifier_cascade(

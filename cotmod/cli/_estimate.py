@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .._exceptions import ConfigError
-from ._app import CONTEXT, EXIT_UNDECIDED
+from ._app import CONTEXT, EXIT_UNDECIDED, FloatRange
 from ._monitor import _float, _scores_options, classifier
 
 
@@ -45,11 +45,11 @@ def _opt(v: float | None) -> str:
 @click.option("--thresholds", "thresholds_path", type=click.Path(exists=True, dir_okay=False), help="Operating thresholds per label (cotmod classifier tune).")
 @click.option("--threshold", "threshold_values", multiple=True, help="Operating threshold: 0.7 (every label) or LABEL=0.7 [default: 0.5].")
 @click.option("--method", type=click.Choice(["isotonic", "platt"]), default="isotonic", show_default=True, help="Calibration: isotonic regression or Platt scaling.")
-@click.option("--min-precision", type=click.FloatRange(0, 1), help="Exit 1 when a chunk's estimated precision is below this.")
-@click.option("--min-recall", type=click.FloatRange(0, 1), help="Exit 1 when a chunk's estimated recall is below this.")
-@click.option("--min-f1", type=click.FloatRange(0, 1), help="Exit 1 when a chunk's estimated F1 is below this.")
+@click.option("--min-precision", type=FloatRange(0, 1), help="Exit 1 when a chunk's estimated precision is below this.")
+@click.option("--min-recall", type=FloatRange(0, 1), help="Exit 1 when a chunk's estimated recall is below this.")
+@click.option("--min-f1", type=FloatRange(0, 1), help="Exit 1 when a chunk's estimated F1 is below this.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=100, show_default=True, help="Calibration resamples for the intervals (0: sampling noise only).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--skip-bad-rows", is_flag=True, help="Leave out rows of SCORES that cannot be used (counted and listed; exit 1).")
 @click.option("--json", "as_json", is_flag=True)
 def classifier_estimate(

@@ -12,6 +12,7 @@ import click
 from ._app import (
     CONTEXT,
     EXIT_UNDECIDED,
+    FloatRange,
     _endpoint_options,
     _settings,
     cli,
@@ -105,10 +106,10 @@ def report(run_dir: str, thresholds_path: str | None, as_json: bool) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Thresholds YAML to write.")
-@click.option("--target-precision", type=click.FloatRange(0, 1), help="Review threshold: lowest reaching this precision.")
-@click.option("--cost-fp", type=click.FloatRange(min=0), help="Cost of a false positive (with --cost-fn).")
-@click.option("--cost-fn", type=click.FloatRange(min=0), help="Cost of a false negative.")
-@click.option("--auto-precision", type=click.FloatRange(0, 1), default=0.99, show_default=True, help="Auto-action threshold: lowest reaching this precision.")
+@click.option("--target-precision", type=FloatRange(0, 1), help="Review threshold: lowest reaching this precision.")
+@click.option("--cost-fp", type=FloatRange(min=0), help="Cost of a false positive (with --cost-fn).")
+@click.option("--cost-fn", type=FloatRange(min=0), help="Cost of a false negative.")
+@click.option("--auto-precision", type=FloatRange(0, 1), default=0.99, show_default=True, help="Auto-action threshold: lowest reaching this precision.")
 @click.option("--json", "as_json", is_flag=True)
 def tune(run_dir: str, output: str, target_precision: float | None, cost_fp: float | None, cost_fn: float | None, auto_precision: float, as_json: bool) -> None:
     """Choose per-policy score thresholds from a run, with bands auto-action / review / allow.

@@ -120,7 +120,7 @@ def _print(report: Any) -> None:
 @click.option("--label-policy", "label_policy", multiple=True, help="LABEL=POLICY (repeatable): the policy a label enforces (over the manifest's).")
 @click.option("--label", "-l", "labels", multiple=True, help="Explain only this label (repeatable) [default: every mapped label].")
 @click.option("--sample", "sample", type=click.IntRange(min=1), default=50, show_default=True, help="Errors sampled per label and kind (FP, FN).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (the same seed gives the same sample).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Sampling seed (the same seed gives the same sample).")
 @click.option("--output", "-o", "run_dir", type=click.Path(file_okay=False), help="Run directory: verdicts (resumable) and report.json [default: ./cotmod-explain-<SCORES name>].")
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--time-field", default="timestamp", show_default=True)

@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from .._exceptions import ConfigError, InputError
-from ._app import CONTEXT, EXIT_UNDECIDED, _Group, _policy_source, cli
+from ._app import CONTEXT, EXIT_UNDECIDED, FloatRange, _Group, _policy_source, cli
 
 
 def _pairs(values: tuple[str, ...], what: str, example: str) -> dict[str, str]:
@@ -59,7 +59,7 @@ def _scores_options(f: Any) -> Any:
     show_default=True,
     help="std: above the reference chunks' mean + SIGMA sd; p99: above their 99th percentile; constant: fixed limits (--limit).",
 )
-@click.option("--sigma", type=click.FloatRange(min=0), default=3.0, show_default=True)
+@click.option("--sigma", type=FloatRange(min=0), default=3.0, show_default=True)
 @click.option("--limit", "limits", multiple=True, help="Constant limit, e.g. psi=0.25 (psi, js, wasserstein; ks_p, flag_rate_p: p-values).")
 @click.option("--thresholds", "thresholds_path", type=click.Path(exists=True, dir_okay=False), help="Operating thresholds per label (cotmod classifier tune).")
 @click.option("--threshold", "threshold_values", multiple=True, help="Operating threshold: 0.7 (every label) or LABEL=0.7 [default: 0.5].")
@@ -256,14 +256,14 @@ def classifier() -> None:
 @classifier.command("tune", context_settings=CONTEXT)
 @click.argument("scores", type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Thresholds YAML to write.")
-@click.option("--target-precision", type=click.FloatRange(0, 1), help="Operating threshold: highest recall with at least this precision.")
-@click.option("--cost-fp", type=click.FloatRange(min=0), help="Cost of a false positive (with --cost-fn): minimum expected cost.")
-@click.option("--cost-fn", type=click.FloatRange(min=0), help="Cost of a false negative.")
-@click.option("--auto-precision", type=click.FloatRange(0, 1), default=0.99, show_default=True, help="Auto-action threshold: lowest reaching this precision.")
+@click.option("--target-precision", type=FloatRange(0, 1), help="Operating threshold: highest recall with at least this precision.")
+@click.option("--cost-fp", type=FloatRange(min=0), help="Cost of a false positive (with --cost-fn): minimum expected cost.")
+@click.option("--cost-fn", type=FloatRange(min=0), help="Cost of a false negative.")
+@click.option("--auto-precision", type=FloatRange(0, 1), default=0.99, show_default=True, help="Auto-action threshold: lowest reaching this precision.")
 @click.option("--label-map", "label_map", multiple=True, help="LABEL=POLICY (repeatable): the policy each label enforces.")
 @click.option("--guidelines", "-g", type=click.Path(exists=True), help="Policies (for the versions tuned for) [default: as for lint].")
 @click.option("--config", "config_file", type=click.Path(), help="TOML config file (for its guidelines).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Bootstrap seed.")
 @_scores_options
 @click.option("--json", "as_json", is_flag=True)
 def classifier_tune(

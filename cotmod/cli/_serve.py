@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from .._exceptions import ConfigError
-from ._app import CONTEXT, _endpoint_options, _notice, _settings, cli
+from ._app import CONTEXT, FloatRange, _endpoint_options, _notice, _settings, cli
 
 
 def _loopback(host: str) -> bool:
@@ -50,8 +50,8 @@ def _category_names(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--max-items", type=click.IntRange(min=1), default=64, show_default=True, help="Items per request (413 above).")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True, help="Request body size limit (413 above).")
 @click.option("--max-text-chars", type=click.IntRange(min=1), default=32_000, show_default=True, help="Characters per item text (413 above).")
-@click.option("--request-timeout", type=click.FloatRange(0, min_open=True), default=120.0, show_default=True, help="Seconds for one request, waiting included (504 after).")
-@click.option("--drain-timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True, help="On SIGTERM/Ctrl-C, seconds to let requests in progress finish.")
+@click.option("--request-timeout", type=FloatRange(0, min_open=True), default=120.0, show_default=True, help="Seconds for one request, waiting included (504 after).")
+@click.option("--drain-timeout", type=FloatRange(0, min_open=True), default=30.0, show_default=True, help="On SIGTERM/Ctrl-C, seconds to let requests in progress finish.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Model requests in flight at most, over all requests [default: settings, 4].")
 @click.option("--category-name", "category_names", multiple=True, metavar="POLICY=NAME", help="Report POLICY under category NAME in /v1/moderations (repeatable), e.g. hate_speech=hate.")
 @click.option("--evidence/--no-evidence", default=None, help="Grounded citations: the model quotes the words meeting each rule (highlighted in the playground) [default: settings, off].")
