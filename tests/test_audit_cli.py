@@ -221,3 +221,32 @@ def test_bad_labels_name_the_line_and_field(tmp_path: Path) -> None:
         f.write_text(json.dumps(row) + "\n")
         r = invoke("audit", "labels", str(p), str(f))
         assert r.exit_code == EXIT_USAGE and f"labels.jsonl:1: {message}" in r.output, r.output
+
+
+def test_label_files_from_windows_tools_and_odd_label_studio_shapes(tmp_path: Path) -> None:
+    """A byte-order mark (Excel's "CSV UTF-8", Notepad) is skipped, not glued to the first column
+    name; a Label Studio choice given as a string is that label, not its first letter; an export of
+    the wrong shape names the task and field instead of an AttributeError traceback."""
+    p = plan(tmp_path)
+    some = json.loads(p.read_text().splitlines()[1])["id"]
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbfid,policy,label\n" + f"{some},spam_scams,safe\n".encode())
+    r = invoke("audit", "labels", str(p), str(csv_file))
+    assert r.exit_code == EXIT_OK, r.output
+    jsonl = tmp_path / "labels.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + (json.dumps({"id": some, "policy": "spam_scams", "label": "safe"}) + "\n").encode())
+    assert invoke("audit", "labels", str(p), str(jsonl)).exit_code == EXIT_OK
+
+    def ls_task(annotations: object) -> Path:
+        f = tmp_path / "ls.json"
+        f.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"data": {"id": some, "policy": "spam_scams"}, "annotations": annotations}]).encode())
+        return f
+
+    r = invoke("audit", "labels", str(p), str(ls_task([{"result": [{"value": {"choices": "perhaps"}}]}])))
+    assert r.exit_code == EXIT_USAGE and "decision 'perhaps'" in r.output  # the whole string, not 'p'
+    r = invoke("audit", "labels", str(p), str(ls_task([{"result": [{"value": {"choices": "safe"}}]}])))
+    assert r.exit_code == EXIT_OK, r.output
+    for bad, where in ((["x"], "annotations[0]"), ({"a": 1}, "'annotations' must be a list"),
+                       ([{"result": ["x"]}], "annotations[0].result[0]"), ([{"result": [{"value": {"choices": 5}}]}], "value.choices")):
+        r = invoke("audit", "labels", str(p), str(ls_task(bad)))
+        assert r.exit_code == EXIT_USAGE and "task [0]" in r.output and where in r.output and "Traceback" not in r.output, r.output

@@ -132,3 +132,33 @@ def test_runner_takes_an_async_iterable(tmp_path: Path) -> None:
     s = asyncio.run(go())
     assert s.processed == 5 and s.to_dict()["undecided"] == 0
     assert sorted(ids_in(tmp_path / "out.jsonl")) == [f"a{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("name", ["posts.csv", "posts.jsonl", "posts.txt", "posts.csv.gz"])
+def test_a_byte_order_mark_at_the_start_is_skipped(tmp_path: Path, name: str) -> None:
+    """Excel's "CSV UTF-8" and Notepad start files with a UTF-8 BOM. It used to become part of the
+    first CSV column name, so the 'id' column was not found and every row silently got a
+    line-N id (exit 0), and the first JSONL line a bad row."""
+    body = {
+        "posts.csv": "id,text\np1,hello\np2,\"caf\u00e9, ok\"\n",
+        "posts.csv.gz": "id,text\np1,hello\np2,\"caf\u00e9, ok\"\n",
+        "posts.jsonl": '{"id": "p1", "text": "hello"}\n{"id": "p2", "text": "caf\u00e9, ok"}\n',
+        "posts.txt": "hello\ncaf\u00e9, ok\n",
+    }[name]
+    data = b"\xef\xbb\xbf" + body.encode()
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    rows = list(read_items(p))
+    assert [r.problem for r in rows] == [None, None]
+    assert [r.text for r in rows] == ["hello", "caf\u00e9, ok"]
+    if name != "posts.txt":
+        assert [r.id for r in rows] == ["p1", "p2"]
+        assert next(rec for _, rec in read_records(p)) == {"id": "p1", "text": "hello"}
+    # a BOM anywhere but the start is content, as before
+    assert "\ufeff" in next(iter(read_items(_bom_inside(tmp_path)))).text
+
+
+def _bom_inside(tmp_path: Path) -> Path:
+    p = tmp_path / "inside.txt"
+    p.write_bytes("a \ufeff b\n".encode())
+    return p

@@ -168,7 +168,7 @@ def export_task(
 def _ls_tasks(p: Path) -> list[tuple[int, dict[str, Any]]]:
     """A Label Studio export (JSON list of tasks with annotations) as label rows."""
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(p.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise InputError(f"{p}: not readable JSON ({exc})") from None
     if not isinstance(data, list):
@@ -178,9 +178,23 @@ def _ls_tasks(p: Path) -> list[tuple[int, dict[str, Any]]]:
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             raise InputError(f"{p}: task [{i - 1}]: no 'data' object")
         rec = dict(task["data"])
-        for ann in task.get("annotations") or []:
-            for res in (ann or {}).get("result") or []:
-                choices = ((res or {}).get("value") or {}).get("choices")
+        where = f"{p}: task [{i - 1}]"
+        anns = task.get("annotations") or []
+        if not isinstance(anns, list):
+            raise InputError(f"{where}: 'annotations' must be a list, got {type(anns).__name__}")
+        for j, ann in enumerate(anns):
+            results = (ann or {}).get("result") if isinstance(ann, dict) else None
+            if (ann is not None and not isinstance(ann, dict)) or not isinstance(results or [], list):
+                raise InputError(f"{where}: annotations[{j}]: expected an object with a 'result' list (a Label Studio export)")
+            for k, res in enumerate(results or []):
+                value = res.get("value") if isinstance(res, dict) else None
+                choices = value.get("choices") if isinstance(value, dict) else None
+                if res is not None and not isinstance(value, dict):
+                    raise InputError(f"{where}: annotations[{j}].result[{k}]: expected an object with a 'value' object")
+                if isinstance(choices, str):
+                    choices = [choices]
+                if choices is not None and not isinstance(choices, list):
+                    raise InputError(f"{where}: annotations[{j}].result[{k}].value.choices: expected a list of labels")
                 if choices:
                     rec["label"] = choices[0]
         out.append((i, rec))

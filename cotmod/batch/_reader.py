@@ -99,12 +99,16 @@ def _bad_text(value: str) -> str | None:
     return None
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _lines(f: IO[bytes], p: Path) -> Iterator[tuple[int, bytes]]:
+    """The file's lines as bytes, a UTF-8 byte-order mark at the start skipped (Notepad, Excel)."""
     n = 0
     try:
         for raw in f:
             n += 1
-            yield n, raw
+            yield n, raw[len(_BOM):] if n == 1 and raw.startswith(_BOM) else raw
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise InputError(f"{p}:{n + 1}: cannot read the file ({exc})") from None
 
@@ -137,7 +141,7 @@ def _jsonl_records(p: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | 
 def _csv_records(p: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     # bytes that are not UTF-8 are decoded as lone surrogates (surrogateescape) and reported
     # per row, so one bad byte costs that row only
-    with open_binary(p) as fb, io.TextIOWrapper(fb, encoding="utf-8", errors="surrogateescape", newline="") as f:
+    with open_binary(p) as fb, io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         try:
             header = reader.fieldnames or []
@@ -331,7 +335,7 @@ def read_items(
 
 
 def _csv_header(p: Path) -> list[str]:
-    with open_binary(p) as fb, io.TextIOWrapper(fb, encoding="utf-8", errors="surrogateescape", newline="") as f:
+    with open_binary(p) as fb, io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         try:
             header = next(csv.reader(f), [])
         except csv.Error as exc:
