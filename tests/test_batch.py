@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from cotmod import AsyncModerator, ConfigError, verdict_json_schema
+from cotmod import AsyncModerator, ConfigError, InputError, verdict_json_schema
 from cotmod.batch._provider import export_batch, import_batch
 from cotmod.batch._runner import Runner
 from cotmod.cli import cli
@@ -97,3 +97,33 @@ def test_batch_export_with_bad_rows_exits_1(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["batch", "export", str(inp), "-o", str(req), "-p", "spam_scams", "--model", "gpt-4o-mini", "--base-url", "http://127.0.0.1:9/v1"])
     assert r.exit_code == 1, r.output
     assert "2 requests for 2 items (1 bad rows dead-lettered)" in r.output
+
+
+def test_import_of_malformed_result_lines(tmp_path: Path) -> None:
+    """A result line that is not JSON or not UTF-8 says so (it used to be reported as lacking
+    custom_id); a result whose response is not an object is that item's error verdict (dead-lettered,
+    the others imported, exit 1), not an AttributeError that stops the import."""
+    inp = write_jsonl(tmp_path / "in.jsonl", 3)
+    req = tmp_path / "requests.jsonl"
+    mod = AsyncModerator(model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1")
+    export_batch(mod, inp, req, policies=["spam_scams"])
+    results = tmp_path / "results.jsonl"
+    fake_provider(req, results)
+    good = results.read_text().splitlines()
+    out = tmp_path / "verdicts.jsonl"
+    for bad, message in (("{not json", "invalid JSON"), ('{"id": 1}', r"not a Batch API result line \(needs custom_id\)")):
+        broken = tmp_path / "broken.jsonl"
+        broken.write_text("\n".join([*good, bad]) + "\n")
+        with pytest.raises(InputError, match=rf"broken\.jsonl:4: {message}"):
+            import_batch(mod, broken, req, out)
+    broken.write_bytes(("\n".join(good) + "\n").encode() + b"\xff\n")
+    with pytest.raises(InputError, match=r"broken\.jsonl:4: not valid UTF-8"):
+        import_batch(mod, broken, req, out)
+    odd = [json.loads(x) for x in good]
+    odd[0]["response"] = "oops"
+    results.write_text("".join(json.dumps(x) + "\n" for x in odd))
+    r = CliRunner().invoke(cli, ["batch", "import", str(results), "--requests", str(req), "-o", str(out), "--model", "gpt-4o-mini",
+                                 "--base-url", "http://127.0.0.1:9/v1"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert len(ids_in(out)) == 2
+    assert "malformed result: response is not an object" in Runner.errors_path(out).read_text()

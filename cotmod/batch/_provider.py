@@ -114,9 +114,13 @@ def _read_results(path: Path) -> dict[str, dict[str, Any]]:
                 continue
             try:
                 obj = json.loads(raw)
-                out[str(obj["custom_id"])] = obj
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise InputError(f"{path}:{n}: not a Batch API result line (needs custom_id)") from None
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{n}: not valid UTF-8 (byte {exc.start + 1} of the line)") from None
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{n}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict) or obj.get("custom_id") is None:
+                raise InputError(f"{path}:{n}: not a Batch API result line (needs custom_id)")
+            out[str(obj["custom_id"])] = obj
     return out
 
 
@@ -249,12 +253,17 @@ def import_batch(
 
 def _outcome_from_result(moderator: AsyncModerator, res: dict[str, Any], prompt: CompiledPrompt, model: str) -> GroupOutcome:
     response = res.get("response") or {}
-    body = response.get("body") or {}
+    body = response.get("body") if isinstance(response, dict) else None
+    if not isinstance(response, dict) or not isinstance(body or {}, dict):
+        what = "response" if not isinstance(response, dict) else "response.body"
+        return GroupOutcome([], [], Usage(), 1, 0, 0, model, ErrorInfo(type="BatchRequestError", message=f"malformed result: {what} is not an object"))
+    body = body or {}
     status = response.get("status_code")
     if res.get("error") or status != 200:
         msg = json.dumps(res.get("error") or body.get("error") or {"status_code": status})[:500]
         return GroupOutcome([], [], Usage(), 1, 0, 0, model, ErrorInfo(type="BatchRequestError", message=msg))
-    u = body.get("usage") or {}
+    u = body.get("usage")
+    u = u if isinstance(u, dict) else {}
     usage = Usage(
         prompt_tokens=int(u.get("prompt_tokens") or 0),
         completion_tokens=int(u.get("completion_tokens") or 0),
