@@ -250,3 +250,27 @@ def test_label_files_from_windows_tools_and_odd_label_studio_shapes(tmp_path: Pa
                        ([{"result": ["x"]}], "annotations[0].result[0]"), ([{"result": [{"value": {"choices": 5}}]}], "value.choices")):
         r = invoke("audit", "labels", str(p), str(ls_task(bad)))
         assert r.exit_code == EXIT_USAGE and "task [0]" in r.output and where in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_history_line_of_the_wrong_shape_names_the_line_and_field(tmp_path: Path) -> None:
+    """audit history used to crash (KeyError 'at', AttributeError, a format error) on lines edited or
+    written by hand; an unknown --policy printed nothing and exited 0."""
+    good = {"at": "2026-11-27T10:00:00Z", "policies": {"spam_scams": {
+        "version": "1.0.0", "truth": "auditor", "audited": 40, "precision": {"value": 0.9, "low": 0.8, "high": 0.95}}}}
+    h = tmp_path / "h.jsonl"
+    h.write_text(json.dumps(good) + "\n")
+    r = invoke("audit", "history", str(h))
+    assert r.exit_code == EXIT_OK and "0.900 [0.80, 0.95]" in r.output
+    r = invoke("audit", "history", str(h), "-p", "nope")
+    assert r.exit_code == EXIT_USAGE and "no audit of 'nope'" in r.output and "spam_scams" in r.output
+    cases = [
+        ({"policies": good["policies"]}, "field 'at'"),
+        ({"at": "x", "policies": {"spam_scams": "x"}}, "field 'policies.spam_scams': expected an object"),
+        ({"at": "x", "policies": {"spam_scams": {**good["policies"]["spam_scams"], "precision": {"value": "high"}}}},
+         "field 'policies.spam_scams.precision.value': expected a number, got 'high'"),
+        ({"at": "x", "policies": {"spam_scams": {**good["policies"]["spam_scams"], "audited": "40"}}}, "field 'policies.spam_scams.audited': expected a whole number"),
+    ]
+    for bad, message in cases:
+        h.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+        r = invoke("audit", "history", str(h))
+        assert r.exit_code == EXIT_USAGE and f"h.jsonl:2: {message}" in r.output and "Traceback" not in r.output, r.output

@@ -288,7 +288,36 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
     for n, rec in read_records(path, fmt="jsonl"):
         if not isinstance(rec.get("policies"), dict):
             raise InputError(f"{path}:{n}: not an audit history line (field 'policies')")
+        problem = _history_problem(rec)
+        if problem:
+            raise InputError(f"{path}:{n}: {problem}")
         out.append(rec)
     return out
+
+
+def _history_problem(rec: dict[str, Any]) -> str | None:
+    """What is wrong with a history line's shape (as :func:`append_history` writes it), if anything."""
+    if not isinstance(rec.get("at"), str):
+        return "field 'at': expected the audit's time as a string"
+    for pid, entry in rec["policies"].items():
+        where = f"field 'policies.{pid}"
+        if not isinstance(entry, dict):
+            return f"{where}': expected an object"
+        for key in ("version", "truth"):
+            if not isinstance(entry.get(key), str):
+                return f"{where}.{key}': expected a string"
+        if not isinstance(entry.get("audited"), int) or isinstance(entry.get("audited"), bool):
+            return f"{where}.audited': expected a whole number"
+        for key in ("agreement", "kappa", "precision", "recall", "prevalence"):
+            iv = entry.get(key)
+            if iv is None:
+                continue
+            if not isinstance(iv, dict):
+                return f"{where}.{key}': expected an object like {{value, low, high}}"
+            for part in ("value", "low", "high"):
+                v = iv.get(part)
+                if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                    return f"{where}.{key}.{part}': expected a number, got {v!r}"
+    return None
 
 

@@ -293,6 +293,9 @@ def audit_history(history_path: str, policies: tuple[str, ...], as_json: bool) -
             click.echo(json.dumps(h))
         return
     names = sorted({pid for h in hist for pid in h["policies"]})
+    unknown = [pid for pid in policies if pid not in names]
+    if unknown:
+        raise InputError(f"{history_path}: no audit of {', '.join(map(repr, unknown))} in this history (audited: {', '.join(names)})")
     for pid in names:
         if policies and pid not in policies:
             continue
