@@ -74,6 +74,9 @@ def test_parse_chunk() -> None:
     for bad in ("0", "1y", "day", "-5"):
         with pytest.raises(ConfigError, match="row count"):
             parse_chunk(bad)
+    assert parse_chunk("5200w") == ("time", 5200 * 7 * 86400)
+    with pytest.raises(ConfigError, match="at most 100 years"):  # used to overflow the window's dates
+        parse_chunk("99999999999999w")
 
 
 # -- scenarios with the real classifier -----------------------------------------------------------

@@ -59,6 +59,9 @@ _MAX_EXACT_SIZES = 8
 _TOL = 1e-9  # relative tolerance of the data-driven limits
 
 
+_MAX_WINDOW = 5200 * 7 * 86400  # 100 years: window bounds stay dates (a longer one overflowed)
+
+
 def parse_chunk(spec: str | int) -> tuple[Literal["time", "count"], int]:
     """``"1d"`` → ("time", 86400); ``"100000"`` or 100000 → ("count", 100000)."""
     if isinstance(spec, int) and not isinstance(spec, bool):
@@ -71,7 +74,10 @@ def parse_chunk(spec: str | int) -> tuple[Literal["time", "count"], int]:
     m = re.fullmatch(r"(\d+)\s*([smhdw])", s)
     if not m or int(m.group(1)) < 1:
         raise ConfigError(f"chunk {spec!r}: expected a row count (100000) or a time window (30m, 6h, 1d, 1w)")
-    return "time", int(m.group(1)) * _UNITS[m.group(2)]
+    seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    if seconds > _MAX_WINDOW:
+        raise ConfigError(f"chunk {spec!r}: a time window can be at most 100 years (5200w)")
+    return "time", seconds
 
 
 @dataclass
