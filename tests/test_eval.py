@@ -319,3 +319,20 @@ def test_a_run_file_with_bytes_that_are_not_utf8_is_one_clear_line(tmp_path: Pat
     r = CliRunner().invoke(cli, ["report", str(run)])
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert f"{verdicts}:{lines + 1}: not valid UTF-8" in r.stderr
+
+
+def test_report_names_thresholds_for_policies_the_run_did_not_judge(tmp_path: Path) -> None:
+    """A thresholds file with a policy the run never judged (a typo, another policy set) changed
+    nothing silently; report and eval now say so (the config route refuses unknown policies)."""
+    from cotmod.testing import FakeBackend
+
+    g, m = make_golden(tmp_path)
+    run = tmp_path / "run"
+    run_eval(AsyncModerator(backend=FakeBackend(default=lambda req: decision({"hate_speech": []}))), g, m, run)
+    th = tmp_path / "t.yaml"
+    th.write_text("thresholds:\n  nopolicy: {review: 0.5}\n  hate_speech: {review: 0.5}\n")
+    r = CliRunner().invoke(cli, ["report", str(run), "--thresholds", str(th)])
+    assert r.exit_code == 0, r.output
+    assert "has thresholds for nopolicy, which this run did not judge (it judged hate_speech)" in r.stderr
+    th.write_text("thresholds:\n  hate_speech: {review: 0.5}\n")
+    assert "notice" not in CliRunner().invoke(cli, ["report", str(run), "--thresholds", str(th)]).stderr

@@ -60,7 +60,6 @@ def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: i
     from .._config import cotmod_home
     from ..engine._cache import SqliteCache
     from ..engine._moderator import AsyncModerator
-    from ..engine._thresholds import load_thresholds
     from ..evals._harness import compute_metrics, run_eval
 
     mapping_file = Path(mapping_path) if mapping_path else Path(golden).parent / "mapping.yaml"
@@ -82,7 +81,7 @@ def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: i
             run_eval(mod, golden, mapping_file, run_dir, policies=policies, limit=limit)
     finally:
         cache.close()
-    result = compute_metrics(run_dir, thresholds=load_thresholds(thresholds_path))
+    result = compute_metrics(run_dir, thresholds=_run_thresholds(thresholds_path, run_dir))
     _write_reports(result, Path(run_dir), as_json)
     if result.undecided:
         from ..evals._report import undecided_note
@@ -91,16 +90,32 @@ def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: i
         sys.exit(EXIT_UNDECIDED)
 
 
+def _run_thresholds(thresholds_path: str | None, run_dir: str) -> dict[str, dict[str, float]]:
+    """The thresholds file for a run's metrics, with a notice naming the policies it has thresholds
+    for that the run did not judge (they change nothing: a typo, or a file tuned for other policies)."""
+    from ..engine._thresholds import load_thresholds
+
+    thresholds = load_thresholds(thresholds_path)
+    try:
+        judged = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8")).get("policies") or {}
+    except (OSError, ValueError, AttributeError):
+        return thresholds  # compute_metrics reports an unreadable run
+    unused = sorted(pid for pid in thresholds if pid not in judged)
+    if unused and isinstance(judged, dict):
+        click.echo(f"cotmod: notice: {thresholds_path} has thresholds for {', '.join(unused)}, which this run did not judge "
+                   f"(it judged {', '.join(sorted(judged)) or 'no policy'}): they change nothing", err=True)
+    return thresholds
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--thresholds", "thresholds_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True)
 def report(run_dir: str, thresholds_path: str | None, as_json: bool) -> None:
     """Recompute metrics and the HTML report of a run directory (no model calls)."""
-    from ..engine._thresholds import load_thresholds
     from ..evals._harness import compute_metrics
 
-    _write_reports(compute_metrics(run_dir, thresholds=load_thresholds(thresholds_path)), Path(run_dir), as_json)
+    _write_reports(compute_metrics(run_dir, thresholds=_run_thresholds(thresholds_path, run_dir)), Path(run_dir), as_json)
 
 
 @cli.command(context_settings=CONTEXT)
