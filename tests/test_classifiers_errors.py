@@ -10,7 +10,13 @@ import yaml
 from click.testing import CliRunner
 
 from cotmod import InputError
-from cotmod.classifiers import classifier_errors, load_classifier_bands, read_scores
+from cotmod.classifiers import (
+    EstimateSettings,
+    classifier_errors,
+    estimate_performance,
+    load_classifier_bands,
+    read_scores,
+)
 from cotmod.cli import cli
 
 ROWS = [
@@ -98,3 +104,22 @@ def test_cli_errors_after_tune(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "surface=(missing)" in r.output
     r = run(cli, ["classifier", "errors", str(scores), "--thresholds", str(scores)])
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_thresholds_for_labels_the_log_does_not_have_are_errors(tmp_path: Path) -> None:
+    """A typo in a label (LABEL=0.3, a thresholds file for another classifier, labels: {spam: 0.5})
+    used to leave the real label at the default threshold, or print nothing, with exit 0."""
+    scores = _log(tmp_path)
+    run = CliRunner().invoke
+    th = tmp_path / "th.yaml"
+    th.write_text(yaml.safe_dump({"labels": {"other": {"review": 0.5}}}))
+    r = run(cli, ["classifier", "errors", str(scores), "--thresholds", str(th)])
+    assert r.exit_code == 2 and "no label of" in r.output and "thresholds for: other" in r.output
+    th.write_text(yaml.safe_dump({"labels": {"spam": 0.5}}))
+    r = run(cli, ["classifier", "errors", str(scores), "--thresholds", str(th)])
+    assert r.exit_code == 2 and "labels.spam: expected {review: x, auto_action: y}, got 0.5" in r.output
+    r = run(cli, ["monitor", str(scores), "-r", str(scores), "-c", "2", "--threshold", "other=0.3"])
+    assert r.exit_code == 2 and "threshold for label 'other'" in r.output and "Traceback" not in r.output
+    log = read_scores(scores)
+    with pytest.raises(InputError, match="threshold for label 'other'"):
+        estimate_performance(log, log, EstimateSettings(chunk=2, thresholds={"other": 0.3}))

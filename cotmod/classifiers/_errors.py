@@ -67,8 +67,10 @@ def load_classifier_bands(path: str | Path) -> dict[str, tuple[float, float | No
         raise InputError(f"{p}: expected 'labels: {{LABEL: {{review: x, auto_action: y}}}}' (written by cotmod classifier tune)")
     out: dict[str, tuple[float, float | None]] = {}
     for lb, spec in labels.items():
-        if not isinstance(spec, dict) or spec.get("review") is None:
-            continue
+        if not isinstance(spec, dict):
+            raise InputError(f"{p}: labels.{lb}: expected {{review: x, auto_action: y}}, got {spec!r}")
+        if spec.get("review") is None:
+            continue  # a label tune found no threshold for
         vals: list[float | None] = []
         for key in ("review", "auto_action"):
             raw = spec.get(key)
@@ -96,6 +98,8 @@ def classifier_errors(
 ) -> ErrorReport:
     """FP/FN of each label at ``bands[label] = (review, auto_action)``, by band and stratum."""
     names = list(labels) if labels else [lb for lb in log.labels if lb in bands]
+    if not names:
+        raise InputError(f"no label of {log.path} has a threshold (labels: {', '.join(log.labels)}; thresholds for: {', '.join(bands) or 'none'})")
     for lb in names:
         if lb not in log.labels:
             raise InputError(f"{log.path}: no label {lb!r} (labels: {', '.join(log.labels)})")

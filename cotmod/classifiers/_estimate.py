@@ -34,7 +34,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from .._exceptions import ConfigError, InputError
-from ._monitor import _chunks, parse_chunk
+from ._monitor import _chunks, _no_unknown_thresholds, parse_chunk
 from ._scores import ScoreLog, SkippedRow
 
 __all__ = [
@@ -251,6 +251,7 @@ def estimate_performance(log: ScoreLog, calibration: ScoreLog, settings: Estimat
         if v is not None and not 0 <= v <= 1:
             raise ConfigError(f"{name}: expected a number from 0 to 1, got {v}")
     labels = list(settings.labels) if settings.labels else list(log.labels)
+    _no_unknown_thresholds(settings.thresholds, log)
     for lb in labels:
         if lb not in log.labels:
             raise InputError(f"{log.path}: no label {lb!r} (labels: {', '.join(log.labels)})")

@@ -326,6 +326,14 @@ def _check_settings(settings: MonitorSettings) -> dict[str, float]:
     return {**CONSTANT_LIMITS, **settings.limits}
 
 
+def _no_unknown_thresholds(thresholds: Mapping[str, float], log: ScoreLog) -> None:
+    """A threshold for a label the log does not have is a mistake (a typo would otherwise leave
+    the real label at the default threshold without a word)."""
+    unknown = [lb for lb in thresholds if lb not in log.labels]
+    if unknown:
+        raise InputError(f"threshold for label {unknown[0]!r}, which {log.path} does not have (labels: {', '.join(log.labels)})")
+
+
 def monitor(log: ScoreLog, reference: ScoreLog, settings: MonitorSettings) -> MonitorReport:
     """Drift of ``log``'s scores against ``reference``'s, per label and per stratum, chunk by chunk."""
     kind, size = parse_chunk(settings.chunk)
@@ -336,6 +344,7 @@ def monitor(log: ScoreLog, reference: ScoreLog, settings: MonitorSettings) -> Mo
             raise InputError(f"{log.path}: no label {lb!r} (labels: {', '.join(log.labels)})")
         if lb not in reference.labels:
             raise InputError(f"{reference.path}: the reference has no label {lb!r} (labels: {', '.join(reference.labels)})")
+    _no_unknown_thresholds(settings.thresholds, log)
     for s in settings.strata:
         for lg in (log, reference):
             if s not in lg.strata:

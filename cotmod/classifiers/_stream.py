@@ -36,6 +36,7 @@ from ._monitor import (
     _chunk_drift,
     _finish_group,
     _iso,
+    _no_unknown_thresholds,
     _short_reference,
     parse_chunk,
 )
@@ -477,6 +478,7 @@ def monitor_stream(
         p, labels=settings.labels, strata=settings.strata, id_field=id_field, time_field=time_field,
         require_timestamps=kind == "time", fmt=fmt, skip_bad_rows=skip_bad_rows, skips=skips, batch_rows=batch_rows,
     )
+    _no_unknown_thresholds(settings.thresholds, reference)
     chunker = _Chunker(p, reference, settings, kind, size, skip_bad_rows, skips, time_field)
     labels: list[str] = []
     rows = 0
