@@ -222,6 +222,12 @@ def test_compare_runs_and_fail_on(tmp_path: Path) -> None:
     assert as_json["ok"] is False and as_json["failures"] == ["hateful: precision drop 16.7 points > 2.0"]
     r = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--fail-on", "precision drop > 2"])
     assert r.exit_code == 0
+    # a gate these runs cannot measure (neither triaged) does not pass silently
+    r = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--fail-on", "triage_benign_none drop > 2"])
+    assert r.exit_code == EXIT_UNDECIDED and "not measurable on these runs" in r.stderr and "needs triage records" in r.stderr
+    same = compare_runs(tmp_path / "a", tmp_path / "a", fail_on=["triage_benign_none drop > 2"])
+    assert not same.ok and not same.regressions and same.unmeasured == [
+        "triage_benign_none drop > 2: needs triage records in both runs, with items of that kind"]
 
 
 def test_shipped_goldsets_and_mappings_load() -> None:

@@ -216,5 +216,7 @@ def compare(run_a: str, run_b: str, fail_on: tuple[str, ...], as_json: bool) -> 
                     click.echo(f"  own policy reached by {side} only: {len(ids)} ({', '.join(ids[:10])}{more})")
         for f in data.failures:
             click.echo(click.style("REGRESSION ", fg="red") + f)
-    if data.regressions:
+    for rule in data.unmeasured:
+        click.echo(f"cotmod compare: --fail-on {rule}: not measurable on these runs, so the gate does not pass", err=True)
+    if data.regressions or data.unmeasured:
         sys.exit(EXIT_UNDECIDED)

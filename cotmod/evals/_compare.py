@@ -303,6 +303,7 @@ def compare(a: EvalResult, b: EvalResult, *, fail_on: list[str] | None = None, r
     labels: dict[str, LabelComparison] = {}
     regressions: list[Regression] = []
     label_rules = [r for r in rules if r[0] in _LABEL_METRICS]
+    unmeasured: list[str] = []
     for label in sorted(set(a.predictions) & set(b.predictions)):
         pa = {r.id: r for r in a.predictions[label]}
         pb = {r.id: r for r in b.predictions[label]}
@@ -319,6 +320,8 @@ def compare(a: EvalResult, b: EvalResult, *, fail_on: list[str] | None = None, r
             d = paired.metrics[metric].delta * 100
             if (direction == "drop" and -d > limit) or (direction == "rise" and d > limit):
                 regressions.append(Regression(label=label, metric=metric, direction=direction, points=abs(d), limit=limit))
+    if label_rules and not any(lc.n_paired for lc in labels.values()):
+        unmeasured += [f"{m} {d} > {lim:g}: the runs decided no item of a shared label" for m, d, lim in label_rules]
     attribution = None
     if a.attribution is not None and b.attribution is not None:
         in_play = [p for p in a.attribution.policies if p in b.attribution.policies]
@@ -329,8 +332,10 @@ def compare(a: EvalResult, b: EvalResult, *, fail_on: list[str] | None = None, r
             continue
         source, name = (triage, metric.removeprefix("triage_")) if metric in TRIAGE_FAIL else (attribution, metric)
         got = source.metrics.get(f"{name}_share") if source is not None else None
-        if got is None:
-            continue  # not measurable on these runs (no attribution or triage records, or no such items)
+        if got is None:  # not measurable on these runs (no attribution or triage records, or no such items)
+            what = "triage records in both runs" if metric in TRIAGE_FAIL else "attribution figures in both runs"
+            unmeasured.append(f"{metric} {direction} > {limit:g}: needs {what}, with items of that kind")
+            continue
         d = got.delta * 100
         if (direction == "drop" and -d > limit) or (direction == "rise" and d > limit):
             label = "triage" if metric in TRIAGE_FAIL else "attribution"
@@ -341,7 +346,7 @@ def compare(a: EvalResult, b: EvalResult, *, fail_on: list[str] | None = None, r
 
     return Comparison(
         a=a.run, b=b.run, a_manifest=head(a), b_manifest=head(b), labels=labels, attribution=attribution, triage=triage,
-        regressions=regressions,
+        regressions=regressions, unmeasured=unmeasured,
     )
 
 

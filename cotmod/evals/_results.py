@@ -581,6 +581,11 @@ class Comparison(_Model):
     attribution: AttributionComparison | None = None
     triage: TriageComparison | None = None
     regressions: list[Regression] = Field(default_factory=list)
+    unmeasured: list[str] = Field(
+        default_factory=list,
+        description="--fail-on rules these runs cannot measure (no triage or attribution records, no paired label): "
+        "a gate that cannot be evaluated does not pass",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -591,4 +596,4 @@ class Comparison(_Model):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def ok(self) -> bool:
-        return not self.regressions
+        return not self.regressions and not self.unmeasured
