@@ -122,6 +122,9 @@ def test_duplicate_policy_ids_across_files(tmp_path: Path) -> None:
     report = lint_paths([tmp_path])
     assert "duplicate-policy" in codes(report)
     assert any(w.code == "file-name" for w in report.warnings)
+    dup = next(e for e in report.errors if e.code == "duplicate-policy")
+    id_line = next(n for n, line in enumerate(HATE.splitlines(), start=1) if line.startswith("id:"))
+    assert dup.line == id_line  # the line of 'id:', not line 1
 
 
 def test_non_utf8_and_empty_files(tmp_path: Path) -> None:

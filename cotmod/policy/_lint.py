@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -439,6 +440,15 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+def _top_level_line(path: Path, key: str) -> int:
+    """The line of a top-level ``key:`` in a policy file that parsed (1 if not found)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return 1
+    return next((n for n, line in enumerate(text.splitlines(), start=1) if re.match(rf"{re.escape(key)}\s*:", line)), 1)
+
+
 def lint_paths(paths: Iterable[str | Path] | None = None) -> LintReport:
     """Lint guideline files (or directories of them). Never raises for bad files."""
     report = LintReport()
@@ -454,7 +464,7 @@ def lint_paths(paths: Iterable[str | Path] | None = None) -> LintReport:
             report.invalid_files.append(str(f))
             continue
         if policy.id in by_id:
-            report.errors.append(LintIssue(str(f), 1, "id", f"duplicate policy id {policy.id!r} (also in {by_id[policy.id]})", "duplicate-policy"))
+            report.errors.append(LintIssue(str(f), _top_level_line(f, "id"), "id", f"duplicate policy id {policy.id!r} (also in {by_id[policy.id]})", "duplicate-policy"))
             report.invalid_files.append(str(f))
             continue
         by_id[policy.id] = str(f)
