@@ -45,6 +45,8 @@ def test_schema_and_render() -> None:
     assert "{{ 7*7 }}" in msgs[-1]["content"] and data["prompts"][0]["tokens"]["system"] > 200
     r = run("render", "--vars")
     assert "content" in r.output and "policies" in r.output
+    used = json.loads(run("render", "--vars", "--json").stdout)  # --json is JSON here too
+    assert "content" in used["moderation.user.j2"] and "policies" in used["moderation.system.j2"]
 
 
 def test_render_counts_tokens_per_message() -> None:

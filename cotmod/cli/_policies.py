@@ -69,8 +69,12 @@ def render(text: str, as_json: bool, show_vars: bool, policies: tuple[str, ...],
     mod = AsyncModerator(settings.guidelines, settings=settings)
     prompts = mod.render(_check_text(text, "TEXT"), list(policies) or None)
     if show_vars:
-        for name in (SYSTEM_TEMPLATE, USER_TEMPLATE, REASK_TEMPLATE):
-            click.echo(f"{name}: {', '.join(sorted(mod.templates.variables(name)))}")
+        used = {name: sorted(mod.templates.variables(name)) for name in (SYSTEM_TEMPLATE, USER_TEMPLATE, REASK_TEMPLATE)}
+        if as_json:
+            click.echo(json.dumps(used, indent=2))
+            return
+        for name, names in used.items():
+            click.echo(f"{name}: {', '.join(names)}")
         return
     triage = mod.triage_applies(list(policies) or None)  # then the first prompt is the triage prompt
     out: list[dict[str, Any]] = []
