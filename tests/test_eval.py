@@ -342,3 +342,15 @@ def test_report_names_thresholds_for_policies_the_run_did_not_judge(tmp_path: Pa
     assert "has thresholds for nopolicy, which this run did not judge (it judged hate_speech)" in r.stderr
     th.write_text("thresholds:\n  hate_speech: {review: 0.5}\n")
     assert "notice" not in CliRunner().invoke(cli, ["report", str(run), "--thresholds", str(th)]).stderr
+
+
+def test_a_mapping_label_with_an_unknown_field_is_refused(tmp_path: Path) -> None:
+    """docs/formats.md says unknown keys are errors; at the label level they were accepted."""
+    from cotmod.evals import load_mapping
+
+    m = tmp_path / "mapping.yaml"
+    m.write_text("labels:\n  unsafe: {policies: [hate_speech], threshold: 0.5}\n")
+    with pytest.raises(InputError, match=r"mapping\.yaml: labels\.unsafe: unknown field\(s\) threshold"):
+        load_mapping(m)
+    m.write_text("labels:\n  unsafe: {policies: [hate_speech], description: hateful posts}\n")
+    assert load_mapping(m).labels == {"unsafe": ["hate_speech"]}

@@ -93,9 +93,12 @@ def audit_plan(
     versions = {p.id: p.version for p in ps}
     try:
         ths = {k: float(v) for k, v in _pairs(threshold, "--threshold").items()}
-        bands = [float(x) for x in score_bands.split(",") if x.strip()]
     except ValueError as exc:
-        raise click.UsageError(f"not a number: {exc}") from None
+        raise click.UsageError(f"--threshold: not a number: {exc}") from None
+    try:
+        bands = [float(x) for x in score_bands.split(",") if x.strip()]
+    except ValueError:
+        raise click.UsageError(f"--score-bands {score_bands!r}: expected numbers separated by commas, e.g. 0.25,0.5,0.75") from None
     dec = load_decisions(
         decisions, versions, items=items, label_policy=_pairs(label_policy, "--label-policy"), thresholds=ths,
         strata_fields=strata_fields, id_field=id_field, text_field=text_field,

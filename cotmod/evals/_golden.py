@@ -98,6 +98,9 @@ def load_mapping(path: str | Path) -> LabelMapping:
         raise InputError(f"{p}: unknown field(s) {', '.join(sorted(unknown))}")
     labels: dict[str, list[str]] = {}
     for label, spec in data["labels"].items():
+        extra = sorted(set(spec) - {"policies", "description"}) if isinstance(spec, dict) else []
+        if extra:
+            raise InputError(f"{p}: labels.{label}: unknown field(s) {', '.join(map(str, extra))} (a label has 'policies')")
         pol = spec.get("policies") if isinstance(spec, dict) else spec
         if isinstance(pol, str):
             pol = [pol]
