@@ -216,3 +216,14 @@ def test_yaml_mapping_files_are_guarded(tmp_path: Path) -> None:
         read_yaml_mapping(p, "label mapping")
     p.write_text("x: &v [1, 2]\ny: *v\n")
     assert read_yaml_mapping(p, "label mapping") == {"x": [1, 2], "y": [1, 2]}
+
+
+def test_a_value_outside_a_choice_of_types_says_what_is_allowed(tmp_path: Path) -> None:
+    """JSON Schema's anyOf message ("-5 is not valid under any of the given schemas") did not say
+    what a valid value is."""
+    text = (GUIDELINES / "spam_scams.yaml").read_text()
+    assert "sla_hours: 12" in text
+    report = lint_paths([write(tmp_path, text.replace("sla_hours: 12", "sla_hours: -5", 1), name="spam_scams.yaml")])
+    err = next(e for e in report.errors if e.field.endswith("sla_hours"))
+    assert err.message == "-5 is not allowed here: expected a number > 0 or null (or leave it out)"
+    assert err.line == text.splitlines().index(next(x for x in text.splitlines() if "sla_hours: 12" in x)) + 1

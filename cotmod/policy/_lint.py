@@ -192,6 +192,10 @@ def _lint_one(path: Path, report: LintReport) -> Policy | None:
             code = "unknown-field"
         elif e.validator == "required":
             code = "missing-field"
+        elif e.validator in ("anyOf", "oneOf") and isinstance(e.validator_value, list):
+            allowed = [_describe(sub) for sub in e.validator_value]
+            msg = f"{e.instance!r} is not allowed here: expected {' or '.join(a for a in allowed if a)}" if all(allowed) else msg
+            code = "schema"
         elif any(k in ("when", "answers", "value", "answer") for k in path_) and _has_bool(e.instance):
             msg = f"{msg} (YAML reads yes/no/on/off as true/false: quote the answer, e.g. 'yes')"
             code = "schema"
@@ -437,6 +441,25 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
             out.extend(sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml")))
         else:
             out.append(p)
+    return out
+
+
+def _describe(schema: Any) -> str:
+    """A short reading of a simple JSON Schema branch ("a number > 0", "null"); "" when it is
+    not simple enough to say in a few words (the validator's own message is kept then)."""
+    if not isinstance(schema, dict):
+        return ""
+    kind = schema.get("type")
+    words = {"number": "a number", "integer": "a whole number", "string": "a string", "null": "null (or leave it out)",
+             "boolean": "true or false", "array": "a list", "object": "a mapping"}
+    if not isinstance(kind, str) or kind not in words:
+        return ""
+    out = words[kind]
+    for key, op in (("exclusiveMinimum", ">"), ("minimum", ">="), ("exclusiveMaximum", "<"), ("maximum", "<=")):
+        if key in schema:
+            out += f" {op} {schema[key]}"
+    if "enum" in schema:
+        out = "one of " + ", ".join(map(repr, schema["enum"]))
     return out
 
 
