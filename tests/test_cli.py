@@ -208,3 +208,18 @@ def test_float_options_refuse_nan_and_infinities_and_seeds_refuse_negatives(tmp_
     for args, option, message in cases:
         r = CliRunner().invoke(cli, args)
         assert r.exit_code == 2 and option in r.stderr and message in r.stderr, (args, r.output)
+
+
+def test_run_json_still_prints_json_when_a_failure_stops_the_run(tmp_path: Path) -> None:
+    """run --json printed nothing on stdout when the endpoint was unreachable (exit 3): a caller
+    parsing stdout got no JSON. It now gets the output path, the error and the exit code."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "a", "text": "hi"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    r = CliRunner().invoke(cli, ["run", str(inp), "-o", str(out), "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                                 "-p", "spam_scams", "--json", "--no-cache"])
+    assert r.exit_code == 3 and "Traceback" not in r.output
+    data = json.loads(r.stdout)
+    assert data["exit_code"] == 3 and data["stopped"] is True and data["output"] == str(out)
+    assert data["error"]["type"] == "EndpointUnreachableError" and "unreachable" in data["error"]["message"]
+    assert "unreachable" in r.stderr  # the one-line error still goes to stderr

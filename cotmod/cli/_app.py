@@ -331,6 +331,7 @@ def _drive_run(
     show: bool,
     written_to: str,
     what: str = "run",
+    as_json: bool = False,
 ) -> T:
     """Run ``work(on_progress)`` (a batch-runner job) to the end, with a progress bar when
     ``show``; close the moderator and the result cache after. When a runtime failure stops it, say
@@ -353,6 +354,10 @@ def _drive_run(
     except CotmodError as exc:
         if not isinstance(exc, UserError):
             click.echo(f"cotmod: the {what} stopped; verdicts already written to {written_to} are kept: rerun the same command to resume", err=True)
+        if as_json:  # --json callers still get one JSON object on stdout, with the exit code the command ends with
+            code = EXIT_USAGE if isinstance(exc, UserError) else EXIT_FAILURE
+            click.echo(json.dumps({"output": written_to, "stopped": True, "error": {"type": type(exc).__name__, "message": str(exc)},
+                                   "exit_code": code}, indent=2))
         raise
     finally:
         if cache is not None:

@@ -157,7 +157,7 @@ def audit_run(
                               "retry_errors": retry_errors, "overwrite": overwrite, "limit": limit}
     summary = _drive_run(
         lambda on_progress: run_audit_async(plan, mod, output, on_progress=on_progress, **kwargs),
-        moderator=mod, cache=cache, show=show, written_to=output, what="audit",
+        moderator=mod, cache=cache, show=show, written_to=output, what="audit", as_json=as_json,
     )
     _finish_run(summary, as_json, f"{summary.undecided} sampled item(s) without an auditor verdict (--retry-errors redoes the retryable ones)")
 

@@ -214,7 +214,7 @@ def classifier_explain(
         progress_ = None if on_progress is None else (lambda _pid, s, n: on_progress(s, n))
         return explain_errors_async(log, bands, on_progress=progress_, **kwargs)
 
-    report = _drive_run(work, moderator=mod, cache=cache, show=show, written_to=f"{out}/")
+    report = _drive_run(work, moderator=mod, cache=cache, show=show, written_to=f"{out}/", as_json=as_json)
     code = EXIT_UNDECIDED if report.undecided else EXIT_OK
     if as_json:
         data = report.model_dump(mode="json")

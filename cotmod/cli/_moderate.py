@@ -212,7 +212,7 @@ def run(
     }
     summary = _drive_run(
         lambda on_progress: runner.run(input_path, output, on_progress=on_progress, **kwargs),
-        moderator=mod, cache=cache, show=show, written_to=output,
+        moderator=mod, cache=cache, show=show, written_to=output, as_json=as_json,
     )
     _finish_run(
         summary,
