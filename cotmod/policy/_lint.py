@@ -192,12 +192,12 @@ def _lint_one(path: Path, report: LintReport) -> Policy | None:
             code = "unknown-field"
         elif e.validator == "required":
             code = "missing-field"
-        elif e.validator in ("anyOf", "oneOf") and isinstance(e.validator_value, list):
-            allowed = [_describe(sub) for sub in e.validator_value]
-            msg = f"{e.instance!r} is not allowed here: expected {' or '.join(a for a in allowed if a)}" if all(allowed) else msg
-            code = "schema"
         elif any(k in ("when", "answers", "value", "answer") for k in path_) and _has_bool(e.instance):
             msg = f"{msg} (YAML reads yes/no/on/off as true/false: quote the answer, e.g. 'yes')"
+            code = "schema"
+        elif e.validator in ("anyOf", "oneOf") and isinstance(e.validator_value, list):
+            allowed = [_describe(sub) for sub in e.validator_value]
+            msg = f"{e.instance!r} is not allowed here: expected {' or '.join(allowed)}" if all(allowed) else msg
             code = "schema"
         else:
             code = "schema"
@@ -450,8 +450,10 @@ def _describe(schema: Any) -> str:
     if not isinstance(schema, dict):
         return ""
     kind = schema.get("type")
+    # scalar branches only: a mapping or a list can fail on what is inside it, and "expected a
+    # mapping" would then mislead (the validator's own message is kept)
     words = {"number": "a number", "integer": "a whole number", "string": "a string", "null": "null (or leave it out)",
-             "boolean": "true or false", "array": "a list", "object": "a mapping"}
+             "boolean": "true or false"}
     if not isinstance(kind, str) or kind not in words:
         return ""
     out = words[kind]
