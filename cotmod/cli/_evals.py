@@ -60,7 +60,7 @@ def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: i
     from .._config import cotmod_home
     from ..engine._cache import SqliteCache
     from ..engine._moderator import AsyncModerator
-    from ..evals._harness import compute_metrics, run_eval
+    from ..evals._harness import run_eval
 
     mapping_file = Path(mapping_path) if mapping_path else Path(golden).parent / "mapping.yaml"
     if not mapping_file.exists():
@@ -81,7 +81,7 @@ def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: i
             run_eval(mod, golden, mapping_file, run_dir, policies=policies, limit=limit)
     finally:
         cache.close()
-    result = compute_metrics(run_dir, thresholds=_run_thresholds(thresholds_path, run_dir))
+    result = _metrics(run_dir, thresholds_path)
     _write_reports(result, Path(run_dir), as_json)
     if result.undecided:
         from ..evals._report import undecided_note
@@ -90,21 +90,21 @@ def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: i
         sys.exit(EXIT_UNDECIDED)
 
 
-def _run_thresholds(thresholds_path: str | None, run_dir: str) -> dict[str, dict[str, float]]:
-    """The thresholds file for a run's metrics, with a notice naming the policies it has thresholds
-    for that the run did not judge (they change nothing: a typo, or a file tuned for other policies)."""
+def _metrics(run_dir: str, thresholds_path: str | None) -> Any:
+    """A run's metrics, decided by the thresholds file when given, with a notice naming the
+    policies it has thresholds for that the run did not judge (they change nothing: a typo, or a
+    file tuned for other policies); the run's policies come from the manifest the metrics read."""
     from ..engine._thresholds import load_thresholds
+    from ..evals._harness import compute_metrics
 
     thresholds = load_thresholds(thresholds_path)
-    try:
-        judged = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8")).get("policies") or {}
-    except (OSError, ValueError, AttributeError):
-        return thresholds  # compute_metrics reports an unreadable run
+    result = compute_metrics(run_dir, thresholds=thresholds)
+    judged = result.manifest.policies
     unused = sorted(pid for pid in thresholds if pid not in judged)
-    if unused and isinstance(judged, dict):
+    if unused:
         click.echo(f"cotmod: notice: {thresholds_path} has thresholds for {', '.join(unused)}, which this run did not judge "
                    f"(it judged {', '.join(sorted(judged)) or 'no policy'}): they change nothing", err=True)
-    return thresholds
+    return result
 
 
 @cli.command(context_settings=CONTEXT)
@@ -113,9 +113,8 @@ def _run_thresholds(thresholds_path: str | None, run_dir: str) -> dict[str, dict
 @click.option("--json", "as_json", is_flag=True)
 def report(run_dir: str, thresholds_path: str | None, as_json: bool) -> None:
     """Recompute metrics and the HTML report of a run directory (no model calls)."""
-    from ..evals._harness import compute_metrics
 
-    _write_reports(compute_metrics(run_dir, thresholds=_run_thresholds(thresholds_path, run_dir)), Path(run_dir), as_json)
+    _write_reports(_metrics(run_dir, thresholds_path), Path(run_dir), as_json)
 
 
 @cli.command(context_settings=CONTEXT)
