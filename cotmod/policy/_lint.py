@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -139,7 +138,9 @@ class LintReport:
         }
 
 
-def _lint_one(path: Path, report: LintReport) -> Policy | None:
+def _lint_one(path: Path, report: LintReport) -> tuple[Policy, int | None] | None:
+    """The file's policy and the line of its top-level ``id:`` (None when it did not parse or
+    validate); every issue found goes into ``report``."""
     name = str(path)
     report.files.append(name)
 
@@ -283,7 +284,7 @@ def _lint_one(path: Path, report: LintReport) -> Policy | None:
     _lint_logic(policy, lines, err, warn, check_examples=not report.errors_for(name))
     if len(policy.examples) < MIN_EXAMPLES_RECOMMENDED:
         warn(lines.get(("examples",)) or 1, "examples", f"only {len(policy.examples)} boundary examples; {MIN_EXAMPLES_RECOMMENDED}+ recommended", "few-examples")
-    return policy
+    return policy, lines.get(("id",))
 
 
 Report = Callable[[int | None, str, str, str], None]
@@ -465,15 +466,6 @@ def _describe(schema: Any) -> str:
     return out
 
 
-def _top_level_line(path: Path, key: str) -> int:
-    """The line of a top-level ``key:`` in a policy file that parsed (1 if not found)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError):
-        return 1
-    return next((n for n, line in enumerate(text.splitlines(), start=1) if re.match(rf"{re.escape(key)}\s*:", line)), 1)
-
-
 def lint_paths(paths: Iterable[str | Path] | None = None) -> LintReport:
     """Lint guideline files (or directories of them). Never raises for bad files."""
     report = LintReport()
@@ -483,13 +475,14 @@ def lint_paths(paths: Iterable[str | Path] | None = None) -> LintReport:
     by_id: dict[str, str] = {}
     for f in files:
         errors_before = len(report.errors)
-        policy = _lint_one(f, report)
-        if policy is None or len(report.errors) > errors_before:
+        parsed = _lint_one(f, report)
+        if parsed is None or len(report.errors) > errors_before:
             # a policy with any error is not valid, even when it parsed
             report.invalid_files.append(str(f))
             continue
+        policy, id_line = parsed
         if policy.id in by_id:
-            report.errors.append(LintIssue(str(f), _top_level_line(f, "id"), "id", f"duplicate policy id {policy.id!r} (also in {by_id[policy.id]})", "duplicate-policy"))
+            report.errors.append(LintIssue(str(f), id_line, "id", f"duplicate policy id {policy.id!r} (also in {by_id[policy.id]})", "duplicate-policy"))
             report.invalid_files.append(str(f))
             continue
         by_id[policy.id] = str(f)
