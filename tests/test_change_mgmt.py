@@ -65,6 +65,23 @@ def test_diff_each_change_kind_and_version_rules(policy_dir: Path) -> None:
     assert all(d.status == "unchanged" for d in diffs if d.policy_id != "hate_speech")
 
 
+def test_diff_sees_decision_logic_changes(policy_dir: Path) -> None:
+    """A changed question, allowed answer or `when` changes what the engine derives (and the
+    fingerprint): it is a change that needs a version bump, not "no changes"."""
+    old = load_policies([GUIDELINES])
+    edit(policy_dir, "hate_speech", "Whose view is that attack?", "Whose opinion is that attack?")
+    edit(policy_dir, "hate_speech", "when: {target: protected_group, attack: slur}", "when: {target: protected_group, attack: [slur, contempt]}")
+    edit(policy_dir, "hate_speech", "when: {voice: reports}", "when: {voice: [reports, reclaims]}")
+    edit(policy_dir, "hate_speech", "deported, or kept from jobs", "deported, or barred from jobs")
+    diffs = diff_policies(old, load_policies([policy_dir]))
+    assert kinds(diffs) == ["exception.when_changed", "question.answers_changed", "question.reworded", "rule.when_changed"]
+    hate = next(d for d in diffs if d.policy_id == "hate_speech")
+    assert hate.required_bump == "minor"
+    assert hate.errors == [f"hate_speech: content changed but version is still {HATE_V} (needs a minor bump)"]
+    r = CliRunner().invoke(cli, ["diff", str(GUIDELINES), str(policy_dir)])
+    assert r.exit_code == 1 and "rule.when_changed" in r.output
+
+
 def test_version_bump_errors(policy_dir: Path) -> None:
     old = load_policies([GUIDELINES])
     edit(policy_dir, "spam_scams", "version: 1.1.0", "version: 1.1.1")

@@ -3,11 +3,13 @@
 Compares two sets of policies (two directories, or two git revisions of ``guidelines/``) by stable
 IDs, not by text: policies added/removed; per policy, rules added/removed/reworded/re-tiered,
 exceptions, definitions, severity tiers and their actions, escalation criteria, examples, checklist
-and summary changes. Version rules (semver):
+and summary changes, and decision logic (questions added/removed/reworded, their allowed answers,
+and the ``when`` conditions of rules and exceptions). Version rules (semver):
 
 * a changed policy whose version did not change is an error;
 * a removed rule or exception, or a rule moved to a milder tier, needs a **major** bump;
-* added rules or exceptions, or stricter actions, need at least a **minor** bump;
+* added rules or exceptions, stricter actions, changed definitions, escalation, decision-logic
+  answers or ``when`` conditions need at least a **minor** bump;
 * wording-only changes need at least a **patch** bump.
 """
 
@@ -113,6 +115,8 @@ def _diff_one(old: Policy, new: Policy) -> list[Change]:
             ch.append(
                 Change("rule.severity_changed", rid, f"rule {rid} severity {a.severity} -> {b.severity}", "major" if milder else "minor", a.severity, b.severity)
             )
+        if a.when != b.when:
+            ch.append(Change("rule.when_changed", rid, f"rule {rid}: the decision-logic answers it fires on changed", "minor", a.when, b.when))
     # exceptions
     o, n = _by_id(old.exceptions), _by_id(new.exceptions)
     for eid in o.keys() - n.keys():
@@ -122,6 +126,8 @@ def _diff_one(old: Policy, new: Policy) -> list[Change]:
     for eid in sorted(o.keys() & n.keys()):
         if o[eid].description != n[eid].description or o[eid].title != n[eid].title:
             ch.append(Change("exception.reworded", eid, f"exception {eid} reworded", "patch", o[eid].description, n[eid].description))
+        if o[eid].when != n[eid].when:
+            ch.append(Change("exception.when_changed", eid, f"exception {eid}: the decision-logic answers it applies on changed", "minor", o[eid].when, n[eid].when))
     # definitions
     o, n = _by_id(old.definitions, "term"), _by_id(new.definitions, "term")
     for t in o.keys() - n.keys():
@@ -166,6 +172,19 @@ def _diff_one(old: Policy, new: Policy) -> list[Change]:
         if o[t] != n[t]:
             needs = "minor" if o[t].decision != n[t].decision else "patch"
             ch.append(Change("example.changed", t[:60], f"example changed ({o[t].decision} -> {n[t].decision})", needs, o[t].model_dump(), n[t].model_dump()))
+    # decision-logic questions (what the model answers and reviewers follow)
+    o, n = _by_id(old.questions), _by_id(new.questions)
+    for qid in o.keys() - n.keys():
+        ch.append(Change("question.removed", qid, f"question {qid} removed", "minor", o[qid].ask, None))
+    for qid in n.keys() - o.keys():
+        ch.append(Change("question.added", qid, f"question {qid} added", "minor", None, n[qid].ask))
+    for qid in sorted(o.keys() & n.keys()):
+        a, b = o[qid], n[qid]
+        if a.ask != b.ask:
+            ch.append(Change("question.reworded", qid, f"question {qid} reworded", "patch", a.ask, b.ask))
+        if a.answers != b.answers:
+            ch.append(Change("question.answers_changed", qid, f"question {qid}: allowed answers changed", "minor",
+                             [x.model_dump() for x in a.answers], [x.model_dump() for x in b.answers]))
     if old.checklist != new.checklist:
         ch.append(Change("checklist.changed", new.id, "reasoning checklist changed", "patch", old.checklist, new.checklist))
     return ch
