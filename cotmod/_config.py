@@ -68,7 +68,7 @@ API_KEY_ENV = ("COTMOD_API_KEY", "OPENAI_API_KEY")
 #: Config-file keys that are not settings.
 CONFIG_ONLY_KEYS = ("api_key_env",)
 #: Settings holding a path; relative values in a config file are relative to its directory.
-PATH_SETTINGS = ("guidelines", "prompts", "thresholds")
+PATH_SETTINGS = ("guidelines", "prompts", "thresholds", "cascade")
 
 ConfigOrigin = Literal["argument", "environment", "cwd", "home"]
 

@@ -190,6 +190,9 @@ def test_policy_source_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     src = resolve_policy_source()
     assert (src.origin, src.path) == ("config", tmp_path / "conf" / "pols")
     assert Settings.load().guidelines == str(tmp_path / "conf" / "pols")
+    (tmp_path / "conf" / "cotmod.toml").write_text('guidelines = "pols"\ncascade = "cascade.yaml"\n')
+    assert Settings.load().cascade == str(tmp_path / "conf" / "cascade.yaml")  # every path setting, cascade too
+    (tmp_path / "conf" / "cotmod.toml").write_text('guidelines = "pols"\n')
     assert resolve_policy_source("elsewhere").origin == "argument"
     (tmp_path / "conf" / "cotmod.toml").write_text('guidelines = "missing"\n')
     with pytest.raises(ConfigError, match="not found"):
