@@ -36,8 +36,9 @@ def _logic_md(p: Policy) -> list[str]:
         "",
         "Answer each question about the item, quoting the words your answer rests on (answers marked",
         "*no quote* need none). The rules and exceptions below follow from the answers: the item",
-        "violates when a rule's conditions all hold and no exception's do. The model answers the same",
-        "questions, and cotmod derives its decision with the same table.",
+        "violates when a rule's conditions all hold and no exception's do. With decision logic on",
+        "(`decision_logic`, opt-in), the model answers the same questions and cotmod derives its decision",
+        "with the same table; otherwise the model judges the rules above directly.",
         "",
     ]
     for i, q in enumerate(p.questions, 1):
@@ -102,7 +103,8 @@ def guide_markdown(policies: PolicySet, *, title: str = "Content moderation labe
         f"Generated: {datetime.now(timezone.utc).date().isoformat()} by cotmod from the policy files that also drive the LLM prompts.",
         "",
         "Label each item against each policy: decide VIOLATES or SAFE, cite the rule IDs (or the exception",
-        "IDs for SAFE look-alikes), and follow the decision flow. The action follows from the severity.",
+        "IDs for SAFE look-alikes), and follow the policy's decision questions (or its decision flow).",
+        "The action follows from the severity.",
         "",
     ]
     for p in policies:
