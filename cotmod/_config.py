@@ -60,7 +60,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["LoadedSettings", "PolicySource", "Settings", "cotmod_home", "resolve_policy_source"]
+__all__ = [
+    "LoadedSettings",
+    "PolicySource",
+    "Settings",
+    "bundled_dir",
+    "cotmod_home",
+    "default_guidelines_dir",
+    "resolve_policy_source",
+]
 
 DEFAULT_LOCAL_MODEL = "qwen2.5-coder-1.5b"
 #: Environment variables an API key is read from, in order.
@@ -71,6 +79,20 @@ CONFIG_ONLY_KEYS = ("api_key_env",)
 PATH_SETTINGS = ("guidelines", "prompts", "thresholds", "cascade")
 
 ConfigOrigin = Literal["argument", "environment", "cwd", "home"]
+
+
+def bundled_dir(name: str) -> Path:
+    """``name/`` (guidelines, prompts) of the source tree, or its copy inside the installed wheel."""
+    here = Path(__file__).resolve().parent  # the cotmod package
+    for cand in (here / "_bundled" / name, here.parent / name):
+        if cand.is_dir():
+            return cand
+    return here.parent / name
+
+
+def default_guidelines_dir() -> Path:
+    """The starter pack: the bundled ``guidelines/``."""
+    return bundled_dir("guidelines")
 
 
 def cotmod_home() -> Path:
@@ -363,8 +385,6 @@ def resolve_policy_source(
     """The policies to use: ``explicit`` > the config file's ``guidelines`` > ``./guidelines``
     when it is a directory > the starter pack. ``config_file`` None: the config file found by the
     usual rules (see the module docstring)."""
-    from .policy._model import default_guidelines_dir
-
     if _config is None:
         found = _find_config(config_file)
         _config = _read_config(found[0]) if found else {}

@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 
 from cotmod import Compiler, PromptTemplates, TemplateError, load_policies
-from cotmod.policy._model import default_guidelines_dir
+from cotmod._config import default_guidelines_dir
 from cotmod.prompting._compiler import boundary_lines
 
 from .conftest import ROOT

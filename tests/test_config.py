@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cotmod._config import Settings, resolve_policy_source
+from cotmod._config import Settings, default_guidelines_dir, resolve_policy_source
 from cotmod._exceptions import ConfigError
 from cotmod.cli import cli
-from cotmod.policy._model import default_guidelines_dir
 from cotmod.testing import FakeOpenAIServer
 
 KEY = "sk-ENV-secret-1234"

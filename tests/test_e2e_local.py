@@ -105,7 +105,7 @@ def test_real_server_grammar_cannot_emit_an_inconsistent_decision(local_url: str
     import openai
 
     from cotmod import Compiler, load_policies
-    from cotmod.policy._model import default_guidelines_dir
+    from cotmod._config import default_guidelines_dir
 
     comp = Compiler(load_policies([default_guidelines_dir()]).select(["spam_scams"]))
     client = openai.OpenAI(base_url=local_url, api_key="x", timeout=300)
@@ -168,7 +168,7 @@ def test_real_server_grammar_ties_each_quote_to_its_answer(local_url: str) -> No
     import openai
 
     from cotmod import Compiler, load_policies
-    from cotmod.policy._model import default_guidelines_dir
+    from cotmod._config import default_guidelines_dir
 
     policies = load_policies([default_guidelines_dir()])
     comp = Compiler(policies.select(["hate_speech"]), decision_logic=True)

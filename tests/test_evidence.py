@@ -19,13 +19,13 @@ from cotmod import (
     load_policies,
     verdict_json_schema,
 )
+from cotmod._config import default_guidelines_dir
+from cotmod._quotes import find_quote, normalise
 from cotmod._verdict import DroppedCitation, Evidence, PolicyDecision, Verdict
 from cotmod.backends._openai import ChatRequest
 from cotmod.engine import MemoryCache
-from cotmod.policy._model import default_guidelines_dir
 from cotmod.prompting import boundary_lines
 from cotmod.prompting._decision import MAX_QUOTE_CHARS, constrain_decisions, parse_decision
-from cotmod.prompting._evidence import find_quote, normalise
 from cotmod.testing import FakeBackend, answer_for, decision, item_content
 
 HATE = ["hate_speech"]

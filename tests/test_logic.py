@@ -11,8 +11,9 @@ import pytest
 
 from cotmod import AsyncModerator, Moderator, Settings, load_policies
 from cotmod.policy import lint_paths
+from cotmod.policy._logic import fired, outcome
 from cotmod.prompting import Compiler
-from cotmod.prompting._logic import answer_distributions, fired, outcome, violation_probability
+from cotmod.prompting._logic import answer_distributions, violation_probability
 from cotmod.testing import FakeBackend, FakeOpenAIServer, decision, item_content, logic_answer
 
 from .conftest import GUIDELINES

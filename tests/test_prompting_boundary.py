@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cotmod import Compiler, load_policies
-from cotmod.policy._model import default_guidelines_dir
+from cotmod._config import default_guidelines_dir
 from cotmod.prompting import _compiler
 from cotmod.prompting._compiler import boundary_lines, content_boundary
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from cotmod import Compiler, load_policies
-from cotmod.policy._model import default_guidelines_dir
+from cotmod._config import default_guidelines_dir
 from cotmod.prompting import _compiler, _decision
 
 SAMPLING: dict[str, Any] = {"temperature": 0.0, "max_tokens": 512, "seed": 7, "response_format": "json_schema", "logprobs": False}
@@ -35,7 +35,7 @@ def test_fingerprint_is_stable_across_processes(policies) -> None:
     """Random boundaries never leak into it: another interpreter computes the same value."""
     code = (
         "from cotmod import Compiler, load_policies\n"
-        "from cotmod.policy._model import default_guidelines_dir\n"
+        "from cotmod._config import default_guidelines_dir\n"
         "ps = load_policies([default_guidelines_dir()])\n"
         f"print(Compiler(ps.select(['hate_speech']), sampling={SAMPLING!r}).fingerprint)\n"
     )

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from cotmod import Compiler, PromptTemplates, TemplateError, load_policies
+from cotmod._config import default_guidelines_dir
 from cotmod.cli import cli
-from cotmod.policy._model import default_guidelines_dir
 
 from .conftest import ROOT
 

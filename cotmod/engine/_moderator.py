@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .._config import Settings
+from .._config import Settings, default_guidelines_dir
 from .._exceptions import (
     AuthenticationError,
     CircuitOpenError,
@@ -85,7 +85,7 @@ from .._verdict import ErrorInfo, PolicyDecision, Triage, Truncation, Usage, Ver
 from .._version import __version__
 from ..backends._openai import Backend, ChatRequest, ChatResult, OpenAIBackend
 from ..policy._lint import load_policies
-from ..policy._model import Policy, PolicySet, default_guidelines_dir
+from ..policy._model import Policy, PolicySet
 from ..prompting._compiler import CompiledPrompt, Compiler, PromptTemplates
 from ..prompting._decision import OutputInvalid, parse_decision, violates_probabilities
 from ..prompting._logic import answer_distributions, violation_probability

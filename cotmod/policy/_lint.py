@@ -31,9 +31,12 @@ import jsonschema
 import yaml
 from pydantic import ValidationError
 
+from .._config import default_guidelines_dir
 from .._exceptions import InputError, LintIssue, PolicyError
+from .._quotes import find_quote
 from .._yamlfile import GuardedLoader, YamlGuardError, read_text_limited, safe_compose
-from ._model import ACTIONS, Policy, PolicySet, default_guidelines_dir
+from ._logic import holds, outcome
+from ._model import ACTIONS, Policy, PolicySet
 
 __all__ = ["LintReport", "lint_paths", "load_policies", "load_policy_file"]
 
@@ -295,9 +298,6 @@ MAX_LOGIC_COMBINATIONS = 200_000
 def _lint_logic(policy: Policy, lines: dict[PathKey, int], err: Report, warn: Report, *, check_examples: bool = True) -> None:
     """Decision logic: questions, ``when`` conditions and the examples' answers (the examples
     only when the file has no other error, so one mistake is not reported again through them)."""
-    from ..prompting._evidence import find_quote
-    from ..prompting._logic import holds, outcome
-
     questions = {q.id: q for q in policy.questions}
     for i, q in enumerate(policy.questions):
         if list(questions).count(q.id) > 1 or [x.id for x in policy.questions].index(q.id) != i:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -312,14 +311,3 @@ def slug_ok(value: str) -> bool:
     return re.match(_ID, value) is not None
 
 
-def bundled_dir(name: str) -> Path:
-    """``name/`` (guidelines, prompts) of the source tree, or its copy inside the installed wheel."""
-    here = Path(__file__).resolve().parent.parent
-    for cand in (here / "_bundled" / name, here.parent / name):
-        if cand.is_dir():
-            return cand
-    return here.parent / name
-
-
-def default_guidelines_dir() -> Path:
-    return bundled_dir("guidelines")

@@ -45,8 +45,9 @@ import jinja2
 from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
+from .._config import bundled_dir
 from .._exceptions import InputError, TemplateError
-from ..policy._model import Example, Policy, PolicySet, bundled_dir
+from ..policy._model import Example, Policy, PolicySet
 from ._decision import MAX_QUOTE_CHARS, constrain_decisions, decision_schema
 from ._logic import MAX_ANSWER_QUOTE_CHARS, example_logic_answer, logic_request_schema, logic_schema
 from ._tokens import count_tokens, token_counter_name, truncate_to_tokens

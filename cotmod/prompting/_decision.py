@@ -8,7 +8,7 @@
   Anything that fails raises :class:`OutputInvalid`, whose message is fed back to the model.
 * With ``evidence`` on (opt-in), each decision also carries ``evidence``: per cited rule and
   exception, the exact words of the content that meet it. :func:`parse_decision` given the
-  ``content`` grounds each quote (:func:`~cotmod.prompting._evidence.find_quote`); an ungrounded
+  ``content`` grounds each quote (:func:`~cotmod._quotes.find_quote`); an ungrounded
   citation is an :class:`OutputInvalid` naming the id and the quote, or, with
   ``drop_ungrounded=True`` (the last attempt), the citation is dropped, recorded in
   ``PolicyDecision.dropped`` and the decision recomputed from the grounded citations.
@@ -26,9 +26,9 @@ from typing import Any
 
 import jsonschema
 
+from .._quotes import find_quote
 from .._verdict import DroppedCitation, Evidence, PolicyDecision
 from ..policy._model import ACTIONS, Policy, PolicySet
-from ._evidence import find_quote
 from ._logic import parse_logic
 
 __all__ = [

@@ -14,7 +14,7 @@ answer. Then, in code:
   (:func:`~cotmod.prompting._decision.derive_decision`).
 
 Grounding: an answer whose option has ``evidence: true`` (the default) must quote words that are
-in the content (:func:`~cotmod.prompting._evidence.find_quote`: whitespace, case and Unicode
+in the content (:func:`~cotmod._quotes.find_quote`: whitespace, case and Unicode
 normalised). An ungrounded answer is re-asked with the error; on the last attempt it is kept in
 the verdict with ``grounded: false`` and counts for nothing: a condition on it does not hold, the
 decision is derived from the grounded answers, and the rules and exceptions that fired only
@@ -34,15 +34,14 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .._quotes import find_quote
 from .._verdict import Answer, DroppedCitation, Evidence, PolicyDecision
+from ..policy._logic import outcome
 from ..policy._model import Example, ExampleAnswer, Policy, Question, When
-from ._evidence import find_quote
 
 __all__ = [
     "answer_distributions",
     "example_logic_answer",
-    "fired",
-    "holds",
     "logic_request_schema",
     "logic_schema",
     "parse_logic",
@@ -53,38 +52,6 @@ MAX_ANSWER_QUOTE_CHARS = 200
 MAX_LOGIC_RATIONALE_CHARS = 300
 #: combinations of answers enumerated for the answer-probability score, at most
 MAX_COMBINATIONS = 20000
-
-
-def holds(when: When | None, answers: Mapping[str, str]) -> bool:
-    """Every condition of ``when`` holds for ``answers`` (question id -> answer). A criterion
-    without ``when`` never holds under decision logic; a question without a (counted) answer
-    meets no condition."""
-    if not when:
-        return False
-    for qid, want in when.items():
-        got = answers.get(qid)
-        if got is None:
-            return False
-        if isinstance(want, str):
-            if got != want:
-                return False
-        elif got not in want:
-            return False
-    return True
-
-
-def fired(policy: Policy, answers: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    """(rule ids, exception ids) whose conditions hold for ``answers``, before the exceptions
-    override: the policy is violated when the first list is non-empty and the second empty."""
-    rules = [r.id for r in policy.rules if holds(r.when, answers)]
-    excs = [e.id for e in policy.exceptions if holds(e.when, answers)]
-    return rules, excs
-
-
-def outcome(policy: Policy, answers: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    """(violated rule ids, applying exception ids): an exception that fires clears the rules."""
-    rules, excs = fired(policy, answers)
-    return ([] if excs else rules), excs
 
 
 # ---------------------------------------------------------------------------------------------
