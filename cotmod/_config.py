@@ -333,9 +333,7 @@ class Settings(BaseModel):
         if settings.triage_blend and not (settings.triage and settings.logprobs):
             notices.append("cotmod: triage_blend has no effect without triage and logprobs (it blends triage's P(yes) "
                            "into the scores); add --triage --logprobs")
-        blend_notice = _thresholds_blend_notice(settings)
-        if blend_notice:
-            notices.append(blend_notice)
+        notices += _thresholds_notices(settings)
         if settings.triage and settings.triage_min and not settings.logprobs:
             notices.append("cotmod: triage_min has no effect without logprobs (it ranks policies by P(yes)); "
                            "add --logprobs or logprobs = true")
@@ -408,26 +406,49 @@ def resolve_policy_source(
     return PolicySource(path, origin, files)
 
 
-def _thresholds_blend_notice(settings: Settings) -> str | None:
-    """A warning when the thresholds file was tuned on scores blended with another
-    ``triage_blend`` than this run's (``cotmod tune`` records it; a file without it was tuned on
-    unblended scores). An unreadable file is left to the engine, which reports it."""
-    if not settings.thresholds:
-        return None
+def _read_thresholds_file(path: str) -> dict[str, Any] | None:
+    """The thresholds file as a mapping, or None when it cannot be read (the engine reports that)."""
     from ._yamlfile import read_yaml_mapping
 
     try:
-        tuned = read_yaml_mapping(Path(settings.thresholds), "thresholds file").get("triage_blend") or 0.0
+        return read_yaml_mapping(Path(path), "thresholds file")
     except (CotmodError, OSError):
         return None
+
+
+def classifier_thresholds_notice(path: str, data: dict[str, Any] | None = None) -> str | None:
+    """A warning when a thresholds file given for the LLM's scores was written by ``cotmod
+    classifier tune``: its ``thresholds`` are cut-offs on a classifier's scores, which mean nothing
+    for the LLM's (the file carries them per policy for ``cotmod sync check``)."""
+    data = _read_thresholds_file(path) if data is None else data
+    if data is None or data.get("kind") != "classifier":
+        return None
+    return (f"cotmod: warning: {path} was written by cotmod classifier tune: its thresholds are cut-offs on a "
+            "classifier's scores, and here they decide on the LLM's scores (choose LLM thresholds with cotmod tune)")
+
+
+def _thresholds_notices(settings: Settings) -> list[str]:
+    """Warnings about the thresholds file: written for a classifier, or tuned on scores blended
+    with another ``triage_blend`` than this run's (``cotmod tune`` records it; a file without it
+    was tuned on unblended scores)."""
+    if not settings.thresholds:
+        return []
+    data = _read_thresholds_file(settings.thresholds)
+    if data is None:
+        return []
+    out = []
+    kind = classifier_thresholds_notice(settings.thresholds, data)
+    if kind:
+        out.append(kind)
+    tuned = data.get("triage_blend") or 0.0
     if isinstance(tuned, bool) or not isinstance(tuned, (int, float)):
-        return None
+        return out
     used = settings.triage_blend if settings.triage and settings.logprobs else 0.0
-    if math.isclose(float(tuned), used, abs_tol=1e-9):
-        return None
-    return (f"cotmod: warning: {settings.thresholds} was tuned on scores with triage_blend {float(tuned):g}, and this run "
-            f"scores with triage_blend {used:g}: its thresholds may not mean what they did (tune again on scores like "
-            f"these, or set triage_blend = {float(tuned):g} with triage and logprobs)")
+    if not math.isclose(float(tuned), used, abs_tol=1e-9):
+        out.append(f"cotmod: warning: {settings.thresholds} was tuned on scores with triage_blend {float(tuned):g}, and this "
+                   f"run scores with triage_blend {used:g}: its thresholds may not mean what they did (tune again on scores "
+                   f"like these, or set triage_blend = {float(tuned):g} with triage and logprobs)")
+    return out
 
 
 def _show(path: Path | None) -> str:

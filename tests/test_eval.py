@@ -354,3 +354,26 @@ def test_a_mapping_label_with_an_unknown_field_is_refused(tmp_path: Path) -> Non
         load_mapping(m)
     m.write_text("labels:\n  unsafe: {policies: [hate_speech], description: hateful posts}\n")
     assert load_mapping(m).labels == {"unsafe": ["hate_speech"]}
+
+
+def test_a_classifier_thresholds_file_applied_to_llm_scores_is_warned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cotmod classifier tune`` writes per-policy ``thresholds`` too (for sync check); given to
+    the LLM engine or to report/eval they decided on the LLM's scores with a classifier's cut-offs,
+    silently. Now a warning says so; an LLM thresholds file gets none."""
+    from cotmod._config import Settings
+    from cotmod.testing import FakeBackend
+
+    g, m = make_golden(tmp_path)
+    run = tmp_path / "run"
+    run_eval(AsyncModerator(backend=FakeBackend(default=lambda req: decision({"hate_speech": []}))), g, m, run)
+    clf = tmp_path / "clf.yaml"
+    clf.write_text("kind: classifier\nsource: scores.jsonl\nthresholds:\n  hate_speech: {review: 0.5, label: hateful}\n")
+    llm = tmp_path / "llm.yaml"
+    llm.write_text("thresholds:\n  hate_speech: {review: 0.5}\n")
+    r = CliRunner().invoke(cli, ["report", str(run), "--thresholds", str(clf)])
+    assert r.exit_code == 0, r.output
+    assert f"{clf} was written by cotmod classifier tune" in r.stderr
+    assert "classifier tune" not in CliRunner().invoke(cli, ["report", str(run), "--thresholds", str(llm)]).stderr
+    monkeypatch.chdir(tmp_path)
+    assert any("was written by cotmod classifier tune" in n for n in Settings.resolve(None, thresholds=str(clf)).notices)
+    assert not any("classifier tune" in n for n in Settings.resolve(None, thresholds=str(llm)).notices)

@@ -94,10 +94,14 @@ def _metrics(run_dir: str, thresholds_path: str | None) -> Any:
     """A run's metrics, decided by the thresholds file when given, with a notice naming the
     policies it has thresholds for that the run did not judge (they change nothing: a typo, or a
     file tuned for other policies); the run's policies come from the manifest the metrics read."""
+    from .._config import classifier_thresholds_notice
     from ..engine._thresholds import load_thresholds
     from ..evals._harness import compute_metrics
 
     thresholds = load_thresholds(thresholds_path)
+    kind_notice = classifier_thresholds_notice(thresholds_path) if thresholds_path else None
+    if kind_notice:
+        click.echo(kind_notice, err=True)
     result = compute_metrics(run_dir, thresholds=thresholds)
     judged = result.manifest.policies
     unused = sorted(pid for pid in thresholds if pid not in judged)
