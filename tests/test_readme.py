@@ -54,3 +54,20 @@ def test_readme_public_api_table_is_cotmod_all() -> None:
     exported = set(cotmod.__all__) - {"__version__"}
     assert exported - named == set(), "exported but not in the README table"
     assert named - exported == set(), "in the README table but not exported"
+
+
+def test_formats_settings_table_is_every_setting() -> None:
+    """docs/formats.md's cotmod.toml table names every ``Settings`` field and config-only key
+    (eight settings were missing from it once), and nothing else."""
+    from cotmod._config import CONFIG_ONLY_KEYS, Settings
+
+    doc = (ROOT / "docs" / "formats.md").read_text()
+    section = doc.split("Keys (`Settings` in `cotmod/_config.py`):", 1)[1]
+    start = section.index("| key | type | default |")
+    keys = []
+    for line in section[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        keys.append(line.split("|")[1].strip().strip("`"))
+    assert set(keys) == set(Settings.model_fields) | set(CONFIG_ONLY_KEYS)
+    assert len(keys) == len(set(keys))
