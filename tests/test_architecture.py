@@ -39,7 +39,8 @@ def _imports(path: Path, source: str | None = None) -> list[tuple[int, list[str]
                 target = base + (node.module.split(".") if node.module else [])
             else:
                 target = (node.module or "").split(".")
-            names = [[*target, a.name] for a in node.names] if node.module is None else [target]
+            # `from . import x` / `from cotmod import _config`: the names are the modules
+            names = [[*target, a.name] for a in node.names] if node.module is None or target == ["cotmod"] else [target]
             out += [(node.lineno, t) for t in names if t and t[0] == "cotmod"]
         elif isinstance(node, ast.Import):
             out += [(node.lineno, a.name.split(".")) for a in node.names if a.name.split(".")[0] == "cotmod"]

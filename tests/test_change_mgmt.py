@@ -74,12 +74,39 @@ def test_diff_sees_decision_logic_changes(policy_dir: Path) -> None:
     edit(policy_dir, "hate_speech", "when: {voice: reports}", "when: {voice: [reports, reclaims]}")
     edit(policy_dir, "hate_speech", "deported, or kept from jobs", "deported, or barred from jobs")
     diffs = diff_policies(old, load_policies([policy_dir]))
-    assert kinds(diffs) == ["exception.when_changed", "question.answers_changed", "question.reworded", "rule.when_changed"]
+    assert kinds(diffs) == ["exception.when_changed", "question.answers_reworded", "question.reworded", "rule.when_changed"]
     hate = next(d for d in diffs if d.policy_id == "hate_speech")
     assert hate.required_bump == "minor"
     assert hate.errors == [f"hate_speech: content changed but version is still {HATE_V} (needs a minor bump)"]
     r = CliRunner().invoke(cli, ["diff", str(GUIDELINES), str(policy_dir)])
     assert r.exit_code == 1 and "rule.when_changed" in r.output
+
+
+def test_diff_weighs_order_and_equivalent_when() -> None:
+    """Reordering changes the prompt and fingerprint but not what the policy decides: a patch,
+    never "unchanged"; a `when` written another way with the same meaning is not a when change;
+    a version bump alone is no content change."""
+    from cotmod.policy import PolicySet
+
+    hate = load_policies([GUIDELINES])["hate_speech"]
+    base = PolicySet([hate])
+
+    def changes(**update: Any) -> list[tuple[str, str]]:
+        return [(c.kind, c.needs) for d in diff_policies(base, PolicySet([hate.model_copy(update=update)])) for c in d.changes]
+
+    assert changes(version="9.0.0") == []
+    assert changes(questions=list(reversed(hate.questions))) == [("content.changed", "patch")]
+    assert changes(severities=list(reversed(hate.severities))) == [("content.changed", "patch")]
+    q = hate.questions[0]
+    assert changes(questions=[q.model_copy(update={"answers": list(reversed(q.answers))}), *hate.questions[1:]]) == [
+        ("question.answers_reworded", "patch")
+    ]
+    fewer = q.model_copy(update={"answers": q.answers[:-1]})
+    assert changes(questions=[fewer, *hate.questions[1:]]) == [("question.answers_changed", "minor")]
+    rule = next(r for r in hate.rules if r.when)
+    as_lists = {k: [v] if isinstance(v, str) else list(reversed(v)) for k, v in rule.when.items()}
+    same = [rule.model_copy(update={"when": as_lists}) if r is rule else r for r in hate.rules]
+    assert ("rule.when_changed", "minor") not in changes(rules=same)
 
 
 def test_version_bump_errors(policy_dir: Path) -> None:

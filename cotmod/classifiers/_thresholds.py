@@ -14,9 +14,10 @@ bootstrap CI (resampling items is a multinomial draw of the four confusion count
 the same for 1,000 or 100 million rows), and PR-curve points.
 
 :func:`write_classifier_thresholds` records them in YAML with the label → policy map and the
-policy versions they were tuned for; the ``thresholds`` section (per policy) is the format
-``cotmod eval --thresholds`` and the enforcement manifest's ``classifier.thresholds`` read, so
-``cotmod sync check`` flags the file when a policy moves.
+policy versions they were tuned for; the ``thresholds`` section (per policy) is what the
+enforcement manifest's ``classifier.thresholds`` reads, so ``cotmod sync check`` flags the file
+when a policy moves. (Given as LLM thresholds, to the engine or ``cotmod eval --thresholds``, the
+file is read the same way with a warning: its cut-offs are on the classifier's scores.)
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ def choose_thresholds(
 def write_classifier_thresholds(th: ClassifierThresholds, path: str | Path) -> None:
     """Write the thresholds YAML: ``labels`` (per label, with PR points left out), ``label_map``,
     ``policies`` (versions tuned for) and ``thresholds`` per policy (its strictest label: the
-    highest review threshold), which ``cotmod eval --thresholds`` and ``cotmod sync check`` read."""
+    highest review threshold), which ``cotmod sync check`` reads."""
     data = th.model_dump(mode="json")
     for spec in data["labels"].values():
         spec.pop("pr_curve", None)

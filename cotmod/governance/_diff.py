@@ -8,9 +8,11 @@ and the ``when`` conditions of rules and exceptions). Version rules (semver):
 
 * a changed policy whose version did not change is an error;
 * a removed rule or exception, or a rule moved to a milder tier, needs a **major** bump;
-* added rules or exceptions, stricter actions, changed definitions, escalation, decision-logic
-  answers or ``when`` conditions need at least a **minor** bump;
-* wording-only changes need at least a **patch** bump.
+* added rules or exceptions, stricter actions, changed definitions, escalation, a question's
+  allowed answers, or ``when`` conditions that mean something else need at least a **minor** bump;
+* wording-only and order-only changes need at least a **patch** bump; content that changed where
+  nothing above looks (an order, a field compared nowhere) is a ``content.changed`` patch, so no
+  edit that changes the prompt passes as "unchanged".
 """
 
 from __future__ import annotations
@@ -91,6 +93,14 @@ def _by_id(items: list[Any], key: str = "id") -> dict[str, Any]:
     return {getattr(x, key): x for x in items}
 
 
+def _when_set(when: Any) -> dict[str, frozenset[str]] | None:
+    """A ``when`` as what it means (the engine tests membership): ``{q: a}`` and ``{q: [a]}``,
+    answer order, and an empty ``when`` and none read the same."""
+    if not when:
+        return None
+    return {q: frozenset([v] if isinstance(v, str) else v) for q, v in when.items()}
+
+
 def _diff_one(old: Policy, new: Policy) -> list[Change]:
     ch: list[Change] = []
     if old.title != new.title:
@@ -115,7 +125,7 @@ def _diff_one(old: Policy, new: Policy) -> list[Change]:
             ch.append(
                 Change("rule.severity_changed", rid, f"rule {rid} severity {a.severity} -> {b.severity}", "major" if milder else "minor", a.severity, b.severity)
             )
-        if a.when != b.when:
+        if _when_set(a.when) != _when_set(b.when):
             ch.append(Change("rule.when_changed", rid, f"rule {rid}: the decision-logic answers it fires on changed", "minor", a.when, b.when))
     # exceptions
     o, n = _by_id(old.exceptions), _by_id(new.exceptions)
@@ -126,7 +136,7 @@ def _diff_one(old: Policy, new: Policy) -> list[Change]:
     for eid in sorted(o.keys() & n.keys()):
         if o[eid].description != n[eid].description or o[eid].title != n[eid].title:
             ch.append(Change("exception.reworded", eid, f"exception {eid} reworded", "patch", o[eid].description, n[eid].description))
-        if o[eid].when != n[eid].when:
+        if _when_set(o[eid].when) != _when_set(n[eid].when):
             ch.append(Change("exception.when_changed", eid, f"exception {eid}: the decision-logic answers it applies on changed", "minor", o[eid].when, n[eid].when))
     # definitions
     o, n = _by_id(old.definitions, "term"), _by_id(new.definitions, "term")
@@ -182,11 +192,17 @@ def _diff_one(old: Policy, new: Policy) -> list[Change]:
         a, b = o[qid], n[qid]
         if a.ask != b.ask:
             ch.append(Change("question.reworded", qid, f"question {qid} reworded", "patch", a.ask, b.ask))
-        if a.answers != b.answers:
-            ch.append(Change("question.answers_changed", qid, f"question {qid}: allowed answers changed", "minor",
-                             [x.model_dump() for x in a.answers], [x.model_dump() for x in b.answers]))
+        before, after = [x.model_dump() for x in a.answers], [x.model_dump() for x in b.answers]
+        if {(x.value, x.evidence) for x in a.answers} != {(x.value, x.evidence) for x in b.answers}:
+            ch.append(Change("question.answers_changed", qid, f"question {qid}: allowed answers changed", "minor", before, after))
+        elif a.answers != b.answers:  # the same answers, reworded or reordered
+            ch.append(Change("question.answers_reworded", qid, f"question {qid}: answers reworded or reordered", "patch", before, after))
     if old.checklist != new.checklist:
         ch.append(Change("checklist.changed", new.id, "reasoning checklist changed", "patch", old.checklist, new.checklist))
+    if not ch and old.model_copy(update={"version": new.version}).content_hash() != new.content_hash():
+        # what is compared above is unchanged, yet the content is not: an order (rules, tiers,
+        # questions, ...) or a field compared nowhere. The prompt and fingerprint changed with it.
+        ch.append(Change("content.changed", new.id, "content changed (an order, or a field diff does not compare)", "patch"))
     return ch
 
 

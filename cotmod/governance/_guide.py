@@ -138,7 +138,9 @@ def guide_html(policies: PolicySet, *, title: str = "Content moderation labeling
             parts.append(
                 "<h3>Decision questions</h3><p>Answer each question, quoting the words your answer rests on (answers "
                 "marked <i>no quote</i> need none). The item violates when a rule's conditions all hold and no "
-                "exception's do; the model answers the same questions and cotmod derives its decision with the same table.</p><ol>"
+                "exception's do. With decision logic on (<code>decision_logic</code>, opt-in), the model answers the same "
+                "questions and cotmod derives its decision with the same table; otherwise the model judges the rules above "
+                "directly.</p><ol>"
             )
             for q in p.questions:
                 opts = "".join(
