@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
+import pytest
 from click.testing import CliRunner
 
 from cotmod.cli import cli
@@ -223,3 +225,27 @@ def test_run_json_still_prints_json_when_a_failure_stops_the_run(tmp_path: Path)
     assert data["exit_code"] == 3 and data["stopped"] is True and data["output"] == str(out)
     assert data["error"]["type"] == "EndpointUnreachableError" and "unreachable" in data["error"]["message"]
     assert "unreachable" in r.stderr  # the one-line error still goes to stderr
+
+
+def test_a_cascade_for_policies_the_run_does_not_judge_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run --cascade C -p P` where C binds none of P changed nothing, silently: now a notice."""
+    from cotmod import AsyncModerator
+    from cotmod.backends._openai import ChatRequest
+    from cotmod.cli import _moderate
+    from cotmod.testing import FakeBackend, answer_for
+
+    def good(req: ChatRequest) -> Any:
+        return answer_for({"messages": req.messages, "response_format": {"type": "json_schema", "json_schema": {"schema": req.schema}}})
+
+    fake = FakeBackend(default=good)
+    monkeypatch.setattr(_moderate, "_make_moderator", lambda settings, cache=None: AsyncModerator(settings.guidelines, settings=settings, cache=cache, backend=fake))
+    cascade = tmp_path / "cascade.yaml"
+    cascade.write_text("cascade:\n  spam_scams:\n    label: spam\n    allow_below: 0.2\n    action_at: 0.9\n")
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "text": "hello", "score_spam": 0.5}\n')
+    base = ["--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--no-cache", "--cascade", str(cascade)]
+    r = CliRunner().invoke(cli, ["run", str(inp), "-o", str(tmp_path / "o.jsonl"), "-p", "hate_speech", *base])
+    assert r.exit_code == 0, r.output
+    assert f"the cascade {cascade} binds spam_scams, none of which this run judges (hate_speech): it changes nothing" in r.stderr
+    r = CliRunner().invoke(cli, ["run", str(inp), "-o", str(tmp_path / "o2.jsonl"), "-p", "spam_scams", *base])
+    assert r.exit_code == 0 and "changes nothing" not in r.stderr

@@ -59,6 +59,13 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _cascade_notice(mod: Any, selected: list[str] | None) -> None:
+    """A cascade binds policies this run does not judge (``-p``): say that it changes nothing."""
+    if mod.cascade and selected and not set(mod.cascade) & set(selected):
+        click.echo(f"cotmod: notice: the cascade {mod.settings.cascade} binds {', '.join(sorted(mod.cascade))}, none of "
+                   f"which this run judges ({', '.join(selected)}): it changes nothing", err=True)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("text", required=False)
 @click.option("--file", "-f", "file_", type=click.Path(exists=True, dir_okay=False), help="Items: JSONL (id/text), CSV, Parquet or text (one per line); .gz too.")
@@ -99,6 +106,7 @@ def moderate(text: str | None, file_: str | None, fmt: str | None, as_json: bool
         items = _file_items(file_, fmt, score_fields(mod.cascade) if mod.cascade else None)
     sel = list(policies) or None
     n_policies = len(mod.policies.select(sel).ids) if sel else len(mod.policies.ids)  # fail fast on unknown ids
+    _cascade_notice(mod, sel)
     failed = 0
 
     async def go(rep: Reporter) -> None:
@@ -198,6 +206,7 @@ def run(
         settings = settings.model_copy(update={"concurrency": concurrency})
     cache = None if no_cache else SqliteCache(cache_path or cotmod_home() / "cache.sqlite")
     mod = _make_moderator(settings, cache)
+    _cascade_notice(mod, list(policies) or None)
     runner = Runner(mod, rpm=rpm, tpm=tpm, price_in=price_in, price_out=price_out)
     show = progress if progress is not None else (sys.stderr.isatty() and not as_json)
 
