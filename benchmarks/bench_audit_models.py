@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     audit = out / "audit.jsonl"
     run_cmd([exe, "audit", "run", str(plan), "-o", str(audit), "--local-model", args.auditor, *common], ok=(0, 1))
     task = out / "task.jsonl"
-    run_cmd([exe, "audit", "export", str(plan), str(audit), "-o", str(task), "--control", str(args.control), "--seed", str(args.seed)])
+    run_cmd([exe, "audit", "export", str(plan), str(audit), "-o", str(task), "--control", str(args.control), "--seed", str(args.seed),
+             "--overwrite"], ok=(0, 1))  # 1: some sampled items have no auditor decision (the task is written)
     labels = out / "labels.jsonl"
     with labels.open("w", encoding="utf-8") as f:
         for row in _jsonl(task):
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             row["labeler"] = "gold (SMS Spam Collection)"
             f.write(json.dumps(row) + "\n")
     rep = json.loads(run_cmd([exe, "audit", "report", str(plan), str(audit), "--labels", str(labels), "--json",
+                           "--control", str(args.control), "--control-seed", str(args.seed),
                            "--html", str(out / "report.html")], ok=(0, 1)).stdout)
     (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n", encoding="utf-8")
 

@@ -66,7 +66,8 @@ def test_plan_run_report_export_labels_golden_history(tmp_path: Path) -> None:
     out = tmp_path / "audit.jsonl"
     with FakeOpenAIServer() as srv:
         r = run(srv, p, out, "--limit", "20")
-        assert r.exit_code == EXIT_OK, r.output
+        # --limit left items without an auditor verdict: exit 1, saying a rerun resumes
+        assert r.exit_code == EXIT_UNDECIDED and "40 sampled item(s) not run yet (--limit left them; rerun to resume)" in r.output, r.output
         # resumable: the rest only
         r = run(srv, p, out, "--json")
         assert r.exit_code == EXIT_OK, r.output

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -107,13 +107,14 @@ def export_task(
     fmt: str | None = None,
 ) -> dict[str, int]:
     """Write the labeling task (``fmt``: csv, jsonl or labelstudio; default from the extension:
-    ``.csv``, ``.jsonl``, ``.json`` = Label Studio). Returns counts per queue."""
+    ``.csv``, ``.jsonl``, ``.json`` = Label Studio). Returns counts per queue, and ``undecided``:
+    the sampled item-policy pairs without an auditor decision (not in the disagreement queue)."""
     out = Path(output)
     kind = fmt or {".csv": "csv", ".jsonl": "jsonl", ".json": "labelstudio"}.get(out.suffix.lower())
     if kind not in ("csv", "jsonl", "labelstudio"):
         raise ConfigError(f"{out}: cannot tell the task format from the extension; use .csv, .jsonl or .json (Label Studio)")
     rows: list[dict[str, Any]] = []
-    counts = {"disagreement": 0, "control": 0, "control_and_disagreement": 0}
+    counts = {"disagreement": 0, "control": 0, "control_and_disagreement": 0, "undecided": 0}
     for pid, ver in plan.policies.items():
         ctl = control_sample(plan, pid, control, seed)
         for it in plan.items:
@@ -127,6 +128,8 @@ def export_task(
                 except KeyError:
                     dec = None
             prod = it.production[pid]
+            if dec is None:
+                counts["undecided"] += 1
             disagree = dec is not None and dec.violates != bool(prod["flagged"])
             in_ctl = it.id in ctl
             if not (disagree or in_ctl):
@@ -201,18 +204,38 @@ def _ls_tasks(p: Path) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
-def read_labels(path: str | Path, plan: AuditPlan) -> list[HumanLabel]:
+DEFAULT_CONTROL = 50  # cotmod audit export --control's default
+
+
+def read_labels(
+    path: str | Path,
+    plan: AuditPlan,
+    *,
+    control: int | None = None,
+    control_seed: int | None = None,
+    notices: list[str] | None = None,
+) -> list[HumanLabel]:
     """Human labels (CSV, JSONL, or a Label Studio JSON export) for the plan's items. Blank
     labels are skipped (not labelled yet); an id not in the plan for that policy, an unknown
     policy, an unknown label value or a second label for the same item and policy is an error
-    naming the line and field."""
+    naming the line and field; so is a CSV or JSONL file without a ``label`` field at all.
+
+    Control-sample membership comes from the plan, not from the file: the :func:`control_sample`
+    of ``control`` items per policy (default: as many as the file's ``control`` column marks for
+    that policy, else export's default of 50) drawn with ``control_seed`` (default: the plan's
+    seed), as ``export_task`` drew it. A ``control`` column that disagrees with it (a row marked
+    control that is not in that sample, or the other way round) is an error naming the line.
+    ``notices`` (when given) gets a line when the sample size had to be assumed (no column)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"labels file not found: {p}")
     records = _ls_tasks(p) if p.suffix.lower() == ".json" else list(read_records(p))
+    if p.suffix.lower() != ".json" and records and not any("label" in rec for _, rec in records):
+        raise InputError(f"{p}: field 'label': missing (no row has one; fill the exported task's 'label' column with violates or safe)")
     in_plan = {(it.id, pid) for it in plan.items for pid in it.design}
     out: list[HumanLabel] = []
     seen: dict[tuple[str, str], int] = {}
+    marked: list[tuple[int, str, str, bool]] = []  # (line, id, policy, the control column's value)
     for n, rec in records:
         where = f"{p}:{n}"
         rid = rec.get("id")
@@ -232,15 +255,55 @@ def read_labels(path: str | Path, plan: AuditPlan) -> list[HumanLabel]:
             raise InputError(f"{where}: field 'policy_version': labelled under {pid} {ver}, the plan is for {plan.policies[pid]}")
         if (rid, pid) not in in_plan:
             raise InputError(f"{where}: field 'id': {rid!r} is not in the audit sample for {pid}")
+        ctl = parse_flag(rec.get("control"), f"{where}: field 'control'")
+        if ctl is not None:
+            marked.append((n, rid, pid, ctl))
         flag = parse_flag(rec.get("label"), f"{where}: field 'label'")
         if flag is None:
             continue
         if (rid, pid) in seen:
             raise InputError(f"{where}: a second label for {rid!r} / {pid} (first on line {seen[(rid, pid)]})")
         seen[(rid, pid)] = n
-        ctl = parse_flag(rec.get("control"), f"{where}: field 'control'") or False
-        out.append(HumanLabel(rid, pid, flag, ctl, n, str(rec.get("labeler") or ""), str(rec.get("note") or "")))
-    return out
+        out.append(HumanLabel(rid, pid, flag, False, n, str(rec.get("labeler") or ""), str(rec.get("note") or "")))
+    seed = plan.seed if control_seed is None else control_seed
+    members: dict[str, set[str]] = {}
+    sizes: dict[str, int] = {}
+    for pid in plan.policies:
+        claimed = {(rid, n) for n, rid, q, c in marked if q == pid and c}
+        sizes[pid] = control if control is not None else (len({rid for rid, _ in claimed}) if marked else DEFAULT_CONTROL)
+        members[pid] = control_sample(plan, pid, sizes[pid], seed)
+    if not marked and control is None and out and notices is not None:
+        notices.append(
+            f"{p}: no 'control' column: the control sample is taken to be audit export's default ({DEFAULT_CONTROL} per policy, "
+            f"seed {seed}); give --control N (and --control-seed S) if the task was exported with other values"
+        )
+    for n, rid, pid, ctl in marked:
+        if ctl != (rid in members[pid]):
+            raise InputError(
+                f"{p}:{n}: field 'control': {rid!r} is {'' if ctl else 'not '}marked as a control item for {pid}, but the "
+                f"plan's control sample ({sizes[pid]} item(s), seed {seed}) {'does not include' if ctl else 'includes'} it; "
+                "the control sample must be the random one cotmod audit export drew: restore the column, or give "
+                "--control N / --control-seed S as given to audit export"
+            )
+    return [replace(lab, control=lab.id in members[lab.policy]) for lab in out]
+
+
+def _golden_problem(rec: dict[str, Any]) -> str | None:
+    """What keeps a line from being a golden-set row (id, text, a labels object), if anything."""
+    if rec.get("id") in (None, ""):
+        return "field 'id': missing"
+    if not isinstance(rec.get("text"), str) or not rec["text"].strip():
+        return "field 'text': missing or empty"
+    if not isinstance(rec.get("labels"), dict):
+        return "field 'labels': expected an object of label: 1|0 (a golden-set row)"
+    return None
+
+
+def check_golden_target(path: str | Path) -> None:
+    """Refuse a non-empty ``path`` that is not a golden set (JSONL); repair a torn final line."""
+    from ._report import check_append_target
+
+    check_append_target(Path(path), "a golden set", ("id",), _golden_problem)
 
 
 def append_golden(
@@ -250,6 +313,7 @@ def append_golden(
     named by policy id, 1 violates / 0 safe, and a ``provenance`` field). An id already in the
     file is not appended again. Returns (appended, already present)."""
     p = Path(path)
+    check_golden_target(p)
     present: set[str] = set()
     if p.exists() and p.stat().st_size > 0:
         for _n, rec in read_records(p, fmt="jsonl"):

@@ -11,7 +11,7 @@ Two shapes are read (JSONL, CSV or Parquet, ``.gz`` too, through the batch reade
   columns or a ``decisions`` map (``{name: value}`` or ``{name: {"violates": v, "score": s,
   "band": b, "rationale": r, "rule_ids": [...]}}``). Values: ``1/0``, ``true/false``,
   ``yes/no``, ``violates/safe``, ``flag/allow``. Scores: ``score_<name>`` or ``scores.<name>``
-  (a classifier's score log); with a ``threshold`` for the name, a score without a decision
+  (a classifier's score log; a number from 0 to 1); with a ``threshold`` for the name, a score without a decision
   decides (``score >= threshold`` flags). Optional: ``policy_version`` (or a
   ``policy_versions`` map), ``timestamp`` and any fields used as strata.
 
@@ -102,6 +102,8 @@ def _score(value: Any, where: str) -> float | None:
         raise InputError(f"{where}: score {value!r} is not a number") from None
     if isinstance(value, bool) or not math.isfinite(f):
         raise InputError(f"{where}: score {value!r} is not a finite number")
+    if not 0.0 <= f <= 1.0:
+        raise InputError(f"{where}: score {value!r} is not a number from 0 to 1")
     return f
 
 

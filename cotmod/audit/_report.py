@@ -15,7 +15,7 @@ sample's labels alone. The headline is ``ppi`` when there are control labels, el
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -275,9 +275,37 @@ def append_history(path: str | Path, report: AuditReport) -> None:
         },
     }
     p = Path(path)
+    check_history_target(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
+
+
+def check_history_target(path: str | Path) -> None:
+    """Refuse a non-empty ``path`` that is not an audit history; repair a torn final line."""
+    check_append_target(
+        Path(path), "an audit history", ("policies",),
+        lambda rec: _history_problem(rec) if isinstance(rec.get("policies"), dict) else "field 'policies': expected an object",
+    )
+
+
+def check_append_target(
+    path: Path, what: str, keys: tuple[str, ...], problem: Callable[[dict[str, Any]], str | None]
+) -> None:
+    """Before appending to ``path`` (``what``: "an audit history", "a golden set"): refuse a
+    non-empty file whose lines are not of that kind (InputError ``FILE:LINE: ...``), and repair a
+    torn final line (no newline, from a kill) as the run store does, so the new line is not glued
+    onto it. A missing or empty file is fine."""
+    from .._exceptions import InputError
+    from ..batch._store import scan_jsonl
+
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    refuse = f"it is not {what}: choose another file (nothing was appended)"
+    for n, rec, _raw in scan_jsonl(path, keys, hint=refuse):
+        why = problem(rec)
+        if why:
+            raise InputError(f"{path}:{n}: {why}; {refuse}")
 
 
 def read_history(path: str | Path) -> list[dict[str, Any]]:

@@ -143,7 +143,16 @@ def read_audit(plan: AuditPlan, output: str | Path) -> tuple[dict[str, Verdict],
     except (OSError, ValueError) as exc:
         raise InputError(f"{link}: unreadable ({exc})") from None
     if meta.get("plan_sha256") != plan.sha256:
-        raise ConfigError(f"{out} is the audit of another plan ({meta.get('plan_path')}); give the plan it was run from")
+        old_path, old_sha = meta.get("plan_path"), str(meta.get("plan_sha256"))[:12]
+        same = old_path is not None and Path(str(old_path)).resolve() == Path(str(plan.path)).resolve()
+        why = (
+            f"{plan.path} changed since the audit (sha256 {old_sha}… when audited, {str(plan.sha256)[:12]}… now; "
+            "was it re-planned?); give the plan the audit was run from, or run the audit again"
+            if same
+            else f"run from {old_path} (sha256 {old_sha}…), this plan is {plan.path} (sha256 {str(plan.sha256)[:12]}…); "
+            "give the plan it was run from"
+        )
+        raise ConfigError(f"{out} is the audit of another plan: {why}")
     from ..batch._store import read_dead_letters
 
     want = {it.id: it for it in plan.items}

@@ -34,6 +34,7 @@ __all__ = [
     "read_dead_letters",
     "read_manifest",
     "repair_jsonl",
+    "scan_jsonl",
     "write_json_atomic",
 ]
 
@@ -156,18 +157,17 @@ class Appender:
             os.close(self.fd)
 
 
-def _unreadable(path: Path, n: int, why: str) -> InputError:
-    return InputError(
-        f"{path}:{n}: {why}; the file was edited or damaged. Nothing was deleted: fix or remove that "
-        "line and rerun, or pass --overwrite to start over"
-    )
+_DAMAGED_HINT = ("the file was edited or damaged. Nothing was deleted: fix or remove that line and rerun, or pass "
+                 "--overwrite to start over")
 
 
-def _scan(path: Path, id_keys: tuple[str, ...]) -> Iterator[tuple[int, dict[str, Any], bytes]]:
-    """Every record of a run-store JSONL file, after repairing a torn final line.
+def scan_jsonl(path: Path, id_keys: tuple[str, ...], *, hint: str = _DAMAGED_HINT) -> Iterator[tuple[int, dict[str, Any], bytes]]:
+    """Every record of an append-only JSONL file (a run store, an audit history, a golden set
+    cotmod appends to), after repairing a torn final line.
 
     A final line without a newline is a write cut short by a kill: if it still parses it is kept
-    (the newline is added), otherwise it is cut off. Any other unreadable line raises InputError.
+    (the newline is added), otherwise it is cut off. Any other unreadable line, or an object with
+    none of ``id_keys``, raises InputError ``FILE:LINE: why; hint``.
     """
     if not path.exists():
         return
@@ -199,7 +199,7 @@ def _scan(path: Path, id_keys: tuple[str, ...]) -> Iterator[tuple[int, dict[str,
                     if isinstance(exc, json.JSONDecodeError)
                     else str(exc)
                 )
-                raise _unreadable(path, n, why) from None
+                raise InputError(f"{path}:{n}: {why}; {hint}") from None
             good_end += len(raw)
             torn_complete = final
             yield n, obj, raw.rstrip(b"\n")
@@ -219,7 +219,7 @@ def repair_jsonl(path: Path) -> IdSet:
     """Repair a torn final line and return digests of the ids present (``item_id`` of a verdict,
     or ``id`` of a dead letter). Raises InputError ``FILE:LINE: ...`` on any other bad line."""
     ids = IdSet()
-    for _, obj, _ in _scan(path, ("item_id", "id")):
+    for _, obj, _ in scan_jsonl(path, ("item_id", "id")):
         ids.add(digest(str(obj.get("item_id", obj.get("id")))))
     return ids
 
@@ -238,7 +238,7 @@ def read_dead_letters(path: Path) -> list[DeadLetter]:
     """The dead letters of an errors file (a torn final line repaired, as for verdicts)."""
     return [
         DeadLetter(n, str(obj["id"]), bool(obj.get("retryable", True)), raw.decode("utf-8"))
-        for n, obj, raw in _scan(path, ("id",))
+        for n, obj, raw in scan_jsonl(path, ("id",))
     ]
 
 

@@ -2,21 +2,25 @@
 labels, history).
 
 Exit codes: 0 done; 1 ``run``: some sampled items got no auditor verdict (listed in the errors
-file; ``--retry-errors``), ``report``: some sampled items have neither an auditor decision nor a
-human label (counted in the report); 2 a usage, configuration or input mistake (bad decisions or
-labels file, an audit output of another plan or policy version); 3 a runtime failure stopped the
-run (verdicts written so far are kept: rerun to resume).
+file; ``--retry-errors``) or were left by ``--limit`` (rerun to resume), ``report``: some sampled
+items have neither an auditor decision nor a human label (counted in the report), ``export``: some
+sampled items have no auditor decision (the task is written, with a warning), ``labels``: the file
+holds no label; 2 a usage, configuration or input mistake (bad decisions or labels file, an audit
+output of another plan or policy version, an existing plan or task file without ``--overwrite``,
+a history or golden file of another kind); 3 a runtime failure stopped the run (verdicts written
+so far are kept: rerun to resume).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from .._exceptions import InputError
+from .._exceptions import ConfigError, InputError
 from ._app import (
     CONTEXT,
     EXIT_OK,
@@ -41,6 +45,13 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
         k, _, x = v.partition("=")
         out[k.strip()] = x.strip()
     return out
+
+
+def _refuse_existing(output: str, overwrite: bool, what: str) -> None:
+    """Refuse to replace a non-empty ``output`` (``what`` it may hold) unless ``--overwrite``."""
+    p = Path(output)
+    if not overwrite and p.is_file() and p.stat().st_size > 0:
+        raise ConfigError(f"{output} exists ({what}); choose another --output, or pass --overwrite to replace it")
 
 
 @cli.group(context_settings=CONTEXT)
@@ -69,7 +80,7 @@ def audit() -> None:
 @click.option("--score-bands", default="0.25,0.5,0.75", show_default=True, help="Score cut points of the score bands (without production bands).")
 @click.option("--allocation", type=click.Choice(["oversample", "proportional", "neyman"]), default="oversample", show_default=True, help="How the sample is spread over the strata.")
 @click.option("--nonflagged-share", type=FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True, help="oversample: the sample's share from the non-flagged side.")
-@click.option("--half-width", type=FloatRange(0, 1, min_open=True, max_open=True), help="Target 95%% CI half-width [default: 0.05 unless --size].")
+@click.option("--half-width", type=FloatRange(0, 1, min_open=True, max_open=True), help="Target 95% CI half-width [default: 0.05 unless --size].")
 @click.option("--size", type=click.IntRange(min=1), help="Sample size per policy (instead of --half-width).")
 @click.option("--budget", type=click.IntRange(min=1), help="At most this many sampled items over every policy.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -78,17 +89,22 @@ def audit() -> None:
 @click.option("--guidelines", "-g", type=click.Path(exists=True), help="The auditor's policies [default: as for lint].")
 @click.option("--config", "config_file", type=click.Path(), help="TOML config file (for its guidelines).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan's strata as JSON.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing plan (an audit run from it then no longer matches any plan).")
 def audit_plan(
     decisions: str, output: str, items: str | None, policies: tuple[str, ...], label_policy: tuple[str, ...], threshold: tuple[str, ...],
     strata_fields: tuple[str, ...], score_bands: str, allocation: str, nonflagged_share: float, half_width: float | None,
     size: int | None, budget: int | None, seed: int, id_field: str, text_field: str, guidelines: str | None, config_file: str | None,
-    as_json: bool,
+    as_json: bool, overwrite: bool,
 ) -> None:
     """Plan an audit of DECISIONS: a seeded stratified sample over decision × policy × score band
-    (× --strata fields); each sampled item carries its stratum, N_h and inclusion probability."""
+    (× --strata fields); each sampled item carries its stratum, N_h and inclusion probability.
+
+    Refuses an existing non-empty --output unless --overwrite: a new plan (even with the same
+    seed) has another sha256, so an audit run from the old one could no longer be reported."""
     from ..audit import load_decisions, make_plan
     from ..policy import load_policies
 
+    _refuse_existing(output, overwrite, "an audit run from the plan it holds would no longer match a new one")
     ps = load_policies([_policy_source(guidelines, config_file)])
     versions = {p.id: p.version for p in ps}
     try:
@@ -105,6 +121,9 @@ def audit_plan(
     )
     if dec.undecided:
         _notice(f"{len(dec.undecided)} error verdict(s) in {decisions} (no production decision) are not in the population")
+    for f in strata_fields:
+        if all(it.fields.get(f) == "(missing)" for it in dec.items):
+            _notice(f"warning: --strata {f}: no row of {decisions} has a field {f!r}; every item is in its '(missing)' stratum")
     plan = make_plan(
         dec, versions, policies=list(policies) or None, strata_fields=strata_fields, score_bands=bands, allocation=allocation,
         size=size, half_width=half_width, budget=budget, nonflagged_share=nonflagged_share, seed=seed,
@@ -136,10 +155,11 @@ def audit_run(
     the current policy versions) through the batch runner: cached, resumable, cost counted.
 
     Refuses an output made from another plan, and guidelines whose policy versions differ from
-    the plan's. Exits 1 when some items got no auditor verdict."""
+    the plan's. Exits 1 when some items got no auditor verdict: failed ones (--retry-errors), or
+    ones --limit left (rerun to resume)."""
 
     from .._config import cotmod_home
-    from ..audit import read_plan, run_audit_async
+    from ..audit import read_audit, read_plan, run_audit_async
     from ..engine._cache import SqliteCache
     from . import _moderate
 
@@ -159,7 +179,44 @@ def audit_run(
         lambda on_progress: run_audit_async(plan, mod, output, on_progress=on_progress, **kwargs),
         moderator=mod, cache=cache, show=show, written_to=output, what="audit", as_json=as_json,
     )
-    _finish_run(summary, as_json, f"{summary.undecided} sampled item(s) without an auditor verdict (--retry-errors redoes the retryable ones)")
+    verdicts, failures, _model = read_audit(plan, output)
+    not_run = sum(1 for it in plan.items if it.id not in verdicts and it.id not in failures)
+    notes = []
+    if summary.undecided:
+        notes.append(f"{summary.undecided} sampled item(s) without an auditor verdict (--retry-errors redoes the retryable ones)")
+    if not_run:
+        notes.append(f"{not_run} sampled item(s) not run yet (--limit left them; rerun to resume)")
+    _finish_run(_AuditRunSummary(summary, not_run), as_json, "; ".join(notes))
+
+
+class _AuditRunSummary:
+    """A run summary whose ``undecided`` also counts the plan items not run yet (``--limit``)."""
+
+    def __init__(self, summary: Any, not_run: int) -> None:
+        self.summary, self.not_run = summary, not_run
+
+    @property
+    def undecided(self) -> int:
+        return int(self.summary.undecided) + self.not_run
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.summary.to_dict()
+        data["not_run"] = self.not_run
+        data["undecided"] = self.undecided
+        return data
+
+
+_control_options = [
+    click.option("--control", "control", type=click.IntRange(min=0), default=None,
+                 help="The control sample size given to audit export --control [default: the labels file's control column count, else 50]."),
+    click.option("--control-seed", type=click.IntRange(min=0), default=None, help="The seed given to audit export --seed [default: the plan's]."),
+]
+
+
+def _with_control_options(f: Any) -> Any:
+    for opt in reversed(_control_options):
+        f = opt(f)
+    return f
 
 
 def _fmt(iv: Any) -> str:
@@ -202,8 +259,9 @@ def _print_report(report: Any) -> None:
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report.")
 @click.option("--history", "history_path", type=click.Path(dir_okay=False), help="Append the headline numbers to this audit history (JSONL).")
 @click.option("--append-golden", "golden_path", type=click.Path(dir_okay=False), help="Append the human-labelled items to this golden set (JSONL) with provenance.")
+@_with_control_options
 def audit_report(plan_path: str, audit_path: str, labels_path: str | None, as_json: bool, html_path: str | None,
-                 history_path: str | None, golden_path: str | None) -> None:
+                 history_path: str | None, golden_path: str | None, control: int | None, control_seed: int | None) -> None:
     """Agreement (raw, Cohen's kappa) and design-weighted estimates of production's precision,
     recall, flag rate and prevalence with 95% CIs per policy and stratum field, and the
     disagreements. With --labels: human labels as truth where present and prediction-powered
@@ -217,12 +275,22 @@ def audit_report(plan_path: str, audit_path: str, labels_path: str | None, as_js
         read_plan,
         write_audit_html,
     )
+    from ..audit._adjudicate import check_golden_target
+    from ..audit._report import check_history_target
 
     plan = read_plan(plan_path)
     verdicts, failures, model = read_audit(plan, audit_path)
-    labels = read_labels(labels_path, plan) if labels_path else []
+    notices: list[str] = []
+    labels = read_labels(labels_path, plan, control=control, control_seed=control_seed, notices=notices) if labels_path else []
+    for line in notices:
+        _notice(line)
     if golden_path and not labels:
         raise click.UsageError("--append-golden needs --labels (the adjudicated items)")
+    # refuse a history or golden file of another kind before writing anything
+    if history_path:
+        check_history_target(history_path)
+    if golden_path:
+        check_golden_target(golden_path)
     report = build_report(plan, verdicts, failures, labels=labels, auditor_model=model)
     data = report.to_dict()
     code = EXIT_UNDECIDED if report.undecided else EXIT_OK
@@ -251,11 +319,16 @@ def audit_report(plan_path: str, audit_path: str, labels_path: str | None, as_js
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Task file: .csv, .jsonl or .json (Label Studio import).")
 @click.option("--control", type=click.IntRange(min=0), default=50, show_default=True, help="Random control items per policy (stratified, seeded).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Control sample seed [default: the plan's].")
-def audit_export(plan_path: str, audit_path: str, output: str, control: int, seed: int | None) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing task file (its labels are lost).")
+def audit_export(plan_path: str, audit_path: str, output: str, control: int, seed: int | None, overwrite: bool) -> None:
     """Write the labeling task: the disagreement queue plus a random control sample, pointing to
-    the labeling guide of the plan's policy versions (cotmod guide export -p POLICY)."""
+    the labeling guide of the plan's policy versions (cotmod guide export -p POLICY).
+
+    Refuses an existing non-empty --output (it may hold labels) unless --overwrite. Exits 1 when
+    some sampled items have no auditor decision (their disagreements cannot be queued yet)."""
     from ..audit import export_task, read_audit, read_plan
 
+    _refuse_existing(output, overwrite, "it may be a task already being labelled")
     plan = read_plan(plan_path)
     verdicts, _failures, _model = read_audit(plan, audit_path)
     counts = export_task(plan, verdicts, output, control=control, seed=seed)
@@ -263,21 +336,37 @@ def audit_export(plan_path: str, audit_path: str, output: str, control: int, see
         f"task: {output}: {counts['disagreement']} disagreement(s), {counts['control']} control item(s) "
         f"({counts['control_and_disagreement']} disagreements are also in the control sample); fill 'label' with violates or safe"
     )
+    if counts["undecided"]:
+        click.echo(
+            f"warning: {counts['undecided']} sampled item-policy pair(s) without an auditor decision (auditor errors or not yet run) "
+            "are missing from the disagreement queue; finish the audit (cotmod audit run, --retry-errors) and export again",
+            err=True,
+        )
+        click.get_current_context().exit(EXIT_UNDECIDED)
 
 
 @audit.command("labels", context_settings=CONTEXT)
 @click.argument("plan_path", metavar="PLAN", type=click.Path(exists=True, dir_okay=False))
 @click.argument("labels_path", metavar="LABELS", type=click.Path(exists=True, dir_okay=False))
-def audit_labels(plan_path: str, labels_path: str) -> None:
-    """Check a labels file against PLAN (unknown ids or values are errors) and count its labels."""
+@_with_control_options
+def audit_labels(plan_path: str, labels_path: str, control: int | None, control_seed: int | None) -> None:
+    """Check a labels file against PLAN (unknown ids or values, a missing label column, a control
+    column that disagrees with the plan's control sample are errors) and count its labels.
+    Exits 1 when the file holds no label at all."""
     from ..audit import read_labels, read_plan
 
     plan = read_plan(plan_path)
-    labels = read_labels(labels_path, plan)
+    notices: list[str] = []
+    labels = read_labels(labels_path, plan, control=control, control_seed=control_seed, notices=notices)
+    for line in notices:
+        _notice(line)
     by = {pid: sum(1 for lab in labels if lab.policy == pid) for pid in plan.policies}
     ctl = {pid: sum(1 for lab in labels if lab.policy == pid and lab.control) for pid in plan.policies}
     for pid in plan.policies:
         click.echo(f"{pid}: {by[pid]} label(s), {ctl[pid]} in the control sample")
+    if not labels:
+        click.echo(f"{labels_path}: no labels (every 'label' is blank): fill it with violates or safe", err=True)
+        click.get_current_context().exit(EXIT_UNDECIDED)
 
 
 @audit.command("history", context_settings=CONTEXT)
