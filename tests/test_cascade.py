@@ -257,3 +257,26 @@ def test_sync_check_flags_a_cascade_chosen_for_another_policy_version(tmp_path: 
     assert findings() == [f"cascade bands were chosen for {pid} 0.0.1, policy is {version}: re-run cotmod eval and cotmod classifier cascade"]
     cfile.write_text(CASCADE.replace("label: spam", "label: scam") + f"    policy_version: {version}\n")
     assert findings() == [f"the cascade routes {pid} by label 'scam', which the label map does not map to {pid}"]
+
+
+def test_cli_cascade_items_without_a_verdict_are_said_and_exit_1(tmp_path: Path) -> None:
+    """Items the LLM did not decide (no verdict line: failed, dead-lettered, another run) are left
+    out: one line says how many and on how many the bands stand, exit 1 (not all decided).
+    Rows without ground truth are left out by design: said, exit code unchanged."""
+    scores_p, verdicts_p, _ = _golden(tmp_path)
+    lines = verdicts_p.read_text().splitlines()
+    part = tmp_path / "part.jsonl"
+    part.write_text("\n".join(lines[:300]) + "\n")
+    args = ["classifier", "cascade", str(scores_p), "-m", "spam=spam_scams", "--max-llm-share", "0.6", "--max-f1-loss", "0"]
+    r = CliRunner().invoke(cli, [*args, "-v", str(part)])
+    assert r.exit_code == 1, r.output
+    assert f"{scores_p}: 100 item(s) with ground truth have no verdict for spam_scams in {part}: left out" in r.stderr
+    assert "reported on the other 300" in r.stderr
+    rows = [json.loads(x) for x in scores_p.read_text().splitlines()]
+    for row in rows[:50]:
+        row.pop("label_spam")
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    r = CliRunner().invoke(cli, ["classifier", "cascade", str(unlabelled), *args[3:], "-v", str(verdicts_p)])
+    assert r.exit_code == 0, r.output
+    assert f"{unlabelled}: 50 row(s) without ground truth for spam: left out" in r.stderr and "no verdict" not in r.stderr

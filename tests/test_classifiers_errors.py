@@ -123,3 +123,25 @@ def test_thresholds_for_labels_the_log_does_not_have_are_errors(tmp_path: Path) 
     log = read_scores(scores)
     with pytest.raises(InputError, match="threshold for label 'other'"):
         estimate_performance(log, log, EstimateSettings(chunk=2, thresholds={"other": 0.3}))
+
+
+def test_a_strata_field_no_row_has_is_warned_about(tmp_path: Path) -> None:
+    """A misspelled --strata field groups every row under (missing): one line names it (the
+    command still runs: a field some rows lack is a stratum of its own). estimate does not group
+    by stratum: it has no --strata to mistype."""
+    scores = _log(tmp_path)
+    th = str(_thresholds(tmp_path))
+    run = CliRunner().invoke
+    r = run(cli, ["classifier", "errors", str(scores), "--thresholds", th, "-s", "lnag", "-s", "lang"])
+    assert r.exit_code == 0, r.output
+    assert f"{scores}: no row has a value for --strata lnag (a misspelling?): every row is grouped under (missing)" in r.stderr
+    assert "--strata lang " not in r.stderr and "lang=de" in r.stdout
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(json.dumps({"id": str(i), "score_spam": i * 37 % 100 / 100, "lang": "en" if i % 2 else "de"}) + "\n" for i in range(200)))
+    r = run(cli, ["monitor", str(big), "-r", str(big), "-c", "20", "-s", "lnag"])
+    assert r.exit_code == 0, r.output
+    assert f"{big}: no row has a value for --strata lnag (a misspelling?)" in r.stderr
+    r = run(cli, ["monitor", str(big), "-r", str(big), "-c", "20", "-s", "lang"])
+    assert r.exit_code == 0 and "--strata" not in r.stderr
+    r = run(cli, ["classifier", "estimate", str(scores), "--calibration", str(scores), "-c", "3", "-s", "lang"])
+    assert r.exit_code == 2 and "No such option" in r.output

@@ -141,3 +141,16 @@ def test_cli_estimate_exit_codes_and_json(logs: dict[str, Path], tmp_path: Path)
     assert r.exit_code == 2 and "bad.jsonl:20001: field 'score_spam': expected a number from 0 to 1, got 7" in r.output
     r = run(cli, ["classifier", "estimate", str(bad), "--calibration", str(logs["cal"]), "-c", "5000", "--bootstrap", "0", "--skip-bad-rows"])
     assert r.exit_code == 1 and "1 row(s) skipped" in r.output and "bad.jsonl:20001" in r.output
+
+
+def test_cli_estimate_warns_of_a_label_the_thresholds_file_has_no_threshold_for(logs: dict[str, Path], tmp_path: Path) -> None:
+    th = tmp_path / "th.yaml"
+    th.write_text("kind: classifier\nlabels:\n  spam:\n    reachable: false\n    note: no threshold reaches precision 0.999\n    review: null\n")
+    args = ["classifier", "estimate", str(logs["shift"]), "--calibration", str(logs["cal"]), "-c", "5000", "--bootstrap", "0", "--thresholds", str(th)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert f"{th}: label spam has no threshold (cotmod classifier tune found none): its flag rate uses 0.5" in r.stderr
+    r = CliRunner().invoke(cli, [*args, "--threshold", "0.3"])
+    assert "its flag rate uses 0.3" in r.stderr
+    r = CliRunner().invoke(cli, [*args, "--threshold", "spam=0.3"])
+    assert r.exit_code == 0 and "has no threshold" not in r.stderr

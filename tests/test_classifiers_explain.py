@@ -404,3 +404,39 @@ def test_from_an_error_report_and_with_the_sync_moderator(demo_files: tuple[Path
     listed = {it.id for g in report.labels[0].groups if g.kind == "fn" and g.stratum is None for it in g.items}
     assert fn.errors == len(errs["fn"]) and fn.unlisted == len(errs["fn"]) - len(listed)
     assert {it.id for it in fn.items} == listed and fn.decided == len(listed) == len(fake.history) - rep.labels[0].fp.sampled
+
+
+@pytest.mark.parametrize("truth", [True, False])
+def test_nothing_to_explain_is_said_and_exit_0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, truth: bool) -> None:
+    """A perfect classifier, or a log without ground truth: no error to sample, one clear line,
+    exit 0, and the promised report.json written (the run directory did not exist)."""
+    scores = tmp_path / "scores.jsonl"
+    rows = [{"id": f"i{i}", "score_spam": 0.9 if i % 2 else 0.1, "text": f"message {i}"} | ({"label_spam": i % 2} if truth else {}) for i in range(10)]
+    scores.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    th = tmp_path / "th.yaml"
+    th.write_text(yaml.safe_dump({"labels": {"spam": {"review": REVIEW, "auto_action": AUTO}}}))
+    fake = use_backend(monkeypatch, scripted({}))
+    out = tmp_path / "new" / "rca"
+    r = invoke("classifier", "explain", str(scores), "--thresholds", str(th), "--label-policy", "spam=spam_scams", "-o", str(out), *ENDPOINT)
+    assert r.exit_code == EXIT_OK, r.output
+    why = "0 FPs and 0 FNs at review >= 0.3000 on 10 rows with ground truth" if truth else "spam: no ground truth in the score log"
+    assert "no false positives or negatives to explain (" in r.stdout and why in r.stdout
+    assert "cannot write" not in r.output and fake.history == []
+    report = json.loads((out / "report.json").read_text())
+    assert report["labels"][0]["known"] == (10 if truth else 0) and report["labels"][0]["fp"]["sampled"] == 0
+
+
+def test_bad_label_fails_before_the_run_is_announced(demo_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scores, th = demo_files
+    use_backend(monkeypatch, scripted({}))
+    r = invoke("classifier", "explain", str(scores), "--thresholds", str(th), "--label-policy", "toxic=spam_scams", "-o", str(tmp_path / "rca"), *ENDPOINT)
+    assert r.exit_code == EXIT_USAGE and "no label 'toxic'" in r.stderr
+    assert "explaining" not in r.output and not (tmp_path / "rca").exists()
+
+
+def test_no_cascade_option(demo_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """--cascade (shared endpoint option) would route errors by the classifier's own scores."""
+    scores, th = demo_files
+    assert "--cascade" not in invoke("classifier", "explain", "--help").stdout
+    r = invoke("classifier", "explain", str(scores), "--thresholds", str(th), "--cascade", str(th), *ENDPOINT)
+    assert r.exit_code == EXIT_USAGE and "No such option '--cascade'" in r.output

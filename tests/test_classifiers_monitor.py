@@ -214,3 +214,32 @@ def test_bench_drift_and_monitor_scale_smoke() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     data = json.loads(out.stdout.strip().splitlines()[-1])
     assert data["rows"] == 4000 and data["labels"] == 5 and data["tenth_rows"] == 400
+
+
+def test_cli_messages_name_what_is_wrong(tmp_path: Path) -> None:
+    """--verdicts on two score logs says SCORES is not a verdict log (not that REFERENCE is the
+    odd one out); an unwritable --html names --html, not --output."""
+    p = tmp_path / "s.jsonl"
+    p.write_text("".join(json.dumps({"id": str(i), "score_spam": i * 37 % 100 / 100}) + "\n" for i in range(200)))
+    r = CliRunner().invoke(cli, ["monitor", str(p), "-r", str(p), "-c", "20", "--verdicts"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert f"{p}: not a cotmod verdict log" in r.output and "--verdicts is for verdict logs" in r.output and "is one" not in r.output
+    html = tmp_path / "missing" / "x.html"
+    r = CliRunner().invoke(cli, ["monitor", str(p), "-r", str(p), "-c", "20", "--html", str(html)])
+    assert r.exit_code == 2 and f"cannot write {html}" in r.output
+    assert "choose another --html" in r.output and "--output" not in r.output
+
+
+def test_verdict_logs_a_strata_field_no_verdict_has_is_warned_about(tmp_path: Path) -> None:
+    from cotmod import Moderator, Settings
+    from cotmod.testing import FakeBackend, decision
+
+    with Moderator(backend=FakeBackend(default=decision({"spam_scams": []})), settings=Settings()) as m:
+        template = m.moderate("hello", ["spam_scams"]).model_dump(mode="json")
+    p = tmp_path / "verdicts.jsonl"
+    p.write_text("".join(json.dumps({**template, "item_id": f"i{i}", "metadata": {"lang": "en"}}) + "\n" for i in range(100)))
+    r = CliRunner().invoke(cli, ["monitor", str(p), "-r", str(p), "-c", "10", "-s", "metadata.lnag"])
+    assert r.exit_code in (0, 1), r.output
+    assert f"{p}: no row has a value for --strata metadata.lnag (a misspelling?)" in r.stderr
+    r = CliRunner().invoke(cli, ["monitor", str(p), "-r", str(p), "-c", "10", "-s", "metadata.lang"])
+    assert r.exit_code in (0, 1) and "--strata" not in r.stderr

@@ -128,6 +128,7 @@ def test_yaml_round_trip_and_sync_check_flags_a_moved_policy(tmp_path: Path, pol
     (tmp_path / "clf.yaml").write_text(yaml.safe_dump(data))
     stale = [f for f in check_manifest(m, mod) if f.pathway == "classifier"]
     assert stale and f"tuned for {pid} 0.0.1, policy is {version}" in stale[0].message
+    assert stale[0].message.endswith("re-run cotmod classifier tune")  # the command that wrote the file, not eval + tune
 
 
 def test_sync_check_flags_labels_the_classifier_thresholds_do_not_cover(tmp_path: Path, policy_dir: Path) -> None:
@@ -168,3 +169,28 @@ def test_cli_classifier_tune(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "no policy 'nope'" in r.output
     r = CliRunner().invoke(cli, ["classifier", "tune", str(p), "-o", str(out)])
     assert r.exit_code == 2 and "--target-precision" in r.output
+
+
+def test_cli_tune_label_without_threshold_writes_the_file_and_exits_1(tmp_path: Path) -> None:
+    """A label with no positive rows gets no threshold: the file is still written (the other
+    labels' thresholds are useful), a line names the label, exit 1; monitor warns on such a file."""
+    y, s = _data(4, 600)
+    p = tmp_path / "scores.jsonl"
+    p.write_text("".join(
+        json.dumps({"id": str(i), "score_spam": float(v), "label_spam": int(t),
+                    "score_hate": float(v), "label_hate": 0}) + "\n"
+        for i, (v, t) in enumerate(zip(s, y, strict=True))
+    ))
+    out = tmp_path / "th.yaml"
+    for extra in ([], ["--json"]):
+        r = CliRunner().invoke(cli, ["classifier", "tune", str(p), "-o", str(out), "--target-precision", "0.8", *extra])
+        assert r.exit_code == 1, r.output
+        assert f"{out}: label hate has no threshold (no positive rows with known truth for 'hate')" in r.stderr
+        assert "label spam" not in r.stderr
+        assert set(load_classifier_thresholds(out)) == {"spam"}
+    r = CliRunner().invoke(cli, ["monitor", str(p), "-r", str(p), "-c", "50", "--thresholds", str(out)])
+    assert r.exit_code in (0, 1), r.output
+    assert f"{out}: label hate has no threshold (cotmod classifier tune found none): its flag rate uses 0.5" in r.stderr
+    assert "label spam" not in r.stderr
+    r = CliRunner().invoke(cli, ["monitor", str(p), "-r", str(p), "-c", "50", "--thresholds", str(out), "--threshold", "hate=0.7"])
+    assert r.exit_code in (0, 1) and "label hate has no threshold" not in r.stderr  # set on the command line

@@ -130,6 +130,7 @@ class LabelExplanation(BaseModel):
     policy_version: str
     review: float
     auto_action: float | None = None
+    known: int = 0  # rows with ground truth
     fp: KindExplanation
     fn: KindExplanation
 
@@ -357,6 +358,37 @@ def _progress_hook(fn: Callable[[str, RunSummary, int], None], pid: str, total: 
     return hook
 
 
+def check_explain_args(
+    source: ErrorReport | ScoreLog,
+    bands: Mapping[str, tuple[float, float | None]] | None,
+    *,
+    moderator: AsyncModerator,
+    label_policy: Mapping[str, str],
+    sample: int,
+) -> None:
+    """The checks :func:`explain_errors_async` makes before anything is sampled or sent (so a
+    caller can run them before it announces the run): raises :class:`~cotmod.ConfigError` or
+    :class:`~cotmod.InputError` as it does."""
+    if sample < 1:
+        raise ConfigError(f"sample must be >= 1, got {sample}")
+    if not label_policy:
+        raise ConfigError("no label mapped to a policy (label_policy is empty)")
+    for lb, pid in label_policy.items():
+        if pid not in moderator.policies:
+            raise ConfigError(f"label {lb!r} maps to unknown policy {pid!r} (known: {', '.join(moderator.policies.ids)})")
+    if isinstance(source, ScoreLog):
+        for lb in label_policy:
+            if lb not in source.labels:
+                raise InputError(f"{source.path}: no label {lb!r} (labels: {', '.join(source.labels)})")
+            if bands is not None and lb not in bands:
+                raise InputError(f"no threshold for label {lb!r} (thresholds for: {', '.join(bands) or 'none'})")
+    else:
+        known = {le.label for le in source.labels}
+        for lb in label_policy:
+            if lb not in known:
+                raise InputError(f"{source.source}: the error report has no label {lb!r} (labels: {', '.join(sorted(known)) or 'none'})")
+
+
 async def explain_errors_async(
     source: ErrorReport | ScoreLog,
     bands: Mapping[str, tuple[float, float | None]] | None = None,
@@ -393,13 +425,7 @@ async def explain_errors_async(
 
     from ..batch._runner import Runner
 
-    if sample < 1:
-        raise ConfigError(f"sample must be >= 1, got {sample}")
-    if not label_policy:
-        raise ConfigError("no label mapped to a policy (label_policy is empty)")
-    for lb, pid in label_policy.items():
-        if pid not in moderator.policies:
-            raise ConfigError(f"label {lb!r} maps to unknown policy {pid!r} (known: {', '.join(moderator.policies.ids)})")
+    check_explain_args(source, bands, moderator=moderator, label_policy=label_policy, sample=sample)
     labels = list(label_policy)
     report, pools = _pools(source, bands, labels)
     errors_total = {le.label: (le.fp, le.fn) for le in report.labels}
@@ -467,7 +493,7 @@ async def explain_errors_async(
             args = (keys, verdicts.get(pid, {}), failures.get(pid, {}), pol)
             result.labels.append(
                 LabelExplanation(
-                    label=lb, policy=pid, policy_version=pol.version, review=le.review, auto_action=le.auto_action,
+                    label=lb, policy=pid, policy_version=pol.version, review=le.review, auto_action=le.auto_action, known=le.known,
                     fp=_explain_kind("fp", n_fp, pools[lb]["fp"], sampled[(lb, "fp")], *args),
                     fn=_explain_kind("fn", n_fn, pools[lb]["fn"], sampled[(lb, "fn")], *args),
                 )
@@ -475,6 +501,7 @@ async def explain_errors_async(
         if tmp is None:
             from ..batch._store import write_json_atomic
 
+            root.mkdir(parents=True, exist_ok=True)  # nothing sampled: no verdicts created it
             write_json_atomic(root / "report.json", result.model_dump(mode="json"))
         return result
     finally:

@@ -279,3 +279,14 @@ def load_classifier_thresholds(path: str | Path) -> dict[str, float]:
             raise InputError(f"{p}: labels.{lb}.review: expected a number from 0 to 1, got {raw!r}")
         out[str(lb)] = float(raw)
     return out
+
+
+def labels_without_threshold(path: str | Path) -> list[str]:
+    """The labels of a file written by :func:`write_classifier_thresholds` that got no review
+    threshold (no positive rows, or none reaching the target precision): left out by
+    :func:`load_classifier_thresholds`."""
+    data = read_yaml_mapping(Path(path), "classifier thresholds file")
+    labels = data.get("labels")
+    if not isinstance(labels, dict):
+        return []
+    return [str(lb) for lb, spec in labels.items() if not isinstance(spec, dict) or spec.get("review") is None]

@@ -49,7 +49,9 @@ def classifier_cascade(
     judged in --verdicts (joined by id). The items are split (--seed): the bands are chosen on
     the tune part (best F1 sending at most --max-llm-share to the LLM, losing at most
     --max-f1-loss against LLM-only) and reported on the rest against LLM-only and
-    classifier-only, with paired bootstrap 95% CIs. Exit 1 when the target is not met.
+    classifier-only, with paired bootstrap 95% CIs. Rows without ground truth are left out
+    (counted). Exit 1 when the target is not met, or when items of SCORES have no verdict (left
+    out, listed on stderr).
 
     \b
     Example:
@@ -98,7 +100,16 @@ def classifier_cascade(
                 click.echo(f"  left out: {', '.join(skipped) or 'none'}; error verdicts counted as not flagged: {r.llm_errors}")
         if output:
             click.echo(f"wrote {output}")
-    if not met:
+    for r in reports:
+        if r.no_verdict:  # items the LLM did not decide (failed, dead-lettered, another run): not all decided
+            click.echo(
+                f"{scores}: {r.no_verdict} item(s) with ground truth have no verdict for {r.policy} in {verdicts_path}: left out, "
+                f"the bands are chosen and reported on the other {r.items} (judge them too, or give the judged items' scores only)",
+                err=True,
+            )
+        if r.no_truth:  # by design: a score log may hold rows without ground truth
+            click.echo(f"{scores}: {r.no_truth} row(s) without ground truth for {r.label}: left out", err=True)
+    if not met or any(r.no_verdict for r in reports):
         click.get_current_context().exit(EXIT_UNDECIDED)
 
 

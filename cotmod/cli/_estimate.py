@@ -12,7 +12,7 @@ import click
 
 from .._exceptions import ConfigError
 from ._app import CONTEXT, EXIT_UNDECIDED, FloatRange
-from ._monitor import _float, _scores_options, classifier
+from ._monitor import _drop_options, _float, _scores_options, _warn_no_threshold, classifier
 
 
 def echo_skipped(count: int, rows: Sequence[Any]) -> None:
@@ -35,6 +35,7 @@ def _opt(v: float | None) -> str:
 
 
 @classifier.command("estimate", context_settings=CONTEXT)
+@_drop_options("strata")  # the estimates are per label and chunk, not per stratum
 @click.argument("scores", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--calibration", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -57,7 +58,6 @@ def classifier_estimate(
     calibration: str,
     chunk: str,
     labels: tuple[str, ...],
-    strata: tuple[str, ...],
     id_field: str,
     time_field: str,
     fmt: str | None,
@@ -99,9 +99,10 @@ def classifier_estimate(
     for name, x in [*th.items(), ("--threshold", default)]:
         if not 0 <= x <= 1:
             raise ConfigError(f"threshold for {name!r}: expected a number from 0 to 1, got {x}")
-    kw: dict[str, Any] = {"labels": labels or None, "strata": strata, "id_field": id_field, "time_field": time_field, "fmt": fmt}
+    kw: dict[str, Any] = {"labels": labels or None, "id_field": id_field, "time_field": time_field, "fmt": fmt}
     log = read_scores(scores, require_timestamps=kind == "time", skip_bad_rows=skip_bad_rows, **kw)
     cal = read_scores(calibration, **kw)
+    _warn_no_threshold(thresholds_path, log.labels, th, default)
     settings = EstimateSettings(
         chunk=chunk, thresholds=th, default_threshold=default, labels=labels or None, method=method,  # type: ignore[arg-type]
         min_precision=min_precision, min_recall=min_recall, min_f1=min_f1, bootstrap=bootstrap, seed=seed,

@@ -27,7 +27,7 @@ from ._app import (
     _runner_options,
     _settings,
 )
-from ._monitor import _pairs, classifier
+from ._monitor import _drop_options, _pairs, classifier
 
 
 def _default_run_dir(scores: str) -> Path:
@@ -113,7 +113,21 @@ def _print(report: Any) -> None:
                 click.echo(f"    {_pct(g.share):>4} [{_pct(g.ci95[0])}, {_pct(g.ci95[1])}] {g.count:>4}  {_describe(ke.kind, g)}; e.g. {eg}")
 
 
+def _nothing_to_explain(report: Any) -> str | None:
+    """The line saying why nothing was sampled, when no label has an error to explain."""
+    if any(ke.sampled for le in report.labels for ke in (le.fp, le.fn)):
+        return None
+    why = []
+    for le in report.labels:
+        if not le.known:
+            why.append(f"{le.label}: no ground truth in the score log (label_{le.label} or labels.{le.label})")
+        else:
+            why.append(f"{le.label}: {le.fp.errors} FPs and {le.fn.errors} FNs at review >= {le.review:.4f} on {le.known} rows with ground truth")
+    return f"no false positives or negatives to explain ({'; '.join(why)})"
+
+
 @classifier.command("explain", context_settings=CONTEXT)
+@_drop_options("cascade")  # the policy's own verdict on each error, never one routed by the classifier's scores
 @click.argument("scores", type=click.Path(exists=True, dir_okay=False))
 @click.option("--thresholds", "thresholds_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Thresholds per label (cotmod classifier tune).")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="Enforcement manifest: each policy's classifier.label_map says which labels it covers.")
@@ -178,7 +192,7 @@ def classifier_explain(
     """
     from .._config import cotmod_home
     from ..classifiers._errors import load_classifier_bands
-    from ..classifiers._explain import explain_errors_async
+    from ..classifiers._explain import check_explain_args, explain_errors_async
     from ..classifiers._scores import read_scores
     from ..engine._cache import SqliteCache
     from . import _moderate
@@ -192,8 +206,11 @@ def classifier_explain(
             raise ConfigError(f"--label {unknown[0]}: not mapped to a policy (mapped: {', '.join(lmap) or 'none'})")
         lmap = {lb: lmap[lb] for lb in labels}
     settings = _settings(**kw)
+    # a cascade (from the config) would decide items by the classifier's scores, not the policy
+    update: dict[str, Any] = {"cascade": None}
     if concurrency is not None:
-        settings = settings.model_copy(update={"concurrency": concurrency})
+        update["concurrency"] = concurrency
+    settings = settings.model_copy(update=update)
     cache = None if no_cache else SqliteCache(cache_path or cotmod_home() / "cache.sqlite")
     mod = _moderate._make_moderator(settings, cache)
     if policies:
@@ -201,6 +218,7 @@ def classifier_explain(
         lmap = {lb: pid for lb, pid in lmap.items() if pid in policies}
         if not lmap:
             raise ConfigError(f"-p {', '.join(policies)}: no label is mapped to these policies")
+    check_explain_args(log, bands, moderator=mod, label_policy=lmap, sample=sample)  # before saying what runs
     out = Path(run_dir) if run_dir else _default_run_dir(scores)
     _notice(f"explaining {', '.join(f'{lb} ({pid})' for lb, pid in lmap.items())}; verdicts in {out}/ (rerun the same command to resume)")
     show = progress if progress is not None else (sys.stderr.isatty() and not as_json)
@@ -216,11 +234,16 @@ def classifier_explain(
 
     report = _drive_run(work, moderator=mod, cache=cache, show=show, written_to=f"{out}/", as_json=as_json)
     code = EXIT_UNDECIDED if report.undecided else EXIT_OK
+    nothing = _nothing_to_explain(report)
     if as_json:
         data = report.model_dump(mode="json")
         data["undecided"] = report.undecided
         data["exit_code"] = code
         click.echo(json.dumps(data, indent=2))
+        if nothing:
+            _notice(f"{nothing}; report.json in {out}/")
+    elif nothing:
+        click.echo(f"{nothing}; report.json in {out}/")
     else:
         _print(report)
         click.echo(f"verdicts and report.json in {out}/")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import click
 from click.core import ParameterSource
 
 from .._exceptions import ConfigError, InputError
-from ._app import CONTEXT, EXIT_UNDECIDED, FloatRange, _Group, _policy_source, cli
+from ._app import CONTEXT, EXIT_UNDECIDED, F, FloatRange, _Group, _policy_source, cli
 
 
 def _pairs(values: tuple[str, ...], what: str, example: str) -> dict[str, str]:
@@ -45,6 +46,39 @@ def _scores_options(f: Any) -> Any:
     ):
         f = opt(f)
     return f
+
+
+def _drop_options(*names: str) -> Callable[[F], F]:
+    """Leave out shared options (by parameter name) a command has no use for; goes right under
+    the command decorator."""
+
+    def deco(f: F) -> F:
+        f.__click_params__ = [p for p in getattr(f, "__click_params__", []) if p.name not in names]  # type: ignore[attr-defined]
+        return f
+
+    return deco
+
+
+def _warn_no_threshold(thresholds_path: str | None, labels: Sequence[str], th: Mapping[str, float], default: float) -> None:
+    """One line per label the thresholds file has without a threshold (tune found none), when
+    neither --threshold LABEL=X sets it: its flag rate falls back on the default."""
+    if not thresholds_path:
+        return
+    from ..classifiers._thresholds import labels_without_threshold
+
+    for lb in labels_without_threshold(thresholds_path):
+        if lb in labels and lb not in th:
+            click.echo(f"{thresholds_path}: label {lb} has no threshold (cotmod classifier tune found none): its flag rate uses {default:g}", err=True)
+
+
+def _warn_missing_strata(path: str, strata: Mapping[str, Sequence[str]]) -> None:
+    """One line per --strata field no row of ``path`` has a value for (a misspelling groups every
+    row under (missing))."""
+    from ..classifiers._scores import MISSING_STRATUM
+
+    for name, values in strata.items():
+        if len(values) and all(v == MISSING_STRATUM for v in values):
+            click.echo(f"{path}: no row has a value for --strata {name} (a misspelling?): every row is grouped under {MISSING_STRATUM}", err=True)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -143,6 +177,8 @@ def monitor(
     if _is_verdict_log(reference, fmt):
         raise InputError(f"{reference}: a cotmod verdict log, but {scores} is a score log; compare like with like")
     ref = read_scores(reference, **kw)
+    _warn_no_threshold(thresholds_path, ref.labels, th, default)
+    _warn_missing_strata(reference, ref.strata)
     settings = MonitorSettings(
         chunk=chunk, alerts=alerts, sigma=sigma, bins=bins, limits=lim,  # type: ignore[arg-type]
         thresholds=th, default_threshold=default, labels=labels or None, strata=strata,
@@ -175,12 +211,17 @@ def _monitor_verdicts(scores: str, reference: str, settings: Any, time_field: st
     from ..classifiers._monitor import parse_chunk
     from ..classifiers._verdictlog import monitor_verdicts, read_verdict_log
 
+    fields = "no item_id, status, policy_versions, prompt_fingerprint"
+    if not _is_verdict_log(scores, fmt):  # only with --verdicts: else SCORES was detected as one
+        raise InputError(f"{scores}: not a cotmod verdict log ({fields}); --verdicts is for verdict logs: leave it out to monitor a score log")
     if not _is_verdict_log(reference, fmt):
-        raise InputError(f"{reference}: not a cotmod verdict log (no item_id, status, policy_versions, prompt_fingerprint), but {scores} is one")
+        raise InputError(f"{reference}: not a cotmod verdict log ({fields}), but {scores} is one; compare like with like")
     kind, _ = parse_chunk(settings.chunk)
     kw: dict[str, Any] = {"strata": settings.strata, "time_field": time_field, "fmt": fmt}
     log = read_verdict_log(scores, require_timestamps=kind == "time", **kw)
     ref = read_verdict_log(reference, require_timestamps=kind == "time", **kw)
+    for vlog, path in ((log, scores), (ref, reference)):
+        _warn_missing_strata(path, {s: [r.strata[s] for r in vlog.rows] for s in settings.strata})
     return monitor_verdicts(log, ref, settings)
 
 
@@ -191,7 +232,10 @@ def _write_html(report: Any, path: str) -> None:
     try:
         write_monitor_html(report, path)
     except OSError as exc:
-        raise os_error(Path(path), exc) from None
+        err = os_error(Path(path), exc)
+        if isinstance(err, ConfigError):  # a path problem: the option to change is --html, not --output
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose another --html (or fix its directory's permissions)") from None
+        raise err from None
 
 
 def _finish(report: Any, html_path: str | None, as_json: bool) -> None:
@@ -289,7 +333,8 @@ def classifier_tune(
     Each label's operating point comes with precision and recall (95% bootstrap CIs). With
     --label-map, the file records each label's policy and the policy version it was tuned for;
     point enforcement.yaml's classifier.thresholds at it and `cotmod sync check` flags it when
-    the policy moves.
+    the policy moves. Exit 1 when a label gets no threshold (no positive rows with ground truth,
+    or none reaching --target-precision): the file is written without it, and each is named.
     """
     from ..classifiers._scores import read_scores
     from ..classifiers._thresholds import choose_thresholds, write_classifier_thresholds
@@ -312,9 +357,19 @@ def classifier_tune(
         label_map=lmap, policy_versions=versions, seed=seed,
     )
     write_classifier_thresholds(th, output)
+    missing = [(lb, op.note) for lb, op in th.labels.items() if op.review is None]
     if as_json:
         click.echo(json.dumps(th.model_dump(mode="json"), indent=2))
-        return
+    else:
+        _print_tune(th)
+        click.echo(f"wrote {output}")
+    if missing:
+        for lb, note in missing:
+            click.echo(f"{output}: label {lb} has no threshold ({note}): the thresholds file leaves it out", err=True)
+        sys.exit(EXIT_UNDECIDED)
+
+
+def _print_tune(th: Any) -> None:
     for lb, op in th.labels.items():
         pol = f" ({op.policy} {op.policy_version})" if op.policy else ""
         if not op.reachable:
@@ -327,7 +382,6 @@ def classifier_tune(
             f"recall {op.recall:.3f}{_ci(op.recall_ci95)}, {op.n} rows with truth), auto_action >= {auto}; "
             f"bands: {op.bands.get('auto_action', 0)} auto, {op.bands.get('human_review', 0)} review, {op.bands.get('allow', 0)} allow"
         )
-    click.echo(f"wrote {output}")
 
 
 def _ci(ci: tuple[float, float] | None) -> str:
@@ -363,6 +417,7 @@ def classifier_errors_cmd(
 
     bands = load_classifier_bands(thresholds_path)
     log = read_scores(scores, labels=labels or None, strata=strata, id_field=id_field, time_field=time_field, text_field=text_field, fmt=fmt)
+    _warn_missing_strata(scores, log.strata)
     report = classifier_errors(log, bands, labels=labels or None, strata=strata, per_group=per_group)
     if as_json:
         click.echo(json.dumps(report.model_dump(mode="json"), indent=2))

@@ -149,7 +149,9 @@ def _check(p: Path, moderator: AsyncModerator) -> list[Finding]:
                     tdata = read_yaml_mapping(tfile, "thresholds file")
                     tuned_for = (tdata.get("policies") or {}).get(pid)
                     if tuned_for != pol.version:
-                        out.append(Finding(pid, "classifier", f"{where}.classifier.thresholds", f"thresholds were tuned for {pid} {tuned_for}, policy is {pol.version}: re-run cotmod eval and cotmod tune", "human"))
+                        # per-label classifier thresholds come from cotmod classifier tune, not from an eval
+                        redo = "cotmod classifier tune" if tdata.get("kind") == "classifier" else "cotmod eval and cotmod tune"
+                        out.append(Finding(pid, "classifier", f"{where}.classifier.thresholds", f"thresholds were tuned for {pid} {tuned_for}, policy is {pol.version}: re-run {redo}", "human"))
                     if pid not in (tdata.get("thresholds") or {}):
                         out.append(Finding(pid, "classifier", f"{where}.classifier.thresholds", f"{tfile} has no thresholds for {pid}", "human"))
                     tlabels = tdata.get("labels")
