@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,8 @@ def test_plan_run_report_export_labels_golden_history(tmp_path: Path) -> None:
     assert len(load_golden(gold, LabelMapping("audit", {"spam_scams": ["spam_scams"]}))) == len(g)
     r = invoke("audit", "history", str(hist))
     assert r.exit_code == EXIT_OK and r.output.count(VERSIONS["spam_scams"]) == 2 and "ppi" in r.output
+    # times to the second in UTC (they were cut at 25 characters, mid-microseconds)
+    assert re.search(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\b", r.output) and "+00:00" not in r.output
     # Label Studio import JSON
     ls = tmp_path / "task.json"
     assert invoke("audit", "export", str(p), str(out), "-o", str(ls)).exit_code == EXIT_OK

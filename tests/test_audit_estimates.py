@@ -147,3 +147,12 @@ def test_kappa_matches_sklearn_and_sample_size_formula() -> None:
     assert iv.low is not None and iv.high is not None and iv.low < iv.value < iv.high
     assert sample_size(0.05, 10**9) == 385  # n0 = 1.96^2 * 0.25 / 0.05^2
     assert sample_size(0.05, 1000) == 278  # with the finite-population correction
+
+
+def test_kappa_without_spread_in_resamples_has_no_interval() -> None:
+    """All raters agree on a mixed sample: every resample's kappa is 1, and the percentile
+    interval was [1.000, 1.000], a claim of certainty from a few items. Now no interval, a reason."""
+    a = np.array([1, 0, 1, 0, 0, 1])
+    iv = kappa_ci(a, a.copy(), seed=0)
+    assert iv.value == pytest.approx(1.0)
+    assert iv.low is None and iv.high is None and "every resample gives the same kappa" in iv.reason

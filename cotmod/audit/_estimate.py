@@ -317,6 +317,9 @@ def kappa_ci(
     boots = boots[np.isfinite(boots)]
     if len(boots) < reps // 2:
         return Interval(k, None, None, n, reason="too few items for an interval")
+    if np.ptp(boots) == 0:  # every resample gives the same kappa (e.g. no disagreement at all): a
+        # percentile interval would be the point itself, [1.000, 1.000], which claims certainty
+        return Interval(k, None, None, n, reason="no interval: every resample gives the same kappa (too few disagreements)")
     lo, hi = np.quantile(boots, [0.025, 0.975])
     return Interval(k, float(min(lo, k)), float(max(hi, k)), n, float(boots.std(ddof=1)))
 

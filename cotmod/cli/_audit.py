@@ -47,6 +47,19 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return out
 
 
+def _when(at: Any) -> str:
+    """A history record's ISO time to the second, in UTC ("2026-11-27 16:04:31 UTC")."""
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.fromisoformat(str(at))
+    except ValueError:
+        return str(at)[:25]
+    if t.tzinfo is not None:
+        t = t.astimezone(timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if t.tzinfo is not None else "")
+
+
 def _refuse_existing(output: str, overwrite: bool, what: str) -> None:
     """Refuse to replace a non-empty ``output`` (``what`` it may hold) unless ``--overwrite``."""
     p = Path(output)
@@ -262,7 +275,9 @@ def _print_report(report: Any) -> None:
 @_with_control_options
 def audit_report(plan_path: str, audit_path: str, labels_path: str | None, as_json: bool, html_path: str | None,
                  history_path: str | None, golden_path: str | None, control: int | None, control_seed: int | None) -> None:
-    """Agreement (raw, Cohen's kappa) and design-weighted estimates of production's precision,
+    """Agreement (percent agreement and Cohen's kappa, both estimated for the whole population:
+    a sample that oversamples flagged items shows more disagreements than the population has) and
+    design-weighted estimates of production's precision,
     recall, flag rate and prevalence with 95% CIs per policy and stratum field, and the
     disagreements. With --labels: human labels as truth where present and prediction-powered
     estimates. Exits 1 when some sampled items have no auditor decision nor human label."""
@@ -407,6 +422,6 @@ def audit_history(history_path: str, policies: tuple[str, ...], as_json: bool) -
 
             k = p.get("kappa") or {}
             kv = "-" if k.get("value") is None else f"{k['value']:.3f}"
-            click.echo(f"  {str(h['at'])[:25]:<26} {p['version']:<8} {p['truth']:<8} {p['audited']:>5}  {f(p.get('precision')):<22} {f(p.get('recall')):<22} {kv:<8}")
+            click.echo(f"  {_when(h['at']):<26} {p['version']:<8} {p['truth']:<8} {p['audited']:>5}  {f(p.get('precision')):<22} {f(p.get('recall')):<22} {kv:<8}")
 
 
