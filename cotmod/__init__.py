@@ -15,6 +15,7 @@ from ._exceptions import (
     CircuitOpenError,
     ConfigError,
     CotmodError,
+    CotmodWarning,
     EndpointUnreachableError,
     InputError,
     LintIssue,
@@ -110,6 +111,7 @@ __all__ = [  # noqa: RUF022  (grouped by purpose, as in the README)
     "load_mapping",
     # errors
     "CotmodError",
+    "CotmodWarning",
     "UserError",
     "PolicyError",
     "TemplateError",

@@ -330,14 +330,24 @@ class Settings(BaseModel):
             name = ".".join(str(x) for x in first["loc"])
             msg = str(first["msg"]).removeprefix("Value error, ")
             raise ConfigError(f"invalid setting {name}: {msg}{where}") from None
-        if settings.triage_blend and not (settings.triage and settings.logprobs):
-            notices.append("cotmod: triage_blend has no effect without triage and logprobs (it blends triage's P(yes) "
-                           "into the scores); add --triage --logprobs")
-        notices += _thresholds_notices(settings)
-        if settings.triage and settings.triage_min and not settings.logprobs:
-            notices.append("cotmod: triage_min has no effect without logprobs (it ranks policies by P(yes)); "
-                           "add --logprobs or logprobs = true")
+        notices += settings.warnings()
         return LoadedSettings(settings, path, origin, source, notices)
+
+    def warnings(self) -> list[str]:
+        """Settings that will not do what they seem to, one line each: ``triage_blend`` or
+        ``triage_min`` without what they need, a thresholds file written for a classifier or tuned
+        with another ``triage_blend``. :meth:`resolve` puts them in its notices; a
+        :class:`~cotmod.Moderator` built from settings made by hand issues each as a
+        :class:`~cotmod.CotmodWarning` (the library never prints)."""
+        out: list[str] = []
+        if self.triage_blend and not (self.triage and self.logprobs):
+            out.append("cotmod: triage_blend has no effect without triage and logprobs (it blends triage's P(yes) "
+                       "into the scores); add --triage --logprobs")
+        out += _thresholds_notices(self)
+        if self.triage and self.triage_min and not self.logprobs:
+            out.append("cotmod: triage_min has no effect without logprobs (it ranks policies by P(yes)); "
+                       "add --logprobs or logprobs = true")
+        return out
 
     def redacted(self) -> dict[str, Any]:
         data = self.model_dump()

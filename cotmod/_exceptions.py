@@ -24,7 +24,9 @@ from *runtime failures* (the model or the transport misbehaved: retry, page some
     └── ModelOutputError               the model's output failed validation after all re-asks
                                        (carries the raw output, attempts and token usage)
 
-The CLI turns these into one clear line and a non-zero exit; the library never prints.
+The CLI turns these into one clear line and a non-zero exit; the library never prints. Settings
+that will not do what they seem to are a :class:`CotmodWarning` (Python's ``warnings``), not an
+error.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "CotmodError",
+    "CotmodWarning",
     "EndpointUnreachableError",
     "InputError",
     "LintIssue",
@@ -55,6 +58,13 @@ __all__ = [
 
 class CotmodError(Exception):
     """Base class of every error cotmod raises on purpose."""
+
+
+class CotmodWarning(UserWarning):
+    """Issued (``warnings.warn``) for settings that will not do what they seem to, such as a
+    classifier's thresholds file deciding on the LLM's scores. The CLI prints the same lines itself
+    and silences these; a service can turn them into errors with
+    ``warnings.simplefilter("error", cotmod.CotmodWarning)``."""
 
 
 class UserError(CotmodError):

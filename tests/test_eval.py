@@ -377,3 +377,31 @@ def test_a_classifier_thresholds_file_applied_to_llm_scores_is_warned(tmp_path: 
     monkeypatch.chdir(tmp_path)
     assert any("was written by cotmod classifier tune" in n for n in Settings.resolve(None, thresholds=str(clf)).notices)
     assert not any("classifier tune" in n for n in Settings.resolve(None, thresholds=str(llm)).notices)
+
+
+def test_settings_made_by_hand_warn_through_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service building ``Settings(...)`` itself never sees ``Settings.resolve``'s notices: the
+    engine issues each as a ``CotmodWarning`` instead (the library never prints), once per line;
+    settings that do what they seem to give none, and the CLI prints each line once, not twice."""
+    import warnings
+
+    from cotmod import CotmodWarning, Moderator, Settings
+    from cotmod.testing import FakeBackend
+
+    monkeypatch.chdir(tmp_path)
+    clf = tmp_path / "clf.yaml"
+    clf.write_text("kind: classifier\nsource: scores.jsonl\nthresholds:\n  hate_speech: {review: 0.5, label: hateful}\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Moderator(settings=Settings(thresholds=str(clf), triage_blend=0.5), backend=FakeBackend())
+    assert [w.category for w in caught] == [CotmodWarning, CotmodWarning], caught
+    text = [str(w.message) for w in caught]
+    assert "triage_blend has no effect" in text[0] and "was written by cotmod classifier tune" in text[1]
+    assert not any(t.startswith(("cotmod:", "warning:")) for t in text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CotmodWarning)
+        Moderator(settings=Settings(), backend=FakeBackend())  # nothing to warn about
+    (tmp_path / "cotmod.toml").write_text('thresholds = "clf.yaml"\n')
+    r = CliRunner().invoke(cli, ["moderate", "hello", "-p", "hate_speech", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"])
+    assert r.stderr.count("was written by cotmod classifier tune") == 1, r.stderr
+    assert "Traceback" not in r.output

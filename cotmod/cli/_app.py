@@ -85,6 +85,13 @@ def cli() -> None:
     or a cotmod.toml. With no endpoint the embedded model runs on 127.0.0.1.
     Policies: --guidelines, else the config's guidelines, else ./guidelines, else the starter pack.
     """
+    import warnings
+
+    from .._exceptions import CotmodWarning
+
+    # the settings' warnings were printed as notices when the settings were resolved; the
+    # engine's CotmodWarning for the same lines would print them twice
+    warnings.filterwarnings("ignore", category=CotmodWarning)
 
 
 def _endpoint_options(f: F) -> F:

@@ -54,6 +54,7 @@ import hashlib
 import json
 import threading
 import time
+import warnings
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -75,6 +76,7 @@ from .._exceptions import (
     AuthenticationError,
     CircuitOpenError,
     ConfigError,
+    CotmodWarning,
     EndpointUnreachableError,
     InputError,
     RateLimitedError,
@@ -400,6 +402,8 @@ class AsyncModerator:
             settings = settings.model_copy(update=overrides)
             settings = Settings.model_validate(settings.model_dump())
         self.settings = settings or Settings.load(**overrides)
+        for line in self.settings.warnings():
+            warnings.warn(line.removeprefix("cotmod: ").removeprefix("warning: "), CotmodWarning, stacklevel=2)
         self.policies = _load_policy_set(policies, self.settings)
         self.templates = PromptTemplates(self.settings.prompts)
         self.thresholds = load_thresholds(self.settings.thresholds)
