@@ -180,6 +180,9 @@ class _Run:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A run's records, read only: unlike the run store's :func:`~cotmod.batch._store.scan_jsonl`
+    it never repairs a torn last line (a report may read a run another process is still
+    appending to: that line is skipped, and the runner mends it on resume)."""
     out: list[dict[str, Any]] = []
     if not path.exists():
         return out
