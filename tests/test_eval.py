@@ -295,7 +295,9 @@ def test_interrupted_eval_can_be_reported_then_resumed(tmp_path: Path) -> None:
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["complete"] is False
     r = CliRunner().invoke(cli, ["report", str(run)])
-    assert r.exit_code == 0 and "INCOMPLETE RUN" in r.output
+    # the report is printed and written, but an incomplete run does not exit 0
+    assert r.exit_code == EXIT_UNDECIDED and "INCOMPLETE RUN" in r.output
+    assert "3 of 6 items not decided" in r.stderr and (run / "report.html").exists()
     partial = json.loads(CliRunner().invoke(cli, ["report", str(run), "--json"]).stdout)["labels"]["hateful"]
     assert partial["missing"] == 3 and partial["n"] == 3  # metrics over the judged items; the rest counted missing
     # resuming judges only the 3 missing items and marks the run complete
@@ -303,7 +305,7 @@ def test_interrupted_eval_can_be_reported_then_resumed(tmp_path: Path) -> None:
     run_eval(AsyncModerator(backend=backend), g, m, run)
     assert len(backend.history) == 3 and json.loads((run / "manifest.json").read_text())["complete"] is True
     r = CliRunner().invoke(cli, ["report", str(run)])
-    assert "INCOMPLETE" not in r.output
+    assert "INCOMPLETE" not in r.output and r.exit_code == 0
 
 
 def test_a_run_file_with_bytes_that_are_not_utf8_is_one_clear_line(tmp_path: Path) -> None:

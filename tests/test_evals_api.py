@@ -240,7 +240,10 @@ def test_saved_benchmark_runs_still_load_compare_and_recompute(tmp_path: Path, m
     cmp = compare_runs(a, b, rounds=200)
     assert set(cmp.labels) == {"hateful", "unsafe"} and cmp.labels["hateful"].n_paired == len(stored["predictions"]["hateful"])
     r = CliRunner().invoke(cli, ["compare", str(a), str(b)])
-    assert r.exit_code == 0 and "hateful (n=" in r.output
+    # each run has 4 error verdicts: the comparison is shown, on the items both decided, but does not pass
+    assert r.exit_code == EXIT_UNDECIDED and "hateful (n=" in r.output
+    assert f"A {a}: 4 of 200 items not decided (4 error verdicts, 0 not judged yet)" in r.stderr
+    assert cmp.a_coverage is not None and (cmp.a_coverage.errors, cmp.a_coverage.items) == (4, 200) and not cmp.ok
     # recomputing (bench_quality used 200 bootstrap rounds) gives the stored figures, CIs included
     fresh = compute_metrics(a, bootstrap_rounds=200).model_dump(mode="json")
     for label, e in stored["labels"].items():
@@ -249,7 +252,7 @@ def test_saved_benchmark_runs_still_load_compare_and_recompute(tmp_path: Path, m
     assert fresh["predictions"] == stored["predictions"] and fresh["micro"] == stored["micro"]
     assert (fresh["errors"], fresh["items"]) == (4, 200)  # 4 error verdicts in that run
     r = CliRunner().invoke(cli, ["report", str(a)])
-    assert r.exit_code == 0 and "4 of 200 items not decided" in r.output
+    assert r.exit_code == EXIT_UNDECIDED and "4 of 200 items not decided" in r.output
 
 
 def test_broken_run_files_are_one_clear_line(tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ def test_metrics_json_keeps_old_keys_and_round_trips(run_a: Path) -> None:
     assert load_result(run_a) == result
     # --json leaves the per-item records in metrics.json, like the predictions
     r = CliRunner().invoke(cli, ["report", str(run_a), "--json"])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == EXIT_UNDECIDED, r.output  # the run has 2 error verdicts
     shown = json.loads(r.stdout)
     assert "item_flags" not in shown and "predictions" not in shown
     assert shown["attribution"]["blamed_distribution"] == {"0": 1, "1": 3, "2": 2, "3+": 1}
@@ -245,7 +245,9 @@ def test_compare_reports_attribution_deltas(tmp_path: Path) -> None:
     assert pp[VT].delta == 0
 
     r = CliRunner().invoke(cli, ["compare", str(a), str(b)])
-    assert r.exit_code == 0, r.output
+    # both runs have 2 error verdicts: shown on the 10 items both decided, and not a pass
+    assert r.exit_code == EXIT_UNDECIDED, r.output
+    assert "2 of 12 items not decided (2 error verdicts" in r.stderr
     assert "attribution (n=10: 7 harmful, 3 benign)" in r.output
     assert re.search(r"benign_no_flag_share\s+0\.667 -> 1\.000  delta \+0\.333 \[", r.output)
     assert re.search(r"blamed_per_harmful\s+1\.429 -> 1\.286  delta -0\.143", r.output)
@@ -255,7 +257,8 @@ def test_compare_reports_attribution_deltas(tmp_path: Path) -> None:
     # an attribution regression rule: B -> A loses a third of the benign items' clean passes
     r = CliRunner().invoke(cli, ["compare", str(b), str(a), "--fail-on", "benign_no_flag drop > 2"])
     assert r.exit_code == EXIT_UNDECIDED and "REGRESSION attribution: benign_no_flag_share drop 33.3 points > 2.0" in r.output
-    assert compare(load_result(a), load_result(b), fail_on=["benign_no_flag drop > 2", "own_policy_share drop > 0"]).ok
+    passing = compare(load_result(a), load_result(b), fail_on=["benign_no_flag drop > 2", "own_policy_share drop > 0"])
+    assert not passing.regressions and not passing.unmeasured and not passing.ok  # not ok: error verdicts
 
 
 def test_fail_on_grammar_and_paired_ratio_delta() -> None:

@@ -42,11 +42,12 @@ def _write_reports(result: EvalResult, run_dir: Path, as_json: bool) -> None:
 @click.option("--mapping", "-M", "mapping_path", type=click.Path(exists=True, dir_okay=False), help="Label mapping YAML [default: mapping.yaml beside GOLDEN].")
 @click.option("--output", "-o", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory (e.g. runs/NAME); resumable.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1))
-@click.option("--limit", type=click.IntRange(min=1), help="Only the first N items with known labels.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N items with known labels, in file order (no sampling).")
 @click.option("--thresholds", "thresholds_path", type=click.Path(exists=True, dir_okay=False), help="Score thresholds (cotmod tune) to decide with.")
+@click.option("--overwrite", is_flag=True, help="Start over: discard the run directory's verdicts, dead letters, items, metrics and report first.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
 @_endpoint_options
-def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: int | None, limit: int | None, thresholds_path: str | None, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
+def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: int | None, limit: int | None, thresholds_path: str | None, overwrite: bool, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
     """Run GOLDEN (JSONL/CSV with expected labels) through the engine and measure it.
 
     Predictions go through the batch runner (cached, resumable) into the run directory with a
@@ -56,6 +57,11 @@ def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: i
     With -p/--policy only those policies are evaluated: each label keeps the selected ones of
     its policies; labels none of them decides are left out. Exits 1 (metrics still written) when
     some items were not decided (error verdicts).
+
+    A run directory holding verdicts of another configuration (policies, prompt, model,
+    sampling) or golden set is refused (exit 2) and left untouched: use another --output, or
+    --overwrite to start over. A label whose decided items are all positive (or all negative)
+    is warned about: its precision (or recall) is meaningless.
     """
     from .._config import cotmod_home
     from ..engine._cache import SqliteCache
@@ -76,17 +82,33 @@ def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: i
             from ._progress import RunProgress
 
             with RunProgress() as bar:
-                run_eval(mod, golden, mapping_file, run_dir, policies=policies, limit=limit, on_progress=bar.update)
+                run_eval(mod, golden, mapping_file, run_dir, policies=policies, limit=limit, on_progress=bar.update, overwrite=overwrite)
         else:
-            run_eval(mod, golden, mapping_file, run_dir, policies=policies, limit=limit)
+            run_eval(mod, golden, mapping_file, run_dir, policies=policies, limit=limit, overwrite=overwrite)
     finally:
         cache.close()
     result = _metrics(run_dir, thresholds_path)
     _write_reports(result, Path(run_dir), as_json)
-    if result.undecided:
-        from ..evals._report import undecided_note
+    _one_class_warnings("eval", result)
+    _exit_if_unfinished("eval", result)
 
-        click.echo(f"cotmod eval: {undecided_note(result)}", err=True)
+
+def _one_class_warnings(command: str, result: EvalResult) -> None:
+    """A warning per label whose decided items are all of one class (precision or recall mean nothing)."""
+    from ..evals._report import one_class_notes
+
+    for line in one_class_notes(result):
+        click.echo(f"cotmod {command}: warning: {line}", err=True)
+
+
+def _exit_if_unfinished(command: str, result: EvalResult) -> None:
+    """Exit 1 (after everything was written) when the run has items without a verdict (error
+    verdicts, or not judged yet) or never finished, saying so on stderr."""
+    from ..evals._report import unfinished_note
+
+    note = unfinished_note(result)
+    if note:
+        click.echo(f"cotmod {command}: {note}", err=True)
         sys.exit(EXIT_UNDECIDED)
 
 
@@ -116,9 +138,16 @@ def _metrics(run_dir: str, thresholds_path: str | None) -> Any:
 @click.option("--thresholds", "thresholds_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True)
 def report(run_dir: str, thresholds_path: str | None, as_json: bool) -> None:
-    """Recompute metrics and the HTML report of a run directory (no model calls)."""
+    """Recompute metrics and the HTML report of a run directory (no model calls).
 
-    _write_reports(_metrics(run_dir, thresholds_path), Path(run_dir), as_json)
+    Exits 1 (metrics.json and report.html still written, the table still printed) when the run
+    has items without a verdict (error verdicts, or not judged yet: an incomplete run); the
+    metrics then cover only the decided items.
+    """
+    result = _metrics(run_dir, thresholds_path)
+    _write_reports(result, Path(run_dir), as_json)
+    _one_class_warnings("report", result)
+    _exit_if_unfinished("report", result)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -135,6 +164,11 @@ def tune(run_dir: str, output: str, target_precision: float | None, cost_fp: flo
     Each label's operating point is shown with its precision and recall (95% bootstrap CIs);
     the file records the policy versions it was tuned for. The run directory is only read.
     Apply them with `cotmod run/moderate --config` (thresholds = "FILE") or `cotmod eval --thresholds`.
+
+    Exit 1 (the file is still written) when a label gets no threshold (none reaching
+    --target-precision, or its decided items are all of one class, so a threshold would mean
+    nothing): each is named and left out. Exit 1 too when the run has items without a verdict
+    (error verdicts, or not judged yet): the thresholds then rest on the decided items only.
     """
     from ..evals._compare import tune as tune_fn
     from ..evals._compare import write_thresholds
@@ -146,16 +180,41 @@ def tune(run_dir: str, output: str, target_precision: float | None, cost_fp: flo
     write_thresholds(data, output)
     if as_json:
         click.echo(json.dumps(data.model_dump(mode="json"), indent=2))
-        return
+    else:
+        for label, ev in data.evidence.items():
+            if not ev.reachable:
+                click.echo(f"{label}: {ev.note}")
+            else:
+                click.echo(
+                    f"{label}: review >= {_fmt_opt(ev.review)} (precision {ev.precision:.3f}{_fmt_ci(ev.precision_ci95)}, "
+                    f"recall {ev.recall:.3f}{_fmt_ci(ev.recall_ci95)}), auto_action >= {_fmt_opt(ev.auto_action)}"
+                )
+        click.echo(f"wrote {output}")
+    failed = False
     for label, ev in data.evidence.items():
-        if not ev.reachable:
-            click.echo(f"{label}: {ev.note}")
-        else:
-            click.echo(
-                f"{label}: review >= {_fmt_opt(ev.review)} (precision {ev.precision:.3f}{_fmt_ci(ev.precision_ci95)}, "
-                f"recall {ev.recall:.3f}{_fmt_ci(ev.recall_ci95)}), auto_action >= {_fmt_opt(ev.auto_action)}"
-            )
-    click.echo(f"wrote {output}")
+        if ev.review is not None:
+            continue
+        failed = True
+        pols = result.labels[label].policies
+        left = [pid for pid in pols if pid not in data.thresholds]
+        where = (
+            f"the thresholds file leaves out {', '.join(left)}" if left
+            else f"its policies ({', '.join(pols)}) take other labels' thresholds"
+        )
+        click.echo(f"{output}: label {label} has no threshold ({ev.note}): {where}", err=True)
+    if result.undecided:
+        failed = True
+        click.echo(
+            f"cotmod tune: warning: {run_dir}: {result.undecided} of {result.items} items not decided ({result.errors} error "
+            f"verdicts, {result.missing} not judged yet): the thresholds were chosen on the "
+            f"{result.items - result.undecided} decided items only",
+            err=True,
+        )
+    elif result.manifest.complete is False:
+        failed = True
+        click.echo(f"cotmod tune: warning: {run_dir}: the run did not finish (manifest.json: complete is false)", err=True)
+    if failed:
+        sys.exit(EXIT_UNDECIDED)
 
 
 def _fmt_opt(v: float | None) -> str:
@@ -185,7 +244,16 @@ def compare(run_a: str, run_b: str, fail_on: tuple[str, ...], as_json: bool) -> 
     """Compare two runs on the same golden set: deltas B−A with 95% CIs, McNemar, flipped items,
     the attribution figures (benign items with no flag, policies blamed per harmful item,
     per-policy attribution precision) and, when both runs triaged, triage's reach (harmful items
-    sent to one of their own policies, benign items sent to none), with paired-bootstrap CIs."""
+    sent to one of their own policies, benign items sent to none), with paired-bootstrap CIs.
+
+    Every figure is paired on the items both runs decided (n). Items a run left undecided
+    (error verdicts, or not judged yet: an interrupted run) are counted per run on stderr and
+    in --json (a_coverage, b_coverage).
+
+    Exit 1 when a --fail-on rule is met, when a rule cannot be measured on these runs, or when
+    either run has undecided items (a gate does not pass on part of a run); all three are the
+    same exit code 1 and are all reported, regressions first. Exit 0 only when none applies;
+    exit 2 for a usage mistake (a bad rule, runs of different golden sets)."""
     from ..evals._compare import compare_runs
 
     data = compare_runs(run_a, run_b, fail_on=list(fail_on))
@@ -193,6 +261,7 @@ def compare(run_a: str, run_b: str, fail_on: tuple[str, ...], as_json: bool) -> 
         click.echo(json.dumps(data.model_dump(mode="json"), indent=2))
     else:
         click.echo(f"A {run_a} ({data.a_manifest['prompt_fingerprint']})  vs  B {run_b} ({data.b_manifest['prompt_fingerprint']})")
+        click.echo(f"paired on the {data.n_paired} items both runs decided")
         for label, e in data.labels.items():
             click.echo(f"{label} (n={e.n_paired}, McNemar p={e.mcnemar.p_value:.4f}, {len(e.flipped)} flipped)")
             for metric, d in e.metrics.items():
@@ -221,5 +290,17 @@ def compare(run_a: str, run_b: str, fail_on: tuple[str, ...], as_json: bool) -> 
             click.echo(click.style("REGRESSION ", fg="red") + f)
     for rule in data.unmeasured:
         click.echo(f"cotmod compare: --fail-on {rule}: not measurable on these runs, so the gate does not pass", err=True)
-    if data.regressions or data.unmeasured:
+    for side, path, cov in (("A", run_a, data.a_coverage), ("B", run_b, data.b_coverage)):
+        if cov is None or cov.decided_all:
+            continue
+        what = (
+            f"{cov.undecided} of {cov.items} items not decided ({cov.errors} error verdicts, {cov.missing} not judged yet)"
+            if cov.undecided else "the run did not finish (manifest.json: complete is false)"
+        )
+        click.echo(
+            f"cotmod compare: {side} {path}: {what}: the figures cover only the {data.n_paired} items both runs decided, "
+            "so the comparison does not pass",
+            err=True,
+        )
+    if not data.ok:
         sys.exit(EXIT_UNDECIDED)

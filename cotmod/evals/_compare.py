@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 
 from .._exceptions import InputError
-from ._harness import load_result
+from ..batch._store import errors_path
+from ._harness import _read_jsonl, load_result
 from ._metrics import (
     binary_metrics,
     confusion,
@@ -32,6 +33,7 @@ from ._results import (
     MetricDelta,
     PolicyThreshold,
     Regression,
+    RunCoverage,
     Thresholds,
     TriageComparison,
     TuneMethod,
@@ -83,6 +85,20 @@ def _operating_point(
     )
 
 
+def _one_class(y: list[int]) -> str:
+    """Why no threshold can be chosen on a label's decided items (empty when it can): none, or
+    all of one class (all positive: every threshold has precision 1, and would enforce on
+    everything; all negative: nothing to find)."""
+    if not y:
+        return "no decided items"
+    if sum(y) == 0:
+        return f"no positive items among the {len(y)} decided: nothing to tune a threshold for"
+    if sum(y) == len(y):
+        return (f"no negative items among the {len(y)} decided: precision is 1 at every threshold, "
+                "so no threshold is meaningful")
+    return ""
+
+
 def tune(
     result: EvalResult,
     *,
@@ -99,7 +115,10 @@ def tune(
     maximises recall) or the one minimising ``cost_fp * FP + cost_fn * FN``; ``auto_action`` is
     the lowest threshold reaching ``auto_precision`` (None when no threshold does). Each label's
     operating point comes with its precision and recall and their bootstrap CIs (measured on
-    the same items the threshold was chosen on, so optimistic). A policy deciding several
+    the same items the threshold was chosen on, so optimistic). A label whose decided items
+    are all of one class (or that has none) gets no threshold: its evidence is
+    ``reachable=False`` with the reason in ``note``, as for a target precision no threshold
+    reaches. A policy deciding several
     labels takes the highest review threshold among them. Pure: write it with
     :func:`write_thresholds`.
     """
@@ -111,7 +130,12 @@ def tune(
     for label, preds in result.predictions.items():
         y = [r.y for r in preds]
         s = [r.score for r in preds]
-        if not preds or sum(y) == 0:
+        one_class = _one_class(y)
+        if one_class:
+            if y and result.manifest.limit is not None:
+                one_class += (f" (the run took the first {result.manifest.limit} items of the golden set in file order, "
+                              "--limit: a file sorted by label gives one class)")
+            evidence[label] = LabelOperatingPoint(reachable=False, note=one_class, n=len(y))
             continue
         op = _operating_point(
             y, s, target_precision=target_precision, cost_fp=cost_fp, cost_fn=cost_fn,
@@ -296,7 +320,9 @@ def compare(a: EvalResult, b: EvalResult, *, fail_on: list[str] | None = None, r
     """Metric deltas B−A with paired-bootstrap CIs, McNemar tests and flipped items per label,
     on the items both runs decided, the attribution figures' deltas (when both results have
     them) and triage's reach (:func:`compare_triage`, when both runs triaged); ``fail_on`` rules (e.g. ``"precision drop > 2"`` for any label, or
-    ``"benign_no_flag drop > 2"``, in percentage points) met are listed in ``regressions``. Pure."""
+    ``"benign_no_flag drop > 2"``, in percentage points) met are listed in ``regressions``. Items
+    either run left undecided (error verdicts, not judged yet) are counted per run in
+    ``a_coverage`` / ``b_coverage`` and make ``ok`` false. Pure."""
     if a.manifest.golden.sha256 != b.manifest.golden.sha256:
         raise InputError(f"{a.run} and {b.run} were run on different golden sets; compare like with like")
     rules = [parse_fail_on(r) for r in (fail_on or [])]
@@ -344,14 +370,43 @@ def compare(a: EvalResult, b: EvalResult, *, fail_on: list[str] | None = None, r
     def head(r: EvalResult) -> dict[str, Any]:
         return {"policies": r.manifest.policies, "prompt_fingerprint": r.manifest.prompt_fingerprint, "model": r.manifest.model}
 
+    def coverage(r: EvalResult) -> RunCoverage:
+        return RunCoverage(items=r.items, errors=r.errors, missing=r.missing, complete=r.manifest.complete)
+
+    def decided(r: EvalResult) -> set[str]:
+        return {p.id for preds in r.predictions.values() for p in preds}
+
     return Comparison(
         a=a.run, b=b.run, a_manifest=head(a), b_manifest=head(b), labels=labels, attribution=attribution, triage=triage,
-        regressions=regressions, unmeasured=unmeasured,
+        regressions=regressions, unmeasured=unmeasured, n_paired=len(decided(a) & decided(b)),
+        a_coverage=coverage(a), b_coverage=coverage(b),
     )
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, *, fail_on: list[str] | None = None, rounds: int = 1000, seed: int = 0) -> Comparison:
-    """:func:`compare` of two run directories' saved ``metrics.json``."""
+    """:func:`compare` of two run directories' saved ``metrics.json``. A ``metrics.json`` written
+    before it counted the undecided items has them counted from the run directory's files."""
     a, b = load_result(run_a), load_result(run_b)
     a.run, b.run = str(run_a), str(run_b)
+    for result, rd in ((a, run_a), (b, run_b)):
+        _count_undecided(result, Path(rd))
     return compare(a, b, fail_on=fail_on, rounds=rounds, seed=seed)
+
+
+def _count_undecided(result: EvalResult, run_dir: Path) -> None:
+    """Fill ``items``, ``errors`` and ``missing`` of a result loaded from a ``metrics.json``
+    without them (written by an earlier version: they read 0) from the run directory: the
+    items sent (``items.jsonl``), those with a verdict, and the dead-lettered ones."""
+    if "items" in result.model_fields_set or result.items:
+        return
+    sent_path = run_dir / "items.jsonl"
+    if not sent_path.exists():
+        return
+    sent = [str(r["id"]) for r in _read_jsonl(sent_path) if isinstance(r, dict) and "id" in r]
+    vpath = run_dir / "verdicts.jsonl"
+    decided = {str(v.get("item_id")) for v in _read_jsonl(vpath) if isinstance(v, dict)}
+    failed = {str(e.get("id")) for e in _read_jsonl(errors_path(vpath)) if isinstance(e, dict)}
+    undecided = [i for i in dict.fromkeys(sent) if i not in decided]
+    result.items = len(dict.fromkeys(sent))
+    result.errors = sum(1 for i in undecided if i in failed)
+    result.missing = len(undecided) - result.errors

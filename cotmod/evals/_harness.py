@@ -93,12 +93,18 @@ def run_eval(
     concurrency: int | None = None,
     limit: int | None = None,
     on_progress: Callable[[RunSummary, int | None], None] | None = None,
+    overwrite: bool = False,
 ) -> tuple[RunManifest, RunSummary]:
     """Run (or resume) an evaluation; returns (manifest, runner summary).
 
     ``policies`` evaluates only those policies (``cotmod eval -p``): each label keeps the
     selected ones among its policies, labels decided by none of them are not evaluated, and
     items whose only known labels are those are not sent.
+
+    A run directory holding verdicts of another configuration (other policies, prompt, model or
+    sampling) or of another golden set is refused before anything in it is written; with
+    ``overwrite`` its verdicts, dead letters, items, metrics and report are discarded first
+    (``cotmod eval --overwrite``: start over).
     """
     mapping = load_mapping(mapping_path)
     mapping.validate(moderator.policies, str(mapping_path))
@@ -109,27 +115,38 @@ def run_eval(
                 raise InputError(f"--policy {pid!r}: unknown policy (known: {', '.join(moderator.policies.ids)})")
         mapping = mapping.restrict(list(dict.fromkeys(policies)), str(mapping_path))
     out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
     mpath = out / "manifest.json"
-    if mpath.exists():
-        old = json.loads(mpath.read_text())
-        if old.get("golden", {}).get("sha256") != golden.sha256:
-            raise ConfigError(
-                f"{out} holds a run of another golden set ({old.get('golden', {}).get('path')}); "
-                "use another run directory"
-            )
-    items = out / "items.jsonl"
-    with items.open("w", encoding="utf-8") as f:
-        n = 0
-        for it in golden.items:
-            pols = list(dict.fromkeys(p for lab, v in it.labels.items() if v is not None for p in mapping.labels[lab]))
-            if not pols:
-                continue
-            f.write(json.dumps({"id": it.id, "text": it.text, "policies": pols}, ensure_ascii=False) + "\n")
-            n += 1
-            if limit is not None and n >= limit:
-                break
+    vpath = out / "verdicts.jsonl"
     runner = Runner(moderator, concurrency=concurrency)
+    if overwrite:
+        for name in ("manifest.json", "items.jsonl", "metrics.json", "report.html"):
+            (out / name).unlink(missing_ok=True)  # the runner's own files go with overwrite=True below
+    elif mpath.exists():
+        try:
+            old = json.loads(mpath.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{mpath}: not a cotmod eval manifest ({exc}); pass --overwrite to start over") from None
+        old_golden = old.get("golden") if isinstance(old, dict) else None
+        old_golden = old_golden if isinstance(old_golden, dict) else {}
+        if old_golden.get("sha256") != golden.sha256:
+            raise ConfigError(
+                f"{out} holds a run of another golden set ({old_golden.get('path')}); "
+                "use another run directory, or pass --overwrite to start over"
+            )
+    if not overwrite:
+        # the run store's refusal (verdicts of another configuration), checked before
+        # items.jsonl and manifest.json are rewritten: a refused eval leaves the run as it was
+        runner._check_manifest(vpath, runner.manifest(mapping.policies), overwrite=False)
+    out.mkdir(parents=True, exist_ok=True)
+    items = out / "items.jsonl"
+    lines: list[str] = []
+    for it in golden.items:
+        pols = list(dict.fromkeys(p for lab, v in it.labels.items() if v is not None for p in mapping.labels[lab]))
+        if not pols:
+            continue
+        lines.append(json.dumps({"id": it.id, "text": it.text, "policies": pols}, ensure_ascii=False) + "\n")
+        if limit is not None and len(lines) >= limit:
+            break
     s = moderator.settings
     manifest = {
         **runner.manifest(mapping.policies),
@@ -154,16 +171,22 @@ def run_eval(
     # restored if the run store refuses this configuration (the run directory then still
     # describes the verdicts it holds)
     previous = mpath.read_bytes() if mpath.exists() else None
+    previous_items = items.read_bytes() if items.exists() else None
+    tmp = items.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(items)
     _write_json(mpath, {**manifest, "complete": False})
     try:
         summary = Runner.run_sync(
-            runner, items, out / "verdicts.jsonl", policies=mapping.policies, policies_field="policies", on_progress=on_progress
+            runner, items, vpath, policies=mapping.policies, policies_field="policies", on_progress=on_progress,
+            overwrite=overwrite,
         )
     except UserError:
-        if previous is None:
-            mpath.unlink(missing_ok=True)
-        else:
-            mpath.write_bytes(previous)
+        for path, before in ((mpath, previous), (items, previous_items)):
+            if before is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(before)
         raise
     manifest["complete"] = True
     _write_json(mpath, manifest)

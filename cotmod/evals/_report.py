@@ -17,10 +17,12 @@ __all__ = [
     "attribution_html",
     "attribution_lines",
     "html_report",
+    "one_class_notes",
     "text_table",
     "triage_html",
     "triage_lines",
     "undecided_note",
+    "unfinished_note",
     "write_report",
 ]
 
@@ -45,6 +47,39 @@ def undecided_note(result: EvalResult) -> str:
         f"{result.undecided} of {result.items} items not decided ({result.errors} error verdicts in "
         f"verdicts.errors.jsonl, {result.missing} not judged yet); the metrics cover the decided items"
     )
+
+
+def unfinished_note(result: EvalResult) -> str:
+    """One line when the run is not fully decided: items without a verdict (error verdicts or not
+    judged yet), or a run that never finished (``manifest.json``: ``complete`` false); empty
+    when every item sent has a verdict."""
+    if result.undecided:
+        return undecided_note(result)
+    if result.manifest.complete is False:
+        return "the run did not finish (manifest.json: complete is false): resume it with the same cotmod eval command"
+    return ""
+
+
+def one_class_notes(result: EvalResult) -> list[str]:
+    """One line per label whose decided items are all positive or all negative: its precision
+    (or recall) says nothing and no score threshold can be chosen on it. A run made with
+    ``--limit`` is told why that may be: the first N items of the golden set in file order."""
+    out: list[str] = []
+    for label, e in result.labels.items():
+        if e.n == 0 or 0 < e.support < e.n:
+            continue
+        if e.support == e.n:
+            what = f"no negative items (all {e.n} decided items are positive): its precision and FPR are meaningless"
+        else:
+            what = f"no positive items (all {e.n} decided items are negative): its recall and precision are meaningless"
+        limit = result.manifest.limit
+        why = (
+            f"; --limit {limit} took the first {limit} items of the golden set in file order (eval has no sampling "
+            "option): a file sorted by label gives a single class, so shuffle the golden set or raise --limit"
+            if limit is not None else ""
+        )
+        out.append(f"label {label} has {what}, and no score threshold can be tuned on it{why}")
+    return out
 
 
 def text_table(result: EvalResult) -> str:

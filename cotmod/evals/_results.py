@@ -48,6 +48,7 @@ __all__ = [
     "Regression",
     "RootCauses",
     "RuleStats",
+    "RunCoverage",
     "RunManifest",
     "StratumErrors",
     "Thresholds",
@@ -569,9 +570,34 @@ class TriageComparison(_Model):
     reached_b_only: list[str] = Field(default_factory=list)
 
 
+class RunCoverage(_Model):
+    """How much of a compared run was decided: of the ``items`` sent to the model, ``errors`` got
+    an error verdict and ``missing`` have no verdict yet (an interrupted run); ``complete`` is
+    the manifest's (false: the run never finished; None in files written before it existed)."""
+
+    items: int = 0
+    errors: int = 0
+    missing: int = 0
+    complete: bool | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def undecided(self) -> int:
+        return self.errors + self.missing
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def decided_all(self) -> bool:
+        """Every item sent has a verdict and the run finished."""
+        return not self.undecided and self.complete is not False
+
+
 class Comparison(_Model):
     """Run B against run A on the same golden set, per label; ``regressions`` are the
-    ``--fail-on`` rules B met (``ok`` when none)."""
+    ``--fail-on`` rules B met. Every figure is paired on the items both runs decided
+    (``n_paired`` of them, across labels); ``a_coverage`` / ``b_coverage`` say how many items
+    each run left undecided (error verdicts, or not judged yet). ``ok`` when no rule was met or
+    left unmeasured and both runs decided every item: a gate does not pass on part of a run."""
 
     a: str
     b: str
@@ -586,6 +612,9 @@ class Comparison(_Model):
         description="--fail-on rules these runs cannot measure (no triage or attribution records, no paired label): "
         "a gate that cannot be evaluated does not pass",
     )
+    n_paired: int = Field(default=0, description="items both runs decided (in any label): what the figures are paired on")
+    a_coverage: RunCoverage | None = None
+    b_coverage: RunCoverage | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -596,4 +625,5 @@ class Comparison(_Model):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def ok(self) -> bool:
-        return not self.regressions and not self.unmeasured
+        decided = all(c is None or c.decided_all for c in (self.a_coverage, self.b_coverage))
+        return not self.regressions and not self.unmeasured and decided
