@@ -126,6 +126,17 @@ def test_version_bump_errors(policy_dir: Path) -> None:
     assert r.exit_code == 1 and "rule.removed" in r.output and "needs major" in r.output
 
 
+def test_a_version_that_goes_down_is_an_error_even_without_content_change(policy_dir: Path) -> None:
+    spam_v = VERSIONS["spam_scams"]
+    major, minor, patch = (int(x) for x in spam_v.split("."))
+    lower = f"{major}.{minor - 1}.0" if minor else f"{major - 1}.9.0" if major else f"0.0.{patch - 1}"
+    edit(policy_dir, "spam_scams", f"version: {spam_v}", f"version: {lower}")  # nothing else changed
+    d = {x.policy_id: x for x in diff_policies(load_policies([GUIDELINES]), load_policies([policy_dir]))}["spam_scams"]
+    assert d.changes == [] and d.errors == [f"spam_scams: version went from {spam_v} to {lower} (must increase)"]
+    r = CliRunner().invoke(cli, ["diff", str(GUIDELINES), str(policy_dir)])
+    assert r.exit_code == 1 and "must increase" in r.output
+
+
 def test_diff_git_revisions_and_bad_revision(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "guidelines").mkdir(parents=True)
@@ -265,6 +276,36 @@ def test_a_manifest_entry_of_the_wrong_type_is_one_clear_error(
     res = CliRunner().invoke(cli, ["sync", "check", str(m), "-g", str(policy_dir)])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert re.search(message, res.output)
+
+
+@pytest.mark.parametrize(
+    ("edit_manifest", "message"),
+    [
+        (lambda d: d["policies"]["hate_speech"].update(bogus=1), r":\d+: policies\.hate_speech: unknown key 'bogus' \(known: version, llm, classifier, escalation\)"),
+        (lambda d: d["policies"]["spam_scams"].update(escalaton=[]), r":\d+: policies\.spam_scams: unknown key 'escalaton' .*did you mean 'escalation'"),
+        (lambda d: d.update(polices={}), r":\d+: unknown key 'polices' \(known: guide, policies\)"),
+        (lambda d: d["guide"].update(pth="x.md"), r":\d+: guide: unknown key 'pth'"),
+        (lambda d: d["policies"]["hate_speech"]["llm"].update(fingerprnt="fp-1"), r":\d+: policies\.hate_speech\.llm: unknown key 'fingerprnt'"),
+        (lambda d: d["policies"]["hate_speech"]["classifier"].update(treshold="t.yaml"), r":\d+: policies\.hate_speech\.classifier: unknown key 'treshold'"),
+        (lambda d: d["policies"]["hate_speech"]["escalation"][0].update(que="q"), r":\d+: policies\.hate_speech\.escalation\[0\]: unknown key 'que'"),
+    ],
+)
+def test_an_unknown_manifest_key_is_an_error_naming_file_line_and_key(
+    tmp_path: Path, policy_dir: Path, edit_manifest: Any, message: str
+) -> None:
+    """enforcement.yaml is a closed format (docs/formats.md section 7): a typo is not ignored."""
+    m, mod = make_manifest(tmp_path, policy_dir)
+    data = yaml.safe_load(m.read_text())
+    edit_manifest(data)
+    m.write_text(yaml.safe_dump(data, sort_keys=False))
+    for run in (lambda: check_manifest(m, mod), lambda: update_manifest(m, mod)):
+        with pytest.raises(InputError, match=message) as info:
+            run()
+        line = int(str(info.value).removeprefix(f"{m}:").split(":", 1)[0])
+        key = re.search(r"unknown key '(\w+)'", str(info.value)).group(1)
+        assert m.read_text().splitlines()[line - 1].lstrip(" -").startswith(f"{key}:")
+    res = CliRunner().invoke(cli, ["sync", "check", str(m), "-g", str(policy_dir)])
+    assert res.exit_code == 2 and "Traceback" not in res.output and re.search(message, res.output)
 
 
 def test_impact_recomputes_only_changed_policies(tmp_path: Path, policy_dir: Path) -> None:

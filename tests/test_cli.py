@@ -165,6 +165,30 @@ def test_commands_use_the_guidelines_of_the_current_directory(tmp_path: Path, mo
     assert {x["fix"] for x in json.loads(r.stdout)} == {"human"}
 
 
+def test_lint_of_a_missing_path_is_a_usage_error(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["lint", str(tmp_path / "nosuch")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "does not exist" in r.output and "nosuch" in r.output
+
+
+def test_commands_reading_the_configs_guidelines_say_which_config(tmp_path: Path, monkeypatch) -> None:
+    """lint, guide export and schema decision take their policies from ./cotmod.toml's guidelines:
+    they say so, like the commands with endpoint options."""
+    import shutil
+
+    (tmp_path / "pol").mkdir()
+    for name in ("hate_speech", "spam_scams"):
+        shutil.copy(GUIDELINES / f"{name}.yaml", tmp_path / "pol")
+    (tmp_path / "cotmod.toml").write_text('guidelines = "pol"\n')
+    monkeypatch.chdir(tmp_path)
+    for args in (["lint"], ["guide", "export"], ["schema", "decision"]):
+        r = run(*args)
+        assert r.exit_code == 0, (args, r.output)
+        assert r.stderr == "cotmod: using config ./cotmod.toml\ncotmod: policies from ./pol (config file; 2 files)\n", args
+    r = run("guide", "export", "-g", "pol")  # the config is not read for --guidelines: nothing to say
+    assert r.exit_code == 0 and r.stderr == ""
+
+
 def test_lint_and_commands_use_the_starter_pack_elsewhere(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     r = run("lint")

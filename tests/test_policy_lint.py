@@ -87,6 +87,14 @@ def test_bad_version_and_bad_rule_id(tmp_path: Path) -> None:
     assert fields == ["rules[2].id", "version"]
 
 
+def test_an_unquoted_version_says_to_quote_it(tmp_path: Path) -> None:
+    text = HATE.replace(f"version: {HATE_V}", "version: 1.1", 1)
+    report = lint_paths([write(tmp_path, text)])
+    [e] = report.errors
+    assert e.field == "version" and e.line == text.splitlines().index("version: 1.1") + 1
+    assert "1.1 is not of type 'string'" in e.message and 'quote it' in e.message and 'version: "1.1.0"' in e.message
+
+
 def test_semantic_errors(tmp_path: Path) -> None:
     text = (
         HATE.replace("- id: HATE-3", "- id: HATE-1", 1)  # duplicate rule id

@@ -263,8 +263,11 @@ def _settings(*, announce_policies: bool = True, **kw: Any) -> Any:
 def _policy_source(explicit: str | None, config_file: str | None = None) -> Path:
     """The policies for commands without endpoint options (lint, guide export): the same rule as
     :func:`_settings` (--guidelines > config > ./guidelines > the starter pack), said on stderr."""
-    from .._config import resolve_policy_source
+    from .._config import _find_config, _show, resolve_policy_source
 
+    found = _find_config(config_file) if explicit is None else None  # the config is read for its guidelines
+    if found:
+        _notice(f"cotmod: using config {_show(found[0])}")
     source = resolve_policy_source(explicit, config_file=config_file)
     if source.origin != "argument":
         _notice(source.describe())

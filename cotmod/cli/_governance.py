@@ -14,6 +14,7 @@ from ._app import (
     EXIT_UNDECIDED,
     _endpoint_options,
     _Group,
+    _notice,
     _settings,
     cli,
 )
@@ -87,18 +88,23 @@ def impact(old: str, new: str, golden: str, mapping_path: str | None, sample: st
     """Preview a policy change: re-run only the changed policies (the rest is cached) on a golden
     set and a production sample; metric deltas with significance, and the decisions that flip.
 
+    OLD and NEW are directories or git revisions (REV or REV:path); a bare REV means that
+    revision's copy of the other argument's directory, else of the policy directory in use (as
+    for diff). Exit 1 when items of the golden set or the sample got no verdict on either side.
+
     -p previews only those policies (their labels in the golden set, their decisions in the sample)."""
     from .._config import cotmod_home
     from ..engine._cache import SqliteCache
-    from ..governance._diff import load_bundle
     from ..governance._impact import impact as impact_fn
+    from ._policies import _load_bundles
 
     if kw.get("guidelines"):
         raise click.UsageError("impact compares the policy bundles OLD and NEW; --guidelines does not apply here")
-    a, _ = load_bundle(old, repo=repo)
-    b, _ = load_bundle(new, repo=repo)
+    config_file = kw.get("config_file")
+    settings = _settings(announce_policies=False, **kw)  # the policies are OLD and NEW (said below)
+    a, label_a, b, label_b, why = _load_bundles(old, new, repo, config_file, announce_config=False)
+    _notice(f"cotmod: policies from {label_a} (old) and {label_b} (new)" + (f" ({why})" if why else ""))
     mapping_file = Path(mapping_path) if mapping_path else Path(golden).parent / "mapping.yaml"
-    settings = _settings(announce_policies=False, **kw)  # the policies are OLD and NEW
     cache = SqliteCache(cotmod_home() / "cache.sqlite")
     try:
         res = impact_fn(
@@ -107,10 +113,19 @@ def impact(old: str, new: str, golden: str, mapping_path: str | None, sample: st
         )
     finally:
         cache.close()
+    code = EXIT_UNDECIDED if res["undecided"] else 0
     if as_json:
-        click.echo(json.dumps(res, indent=2))
+        click.echo(json.dumps({**res, "exit_code": code}, indent=2))
+        if code:
+            sys.exit(code)
         return
-    click.echo(f"changed policies: {', '.join(res['changed_policies']) or 'none'}; model calls old/new: {res['golden']['model_calls']}")
+    calls = res["model_calls"]
+    g_calls = res["golden"]["model_calls"]
+    line = f"changed policies: {', '.join(res['changed_policies']) or 'none'}; model calls old/new: {calls['old']}/{calls['new']}"
+    if "sample" in res:
+        s_calls = res["sample"]["model_calls"]
+        line += f" (golden set {g_calls['old']}/{g_calls['new']}, sample {s_calls['old']}/{s_calls['new']})"
+    click.echo(line)
     for e in res["version_errors"]:
         click.echo(click.style("version error ", fg="red") + e)
     for label, e in res["golden"]["comparison"]["labels"].items():
@@ -124,3 +139,16 @@ def impact(old: str, new: str, golden: str, mapping_path: str | None, sample: st
         click.echo(f"production sample: {len(s['flipped'])} decisions flip on {s['items']} items ({100 * s['flip_rate']:.1f}%)")
         for f in s["flipped"][:20]:
             click.echo(f"  {f['id']} {f['policy']}: {f['before']} -> {f['after']} {', '.join(f['rules'])} {f['rationale'][:160]}")
+    for part, what in (("golden", "golden set"), ("sample", "production sample")):
+        sec = res.get(part) or {}
+        und, errs = sec.get("undecided") or {}, sec.get("errors") or {}
+        if not any(und.values()):
+            continue
+        files = ", ".join(sec["error_files"][k] for k in ("old", "new") if und[k])
+        click.echo(
+            click.style("undecided ", fg="red")
+            + f"{what}: {und['old']} item(s) without a verdict under OLD ({errs['old']} error verdict(s)), "
+            f"{und['new']} under NEW ({errs['new']} error verdict(s)); left out of the comparison (see {files})"
+        )
+    if code:
+        sys.exit(code)

@@ -15,6 +15,7 @@ from ._app import (
     _check_text,
     _endpoint_options,
     _Group,
+    _notice,
     _policy_source,
     _settings,
     cli,
@@ -22,7 +23,7 @@ from ._app import (
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("paths", nargs=-1, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 @click.option("--config", "config_file", type=click.Path(), help="TOML config file (for its guidelines).")
@@ -131,27 +132,60 @@ def schema(which: str, policies: tuple[str, ...], guidelines: str | None, config
     click.echo(json.dumps(data, indent=2))
 
 
+def _load_bundles(old: str, new: str, repo: str, config_file: str | None, *, announce_config: bool = True) -> tuple[Any, str, Any, str, str | None]:
+    """The policy bundles OLD and NEW of ``diff`` and ``impact``: ``(old, old label, new, new label,
+    why)``. A bare git revision (``REV``) means that revision's copy of the path the other argument
+    names, else of the policy directory in use (the config's guidelines, else ./guidelines), else of
+    ``guidelines``; ``why`` says which (None when neither argument is a bare revision)."""
+    from .._config import _find_config, _show, resolve_policy_source
+    from ..governance._diff import is_bare_revision, load_bundle, revision_subdir
+
+    def in_use() -> tuple[Path, str, bool] | None:
+        found = _find_config(config_file)
+        if found and announce_config:
+            _notice(f"cotmod: using config {_show(found[0])}")
+        source = resolve_policy_source(None, config_file=config_file)
+        if source.origin == "config":
+            return source.path, f"{_show(source.path)} (guidelines in {_show(found[0]) if found else 'the config file'})", True
+        if source.origin == "cwd":
+            return source.path, _show(source.path), False
+        return None
+
+    why = None
+    subdir = "guidelines"
+    if is_bare_revision(old) or is_bare_revision(new):
+        subdir, why = revision_subdir(old, new, repo=repo, in_use=in_use)
+        why = f"a bare revision means its copy of {subdir or 'the repository root'}: {why}"
+    a, label_a = load_bundle(old, repo=repo, subdir=subdir)
+    b, label_b = load_bundle(new, repo=repo, subdir=subdir)
+    return a, label_a, b, label_b, why
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("old")
 @click.argument("new")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
 @click.option("--repo", default=".", show_default=True, help="Git repository for revision arguments.")
-def diff(old: str, new: str, fmt: str, repo: str) -> None:
+@click.option("--config", "config_file", type=click.Path(), help="TOML config file (for its guidelines).")
+def diff(old: str, new: str, fmt: str, repo: str, config_file: str | None) -> None:
     """Semantic diff of two policy bundles: directories, or git revisions (REV or REV:path).
 
+    A bare REV means that revision's copy of the other argument's directory, else of the policy
+    directory in use (the config's guidelines, else ./guidelines); stderr says which.
+
     Rules, exceptions, definitions, severities/actions, escalation and examples are compared by
-    stable ID; version bumps are checked (a changed policy with an unchanged version, or a removed
-    rule without a major bump, is an error: exit 1).
+    stable ID; version bumps are checked (a changed policy with an unchanged version, a version
+    that goes down, or a removed rule without a major bump, is an error: exit 1).
 
     \b
     Examples:
       cotmod diff HEAD~1 HEAD
       cotmod diff old_guidelines/ guidelines/ --format markdown > CHANGELOG-policies.md
     """
-    from ..governance._diff import changelog_markdown, diff_policies, load_bundle
+    from ..governance._diff import changelog_markdown, diff_policies
 
-    a, label_a = load_bundle(old, repo=repo)
-    b, label_b = load_bundle(new, repo=repo)
+    a, label_a, b, label_b, why = _load_bundles(old, new, repo, config_file)
+    _notice(f"cotmod: comparing {label_a} with {label_b}" + (f" ({why})" if why else ""))
     diffs = diff_policies(a, b)
     errors = [e for d in diffs for e in d.errors]
     if fmt == "json":
@@ -162,7 +196,13 @@ def diff(old: str, new: str, fmt: str, repo: str) -> None:
         for d in diffs:
             if d.status == "unchanged":
                 continue
-            click.echo(click.style(f"{d.policy_id}: {d.status} {d.old_version or ''} -> {d.new_version or ''}", bold=True) + (f" (needs {d.required_bump})" if d.required_bump else ""))
+            if d.status == "removed":
+                head = f"{d.policy_id}: removed (was {d.old_version})"
+            elif d.status == "added":
+                head = f"{d.policy_id}: added ({d.new_version})"
+            else:
+                head = f"{d.policy_id}: {d.status} {d.old_version} -> {d.new_version}"
+            click.echo(click.style(head, bold=True) + (f" (needs {d.required_bump})" if d.required_bump else ""))
             for c in d.changes:
                 click.echo(f"  {c.kind:<28} {c.detail}")
         for e in errors:

@@ -1,6 +1,6 @@
 """Semantic diff of policy bundles, and the version-bump rules.
 
-Compares two sets of policies (two directories, or two git revisions of ``guidelines/``) by stable
+Compares two sets of policies (two directories, or two git revisions of the policy directory) by stable
 IDs, not by text: policies added/removed; per policy, rules added/removed/reworded/re-tiered,
 exceptions, definitions, severity tiers and their actions, escalation criteria, examples, checklist
 and summary changes, and decision logic (questions added/removed/reworded, their allowed answers,
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from .._exceptions import InputError
 from ..policy._lint import load_policies
 from ..policy._model import ACTIONS, Policy, PolicySet
 
-__all__ = ["Change", "PolicyDiff", "diff_policies", "load_bundle"]
+__all__ = ["Change", "PolicyDiff", "diff_policies", "is_bare_revision", "load_bundle", "repo_path", "revision_subdir"]
 
 LEVEL = {"patch": 1, "minor": 2, "major": 3}
 
@@ -232,30 +233,103 @@ def diff_policies(old: PolicySet, new: PolicySet) -> list[PolicyDiff]:
                 d.errors.append(f"{pid}: {a.version} -> {b.version} is a {bump} bump but the change needs {need} ({'; '.join(reasons)})")
         elif a.version != b.version:
             d.status = "changed"
+            if _semver(b.version) < _semver(a.version):  # a version that goes down is an error, content change or not
+                d.errors.append(f"{pid}: version went from {a.version} to {b.version} (must increase)")
         out.append(d)
     return out
 
 
+def _git(repo: str | Path, *args: str, text: bool = True) -> subprocess.CompletedProcess[Any]:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=text)
+
+
+def is_bare_revision(spec: str) -> bool:
+    """``spec`` names a git revision without a path (``HEAD~1``, not ``HEAD~1:pol`` nor a directory)."""
+    return not Path(spec).exists() and ":" not in spec
+
+
+def repo_path(path: str | Path, repo: str | Path = ".") -> str | None:
+    """``path`` (a file or directory on disk) as a path inside the git repository ``repo``,
+    relative to its root and ``/``-separated (``""`` for the root itself); None when ``repo`` is
+    not a git work tree or ``path`` is outside it."""
+    proc = _git(repo, "rev-parse", "--show-toplevel")
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    try:
+        rel = Path(path).resolve().relative_to(Path(proc.stdout.strip()).resolve())
+    except ValueError:
+        return None
+    return "" if rel == Path() else rel.as_posix()
+
+
+def revision_subdir(
+    old: str,
+    new: str,
+    *,
+    repo: str | Path = ".",
+    in_use: Callable[[], tuple[Path, str, bool] | None] | None = None,
+) -> tuple[str, str]:
+    """What a bare revision among OLD and NEW (``REV`` without ``:path``) means: ``(path inside the
+    repository, why)``. In order: the path the other argument names (a directory or file inside
+    the repository, or the ``:path`` of ``REV:path``); else the policy directory in use
+    (``in_use()``: ``(path, description, from_config)``, e.g. the config file's ``guidelines``), which
+    must then be inside the repository when it comes from a config file; else ``guidelines``."""
+    for other in (old, new):
+        if Path(other).exists():
+            rel = repo_path(other, repo)
+            if rel is not None:
+                return rel, f"the path of {other}"
+    for other in (old, new):
+        if not Path(other).exists() and ":" in other:
+            path = other.partition(":")[2]
+            if path:
+                return path, f"as in {other}"
+    used = in_use() if in_use is not None else None
+    if used is not None:
+        in_use_path, what, from_config = used
+        rel = repo_path(in_use_path, repo)
+        if rel is not None:
+            return rel, f"the policy directory in use, {what}"
+        if from_config:
+            raise InputError(
+                f"the policy directory in use, {what}, is not inside the git repository {repo}: "
+                "name the revision's copy as REV:PATH (PATH relative to the repository root)"
+            )
+    return "guidelines", "the default policy directory"
+
+
 def load_bundle(spec: str, *, repo: str | Path = ".", subdir: str = "guidelines") -> tuple[PolicySet, str]:
-    """Policies from a directory, or from ``REV`` / ``REV:path`` of a git repository."""
+    """Policies from a directory (or file), or from ``REV`` / ``REV:path`` of a git repository
+    (``REV`` alone: ``REV:subdir``; ``path`` a directory or one policy file)."""
     p = Path(spec)
     if p.exists():
         return load_policies([p]), str(p)
-    rev, _, path = spec.partition(":")
-    path = path or subdir
-    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], capture_output=True, text=True)
+    rev, sep, path = spec.partition(":")
+    if not sep:
+        path = subdir
+    path = path.strip("/")
+    proc = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
     if proc.returncode != 0:
         raise InputError(f"{spec!r} is neither a directory nor a git revision of {repo}")
-    listing = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", f"{rev}:{path}"], capture_output=True, text=True)
-    if listing.returncode != 0:
-        raise InputError(f"git revision {rev} has no directory {path!r}")
+    label = f"{rev}:{path}"
+    kind = _git(repo, "cat-file", "-t", label)
+    if kind.returncode != 0 or kind.stdout.strip() not in ("tree", "blob"):
+        raise InputError(f"git revision {rev} has no directory {path!r} (name the one to compare: {rev}:PATH)")
     tmp = Path(tempfile.mkdtemp(prefix="cotmod-rev-"))
-    for name in listing.stdout.split():
+    if kind.stdout.strip() == "blob":
+        names = [(path, Path(path).name)]
+    else:
+        listing = _git(repo, "ls-tree", "--full-tree", "-z", label)  # "MODE TYPE OBJECT\tNAME" per entry
+        entries = [e.split("\t", 1) for e in listing.stdout.split("\0") if "\t" in e]
+        names = [(f"{path}/{n}" if path else n, n) for meta, n in entries if meta.split()[1:2] == ["blob"]]
+    for git_path, name in names:
         if not name.endswith((".yaml", ".yml")):
             continue
-        blob = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{path}/{name}"], capture_output=True, check=True)
+        blob = _git(repo, "show", f"{rev}:{git_path}", text=False)
+        if blob.returncode != 0:
+            raise InputError(f"git show {rev}:{git_path} failed: {blob.stderr.decode(errors='replace').strip()}")
         (tmp / name).write_bytes(blob.stdout)
-    return load_policies([tmp]), f"{rev}:{path}"
+    return load_policies([tmp]), label
 
 
 def changelog_markdown(diffs: list[PolicyDiff], old_label: str, new_label: str) -> str:

@@ -96,20 +96,35 @@ def impact(
             v = new_verdicts.get(f["id"], {})
             f["new_rationale"] = [d["rationale"] for d in v.get("decisions", []) if d["policy_id"] in changed]
             f["new_rules"] = [r for d in v.get("decisions", []) if d["policy_id"] in changed for r in d["rule_ids"]]
-    result["golden"] = {"comparison": cmp, "model_calls": calls}
+    result["golden"] = {
+        "comparison": cmp,  # paired on the items decided on both sides
+        "model_calls": calls,
+        # items of the golden set without a verdict (error verdicts, or never written), per side
+        "undecided": {k: m.errors + m.missing for k, m in measured.items()},
+        "errors": {k: m.errors for k, m in measured.items()},
+        "error_files": {k: str(Runner.errors_path(work / k / "verdicts.jsonl")) for k in measured},
+    }
 
     if sample is not None and changed:
         flips: list[dict[str, Any]] = []
         outs = {}
+        sample_calls = {"old": 0, "new": 0}
+        sample_undecided = {"old": 0, "new": 0}
+        sample_errors = {"old": 0, "new": 0}
         for name, bundle in (("old", old), ("new", new)):
             pols = [p for p in changed if p in bundle]
             if not pols:
                 continue
             out = work / f"sample-{name}.jsonl"
-            Runner(moderator(bundle)).run_sync(sample, out, policies=pols, overwrite=True)
+            summary = Runner(moderator(bundle)).run_sync(sample, out, policies=pols, overwrite=True)
+            sample_calls[name] = summary.model_calls
+            sample_undecided[name] = summary.undecided
+            sample_errors[name] = summary.errors
             outs[name] = _verdicts(out)
         a, b = outs.get("old", {}), outs.get("new", {})
         for item_id, vb in b.items():
+            if "old" in outs and item_id not in a:
+                continue  # undecided under OLD (counted there): no decision to flip from
             va = a.get(item_id)
             for d in vb["decisions"]:
                 before = next((x for x in (va or {}).get("decisions", []) if x["policy_id"] == d["policy_id"]), None)
@@ -124,6 +139,18 @@ def impact(
                             "rationale": d["rationale"],
                         }
                     )
-        result["sample"] = {"items": len(b), "flipped": flips, "flip_rate": len({f["id"] for f in flips}) / len(b) if b else 0.0}
+        compared = [i for i in b if "old" not in outs or i in a]
+        result["sample"] = {
+            "items": len(compared),  # decided on both sides (under NEW only when OLD has none of the changed policies)
+            "flipped": flips,
+            "flip_rate": len({f["id"] for f in flips}) / len(compared) if compared else 0.0,
+            "model_calls": sample_calls,
+            "undecided": sample_undecided,
+            "errors": sample_errors,
+            "error_files": {k: str(Runner.errors_path(work / f"sample-{k}.jsonl")) for k in ("old", "new")},
+        }
+    sample_calls_ = result.get("sample", {}).get("model_calls", {"old": 0, "new": 0})
+    result["model_calls"] = {k: calls[k] + sample_calls_[k] for k in ("old", "new")}  # golden set + sample
+    result["undecided"] = sum(result["golden"]["undecided"].values()) + sum(result.get("sample", {}).get("undecided", {}).values())
     (work / "impact.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     return result

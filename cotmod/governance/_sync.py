@@ -26,6 +26,7 @@ a human (re-tuning thresholds on a fresh eval, queues for new escalating tiers, 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,12 +58,71 @@ class Finding:
         return f"{self.policy} [{self.pathway}] {self.field}: {self.message} ({'cotmod sync update fixes it' if self.fix == 'auto' else 'needs a human'})"
 
 
+#: The keys a manifest may hold, by level (anything else is a typo: one clear error, not ignored).
+TOP_KEYS = ("guide", "policies")
+GUIDE_KEYS = ("path", "fingerprint")
+POLICY_KEYS = ("version", "llm", "classifier", "escalation")
+LLM_KEYS = ("fingerprint",)
+CLASSIFIER_KEYS = ("label_map", "thresholds", "cascade")
+ROUTE_KEYS = ("severity", "criterion", "queue", "sla_hours")
+
+
 def _load(path: Path) -> dict[str, Any]:
     data = read_yaml_mapping(path, "enforcement manifest")
     if not isinstance(data.get("policies"), dict):
         raise InputError(f"{path}: expected a mapping with 'policies: {{POLICY_ID: {{version: ...}}}}'")
     _check_shape(path, data)
+    _check_keys(path, data)
     return data
+
+
+def _check_keys(path: Path, data: dict[str, Any]) -> None:
+    """An unknown key anywhere in the manifest (``bogus: 1`` under a policy, ``escalaton:``) is
+    one error naming the file, the line and the key, as in cotmod.toml and mapping.yaml."""
+    levels: list[tuple[tuple[str | int, ...], Any, tuple[str, ...]]] = [((), data, TOP_KEYS)]
+    guide = data.get("guide")
+    if isinstance(guide, dict):
+        levels.append((("guide",), guide, GUIDE_KEYS))
+    for pid, spec in data["policies"].items():
+        if not isinstance(spec, dict):
+            continue
+        here: tuple[str | int, ...] = ("policies", pid)
+        levels.append((here, spec, POLICY_KEYS))
+        if isinstance(spec.get("llm"), dict):
+            levels.append(((*here, "llm"), spec["llm"], LLM_KEYS))
+        if isinstance(spec.get("classifier"), dict):
+            levels.append(((*here, "classifier"), spec["classifier"], CLASSIFIER_KEYS))
+        if isinstance(spec.get("escalation"), list):
+            for i, route in enumerate(spec["escalation"]):
+                if isinstance(route, dict):
+                    levels.append(((*here, "escalation", i), route, ROUTE_KEYS))
+    for where, mapping, known in levels:
+        for key in mapping:
+            if key in known:
+                continue
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            at = _key_line(path, (*where, key))
+            name = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in where).lstrip(".")
+            raise InputError(
+                f"{path}{f':{at}' if at else ''}: {name + ': ' if name else ''}unknown key {key!r} "
+                f"(known: {', '.join(known)}){hint}"
+            )
+
+
+def _key_line(path: Path, keys: tuple[str | int, ...]) -> int | None:
+    """The 1-based line of ``keys`` in the manifest (None when it cannot be told)."""
+    from .._yamlfile import read_text_limited, safe_compose
+    from ..policy._lint import _line_map
+
+    try:
+        node, _ = safe_compose(read_text_limited(path).decode("utf-8"))
+    except Exception:  # the file was read a moment ago; no line is no reason to fail
+        return None
+    if node is None:
+        return None
+    lines = _line_map(node)
+    return lines.get(tuple(k if isinstance(k, int) else str(k) for k in keys))
 
 
 def _expect(path: Path, where: str, value: Any, kind: type | tuple[type, ...], what: str) -> None:

@@ -199,6 +199,10 @@ def _lint_one(path: Path, report: LintReport) -> tuple[Policy, int | None] | Non
         elif any(k in ("when", "answers", "value", "answer") for k in path_) and _has_bool(e.instance):
             msg = f"{msg} (YAML reads yes/no/on/off as true/false: quote the answer, e.g. 'yes')"
             code = "schema"
+        elif path_ == ["version"] and isinstance(e.instance, (int, float)) and not isinstance(e.instance, bool):
+            # version: 1.1 is a YAML float (and 2 an integer), not the string "1.1"
+            msg = f'{msg} (YAML reads an unquoted {e.instance!r} as a number: quote it and give all three parts, e.g. version: "1.1.0")'
+            code = "schema"
         elif e.validator in ("anyOf", "oneOf") and isinstance(e.validator_value, list):
             allowed = [_describe(sub) for sub in e.validator_value]
             msg = f"{e.instance!r} is not allowed here: expected {' or '.join(allowed)}" if all(allowed) else msg
