@@ -162,3 +162,26 @@ def _bom_inside(tmp_path: Path) -> Path:
     p = tmp_path / "inside.txt"
     p.write_bytes("a \ufeff b\n".encode())
     return p
+
+
+UNCLOSED = 'id,text\n1,hello\n2,"he said hi\n3,row three\n4,row four\n5,row five VIOLATE\n'
+
+
+def test_an_unterminated_csv_quote_is_a_bad_row_not_a_merge(tmp_path: Path) -> None:
+    q = tmp_path / "q.csv"
+    q.write_text(UNCLOSED)
+    rows = list(read_items(q))
+    assert [(r.line, r.id, r.text) for r in rows] == [(2, "1", "hello"), (3, "2", None), (4, "3", "row three"), (5, "4", "row four"), (6, "5", "row five VIOLATE")]
+    assert rows[1].problem is not None and rows[1].problem.startswith("unterminated quote")
+    # the strict reader (golden sets) stops at it, naming the line the quote opens on
+    with pytest.raises(InputError, match=r"q\.csv:3: unterminated quote"):
+        list(read_records(q))
+
+
+def test_a_malformed_csv_quote_is_a_bad_row_not_a_guess(tmp_path: Path) -> None:
+    q = tmp_path / "q.csv"
+    q.write_text('id,text\n1,"abc"def\n2,fine\n3,"two\nlines"\n')
+    rows = list(read_items(q))
+    assert [(r.id, r.text, r.problem is None) for r in rows] == [("line-2", None, False), ("2", "fine", True), ("3", "two\nlines", True)]
+    with pytest.raises(InputError, match=r"q\.csv:2: unreadable CSV row"):
+        list(read_records(q))

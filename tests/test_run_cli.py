@@ -251,3 +251,140 @@ def test_batch_import_honours_policy(tmp_path: Path) -> None:
     r = invoke("batch", "import", str(tmp_path / "res.jsonl"), "--requests", str(req), "-o", str(out), "-p", "spam_scams", *common)
     assert r.exit_code == EXIT_OK, r.output
     assert sorted(ids_in(out)) == ["p0", "p1"]
+
+
+# -- walkthrough findings: --limit, concurrent runs, fixed bad rows, moderate --file ------------------
+
+
+def test_run_limit_leaves_items_undecided_exit_1_and_says_how_many(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inp = write_jsonl(tmp_path / "lim.jsonl", 10)
+    out = tmp_path / "vl.jsonl"
+    use_backend(monkeypatch, good)
+    args = ("run", str(inp), "-o", str(out), *ENDPOINT, "-p", "spam_scams", "--no-cache")
+    r = invoke(*args, "--limit", "3", "--json")
+    data = json.loads(r.stdout)
+    assert r.exit_code == EXIT_UNDECIDED, r.output
+    assert (data["processed"], data["not_run"], data["undecided"], data["exit_code"]) == (3, 7, 7, EXIT_UNDECIDED)
+    assert len(ids_in(out)) == 3
+    r = invoke(*args, "--limit", "3")
+    assert r.exit_code == EXIT_UNDECIDED
+    assert "4 input items not run yet (--limit left them; rerun to resume)" in r.stderr and "Traceback" not in r.output
+    r = invoke(*args, "--json")  # the rest: every item decided
+    data = json.loads(r.stdout)
+    assert r.exit_code == EXIT_OK and (data["processed"], data["not_run"], data["undecided"]) == (4, 0, 0)
+    assert sorted(ids_in(out)) == sorted(f"p{i}" for i in range(10))
+    # a limit that covers everything left is not a partial run
+    r = invoke("run", str(inp), "-o", str(tmp_path / "all.jsonl"), *ENDPOINT, "-p", "spam_scams", "--no-cache", "--limit", "10")
+    assert r.exit_code == EXIT_OK, r.output
+
+
+def test_a_second_run_on_an_output_being_written_refuses_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+    import os
+
+    inp = write_jsonl(tmp_path / "conc.jsonl", 5)
+    out = tmp_path / "vcc.jsonl"
+    use_backend(monkeypatch, good)
+    # what another `cotmod run` on vcc.jsonl holds while it writes
+    fd = os.open(tmp_path / "vcc.jsonl.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"4242\n")
+        r = invoke("run", str(inp), "-o", str(out), *ENDPOINT, "-p", "spam_scams", "--no-cache")
+        assert r.exit_code == EXIT_USAGE, r.output
+        assert [x for x in r.stderr.splitlines() if not x.startswith("cotmod: ")] == [f"Error: ConfigError: another cotmod run (pid 4242) is writing {out}; wait for it to end, or write to another --output"]
+        assert not out.exists() and "Traceback" not in r.output
+    finally:
+        os.close(fd)  # the other run ends: the lock goes with it
+    r = invoke("run", str(inp), "-o", str(out), *ENDPOINT, "-p", "spam_scams", "--no-cache")
+    assert r.exit_code == EXIT_OK, r.output
+    assert len(ids_in(out)) == 5
+    assert not (tmp_path / "vcc.jsonl.lock").exists()  # a clean end removes the lock file
+
+
+def test_a_resume_refuses_an_output_with_two_verdicts_for_one_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", 4)
+    out = tmp_path / "out.jsonl"
+    use_backend(monkeypatch, good)
+    args = ("run", str(inp), "-o", str(out), *ENDPOINT, "-p", "spam_scams", "--no-cache")
+    assert invoke(*args).exit_code == EXIT_OK
+    lines = out.read_text().splitlines()
+    first = [json.loads(x)["item_id"] for x in lines].index("p2") + 1
+    damaged = "\n".join([*lines, lines[first - 1]]) + "\n"  # what two runs writing at once leave
+    out.write_text(damaged)
+    r = invoke(*args)
+    assert r.exit_code == EXIT_USAGE, r.output
+    assert f"{out}:5: a second verdict for id 'p2' (the first is on line {first}" in r.stderr
+    assert "--overwrite" in r.stderr and "Traceback" not in r.output
+    assert out.read_text() == damaged  # nothing deleted
+
+
+def test_a_bad_row_fixed_in_the_input_is_decided_by_retry_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "text": "hello"}\n{"id": "b", "text": ""}\n')
+    out = tmp_path / "out.jsonl"
+    errs = Runner.errors_path(out)
+    use_backend(monkeypatch, good)
+    args = ("run", str(inp), "-o", str(out), *ENDPOINT, "-p", "spam_scams", "--no-cache")
+    r = invoke(*args)
+    assert r.exit_code == EXIT_UNDECIDED and ids_in(out) == ["a"]
+    assert "--retry-errors redoes them, reading bad rows from" in r.stderr  # the hint says what --retry-errors does
+    # still bad: --retry-errors reads it again and dead-letters it again, once
+    r = invoke(*args, "--retry-errors", "--json")
+    assert r.exit_code == EXIT_UNDECIDED and json.loads(r.stdout)["dead_lettered"] == 1
+    assert [json.loads(x)["id"] for x in errs.read_text().splitlines()] == ["b"]
+    # the user fixes the row: --retry-errors decides it
+    inp.write_text('{"id": "a", "text": "hello"}\n{"id": "b", "text": "now with text"}\n')
+    r = invoke(*args, "--retry-errors", "--json")
+    data = json.loads(r.stdout)
+    assert r.exit_code == EXIT_OK, r.output
+    assert (data["processed"], data["undecided"]) == (1, 0)
+    assert sorted(ids_in(out)) == ["a", "b"]
+    assert errs.read_text() == ""
+    r = invoke(*args, "--json")  # and a plain rerun agrees
+    assert r.exit_code == EXIT_OK and json.loads(r.stdout)["resumed_skipped"] == 2
+
+
+def test_run_dead_letters_a_csv_row_with_an_unterminated_quote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    q = tmp_path / "q.csv"
+    q.write_text('id,text\n1,hello\n2,"he said hi\n3,row three\n4,row four\n5,row five VIOLATE\n')
+    out = tmp_path / "out.jsonl"
+    use_backend(monkeypatch, good)
+    r = invoke("run", str(q), "-o", str(out), *ENDPOINT, "-p", "spam_scams", "--no-cache", "--json")
+    data = json.loads(r.stdout)
+    assert r.exit_code == EXIT_UNDECIDED, r.output
+    assert (data["input_rows"], data["processed"], data["dead_lettered"]) == (5, 4, 1)
+    assert sorted(ids_in(out)) == ["1", "3", "4", "5"]
+    [err] = [json.loads(x) for x in Runner.errors_path(out).read_text().splitlines()]
+    assert err["id"] == "2" and err["error_type"] == "BadRow"
+    assert err["message"].startswith(f"{q}:3: unterminated quote")
+
+
+def test_moderate_file_refuses_a_repeated_id_like_run_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"id": "a", "text": "one"}\n{"id": "b", "text": "two"}\n{"id": "a", "text": "three"}\n')
+    fake = use_backend(monkeypatch, good)
+    r = invoke("moderate", *ENDPOINT, "-p", "spam_scams", "--json", "-f", str(dup))
+    assert r.exit_code == EXIT_USAGE, r.output
+    assert [x for x in r.stderr.splitlines() if not x.startswith("cotmod: ")] == [f"Error: InputError: {dup}:3: duplicate id 'a' (first on line 1); each item needs its own id"]
+    assert r.stdout == "" and not fake.history
+
+
+def test_moderate_help_example_file_exists() -> None:
+    r = invoke("moderate", "--help")
+    files = [w for line in r.output.splitlines() if "--file" in line and "cotmod moderate" in line for w in line.split() if w.endswith(".jsonl")]
+    assert files and all((Path(__file__).parent.parent / f).is_file() for f in files), files
+
+
+def test_retry_errors_decides_an_unreadable_row_fixed_under_its_own_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "text": "hello"}\n{"id": "b", "text": "oops\n')  # unreadable: dead-lettered as line-2
+    out = tmp_path / "out.jsonl"
+    use_backend(monkeypatch, good)
+    args = ("run", str(inp), "-o", str(out), *ENDPOINT, "-p", "spam_scams", "--no-cache", "--json")
+    assert invoke(*args).exit_code == EXIT_UNDECIDED
+    inp.write_text('{"id": "a", "text": "hello"}\n{"id": "b", "text": "oops, fixed"}\n')
+    r = invoke(*args, "--retry-errors")
+    data = json.loads(r.stdout)
+    assert r.exit_code == EXIT_OK, r.output
+    assert (data["processed"], data["undecided"]) == (1, 0) and sorted(ids_in(out)) == ["a", "b"]

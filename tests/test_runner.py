@@ -318,3 +318,53 @@ def test_disk_full_is_a_clear_error_and_keeps_what_was_written(tmp_path: Path, m
     monkeypatch.setattr(runner_mod.os, "write", real_write)
     s = runner(fake_backend()).run_sync(inp, out, policies=["spam_scams"])
     assert sorted(ids_in(out)) == sorted(f"p{i}" for i in range(10)) and s.resumed_skipped == 4
+
+
+def test_two_runs_on_one_output_at_once_the_second_refuses(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", 12)
+    out = tmp_path / "out.jsonl"
+
+    async def both() -> list:
+        r1, r2 = runner(fake_backend(), concurrency=4), runner(fake_backend(), concurrency=4)
+        return await asyncio.gather(r1.run(inp, out, policies=POLICIES), r2.run(inp, out, policies=POLICIES), return_exceptions=True)
+
+    first, second = asyncio.run(both())
+    assert first.processed == 12
+    assert isinstance(second, ConfigError) and f"another cotmod run (pid {os.getpid()}) is writing {out}" in str(second)
+    assert sorted(ids_in(out)) == sorted(f"p{i}" for i in range(12))  # 12 lines for 12 ids
+
+
+def test_the_output_lock_goes_with_a_killed_process(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from cotmod.batch._store import OutputLock; "
+         "OutputLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=rf"another cotmod run \(pid {holder.pid}\) is writing"):
+            runner(fake_backend()).run_sync(inp, out, policies=POLICIES)
+        assert not out.exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    s = runner(fake_backend()).run_sync(inp, out, policies=POLICIES)  # the stale lock file does not stop it
+    assert s.processed == 3 and s.undecided == 0
+
+
+def test_limit_counts_the_file_items_it_left_as_undecided(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", 10, extra=[json.dumps({"id": "p9", "text": "dup"}), "{bad"])
+    out = tmp_path / "out.jsonl"
+    s = runner(fake_backend()).run_sync(inp, out, policies=POLICIES, limit=3)
+    # 7 good items and the bad row are left (the repeated p9 is not a new item)
+    assert (s.processed, s.not_run, s.undecided, s.input_rows) == (3, 8, 8, 12)
+    assert s.to_dict()["not_run"] == 8
+    s = runner(fake_backend()).run_sync(inp, out, policies=POLICIES)
+    assert (s.processed, s.not_run, s.resumed_skipped, s.dead_lettered) == (7, 0, 3, 2)
+    # an iterable is not read past the limit (it may be endless): nothing is counted for it
+    s = runner(fake_backend()).run_sync(iter(["a", "b", "c"]), tmp_path / "it.jsonl", policies=POLICIES, limit=1)
+    assert (s.processed, s.not_run) == (1, 0)

@@ -144,3 +144,24 @@ def test_dead_letters_are_valid_json_lines(tmp_path: Path) -> None:
     assert [(e.line, e.id, e.retryable) for e in entries] == [(1, "line-2", False)]  # line of the errors file
     entry = json.loads(entries[0].raw)
     assert entry["error_type"] == "BadRow" and entry["line"] == 2  # line of the input
+
+
+def test_repair_jsonl_unique_names_a_repeated_verdict_and_deletes_nothing(tmp_path: Path) -> None:
+    p = tmp_path / "out.jsonl"
+    text = '{"item_id": "a"}\n{"item_id": "b"}\n{"item_id": "a"}\n{"item_id": "b"}\n'
+    p.write_text(text)
+    assert len(_store.repair_jsonl(p)) == 2  # a dead-letter file may repeat ids
+    with pytest.raises(InputError, match=r"out\.jsonl:3: a second verdict for id 'a' \(the first is on line 1; 2 such line"):
+        _store.repair_jsonl(p, unique=True)
+    assert p.read_text() == text
+
+
+def test_the_output_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    with _store.OutputLock(out):
+        assert (tmp_path / "out.jsonl.lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(ConfigError, match="another cotmod run"):
+            _store.OutputLock(out).acquire()
+    assert not (tmp_path / "out.jsonl.lock").exists()
+    with _store.OutputLock(out):  # free again
+        pass

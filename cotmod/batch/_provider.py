@@ -26,7 +26,7 @@ from ..engine._moderator import AsyncModerator, GroupOutcome, Item
 from ..prompting._compiler import CompiledPrompt
 from ._reader import read_items
 from ._runner import Runner, RunSummary
-from ._store import Appender, digest, read_manifest, repair_jsonl, write_json_atomic
+from ._store import Appender, OutputLock, digest, read_manifest, repair_jsonl, write_json_atomic
 
 __all__ = ["export_batch", "import_batch"]
 
@@ -177,78 +177,79 @@ def import_batch(
     run_manifest = {k: manifest.get(k, current[k]) for k in current}
     runner = Runner(moderator)
     # the output manifest: same shape as cotmod run's, so run --retry-errors can continue it
-    written = any(p.exists() and p.stat().st_size > 0 for p in (out, runner.errors_path(out)))
-    old = read_manifest(Runner.manifest_path(out), out)
-    if written and old is None:
-        raise ConfigError(f"{out} exists but was not written by cotmod (no {Runner.manifest_path(out).name}); choose another output")
-    if written and old is not None:
-        diffs = [k for k in run_manifest if old.get(k) != run_manifest[k]]
-        if diffs:
-            raise ConfigError(f"{out} holds verdicts from a different configuration ({', '.join(diffs)} differ)")
-    results = _read_results(Path(results_path))
-    decided = repair_jsonl(out)
-    failed = repair_jsonl(runner.errors_path(out))
-    done = decided | failed  # dead-lettered ids count as done
-    write_json_atomic(Runner.manifest_path(out), run_manifest)
-    writer = Appender(out)
-    try:
-        dead = Appender(runner.errors_path(out))
-    except BaseException:
-        writer.close()
-        raise
-    summary = RunSummary(output=str(out))
-    summary.price_in, summary.price_out = price_for(str(manifest["model"]))
-    compilers = [moderator.compiler(g) for g in groups]
-    try:
-        for entry in _index(_index_path(req_path)):
-            item_id = str(entry["id"])
-            summary.input_rows += 1
-            d = digest(item_id)
-            if d in done:
-                summary.resumed_skipped += 1
-                if d not in decided:
-                    summary.previously_dead_lettered += 1
-                continue
-            outcomes: list[GroupOutcome] = []
-            missing = False
-            prompts = [c.compile("x", item_id=item_id) for c in compilers]
-            for gi, prompt in enumerate(prompts):
-                res = results.get(f"{gi}:{item_id}")
-                if res is None:
-                    missing = True
-                    break
-                outcomes.append(_outcome_from_result(moderator, res, prompt, str(manifest["model"])))
-            line = int(entry.get("line", 0))
-            if missing:
-                dead.write({"id": item_id, "line": line, "error_type": "MissingResult", "message": "no result for this item in the batch output", "retryable": True})
-                summary.dead_lettered += 1
-                continue
-            if entry.get("truncated"):
-                prompts = [
-                    dataclasses.replace(p, item_tokens=int(entry["item_tokens"]), kept_tokens=moderator.settings.max_item_tokens, truncated=True)
-                    for p in prompts
-                ]
-            v = moderator.build_verdict(Item("x", item_id), groups, prompts, outcomes, 0.0)
-            summary.add(v)
-            if v.status == "ok":
-                writer.write(v.model_dump_json())
-            else:
-                dead.write(
-                    {
-                        "id": item_id,
-                        "line": line,
-                        "error_type": v.error.type if v.error else "ModelOutputError",
-                        "message": v.error.message if v.error else "invalid output",
-                        "raw_output": v.error.raw_output if v.error else None,
-                        "attempts": v.attempts,
-                        "retryable": True,
-                    }
-                )
-                summary.dead_lettered += 1
-    finally:
-        writer.close()
-        dead.close()
-    return summary
+    with OutputLock(out):  # no other run or import writes it meanwhile
+        written = any(p.exists() and p.stat().st_size > 0 for p in (out, runner.errors_path(out)))
+        old = read_manifest(Runner.manifest_path(out), out)
+        if written and old is None:
+            raise ConfigError(f"{out} exists but was not written by cotmod (no {Runner.manifest_path(out).name}); choose another output")
+        if written and old is not None:
+            diffs = [k for k in run_manifest if old.get(k) != run_manifest[k]]
+            if diffs:
+                raise ConfigError(f"{out} holds verdicts from a different configuration ({', '.join(diffs)} differ)")
+        results = _read_results(Path(results_path))
+        decided = repair_jsonl(out, unique=True)
+        failed = repair_jsonl(runner.errors_path(out))
+        done = decided | failed  # dead-lettered ids count as done
+        write_json_atomic(Runner.manifest_path(out), run_manifest)
+        writer = Appender(out)
+        try:
+            dead = Appender(runner.errors_path(out))
+        except BaseException:
+            writer.close()
+            raise
+        summary = RunSummary(output=str(out))
+        summary.price_in, summary.price_out = price_for(str(manifest["model"]))
+        compilers = [moderator.compiler(g) for g in groups]
+        try:
+            for entry in _index(_index_path(req_path)):
+                item_id = str(entry["id"])
+                summary.input_rows += 1
+                d = digest(item_id)
+                if d in done:
+                    summary.resumed_skipped += 1
+                    if d not in decided:
+                        summary.previously_dead_lettered += 1
+                    continue
+                outcomes: list[GroupOutcome] = []
+                missing = False
+                prompts = [c.compile("x", item_id=item_id) for c in compilers]
+                for gi, prompt in enumerate(prompts):
+                    res = results.get(f"{gi}:{item_id}")
+                    if res is None:
+                        missing = True
+                        break
+                    outcomes.append(_outcome_from_result(moderator, res, prompt, str(manifest["model"])))
+                line = int(entry.get("line", 0))
+                if missing:
+                    dead.write({"id": item_id, "line": line, "error_type": "MissingResult", "message": "no result for this item in the batch output", "retryable": True})
+                    summary.dead_lettered += 1
+                    continue
+                if entry.get("truncated"):
+                    prompts = [
+                        dataclasses.replace(p, item_tokens=int(entry["item_tokens"]), kept_tokens=moderator.settings.max_item_tokens, truncated=True)
+                        for p in prompts
+                    ]
+                v = moderator.build_verdict(Item("x", item_id), groups, prompts, outcomes, 0.0)
+                summary.add(v)
+                if v.status == "ok":
+                    writer.write(v.model_dump_json())
+                else:
+                    dead.write(
+                        {
+                            "id": item_id,
+                            "line": line,
+                            "error_type": v.error.type if v.error else "ModelOutputError",
+                            "message": v.error.message if v.error else "invalid output",
+                            "raw_output": v.error.raw_output if v.error else None,
+                            "attempts": v.attempts,
+                            "retryable": True,
+                        }
+                    )
+                    summary.dead_lettered += 1
+        finally:
+            writer.close()
+            dead.close()
+        return summary
 
 
 def _outcome_from_result(moderator: AsyncModerator, res: dict[str, Any], prompt: CompiledPrompt, model: str) -> GroupOutcome:

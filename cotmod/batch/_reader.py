@@ -13,6 +13,10 @@ Two levels:
   that are not UTF-8, a lone surrogate such as ``"\\ud800"``, a missing or empty text) becomes a
   ``Row`` with ``problem`` set, so the batch runner can dead-letter it and go on.
 
+CSV is read strictly: a malformed quote (``"abc"def``) is an unreadable row, and a quote never
+closed is reported on the line it opens on (the lines after it are read as rows of their own,
+never merged into it).
+
 Id rule: a row without an id gets ``line-N`` (its 1-based line or row number).
 """
 
@@ -138,38 +142,87 @@ def _jsonl_records(p: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | 
             yield n, obj, None
 
 
+class _LineFeed:
+    """The lines of a text file for ``csv.reader``, numbered, keeping the lines of the record being
+    read so that they can be fed again (after an unterminated quote)."""
+
+    def __init__(self, f: IO[str]) -> None:
+        self._f = f
+        self.n = 0  # the number of the last line handed out
+        self.record: list[tuple[int, str]] = []
+        self._again: list[tuple[int, str]] = []  # lines to hand out again, in reverse order
+
+    def __iter__(self) -> _LineFeed:
+        return self
+
+    def __next__(self) -> str:
+        if self._again:
+            self.n, line = self._again.pop()
+        else:
+            line = next(self._f)
+            self.n += 1
+        self.record.append((self.n, line))
+        return line
+
+    def feed_again(self, lines: list[tuple[int, str]]) -> None:
+        self._again.extend(reversed(lines))
+
+
 def _csv_records(p: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     # bytes that are not UTF-8 are decoded as lone surrogates (surrogateescape) and reported
-    # per row, so one bad byte costs that row only
+    # per row, so one bad byte costs that row only. The reader is strict: a malformed quote is a
+    # bad row, never guessed at; a quote left open runs to the end of the file, so that row is
+    # reported (with the line it opens on) and the lines after it are read again as rows.
     with open_binary(p) as fb, io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        reader = csv.DictReader(f)
+        feed = _LineFeed(f)
+        reader = csv.reader(feed, strict=True)
         try:
-            header = reader.fieldnames or []
+            header = next(reader, [])
         except csv.Error as exc:
             raise InputError(f"{p}:1: unreadable CSV header: {exc}") from None
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise InputError(f"{p}:1: cannot read the file ({exc})") from None
         if any(_bad_text(h) for h in header):
             raise InputError(f"{p}:1: the header is not valid UTF-8")
         while True:
+            feed.record = []
+            start = feed.n + 1
             try:
-                rec = next(reader)
+                row = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                yield reader.line_num, None, f"unreadable CSV row: {exc}"
+                lines = feed.record
+                if str(exc) == "unexpected end of data" and lines and lines[0][0] == start:
+                    # the quoted field opened on line `start` is never closed
+                    first = next(csv.reader([lines[0][1]]), [])
+                    yield start, dict(zip(header, first, strict=False)), (
+                        'unterminated quote: the quoted field that opens on this line is never closed (close it; '
+                        'a quote inside a quoted field is written "")'
+                    )
+                    feed.feed_again(lines[1:])
+                    reader = csv.reader(feed, strict=True)
+                    continue
+                yield feed.n, None, f"unreadable CSV row: {exc}"
                 continue
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
-                raise InputError(f"{p}:{reader.line_num + 1}: cannot read the file ({exc})") from None
-            n = reader.line_num
-            if None in rec:
-                yield n, {k: v for k, v in rec.items() if k is not None}, "row has more fields than the header"
+                raise InputError(f"{p}:{feed.n + 1}: cannot read the file ({exc})") from None
+            n = feed.n
+            if not row:
                 continue
+            rec: dict[Any, Any] = dict(zip(header, row, strict=False))
+            if len(row) > len(header):
+                yield n, rec, "row has more fields than the header"
+                continue
+            for k in header[len(row):]:
+                rec.setdefault(k, None)
             if all(v in (None, "") for v in rec.values()):
                 continue
             bad = next((k for k, v in rec.items() if isinstance(v, str) and _bad_text(v)), None)
             if bad is not None:
-                yield n, dict(rec), f"column {bad!r} is not valid UTF-8"
+                yield n, rec, f"column {bad!r} is not valid UTF-8"
                 continue
-            yield n, dict(rec), None
+            yield n, rec, None
 
 
 def _text_records(p: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
@@ -337,7 +390,7 @@ def read_items(
 def _csv_header(p: Path) -> list[str]:
     with open_binary(p) as fb, io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         try:
-            header = next(csv.reader(f), [])
+            header = next(csv.reader(f, strict=True), [])
         except csv.Error as exc:
             raise InputError(f"{p}:1: unreadable CSV header: {exc}") from None
         except (OSError, EOFError, gzip.BadGzipFile) as exc:

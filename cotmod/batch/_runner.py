@@ -15,7 +15,8 @@ Guarantees
   is not valid Unicode (a lone surrogate), duplicate ids, empty texts, invalid model output and
   transport failures of single items go to ``<output>.errors.jsonl`` with the error type,
   message, raw output and attempts, and the run goes on; ``retry_errors`` reprocesses exactly
-  those. Only failures that would hit every item (authentication, an unreachable endpoint, an
+  those (a bad row is read again from the input, so a row fixed since then is decided; a
+  duplicate id is not redone). Only failures that would hit every item (authentication, an unreachable endpoint, an
   open circuit breaker, a missing local model) stop the run; everything written is kept.
 * **No mixed verdicts**: ``<output>.manifest.json`` records the policies, prompt fingerprint,
   model and sampling; a run whose configuration differs refuses to append to that output (also
@@ -62,6 +63,7 @@ from ._reader import Row, _bad_text, count_rows, detect_format, read_items, row_
 from ._store import (
     Appender,
     IdSet,
+    OutputLock,
     digest,
     errors_path,
     manifest_path,
@@ -125,7 +127,9 @@ class RunSummary:
     dead-lettered by this run (``dead_lettered``: bad rows, error verdicts, transport failures,
     and duplicate ids, which are counted there but not as undecided since their id has a verdict:
     ``duplicate_ids``) plus those dead-lettered by an earlier run and not retried
-    (``previously_dead_lettered``). ``cotmod run`` exits 1 when it is not 0.
+    (``previously_dead_lettered``) plus, for a file input, the items a ``limit`` left unread
+    (``not_run``: a rerun resumes them; an iterable source is not read past the limit, so its
+    items left are not counted). ``cotmod run`` exits 1 when it is not 0.
     """
 
     output: str
@@ -136,6 +140,7 @@ class RunSummary:
     dead_lettered: int = 0
     duplicate_ids: int = 0
     previously_dead_lettered: int = 0
+    not_run: int = 0
     cache_hits: int = 0
     model_calls: int = 0
     transport_retries: int = 0
@@ -155,7 +160,7 @@ class RunSummary:
 
     @property
     def undecided(self) -> int:
-        return self.dead_lettered - self.duplicate_ids + self.previously_dead_lettered
+        return self.dead_lettered - self.duplicate_ids + self.previously_dead_lettered + self.not_run
 
     @property
     def cost_usd(self) -> float | None:
@@ -211,6 +216,7 @@ class RunSummary:
             "dead_lettered": self.dead_lettered,
             "duplicate_ids": self.duplicate_ids,
             "previously_dead_lettered": self.previously_dead_lettered,
+            "not_run": self.not_run,
             "undecided": self.undecided,
             "cache_hits": self.cache_hits,
             "model_calls": self.model_calls,
@@ -420,206 +426,219 @@ class Runner:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise os_error(out.parent, exc, "create the output directory") from None
-        mod = self.moderator
-        if policies:
-            mod.policies.select(policies)
-        manifest = self.manifest(policies)
-        self._check_manifest(out, manifest, overwrite)
-        errors_file = self.errors_path(out)
+        with OutputLock(out):  # a second run on this output refuses to start
+            mod = self.moderator
+            if policies:
+                mod.policies.select(policies)
+            manifest = self.manifest(policies)
+            self._check_manifest(out, manifest, overwrite)
+            errors_file = self.errors_path(out)
 
-        done = repair_jsonl(out)
-        dead_letters = read_dead_letters(errors_file)
-        retry_ids = IdSet()
-        failed_before = IdSet()  # dead-lettered earlier, still without a verdict, not retried now
-        kept_errors: list[str] = []
-        for entry in dead_letters:
-            d = digest(entry.id)
-            if d in done:
-                # the id has a verdict (a repeated id, or a failure decided later): nothing to
-                # retry, but the record stays (a resume never deletes what was written)
-                kept_errors.append(entry.raw)
-                continue
-            if retry_errors and entry.retryable:
-                retry_ids.add(d)
-            else:
-                kept_errors.append(entry.raw)
-                failed_before.add(d)
-                if not retry_errors:
-                    done.add(d)
-        self._write_manifest(out, manifest)
-        if retry_errors and len(dead_letters) != len(kept_errors):
-            # rewrite the dead-letter file with only what is not being retried
-            tmp = errors_file.with_name(errors_file.name + ".tmp")
-            try:
-                tmp.write_text("".join(line + "\n" for line in kept_errors), encoding="utf-8")
-                os.replace(tmp, errors_file)
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                raise os_error(errors_file, exc) from None
-        summary = RunSummary(output=str(out))
-        if retry_errors and not retry_ids:
-            summary.previously_dead_lettered = len(failed_before)
-            return summary
-
-        summary.price_in, summary.price_out = (
-            (self.price_in, self.price_out) if self.price_in is not None and self.price_out is not None else price_for(mod.model_name)
-        )
-        total = count_rows(inp, fmt) if inp is not None else None
-        where = str(inp) if inp is not None else "<items>"
-        writer = Appender(out)
-        try:
-            dead = Appender(errors_file)
-        except BaseException:
-            writer.close()
-            raise
-        seen = IdSet()
-        queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=self.concurrency * 4)
-        fatal: list[BaseException] = []
-        start = time.perf_counter()
-        workers_n = self.concurrency
-
-        def dead_letter(row: Row, etype: str, message: str, *, raw: str | None = None, attempts: int = 0, retryable: bool = True) -> None:
-            dead.write(
-                {
-                    "id": row.id,
-                    "line": row.line,
-                    "error_type": etype,
-                    "message": message,
-                    "raw_output": raw,
-                    "attempts": attempts,
-                    "retryable": retryable,
-                    "input": where,
-                    "at": datetime.now(timezone.utc).isoformat(),
-                }
-            )
-            summary.dead_lettered += 1
-            if etype == "DuplicateId":
-                summary.duplicate_ids += 1
-
-        def progress() -> None:
-            summary.elapsed_s = time.perf_counter() - start
-            summary.throttled = limited.throttles
-            if on_progress is not None:
-                on_progress(summary, total)
-
-        async def produce() -> None:
-            count = 0
-            try:
-                async for row in _iter_rows(
-                    source, id_field=id_field, text_field=text_field, fmt=fmt, policies_field=policies_field,
-                    metadata_fields=score_fields(mod.cascade) if mod.cascade else (),
-                ):
-                    if fatal:
-                        break
-                    summary.input_rows += 1
-                    d = digest(row.id)
-                    if retry_errors:
-                        if d not in retry_ids or d in seen:
-                            if d in failed_before and d not in seen:
-                                summary.previously_dead_lettered += 1
-                            seen.add(d)
-                            continue
-                    elif d in done:
-                        # already decided or dead-lettered (a repeated id was dead-lettered then)
-                        if d not in seen:
-                            summary.resumed_skipped += 1
-                            if d in failed_before:
-                                summary.previously_dead_lettered += 1
-                            seen.add(d)
-                        continue
-                    if d in seen:
-                        dead_letter(row, "DuplicateId", f"line {row.line}: duplicate id {row.id!r} (the first occurrence wins)", retryable=False)
-                        progress()
-                        continue
-                    seen.add(d)
-                    if row.problem is not None:
-                        dead_letter(row, "BadRow", f"{where}:{row.line}: {row.problem}", retryable=False)
-                        progress()
-                        continue
-                    await queue.put(row)
-                    count += 1
-                    if limit is not None and count >= limit:
-                        break
-            except Exception as exc:  # an unreadable input file (not a row): stop, keep what was written
-                fatal.append(exc)
-            # not in a finally: a cancelled run must not wait here for workers that are gone
-            for _ in range(workers_n):
-                await queue.put(None)
-
-        async def moderate_row(row: Row) -> Verdict:
-            assert row.text is not None
-            item = Item(row.text, row.id, row.metadata)
-            for requeue in range(RATE_LIMIT_REQUEUES + 1):
-                try:
-                    return await mod.moderate(item, row.policies or policies)
-                except RateLimitedError:
-                    # the server keeps saying 429: back off (the limiter has already cut
-                    # concurrency) and try the item again before giving up on it
-                    if requeue == RATE_LIMIT_REQUEUES:
-                        raise
-                    await asyncio.sleep(min(30.0, 0.5 * 2**requeue) * (1 + random.random()))
-            raise AssertionError("unreachable")
-
-        async def work() -> None:
-            while True:
-                row = await queue.get()
-                if row is None:
-                    return
-                if fatal:
+            done = repair_jsonl(out, unique=True)
+            dead_letters = read_dead_letters(errors_file)
+            retry_ids = IdSet()
+            failed_before = IdSet()  # dead-lettered earlier, still without a verdict, not retried now
+            kept_errors: list[str] = []
+            for entry in dead_letters:
+                d = digest(entry.id)
+                if d in done:
+                    # the id has a verdict (a repeated id, or a failure decided later): nothing to
+                    # retry, but the record stays (a resume never deletes what was written)
+                    kept_errors.append(entry.raw)
                     continue
+                if retry_errors and (entry.retryable or entry.input_error):
+                    # a bad input row is read again: the user may have fixed it since
+                    retry_ids.add(d)
+                else:
+                    kept_errors.append(entry.raw)
+                    failed_before.add(d)
+                    if not retry_errors:
+                        done.add(d)
+            self._write_manifest(out, manifest)
+            if retry_errors and len(dead_letters) != len(kept_errors):
+                # rewrite the dead-letter file with only what is not being retried
+                tmp = errors_file.with_name(errors_file.name + ".tmp")
                 try:
-                    await handle(row)
-                except Exception as exc:  # e.g. the disk is full: stop, keep what was written
-                    fatal.append(exc)
+                    tmp.write_text("".join(line + "\n" for line in kept_errors), encoding="utf-8")
+                    os.replace(tmp, errors_file)
+                except OSError as exc:
+                    tmp.unlink(missing_ok=True)
+                    raise os_error(errors_file, exc) from None
+            summary = RunSummary(output=str(out))
 
-        async def handle(row: Row) -> None:
-            """Moderate one row into a verdict or a dead letter; raises only what stops the run."""
+            summary.price_in, summary.price_out = (
+                (self.price_in, self.price_out) if self.price_in is not None and self.price_out is not None else price_for(mod.model_name)
+            )
+            total = count_rows(inp, fmt) if inp is not None else None
+            where = str(inp) if inp is not None else "<items>"
+            writer = Appender(out)
             try:
-                v = await moderate_row(row)
-            except TransportError as exc:
-                if is_fatal(exc):
-                    fatal.append(exc)
-                    return
-                # one item's failure after the transport's retries (5xx, an HTML or cut-off
-                # body, a timeout): dead-letter it (retryable) and go on
-                dead_letter(row, type(exc).__name__, str(exc), attempts=exc.attempts)
-                summary.errors += 1
-                summary.error_types[type(exc).__name__] += 1
-                progress()
-                return
-            except InputError as exc:
-                dead_letter(row, "InputError", str(exc), retryable=False)
-                progress()
-                return
-            summary.add(v)
-            if v.status == "ok":
-                writer.write(v.model_dump_json())
-            else:
-                dead_letter(
-                    row,
-                    v.error.type if v.error else "ModelOutputError",
-                    v.error.message if v.error else "invalid output",
-                    raw=v.error.raw_output if v.error else None,
-                    attempts=v.attempts,
-                )
-            progress()
+                dead = Appender(errors_file)
+            except BaseException:
+                writer.close()
+                raise
+            seen = IdSet()
+            queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=self.concurrency * 4)
+            fatal: list[BaseException] = []
+            start = time.perf_counter()
+            workers_n = self.concurrency
 
-        try:
-            async with mod.wrapped_backend(
-                lambda b: LimitedBackend(b, concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm)
-            ) as limited:
-                # the adaptive limiter bounds requests in flight; the engine's own bound must not be lower
-                old_concurrency = mod.concurrency
-                mod.concurrency = self.concurrency * max(1, len(mod.policy_groups(policies)))
+            def dead_letter(row: Row, etype: str, message: str, *, raw: str | None = None, attempts: int = 0, retryable: bool = True) -> None:
+                dead.write(
+                    {
+                        "id": row.id,
+                        "line": row.line,
+                        "error_type": etype,
+                        "message": message,
+                        "raw_output": raw,
+                        "attempts": attempts,
+                        "retryable": retryable,
+                        "input": where,
+                        "at": datetime.now(timezone.utc).isoformat(),
+                    }
+                )
+                summary.dead_lettered += 1
+                if etype == "DuplicateId":
+                    summary.duplicate_ids += 1
+
+            def progress() -> None:
+                summary.elapsed_s = time.perf_counter() - start
+                summary.throttled = limited.throttles
+                if on_progress is not None:
+                    on_progress(summary, total)
+
+            async def produce() -> None:
+                count = 0
+                limited = False  # the limit is reached: the rest of a file is only counted (not_run)
                 try:
-                    await asyncio.gather(produce(), *(work() for _ in range(workers_n)))
-                finally:
-                    mod.concurrency = old_concurrency
-                    summary.throttled = limited.throttles
-        finally:
-            writer.close()
-            dead.close()
-            summary.elapsed_s = time.perf_counter() - start
-        if fatal:
-            raise fatal[0]
-        return summary
+                    async for row in _iter_rows(
+                        source, id_field=id_field, text_field=text_field, fmt=fmt, policies_field=policies_field,
+                        metadata_fields=score_fields(mod.cascade) if mod.cascade else (),
+                    ):
+                        if fatal:
+                            break
+                        summary.input_rows += 1
+                        d = digest(row.id)
+                        if retry_errors:
+                            # redo the dead letters being retried, and rows that have neither a verdict nor a
+                            # dead letter (e.g. a bad row fixed under another id, or a row added to the input)
+                            kept = d in failed_before and d not in retry_ids
+                            if d in done or kept or (d in seen and d in failed_before):
+                                if d not in seen:
+                                    if d in done:
+                                        summary.resumed_skipped += 1
+                                    else:
+                                        summary.previously_dead_lettered += 1
+                                    seen.add(d)
+                                continue
+                        elif d in done:
+                            # already decided or dead-lettered (a repeated id was dead-lettered then)
+                            if d not in seen:
+                                summary.resumed_skipped += 1
+                                if d in failed_before:
+                                    summary.previously_dead_lettered += 1
+                                seen.add(d)
+                            continue
+                        if limited:
+                            if d not in seen:
+                                seen.add(d)
+                                summary.not_run += 1
+                            continue
+                        if d in seen:
+                            dead_letter(row, "DuplicateId", f"line {row.line}: duplicate id {row.id!r} (the first occurrence wins)", retryable=False)
+                            progress()
+                            continue
+                        seen.add(d)
+                        if row.problem is not None:
+                            dead_letter(row, "BadRow", f"{where}:{row.line}: {row.problem}", retryable=False)
+                            progress()
+                            continue
+                        await queue.put(row)
+                        count += 1
+                        if limit is not None and count >= limit:
+                            if inp is None:
+                                break  # an iterable may be endless, or consumed by reading it
+                            limited = True
+                except Exception as exc:  # an unreadable input file (not a row): stop, keep what was written
+                    fatal.append(exc)
+                # not in a finally: a cancelled run must not wait here for workers that are gone
+                for _ in range(workers_n):
+                    await queue.put(None)
+
+            async def moderate_row(row: Row) -> Verdict:
+                assert row.text is not None
+                item = Item(row.text, row.id, row.metadata)
+                for requeue in range(RATE_LIMIT_REQUEUES + 1):
+                    try:
+                        return await mod.moderate(item, row.policies or policies)
+                    except RateLimitedError:
+                        # the server keeps saying 429: back off (the limiter has already cut
+                        # concurrency) and try the item again before giving up on it
+                        if requeue == RATE_LIMIT_REQUEUES:
+                            raise
+                        await asyncio.sleep(min(30.0, 0.5 * 2**requeue) * (1 + random.random()))
+                raise AssertionError("unreachable")
+
+            async def work() -> None:
+                while True:
+                    row = await queue.get()
+                    if row is None:
+                        return
+                    if fatal:
+                        continue
+                    try:
+                        await handle(row)
+                    except Exception as exc:  # e.g. the disk is full: stop, keep what was written
+                        fatal.append(exc)
+
+            async def handle(row: Row) -> None:
+                """Moderate one row into a verdict or a dead letter; raises only what stops the run."""
+                try:
+                    v = await moderate_row(row)
+                except TransportError as exc:
+                    if is_fatal(exc):
+                        fatal.append(exc)
+                        return
+                    # one item's failure after the transport's retries (5xx, an HTML or cut-off
+                    # body, a timeout): dead-letter it (retryable) and go on
+                    dead_letter(row, type(exc).__name__, str(exc), attempts=exc.attempts)
+                    summary.errors += 1
+                    summary.error_types[type(exc).__name__] += 1
+                    progress()
+                    return
+                except InputError as exc:
+                    dead_letter(row, "InputError", str(exc), retryable=False)
+                    progress()
+                    return
+                summary.add(v)
+                if v.status == "ok":
+                    writer.write(v.model_dump_json())
+                else:
+                    dead_letter(
+                        row,
+                        v.error.type if v.error else "ModelOutputError",
+                        v.error.message if v.error else "invalid output",
+                        raw=v.error.raw_output if v.error else None,
+                        attempts=v.attempts,
+                    )
+                progress()
+
+            try:
+                async with mod.wrapped_backend(
+                    lambda b: LimitedBackend(b, concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm)
+                ) as limited:
+                    # the adaptive limiter bounds requests in flight; the engine's own bound must not be lower
+                    old_concurrency = mod.concurrency
+                    mod.concurrency = self.concurrency * max(1, len(mod.policy_groups(policies)))
+                    try:
+                        await asyncio.gather(produce(), *(work() for _ in range(workers_n)))
+                    finally:
+                        mod.concurrency = old_concurrency
+                        summary.throttled = limited.throttles
+            finally:
+                writer.close()
+                dead.close()
+                summary.elapsed_s = time.perf_counter() - start
+            if fatal:
+                raise fatal[0]
+            return summary

@@ -5,9 +5,13 @@
   that got no verdict, with their line, error type, message, raw output and attempts.
 * ``<output>.manifest.json`` records the configuration (policies, prompt fingerprint, model,
   sampling) that wrote them.
+* ``<output>.lock`` exists while a run writes the output: an OS advisory lock (``flock``) on it
+  makes a second run on the same output refuse to start; the OS releases it when the process
+  ends, however it ends.
 
 Nothing written is ever deleted by a resume: only a torn *final* line (no trailing newline, from a
-kill during a write) is repaired. Any other unreadable line stops with ``FILE:LINE: ...``.
+kill during a write) is repaired. Any other unreadable line, or a second verdict for an id, stops
+with ``FILE:LINE: ...``.
 Everything written is valid UTF-8.
 """
 
@@ -29,6 +33,7 @@ __all__ = [
     "Appender",
     "DeadLetter",
     "IdSet",
+    "OutputLock",
     "errors_path",
     "manifest_path",
     "read_dead_letters",
@@ -215,13 +220,94 @@ def scan_jsonl(path: Path, id_keys: tuple[str, ...], *, hint: str = _DAMAGED_HIN
         raise os_error(path, exc, "repair") from None
 
 
-def repair_jsonl(path: Path) -> IdSet:
+def repair_jsonl(path: Path, *, unique: bool = False) -> IdSet:
     """Repair a torn final line and return digests of the ids present (``item_id`` of a verdict,
-    or ``id`` of a dead letter). Raises InputError ``FILE:LINE: ...`` on any other bad line."""
+    or ``id`` of a dead letter). Raises InputError ``FILE:LINE: ...`` on any other bad line, and,
+    with ``unique`` (a verdict file), on a second line for an id: nothing is deleted."""
     ids = IdSet()
-    for _, obj, _ in scan_jsonl(path, ("item_id", "id")):
-        ids.add(digest(str(obj.get("item_id", obj.get("id")))))
+    dup: tuple[int, str] | None = None
+    n_dups = 0
+    for n, obj, _ in scan_jsonl(path, ("item_id", "id")):
+        rid = str(obj.get("item_id", obj.get("id")))
+        d = digest(rid)
+        if unique and d in ids:
+            n_dups += 1
+            dup = dup or (n, rid)
+        ids.add(d)
+    if dup is not None:
+        line, rid = dup
+        first = next(n for n, obj, _ in scan_jsonl(path, ("item_id", "id")) if str(obj.get("item_id", obj.get("id"))) == rid)
+        raise InputError(
+            f"{path}:{line}: a second verdict for id {rid!r} (the first is on line {first}; {n_dups} such line(s) in all), "
+            "e.g. written by two runs at once or by an older cotmod; nothing was deleted. Remove the later line for each "
+            "repeated id (keep the first) and rerun, or pass --overwrite to start over"
+        )
     return ids
+
+
+class OutputLock:
+    """An exclusive OS advisory lock (``flock``) on ``<output>.lock`` for as long as a run writes
+    ``output``: a second run on the same output refuses to start (ConfigError naming the pid that
+    holds it). The OS releases it when the process ends (also on ``kill -9``); a clean release
+    removes the lock file. Where ``fcntl`` is missing (Windows) it does nothing."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.path = output.with_name(output.name + ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise os_error(self.path, exc, "create") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = ""
+                with contextlib.suppress(OSError, ValueError):
+                    pid = int(os.pread(fd, 32, 0).decode("ascii").strip() or "x")
+                    holder = f" (pid {pid})"
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise ConfigError(
+                        f"another cotmod run{holder} is writing {self.output}; wait for it to end, or write to another --output"
+                    ) from None
+                raise os_error(self.path, exc, "lock") from None
+            # the holder before us may have removed the file between our open and our lock: lock
+            # the file that is at the path now
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except OSError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()  # while still locked, so no one locks a file about to vanish
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 @dataclass(frozen=True)
@@ -232,12 +318,23 @@ class DeadLetter:
     id: str
     retryable: bool
     raw: str
+    error_type: str = ""
+
+    @property
+    def input_error(self) -> bool:
+        """The input row itself was unusable (a bad row, a text the model cannot take): retrying
+        the same row cannot help, but once the user fixes the row in the input a retry decides it."""
+        return self.error_type in INPUT_ERROR_TYPES
+
+
+#: dead-letter error types that name a problem of the input row (re-read by ``--retry-errors``)
+INPUT_ERROR_TYPES = frozenset({"BadRow", "InputError"})
 
 
 def read_dead_letters(path: Path) -> list[DeadLetter]:
     """The dead letters of an errors file (a torn final line repaired, as for verdicts)."""
     return [
-        DeadLetter(n, str(obj["id"]), bool(obj.get("retryable", True)), raw.decode("utf-8"))
+        DeadLetter(n, str(obj["id"]), bool(obj.get("retryable", True)), raw.decode("utf-8"), str(obj.get("error_type") or ""))
         for n, obj, raw in scan_jsonl(path, ("id",))
     ]
 

@@ -1,9 +1,9 @@
 """Moderating: ``cotmod moderate`` (a text or a file) and ``cotmod run`` (a batch, resumable).
 
 Exit codes: 0 every item decided; 1 some item got an error verdict or was dead-lettered (``run``
-also counts items dead-lettered by an earlier run and not retried); 2 a usage, configuration or
-input mistake; 3 a runtime failure stopped the command (verdicts written so far are kept); 130
-interrupted.
+also counts items dead-lettered by an earlier run and not retried, and items ``--limit`` left);
+2 a usage, configuration or input mistake; 3 a runtime failure stopped the command (verdicts
+written so far are kept); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def _make_moderator(settings: Any, cache: Any = None) -> Any:
 
 
 def _file_items(path: str, fmt: str | None, metadata_fields: list[str] | None = None) -> list[Any]:
-    """The items of ``--file`` through the batch reader; a bad row is one clear error.
-    ``metadata_fields``: fields kept as item metadata (a cascade's classifier scores)."""
+    """The items of ``--file`` through the batch reader; a bad row, or a repeated id (which ``run``
+    dead-letters), is one clear error. ``metadata_fields``: fields kept as item metadata (a
+    cascade's classifier scores)."""
     from ..batch._reader import detect_format, read_items
     from ..engine._moderator import Item
 
@@ -46,7 +47,13 @@ def _file_items(path: str, fmt: str | None, metadata_fields: list[str] | None = 
     except UserError:
         kind = "text"  # moderate --file takes any text file, one item per line
     items = []
+    first_line: dict[str, int] = {}
     for row in read_items(path, fmt=kind, metadata_fields=metadata_fields or ()):
+        if row.id in first_line:
+            raise InputError(
+                f"{path}:{row.line}: duplicate id {row.id!r} (first on line {first_line[row.id]}); each item needs its own id"
+            )
+        first_line[row.id] = row.line
         if row.problem is not None or row.text is None:
             raise InputError(f"{path}:{row.line}: {row.problem}")
         items.append(Item(row.text, row.id, row.metadata))
@@ -82,7 +89,7 @@ def moderate(text: str | None, file_: str | None, fmt: str | None, as_json: bool
     Examples:
       cotmod moderate "How do I kill a Python process?"
       cotmod moderate -p hate_speech -p violent_threats --json "some post"
-      cotmod moderate --file examples/posts.jsonl
+      cotmod moderate --file docs/examples/posts.jsonl
     """
     import asyncio
     import contextlib
@@ -187,8 +194,10 @@ def run(
     items are served from the result cache without a model call.
 
     Exits 0 when every item has a verdict, 1 when some have none (dead-lettered, now or by an
-    earlier run), 3 when a failure that hits every item (authentication, unreachable endpoint,
-    open circuit breaker) stopped the run; verdicts written so far are kept either way.
+    earlier run, or not run yet because --limit stopped the run: rerun to continue), 3 when a
+    failure that hits every item (authentication, unreachable endpoint, open circuit breaker)
+    stopped the run; verdicts written so far are kept either way. A second run on the same
+    OUTPUT refuses to start while one is writing it.
 
     \b
     Examples:
@@ -223,9 +232,13 @@ def run(
         lambda on_progress: runner.run(input_path, output, on_progress=on_progress, **kwargs),
         moderator=mod, cache=cache, show=show, written_to=output, as_json=as_json,
     )
-    _finish_run(
-        summary,
-        as_json,
-        f"{_plural(summary.undecided, 'item')} without a verdict (see {runner.errors_path(Path(output))}; "
-        "--retry-errors redoes the retryable ones)",
-    )
+    notes = []
+    failed = summary.undecided - summary.not_run
+    if failed:
+        notes.append(
+            f"{_plural(failed, 'item')} without a verdict (see {runner.errors_path(Path(output))}; --retry-errors "
+            f"redoes them, reading bad rows from {input_path} again: fix those first)"
+        )
+    if summary.not_run:
+        notes.append(f"{_plural(summary.not_run, 'input item')} not run yet (--limit left them; rerun to resume)")
+    _finish_run(summary, as_json, "; ".join(notes))
