@@ -344,6 +344,13 @@ class Runner:
     def _has_content(path: Path) -> bool:
         return path.exists() and path.stat().st_size > 0
 
+    def check_resumable(self, output: str | Path, policies: list[str] | None = None) -> None:
+        """Raise :class:`ConfigError` when ``output`` holds verdicts this runner may not append
+        to (written by another configuration, or not by cotmod); reads only. What :meth:`run`
+        checks first, for callers that write files of their own beside the output before the run
+        (``cotmod eval``): a refused run then leaves them untouched."""
+        self._check_manifest(Path(output), self.manifest(policies), overwrite=False)
+
     def _check_manifest(self, output: Path, manifest: dict[str, Any], overwrite: bool) -> None:
         """Refuse to append to an output written with another configuration (checked whenever the
         output or its errors file holds anything), then record this run's configuration."""

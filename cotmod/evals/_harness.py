@@ -136,7 +136,7 @@ def run_eval(
     if not overwrite:
         # the run store's refusal (verdicts of another configuration), checked before
         # items.jsonl and manifest.json are rewritten: a refused eval leaves the run as it was
-        runner._check_manifest(vpath, runner.manifest(mapping.policies), overwrite=False)
+        runner.check_resumable(vpath, mapping.policies)
     out.mkdir(parents=True, exist_ok=True)
     items = out / "items.jsonl"
     lines: list[str] = []
