@@ -191,6 +191,32 @@ def test_one_class_label_is_warned_by_eval_and_gets_no_threshold_from_tune(tmp_p
     assert not ev.reachable and ev.note.startswith("no positive items among the 3 decided")
 
 
+def test_eval_sample_draws_a_seeded_sample_of_both_classes_from_a_sorted_file(tmp_path: Path) -> None:
+    """``--sample N --seed S``: a seeded random sample of the eligible items (kept in file order,
+    recorded in the manifest), the way out of ``--limit``'s trap on a file sorted by label; the
+    same seed draws the same items, another seed others."""
+    rows = [(f"VIOLATE h{i}", 1) for i in range(10)] + [(f"calm b{i}", 0) for i in range(10)]
+    g, m = make_golden(tmp_path, rows)
+
+    def sent(run: Path) -> list[str]:
+        return [json.loads(x)["id"] for x in (run / "items.jsonl").read_text().splitlines()]
+
+    with FakeOpenAIServer() as srv:
+        runs = {}
+        for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+            r = CliRunner().invoke(cli, ["eval", str(g), "-M", str(m), "-o", str(tmp_path / name), "--sample", "8", "--seed", str(seed),
+                                         "--base-url", srv.base_url, "--model", "m"])
+            assert r.exit_code == 0, r.output
+            runs[name] = sent(tmp_path / name)
+    assert len(runs["a"]) == 8 and runs["a"] == runs["b"] and runs["a"] != runs["c"]
+    ids = [json.loads(x)["id"] for x in g.read_text().splitlines()]
+    assert runs["a"] == sorted(runs["a"], key=ids.index)  # file order kept
+    texts = {json.loads(x)["id"]: json.loads(x)["text"] for x in g.read_text().splitlines()}
+    assert {texts[i].startswith("VIOLATE") for i in runs["a"]} == {True, False}  # both classes (seed 7)
+    assert "has no negative items" not in r.stderr
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["sample"] == {"n": 8, "seed": 7}
+
+
 # -- finding 6: a refused eval -----------------------------------------------------------------
 
 

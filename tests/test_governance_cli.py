@@ -151,3 +151,27 @@ def test_impact_with_error_verdicts_names_them_per_side_and_exits_1(tmp_path: Pa
         assert data["model_calls"][side] == data["golden"]["model_calls"][side] + data["sample"]["model_calls"][side]
     assert data["sample"]["model_calls"]["new"] > 0
     assert data["sample"]["items"] == 2  # the items decided on both sides
+
+
+def test_a_second_impact_into_one_directory_after_another_edit_is_not_refused(tmp_path: Path) -> None:
+    """impact's old/ and new/ runs start over on every call (the cache keeps unchanged decisions
+    free), like its sample runs: a second impact into the same DIR after the policy changed again
+    was refused by the run store ("holds verdicts from a different configuration ... --overwrite",
+    an option impact does not have)."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    for d in (old, new):
+        d.mkdir()
+        for name in ("hate_speech", "spam_scams"):
+            shutil.copy(GUIDELINES / f"{name}.yaml", d)
+    edit(new / "spam_scams.yaml", f"version: {SPAM_V}", f"version: {SPAM_PATCH}")
+    edit(new / "spam_scams.yaml", "seek", "look for")
+    gold = _golden(tmp_path, [("VIOLATE a", 1), ("calm b", 0)])
+    with FakeOpenAIServer(handler=_handler) as srv:
+        args = ["impact", str(old), str(new), "--golden", str(gold), "-o", str(tmp_path / "imp"), "--base-url", srv.base_url, "--model", "m"]
+        first = run(*args)
+        assert first.exit_code == 0, first.output
+        edit(new / "spam_scams.yaml", "look for", "search for")
+        r = run(*args, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["changed_policies"] == ["spam_scams"]
+    assert json.loads((tmp_path / "imp" / "new" / "manifest.json").read_text())["complete"] is True

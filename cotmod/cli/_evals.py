@@ -43,11 +43,13 @@ def _write_reports(result: EvalResult, run_dir: Path, as_json: bool) -> None:
 @click.option("--output", "-o", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory (e.g. runs/NAME); resumable.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1))
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N items with known labels, in file order (no sampling).")
+@click.option("--sample", type=click.IntRange(min=1), help="A seeded random sample of N items with known labels (--seed), kept in file order.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
 @click.option("--thresholds", "thresholds_path", type=click.Path(exists=True, dir_okay=False), help="Score thresholds (cotmod tune) to decide with.")
 @click.option("--overwrite", is_flag=True, help="Start over: discard the run directory's verdicts, dead letters, items, metrics and report first.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
 @_endpoint_options
-def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: int | None, limit: int | None, thresholds_path: str | None, overwrite: bool, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
+def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: int | None, limit: int | None, sample: int | None, seed: int, thresholds_path: str | None, overwrite: bool, as_json: bool, policies: tuple[str, ...], **kw: Any) -> None:
     """Run GOLDEN (JSONL/CSV with expected labels) through the engine and measure it.
 
     Predictions go through the batch runner (cached, resumable) into the run directory with a
@@ -82,9 +84,10 @@ def eval_cmd(golden: str, mapping_path: str | None, run_dir: str, concurrency: i
             from ._progress import RunProgress
 
             with RunProgress() as bar:
-                run_eval(mod, golden, mapping_file, run_dir, policies=policies, limit=limit, on_progress=bar.update, overwrite=overwrite)
+                run_eval(mod, golden, mapping_file, run_dir, policies=policies, limit=limit, on_progress=bar.update, overwrite=overwrite,
+                         sample=sample, seed=seed)
         else:
-            run_eval(mod, golden, mapping_file, run_dir, policies=policies, limit=limit, overwrite=overwrite)
+            run_eval(mod, golden, mapping_file, run_dir, policies=policies, limit=limit, overwrite=overwrite, sample=sample, seed=seed)
     finally:
         cache.close()
     result = _metrics(run_dir, thresholds_path)

@@ -134,7 +134,7 @@ def tune(
         if one_class:
             if y and result.manifest.limit is not None:
                 one_class += (f" (the run took the first {result.manifest.limit} items of the golden set in file order, "
-                              "--limit: a file sorted by label gives one class)")
+                              "--limit: a file sorted by label gives one class; draw a seeded --sample instead)")
             evidence[label] = LabelOperatingPoint(reachable=False, note=one_class, n=len(y))
             continue
         op = _operating_point(

@@ -22,6 +22,7 @@ log-probabilities when the server returns them).
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,8 +95,13 @@ def run_eval(
     limit: int | None = None,
     on_progress: Callable[[RunSummary, int | None], None] | None = None,
     overwrite: bool = False,
+    sample: int | None = None,
+    seed: int = 0,
 ) -> tuple[RunManifest, RunSummary]:
     """Run (or resume) an evaluation; returns (manifest, runner summary).
+
+    ``limit`` takes the first N eligible items in file order; ``sample`` a seeded random sample
+    of N of them (``seed``), kept in file order (both: a sample of the first ``limit``).
 
     ``policies`` evaluates only those policies (``cotmod eval -p``): each label keeps the
     selected ones among its policies, labels decided by none of them are not evaluated, and
@@ -147,6 +153,11 @@ def run_eval(
         lines.append(json.dumps({"id": it.id, "text": it.text, "policies": pols}, ensure_ascii=False) + "\n")
         if limit is not None and len(lines) >= limit:
             break
+    if sample is not None and sample < len(lines):
+        # a seeded simple random sample of the eligible items, kept in golden-set order: the
+        # same seed and golden set give the same items (resume, a second configuration)
+        keep = set(random.Random(seed).sample(range(len(lines)), sample))
+        lines = [line for i, line in enumerate(lines) if i in keep]
     s = moderator.settings
     manifest = {
         **runner.manifest(mapping.policies),
@@ -166,6 +177,7 @@ def run_eval(
             "only_policies": list(dict.fromkeys(policies)) if policies else None,
         },
         "limit": limit,
+        **({"sample": {"n": sample, "seed": seed}} if sample is not None else {}),
     }
     # written first, so an interrupted run can still be reported on (cotmod report) and resumed;
     # restored if the run store refuses this configuration (the run directory then still

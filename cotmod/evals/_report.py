@@ -74,8 +74,8 @@ def one_class_notes(result: EvalResult) -> list[str]:
             what = f"no positive items (all {e.n} decided items are negative): its recall and precision are meaningless"
         limit = result.manifest.limit
         why = (
-            f"; --limit {limit} took the first {limit} items of the golden set in file order (eval has no sampling "
-            "option): a file sorted by label gives a single class, so shuffle the golden set or raise --limit"
+            f"; --limit {limit} took the first {limit} items of the golden set in file order "
+            f": a file sorted by label gives a single class, so draw a seeded sample instead (--sample {limit} --seed S)"
             if limit is not None else ""
         )
         out.append(f"label {label} has {what}, and no score threshold can be tuned on it{why}")

@@ -85,7 +85,9 @@ def impact(
     measured = {}
     for name, bundle in (("old", old), ("new", new)):
         only = [p for p in policies if p in bundle] if policies else None
-        _, summary = run_eval(moderator(bundle), golden, mapping, work / name, limit=limit, policies=only)
+        # each impact starts over in its directory, as the sample runs do (the shared cache makes an
+        # unchanged decision free): a second impact into DIR after another edit is not refused
+        _, summary = run_eval(moderator(bundle), golden, mapping, work / name, limit=limit, policies=only, overwrite=True)
         calls[name] = summary.model_calls
         measured[name] = compute_metrics(work / name)
         write_metrics(measured[name])
