@@ -158,11 +158,14 @@ def test_verdicts_endpoint_render_policies_and_metrics(fake: FakeOpenAIServer, t
         items = [{"id": "a1", "text": "VIOLATE here", "metadata": {"source": "app"}}, {"text": "a calm note"}]
         status, headers, body = _post(srv.base_url + "/v1/verdicts", {"items": items, "policies": ["spam_scams"]}, {"x-request-id": "trace-42"})
         assert status == 200, body
-        assert headers["x-request-id"] == "trace-42" and body["request_id"] == "trace-42"
+        # the request id is the server's own (unique); the client's X-Request-ID and item id are kept beside it
+        rid = body["request_id"]
+        assert headers["x-request-id"] == rid and re.fullmatch(r"req-[0-9a-f]{20}", rid)
         v1, v2 = (Verdict.model_validate(x) for x in body["verdicts"])
-        assert (v1.item_id, v1.violates, v1.action) == ("a1", True, v1.decision("spam_scams").action)
-        assert v1.metadata == {"source": "app", "request_id": "trace-42"}
-        assert v2.item_id == "trace-42-1" and v2.violates is False
+        assert (v1.item_id, v1.violates, v1.action) == (f"{rid}-0", True, v1.decision("spam_scams").action)
+        assert v1.metadata == {"source": "app", "request_id": rid, "client_item_id": "a1", "client_request_id": "trace-42"}
+        assert v2.item_id == f"{rid}-1" and v2.violates is False
+        assert v2.metadata == {"request_id": rid, "client_request_id": "trace-42"}
         status, _, rendered = _post(srv.base_url + "/v1/render", {"text": "hello world", "policies": ["spam_scams"]})
         assert status == 200 and len(rendered["prompts"]) == 1
         prompt = rendered["prompts"][0]
@@ -182,7 +185,7 @@ def test_verdicts_endpoint_render_policies_and_metrics(fake: FakeOpenAIServer, t
     assert prompt_tokens and float(prompt_tokens.group(1)) == v1.usage.prompt_tokens + v2.usage.prompt_tokens > 0
     for name in ("cotmod_serve_request_seconds_bucket", "cotmod_serve_queue_depth", "cotmod_serve_in_flight", "cotmod_serve_cache_hits_total"):
         assert name in metrics
-    assert sorted(Verdict.model_validate_json(x).item_id for x in audit.read_text().splitlines()) == ["a1", "trace-42-1"]
+    assert sorted(Verdict.model_validate_json(x).item_id for x in audit.read_text().splitlines()) == [f"{rid}-0", f"{rid}-1"]
 
 
 BAD: list[tuple[str, str, bytes | dict[str, Any] | list[Any], int, str]] = [

@@ -71,7 +71,7 @@ def test_response_bodies_equal_the_model_dump_rendering(tmp_path: Path) -> None:
     assert len(returned) == len(audit) == 4
     for v in returned:
         assert v == by_id[v["item_id"]] == Verdict.model_validate(v).model_dump(mode="json")
-    assert ver["verdicts"][0]["metadata"] == {**meta, "request_id": ver["request_id"]}
+    assert ver["verdicts"][0]["metadata"] == {**meta, "request_id": ver["request_id"], "client_item_id": "a1"}
     assert [r["flagged"] for r in mod["results"]] == [False, True]
     # the whole bodies: the same JSON as the old construction (JSONResponse over model_dump dicts)
     old_ver = {"request_id": ver["request_id"], "verdicts": [Verdict.model_validate(v).model_dump(mode="json") for v in ver["verdicts"]]}
@@ -136,4 +136,4 @@ def test_lone_surrogate_in_id_or_metadata_is_a_400_before_any_model_call(tmp_pat
         assert backend.history == []
         status, _ = _post(srv.base_url + "/v1/verdicts", {"items": [{"id": "ok", "text": "fine"}]})
         assert status == 200
-    assert [json.loads(x)["item_id"] for x in (tmp_path / "audit.jsonl").read_text().splitlines()] == ["ok"]
+    assert [json.loads(x)["metadata"]["client_item_id"] for x in (tmp_path / "audit.jsonl").read_text().splitlines()] == ["ok"]

@@ -91,3 +91,5 @@ def test_playground_in_headless_chromium(tmp_path: Path) -> None:
     assert safe["banner"].startswith("SAFE") and safe["marks"] == [] and safe["rules"] == []
     # with API keys and none typed in: the API's message, shown to the person
     assert refused["state"] == "error" and "missing API key" in refused["error"] and "401" in refused["error"]
+    # ... and no policy on the page: they come from GET /v1/policies, with the key typed in
+    assert refused["checked"] == []

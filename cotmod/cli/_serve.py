@@ -86,8 +86,12 @@ def serve(
     POST /v1/verdicts, /healthz, /readyz, Prometheus /metrics and a playground page at /.
 
     Clients of OpenAI's Moderation API switch by base URL; categories are the policy ids (or the
-    names given with --category-name). With API keys (--api-keys-file, --api-key-env) every /v1
-    request needs 'Authorization: Bearer KEY'. Stops on Ctrl-C or SIGTERM after the requests in
+    names given with --category-name). -p/--policy (repeatable) is the set of policies the service
+    offers: requests may name only those (others get 400), /v1/policies and the playground list
+    only those, and a request naming none is judged against all of them [default: every loaded
+    policy]. With API keys (--api-keys-file, --api-key-env) every /v1 request needs
+    'Authorization: Bearer KEY', and the playground page carries no policy until a key is typed.
+    A torn last line of --audit-log (a kill mid-write) is repaired at start. Stops on Ctrl-C or SIGTERM after the requests in
     progress finish (--drain-timeout).
 
     \b
@@ -124,7 +128,7 @@ def serve(
         max_text_chars=max_text_chars,
         request_timeout=request_timeout,
         category_names=_category_names(category_names),
-        default_policies=list(policies) or None,
+        policies=list(policies) or None,
         playground=playground,
         access_log=access_log,
     )

@@ -13,13 +13,18 @@ Endpoints
 * ``POST /v1/verdicts``: full verdicts for ``items`` (``[{"id"?, "text", "scores"?, "metadata"?}]``)
   or ``input`` (as above); error verdicts are returned as they are (``status: "error"``).
 * ``POST /v1/render``: the exact prompts the model would get for ``{"text", "policies"?}``.
-* ``GET /v1/policies``: the loaded policies (ids, titles, versions, rules, exceptions).
+* ``GET /v1/policies``: the policies the service offers (ids, titles, versions, rules, exceptions):
+  :attr:`ServeConfig.policies` (``cotmod serve -p``), default every loaded policy. A request naming
+  another policy gets 400 (``unknown_policy``).
 * ``GET /healthz`` (the process is up), ``GET /readyz`` (the model endpoint answers; 503 with the
   reason otherwise), ``GET /metrics`` (Prometheus), ``GET /`` (the playground page).
 
-Every request gets a request id (a sane ``X-Request-ID`` header is kept, else one is made); it is
-returned in ``X-Request-ID`` and stored in each verdict's ``metadata.request_id``. Item ids are the
-given ones (``/v1/verdicts``) or ``<request id>-<index>``.
+Every request gets its own request id, made by the server (``req-`` + 20 hex digits, unique): it
+is returned in ``X-Request-ID``, stored in each verdict's ``metadata.request_id``, and every item id
+is ``<request id>-<index>``, so every audit-log record has a unique ``item_id`` even when a client
+resends a request. What the client sent is kept beside it, never as the id: a sane ``X-Request-ID``
+header in ``metadata.client_request_id`` (and in the access log), an item's ``id`` (``/v1/verdicts``)
+in ``metadata.client_item_id``.
 
 Behaviour
 ---------
@@ -28,7 +33,9 @@ Behaviour
   ``max_concurrency`` moderation requests run at once and ``max_queue`` wait, more get 429 with
   ``Retry-After``; a request that takes longer than ``request_timeout`` gets 504.
 * Every verdict is appended to the audit log (``audit_log``, the JSONL of ``cotmod run`` output)
-  as soon as it is made, before the response is sent.
+  as soon as it is made, before the response is sent. At start, a torn last line (a kill in the
+  middle of a write) is repaired as the batch runner does: kept if complete, cut if not; any other
+  unreadable line refuses to start (nothing is deleted).
 * Errors are JSON ``{"error": {"message", "type", "param", "code"}}``: 400 bad input, 401, 404,
   405, 413, 429, 502 (invalid model output, upstream failure), 503 (model endpoint unreachable or
   refusing cotmod's key, audit log not writable), 504 (timeout). Never a traceback.
@@ -61,6 +68,7 @@ from .._config import Settings
 from .._exceptions import (
     AuthenticationError,
     CircuitOpenError,
+    ConfigError,
     CotmodError,
     EndpointUnreachableError,
     InputError,
@@ -73,7 +81,7 @@ from .._exceptions import (
 from .._verdict import Verdict
 from .._version import __version__
 from ..backends._openai import Backend
-from ..batch._store import Appender
+from ..batch._store import Appender, scan_jsonl
 from ..engine._cache import Cache
 from ..engine._moderator import AsyncModerator, Item
 from ._auth import ApiKeys
@@ -99,6 +107,7 @@ _ENDPOINTS = {
     "/v1/policies",
 }
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_AUDIT_LOG_HINT = "the audit log was edited or damaged. Nothing was deleted: fix or remove that line, or give another --audit-log file"
 
 
 @dataclass
@@ -124,7 +133,10 @@ class ServeConfig:
     request_timeout: float = 120.0
     #: policy id -> the category name /v1/moderations reports it under (default: the id)
     category_names: dict[str, str] = field(default_factory=dict)
-    #: the policies a request without ``policies`` is judged against (default: all loaded)
+    #: the policies the service offers (``cotmod serve -p``): requests may name only these, and
+    #: ``/v1/policies`` and the playground list only these (default: every loaded policy)
+    policies: list[str] | None = None
+    #: the policies a request without ``policies`` is judged against (default: every offered one)
     default_policies: list[str] | None = None
     #: serve the playground page at /
     playground: bool = True
@@ -231,14 +243,17 @@ class _Observe:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = ""
+        client_rid = ""
         for k, v in scope.get("headers", []):
             if k == b"x-request-id":
                 given = v.decode("latin-1")
-                rid = given if _REQUEST_ID.match(given) else ""
+                client_rid = given if _REQUEST_ID.match(given) else ""
                 break
-        rid = rid or "req-" + os.urandom(10).hex()
-        scope.setdefault("state", {})["request_id"] = rid
+        # the server's own id, unique: a client may resend its X-Request-ID (retries)
+        rid = "req-" + os.urandom(10).hex()
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["client_request_id"] = client_rid or None
         status = 500
         start = time.perf_counter()
 
@@ -257,7 +272,10 @@ class _Observe:
             self.metrics.observe_request(path if path in _ENDPOINTS else "other", status, elapsed)
             if self.access:
                 client = scope.get("client") or ("-", 0)
-                access_log.info('%s "%s %s" %d %.1fms rid=%s', client[0], scope.get("method", "-"), path, status, elapsed * 1000, rid)
+                access_log.info(
+                    '%s "%s %s" %d %.1fms rid=%s%s', client[0], scope.get("method", "-"), path, status, elapsed * 1000, rid,
+                    f" client_rid={client_rid}" if client_rid else "",
+                )
 
 
 def _endpoint_ready_check(mod: AsyncModerator, settings: Settings) -> ReadyCheck:
@@ -365,9 +383,15 @@ class _Service:
                 raise InputError(f"category name for unknown policy {pid!r} (known: {', '.join(mod.policies.ids)})")
             if not name.strip():
                 raise InputError(f"category name for {pid!r} is empty")
+        #: the policies the service offers (unknown ids: a ConfigError naming them)
+        self.offered: list[str] = list(mod.policies.select(config.policies).ids if config.policies else mod.policies.ids)
         if config.default_policies is not None:
             mod.policies.select(config.default_policies)  # unknown ids: a ConfigError naming them
-        names = [self.category(pid) for pid in mod.policies.ids]
+            outside = [p for p in config.default_policies if p not in self.offered]
+            if outside:
+                raise ConfigError(f"default policy {outside[0]!r} is not offered (offered: {', '.join(self.offered)})")
+        self.default_policies = list(config.default_policies) if config.default_policies else list(self.offered)
+        names = [self.category(pid) for pid in self.offered]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise InputError(f"category names must be distinct; {', '.join(map(repr, dupes))} is used twice")
@@ -417,18 +441,29 @@ class _Service:
     def policies(self, data: Mapping[str, Any]) -> list[str] | None:
         value = data.get("policies")
         if value is None:
-            return self.config.default_policies
+            return list(self.default_policies)
         if not isinstance(value, list) or not value or not all(isinstance(p, str) for p in value):
             raise ApiError(400, "policies: expected a non-empty array of policy ids", param="policies")
-        unknown = [p for p in value if p not in self.mod.policies]
+        offered = set(self.offered)
+        unknown = [p for p in value if p not in offered]
         if unknown:
-            known = ", ".join(self.mod.policies.ids)
-            raise ApiError(400, f"policies: unknown policy {unknown[0]!r} (known: {known})", param="policies", code="unknown_policy")
+            pid, known = unknown[0], ", ".join(self.offered)
+            what = f"policy {pid!r} is not offered by this service" if pid in self.mod.policies else f"unknown policy {pid!r}"
+            raise ApiError(400, f"policies: {what} (offered: {known})", param="policies", code="unknown_policy")
         return list(dict.fromkeys(value))
 
-    def items(self, pairs: Sequence[tuple[str | None, str, dict[str, Any]]], rid: str, param: str, policies: list[str] | None) -> list[Item]:
-        """Items from (id, text, metadata) triples, checked: count, empty or oversized text,
-        invalid Unicode, cascade scores, unique ids."""
+    def items(
+        self,
+        pairs: Sequence[tuple[str | None, str, dict[str, Any]]],
+        rid: str,
+        param: str,
+        policies: list[str] | None,
+        client_rid: str | None = None,
+    ) -> list[Item]:
+        """Items from (client id, text, metadata) triples, checked: count, empty or oversized
+        text, invalid Unicode, cascade scores, client ids unique within the request. Item ids are
+        ``<rid>-<index>``; the client's id goes to ``metadata.client_item_id``, its
+        ``X-Request-ID`` to ``metadata.client_request_id``."""
         cfg = self.config
         if len(pairs) > cfg.max_items:
             raise ApiError(413, f"{param}: {len(pairs)} items is over the limit of {cfg.max_items} per request", param=param, code="too_many_items")
@@ -445,13 +480,17 @@ class _Service:
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 raise ApiError(400, f"{where}: text is not valid Unicode (a lone surrogate)", param=where) from None
-            item_id = given if given is not None else f"{rid}-{i}"
-            if not _utf8(item_id):
-                raise ApiError(400, f"{where}.id: not valid Unicode (a lone surrogate)", param=f"{where}.id")
-            if item_id in seen:
-                raise ApiError(400, f"{where}.id: duplicate id {item_id!r} in this request", param=f"{where}.id")
-            seen.add(item_id)
-            item = Item(text, item_id, {**meta, "request_id": rid})
+            client: dict[str, str] = {}
+            if given is not None:
+                if not _utf8(given):
+                    raise ApiError(400, f"{where}.id: not valid Unicode (a lone surrogate)", param=f"{where}.id")
+                if given in seen:
+                    raise ApiError(400, f"{where}.id: duplicate id {given!r} in this request", param=f"{where}.id")
+                seen.add(given)
+                client["client_item_id"] = given
+            if client_rid:
+                client["client_request_id"] = client_rid
+            item = Item(text, f"{rid}-{i}", {**meta, "request_id": rid, **client})
             try:
                 if not _utf8(json.dumps(dict(item.metadata), allow_nan=False, ensure_ascii=False)):
                     # the verdict carries the metadata and could be neither logged nor returned
@@ -519,6 +558,9 @@ class _Service:
             raise ApiError(503, f"the model is not available ({exc})", "model_unavailable", code="model_unavailable") from None
         except UserError as exc:
             raise ApiError(400, str(exc)) from None
+        except CotmodError as exc:  # e.g. the result cache is locked by another process
+            log.error("request failed: %s", exc)
+            raise ApiError(503, "the service cannot answer now; see the server log", "server_error", code="service_unavailable") from None
 
     # -- responses ---------------------------------------------------------------------------------
     def moderation_result(self, v: Verdict, verdict_json: str, policy_ids: Sequence[str]) -> str:
@@ -578,15 +620,17 @@ def create_app(
     """
     config = config or ServeConfig()
     if moderator is None:
-        from .._exceptions import ConfigError
-
         if backend is None and settings.base_url and not settings.model:
             raise ConfigError("a model name is required with base_url (--model or COTMOD_MODEL)")
         moderator = AsyncModerator(settings.guidelines, settings=settings, backend=backend, cache=cache)
     mod = moderator
     svc = _Service(mod, config, ready_check)
     if config.audit_log is not None:
-        svc.audit = Appender(Path(config.audit_log))
+        audit_path = Path(config.audit_log)
+        # a torn last line (a kill mid-write) is repaired first, so the next verdict starts a line
+        for _ in scan_jsonl(audit_path, ("item_id", "id"), hint=_AUDIT_LOG_HINT):
+            pass
+        svc.audit = Appender(audit_path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -619,7 +663,7 @@ def create_app(
             raise ApiError(400, f"model: expected a string, got {_kind(model)}", param="model")
         policies = svc.policies(data)
         rid = request.state.request_id
-        items = svc.items([(None, t, m) for t, m in _texts(data["input"], "input")], rid, "input", policies)
+        items = svc.items([(None, t, m) for t, m in _texts(data["input"], "input")], rid, "input", policies, request.state.client_request_id)
         recorded = await svc.run(items, policies)
         for i, (v, _) in enumerate(recorded):
             if v.status != "ok":
@@ -671,11 +715,11 @@ def create_app(
                 meta = x.get("metadata") or {}
                 if not isinstance(meta, dict):
                     raise ApiError(400, f"{where}.metadata: expected an object, got {_kind(meta)}", param=f"{where}.metadata")
-                meta = {k: v for k, v in meta.items() if k != "request_id"}
+                meta = {k: v for k, v in meta.items() if k not in ("request_id", "client_request_id", "client_item_id")}
                 if "scores" in x:
                     meta["scores"] = x["scores"]
                 triples.append((None if item_id is None else str(item_id), text, meta))
-        items = svc.items(triples, rid, param, policies)
+        items = svc.items(triples, rid, param, policies, request.state.client_request_id)
         recorded = await svc.run(items, policies)
         return _json_response(_dumps({"request_id": rid})[:-1] + ',"verdicts":[' + ",".join(j for _, j in recorded) + "]}")
 
@@ -706,7 +750,7 @@ def create_app(
     @_handler
     async def policies(request: Request) -> Response:
         svc.authorize(request)
-        return JSONResponse({"policies": policy_list(mod), "evidence": mod.settings.evidence})
+        return JSONResponse({"policies": policy_list(mod, svc.offered), "evidence": mod.settings.evidence})
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -729,7 +773,9 @@ def create_app(
         return HTMLResponse(
             playground_html(
                 {
-                    "policies": policy_list(mod),
+                    # with API keys, no policy data without a key: the page fetches /v1/policies
+                    # with the key typed in
+                    "policies": None if config.api_keys.enabled else policy_list(mod, svc.offered),
                     "evidence": mod.settings.evidence,
                     "auth": config.api_keys.enabled,
                     "version": __version__,
@@ -753,8 +799,8 @@ def create_app(
     return app
 
 
-def policy_list(mod: AsyncModerator) -> list[dict[str, Any]]:
-    """What the playground and ``GET /v1/policies`` show of each policy."""
+def policy_list(mod: AsyncModerator, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """What the playground and ``GET /v1/policies`` show of each policy (of ``ids``, default all)."""
     return [
         {
             "id": p.id,
@@ -764,5 +810,5 @@ def policy_list(mod: AsyncModerator) -> list[dict[str, Any]]:
             "rules": [{"id": r.id, "title": r.title, "severity": r.severity} for r in p.rules],
             "exceptions": [{"id": e.id, "title": e.title} for e in p.exceptions],
         }
-        for p in mod.policies
+        for p in (mod.policies.select(ids) if ids is not None else mod.policies)
     ]
