@@ -350,9 +350,19 @@ class Settings(BaseModel):
         return out
 
     def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked: the API key, and the values of
+        ``extra_headers`` (they can carry a key, e.g. Azure's ``api-key``; names are kept)."""
         data = self.model_dump()
         data["api_key"] = "***" if self.api_key else None
+        data["extra_headers"] = {k: "***" for k in self.extra_headers}
         return data
+
+    def __repr_args__(self) -> Any:
+        # repr() and str() never show header values (Azure's ``api-key`` header is a key)
+        for name, value in super().__repr_args__():
+            if name == "extra_headers" and value:
+                value = {k: "***" for k in value}
+            yield name, value
 
 
 @dataclass(frozen=True)

@@ -244,10 +244,14 @@ class Verdict(BaseModel):
         return data
 
     def decision(self, policy_id: str) -> PolicyDecision:
+        """The decision for ``policy_id``; a :class:`KeyError` naming it and the policies this
+        verdict has decisions for when there is none (another policy, or an error verdict)."""
         for d in self.decisions:
             if d.policy_id == policy_id:
                 return d
-        raise KeyError(policy_id)
+        present = ", ".join(repr(d.policy_id) for d in self.decisions) or "none"
+        status = "" if self.status == "ok" else f"; it is an error verdict (status {self.status!r})"
+        raise KeyError(f"verdict {self.item_id!r} has no decision for policy {policy_id!r} (decisions for: {present}{status})")
 
 
 def verdict_json_schema() -> dict[str, Any]:

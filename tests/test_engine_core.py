@@ -548,3 +548,102 @@ def test_the_prompt_fingerprint_covers_the_sampling_settings() -> None:
     base = fp()
     assert fp() == base
     assert fp(temperature=0.5) != base and fp(max_tokens=512) != base and fp(votes=3) != base
+
+
+# -- 6. bad items and loose arguments at the engine's boundary -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("bad \ud800 x", "text is not valid Unicode"),
+        (Item("x", 5), "the id must be a str, got int"),  # type: ignore[arg-type]
+        (Item(5, "a"), "the text must be a str, got int"),  # type: ignore[arg-type]
+        ({"id": "a", "text": ["x"]}, "the text must be a str, got list"),
+        (Item("x", "a", [1]), "metadata must be a mapping"),  # type: ignore[arg-type]
+        (Item("x", "bad \udfff id"), "id is not valid Unicode"),
+    ],
+)
+def test_an_unusable_item_is_an_input_error_before_any_model_call(item: Any, message: str) -> None:
+    # before: UnicodeEncodeError from inside the openai SDK, or pydantic's ValidationError after
+    # the model calls
+    fake = FakeBackend(default=safe_answer)
+    with Moderator(backend=fake, settings=Settings(decision_logic=False)) as m:
+        with pytest.raises(InputError, match=message):
+            m.moderate(item, policies=["spam_scams", "hate_speech"])
+        with pytest.raises(InputError, match=message):
+            m.moderate_many([item], policies=["spam_scams"])
+    assert fake.history == []
+
+
+async def test_a_mapping_id_of_zero_is_kept_and_a_single_policy_string_is_one_policy() -> None:
+    fake = FakeBackend(default=safe_answer)
+    mod = make(fake)
+    v = await mod.moderate({"id": 0, "text": "x"}, policies="hate_speech")  # type: ignore[arg-type]
+    assert v.item_id == "0"  # before: "item"
+    assert [d.policy_id for d in v.decisions] == ["hate_speech"]  # before: "unknown policy 'h'"
+    assert (await mod.moderate({"id": "", "text": "x"}, "spam_scams")).item_id == "item"  # type: ignore[arg-type]
+    assert mod.policy_groups("spam_scams") == [("spam_scams",)]  # type: ignore[arg-type]
+    assert mod.fingerprint("spam_scams") == mod.fingerprint(["spam_scams"])  # type: ignore[arg-type]
+    with Moderator(backend=FakeBackend(default=safe_answer), settings=Settings(decision_logic=False)) as m:
+        assert [d.policy_id for d in m.moderate("hi", policies="spam_scams").decisions] == ["spam_scams"]  # type: ignore[arg-type]
+
+
+async def test_the_stream_reads_an_async_iterable_too() -> None:
+    async def source() -> Any:
+        for i in range(5):
+            await asyncio.sleep(0)
+            yield {"id": f"a{i}", "text": f"post {i}"}
+
+    mod = make(FakeBackend(default=safe_answer), concurrency=2)
+    got = [v.item_id async for v in mod.moderate_stream(source(), ["spam_scams"])]
+    assert sorted(got) == [f"a{i}" for i in range(5)]
+
+    async def plain() -> Any:
+        for t in ("one", "two"):
+            yield t
+
+    got = [v.item_id async for v in mod.moderate_stream(plain(), ["spam_scams"])]
+    assert sorted(got) == ["0", "1"]  # positions, as for a plain iterable
+    with Moderator(backend=FakeBackend(default=safe_answer), settings=Settings(decision_logic=False)) as m:
+        assert sorted(v.item_id for v in m.moderate_stream(source(), ["spam_scams"])) == [f"a{i}" for i in range(5)]
+
+
+def test_a_missing_decision_is_a_key_error_naming_the_policy_and_those_present() -> None:
+    fake = FakeBackend(default=safe_answer)
+    with Moderator(backend=fake, settings=Settings(decision_logic=False)) as m:
+        v = m.moderate({"id": "p9", "text": "x"}, policies=["spam_scams", "hate_speech"])
+    with pytest.raises(KeyError) as err:
+        v.decision("unknown")
+    msg = str(err.value)
+    assert "'unknown'" in msg and "'p9'" in msg and "'spam_scams'" in msg and "'hate_speech'" in msg
+
+
+def test_one_async_moderator_across_two_asyncio_runs_leaves_no_task_on_a_closed_loop(tmp_path) -> None:
+    # before: "Task exception was never retrieved ... RuntimeError: Event loop is closed" on stderr
+    # (the first loop's connections were closed, later, on the second loop)
+    import subprocess
+    import sys
+
+    from cotmod.testing import FakeOpenAIServer
+
+    from .conftest import GUIDELINES
+
+    script = tmp_path / "two_runs.py"
+    script.write_text(
+        "import asyncio, gc, sys\n"
+        "from cotmod import AsyncModerator, Settings\n"
+        "mod = AsyncModerator(settings=Settings(base_url=sys.argv[1], model='m', guidelines=sys.argv[2], decision_logic=False))\n"
+        "print(asyncio.run(mod.moderate('hello', ['spam_scams'])).status)\n"
+        "print(asyncio.run(mod.moderate('hello again', ['spam_scams'])).status)\n"
+        "async def third():\n"
+        "    async with mod:\n"
+        "        return (await mod.moderate('and again', ['spam_scams'])).status\n"
+        "print(asyncio.run(third()))\n"
+        "gc.collect()\n"
+    )
+    with FakeOpenAIServer() as srv:
+        out = subprocess.run([sys.executable, str(script), srv.base_url, str(GUIDELINES)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok", "ok", "ok"]
+    assert "Event loop is closed" not in out.stderr and "never retrieved" not in out.stderr, out.stderr

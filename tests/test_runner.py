@@ -368,3 +368,26 @@ def test_limit_counts_the_file_items_it_left_as_undecided(tmp_path: Path) -> Non
     # an iterable is not read past the limit (it may be endless): nothing is counted for it
     s = runner(fake_backend()).run_sync(iter(["a", "b", "c"]), tmp_path / "it.jsonl", policies=POLICIES, limit=1)
     assert (s.processed, s.not_run) == (1, 0)
+
+
+def test_one_string_is_one_policy_or_path_and_a_sync_moderator_is_named(tmp_path: Path) -> None:
+    """A single string where a list is expected was split into characters ("unknown policy 'h'",
+    a lint report of files 'w', 'o', ...); Runner(Moderator(...)) failed later with an
+    AttributeError about 'aclose', and concurrency=0 silently meant the default."""
+    from cotmod import Moderator, lint_paths, load_policies
+    from cotmod._config import default_guidelines_dir
+
+    pack = str(default_guidelines_dir())
+    assert load_policies(pack).ids == load_policies([pack]).ids
+    assert not lint_paths(pack).errors and len(lint_paths(pack).policies) == len(load_policies(pack).ids)
+    assert load_policies(pack).select("spam_scams").ids == ["spam_scams"]
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "a", "text": "hello"}\n')
+    mod = AsyncModerator(backend=FakeBackend(default=lambda req: decision({"spam_scams": []})))
+    summary = Runner(mod).run_sync(src, tmp_path / "out.jsonl", policies="spam_scams")
+    assert summary.processed == 1
+    assert [d["policy_id"] for d in json.loads((tmp_path / "out.jsonl").read_text())["decisions"]] == ["spam_scams"]
+    with pytest.raises(TypeError, match="AsyncModerator"):
+        Runner(Moderator(backend=FakeBackend()))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="concurrency"):
+        Runner(mod, concurrency=0)

@@ -796,6 +796,7 @@ async def test_triage_blend_mixes_triages_probability_into_every_score() -> None
     assert {d.policy_id: d.score for d in w1.decisions} == BLEND_PROBS
 
 
+@pytest.mark.filterwarnings("ignore::cotmod.CotmodWarning")  # triage_blend without logprobs: warned about (CotmodWarning), exercised here
 async def test_triage_blend_needs_triages_probabilities() -> None:
     """Without logprobs (no P(yes)), or when triage fell back to judging everything, the scores
     are the policy calls' own."""
@@ -818,6 +819,7 @@ async def test_triage_blend_rescores_cached_answers_without_a_call() -> None:
     assert [d.policy_score for d in blended.decisions] == [d.score for d in first.decisions]
 
 
+@pytest.mark.filterwarnings("ignore::cotmod.CotmodWarning")  # thresholds tuned unblended, used blended: warned about (CotmodWarning), exercised here
 async def test_thresholds_band_the_blended_score_even_of_a_policy_triaged_out(tmp_path: Path) -> None:
     """A policy triaged out is not banded by thresholds (it was not judged); with the blend its
     score is triage's judgment, and reaching review sends it to human review."""

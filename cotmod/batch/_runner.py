@@ -307,8 +307,11 @@ class Runner:
         price_in: float | None = None,
         price_out: float | None = None,
     ) -> None:
+        if not isinstance(moderator, AsyncModerator):
+            hint = " (use Runner(AsyncModerator(...)); Moderator is the sync twin)" if type(moderator).__name__ == "Moderator" else ""
+            raise TypeError(f"Runner needs an AsyncModerator, got {type(moderator).__name__}{hint}")
         self.moderator = moderator
-        self.concurrency = concurrency or moderator.settings.concurrency
+        self.concurrency = moderator.settings.concurrency if concurrency is None else concurrency
         if self.concurrency < 1:
             raise ConfigError("concurrency must be >= 1")
         self.rpm = _finite("rpm", rpm)
@@ -401,7 +404,7 @@ class Runner:
         source: ItemSource,
         output_path: str | Path,
         *,
-        policies: list[str] | None = None,
+        policies: str | list[str] | None = None,
         id_field: str = "id",
         text_field: str = "text",
         fmt: str | None = None,
@@ -419,6 +422,8 @@ class Runner:
         :class:`~cotmod.CotmodError` when a failure that would hit every item stops the run
         (what was written is kept: rerun to resume).
         """
+        if isinstance(policies, str):
+            policies = [policies]  # one policy id, not its characters
         out = Path(output_path)
         inp = Path(source) if isinstance(source, (str, os.PathLike)) else None
         if inp is not None:

@@ -57,6 +57,7 @@ import time
 import warnings
 from collections.abc import (
     AsyncGenerator,
+    AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -117,18 +118,37 @@ class Item:
 
     @classmethod
     def coerce(cls, value: str | Item | Mapping[str, Any], default_id: str = "item") -> Item:
+        """``value`` as an :class:`Item`, checked before any model call: the text a ``str`` that
+        encodes as UTF-8 (no lone surrogate), the id a ``str`` (a mapping's ``id`` may be any
+        scalar and becomes its ``str``, ``0`` included; a missing or empty one is ``default_id``),
+        the metadata a mapping. Anything else raises :class:`~cotmod.InputError`."""
         if isinstance(value, Item):
-            return value if value.id else Item(value.text, default_id, value.metadata)
-        if isinstance(value, str):
-            return Item(value, default_id)
-        if isinstance(value, Mapping):
+            item = value if value.id else Item(value.text, default_id, value.metadata)
+        elif isinstance(value, str):
+            item = Item(value, default_id)
+        elif isinstance(value, Mapping):
+            raw_id = value.get("id")
+            item_id = default_id if raw_id is None or raw_id == "" else str(raw_id)
             if "text" not in value:
-                raise InputError(f"item {value.get('id', default_id)!r}: missing 'text'")
+                raise InputError(f"item {item_id!r}: missing 'text'")
             meta = {k: v for k, v in value.items() if k not in ("id", "text")}
-            return Item(value["text"], str(value.get("id") or default_id), meta)
-        if isinstance(value, bytes):
+            item = Item(value["text"], item_id, meta)
+        elif isinstance(value, bytes):
             raise InputError(f"item {default_id!r}: bytes given; decode the text to str first")
-        raise InputError(f"item {default_id!r}: expected str, Item or mapping, got {type(value).__name__}")
+        else:
+            raise InputError(f"item {default_id!r}: expected str, Item or mapping, got {type(value).__name__}")
+        if not isinstance(item.id, str):
+            raise InputError(f"item {item.id!r}: the id must be a str, got {type(item.id).__name__}")
+        if not isinstance(item.text, str):
+            raise InputError(f"item {item.id!r}: the text must be a str, got {type(item.text).__name__}")
+        if not isinstance(item.metadata, Mapping):
+            raise InputError(f"item {item.id!r}: metadata must be a mapping, got {type(item.metadata).__name__}")
+        for what, value_ in (("text", item.text), ("id", item.id)):
+            try:
+                value_.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(f"item {item.id!r}: the {what} is not valid Unicode (a lone surrogate)") from None
+        return item
 
 
 def _check_metadata(item: Item) -> None:
@@ -136,6 +156,12 @@ def _check_metadata(item: Item) -> None:
         json.dumps(dict(item.metadata), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InputError(f"item {item.id!r}: metadata must be JSON-serialisable ({exc})") from None
+
+
+def _policy_ids(policies: Sequence[str] | str | None) -> Sequence[str] | None:
+    """``policies`` as given to the entry points: a single string is one policy id (not a
+    sequence of one-letter ids)."""
+    return [policies] if isinstance(policies, str) else policies
 
 
 def _load_policy_set(policies: PolicySet | Iterable[Policy] | str | Path | None, settings: Settings) -> PolicySet:
@@ -423,6 +449,8 @@ class AsyncModerator:
         self._sem: asyncio.Semaphore | None = None
         self._ramps: dict[str, _Ramp] = {}
         self._cache_executor: ThreadPoolExecutor | None = None
+        self._bound_loop: asyncio.AbstractEventLoop | None = None
+        self._loop_guard: AsyncGenerator[None, None] | None = None
 
     # -- configuration -------------------------------------------------------------------------
     @property
@@ -474,6 +502,7 @@ class AsyncModerator:
         Each group is a tuple of policy ids: one per policy with ``strategy="per_policy"``, one
         group of all of them with ``"combined"``. ``policies`` defaults to all loaded policies.
         """
+        policies = _policy_ids(policies)
         ids = self.policies.select(policies).ids if policies is not None else self.policies.ids
         if not ids:
             raise InputError("no policies selected")
@@ -544,8 +573,41 @@ class AsyncModerator:
             prompts.insert(0, self.triage_compiler([pid for g in groups for pid in g]).compile(text))
         return prompts
 
+    async def _bind_to_loop(self) -> None:
+        """State that belongs to an event loop (the concurrency semaphore, the warm-up windows,
+        the connections of a backend the moderator made) is made anew on a new loop, e.g. a second
+        ``asyncio.run``; and when the loop shuts down (the end of ``asyncio.run``: its
+        ``shutdown_asyncgens``), a backend the moderator made is closed on it, so its connections
+        are not left to be closed later on a closed loop ("Event loop is closed")."""
+        loop = asyncio.get_running_loop()
+        if self._bound_loop is loop:
+            return
+        if self._bound_loop is not None:
+            self._sem = None
+            self._ramps = {}
+            self._backend_lock = None
+            if self._owns_backend:
+                self._backend = None  # closed when its loop shut down, or tied to a loop gone
+        self._bound_loop = loop
+
+        async def guard() -> AsyncGenerator[None, None]:
+            try:
+                yield
+            finally:
+                if self._bound_loop is loop:
+                    backend = self._backend if self._owns_backend else None
+                    self._bound_loop = None
+                    if backend is not None:
+                        self._backend = None
+                        with contextlib.suppress(Exception):
+                            await backend.aclose()
+
+        self._loop_guard = guard()
+        await self._loop_guard.__anext__()  # started on this loop: finalised by its shutdown_asyncgens
+
     async def get_backend(self) -> Backend:
         """The backend calls go to; the embedded local server is started here when needed."""
+        await self._bind_to_loop()
         if self._backend is not None:
             return self._backend
         if self._backend_lock is None:
@@ -1217,14 +1279,14 @@ class AsyncModerator:
 
     async def moderate_stream(
         self,
-        items: Iterable[str | Item | Mapping[str, Any]],
+        items: Iterable[str | Item | Mapping[str, Any]] | AsyncIterable[str | Item | Mapping[str, Any]],
         policies: Sequence[str] | None = None,
         *,
         concurrency: int | None = None,
     ) -> AsyncGenerator[Verdict, None]:
         """Moderate items and yield each verdict as soon as it is ready (completion order).
 
-        ``items`` is read lazily: at most ``concurrency`` items (default :attr:`concurrency`)
+        ``items`` (an iterable, or an async iterable such as an async generator) is read lazily: at most ``concurrency`` items (default :attr:`concurrency`)
         are being moderated at a time, and model requests stay bounded by :attr:`concurrency`.
         Ids default to the item's position, as in :meth:`moderate_many`. If an item fails (a bad
         item, a transport error), no further items are started, the items in progress finish
@@ -1234,13 +1296,30 @@ class AsyncModerator:
         limit = self._concurrency if concurrency is None else concurrency
         if limit < 1:
             raise ConfigError(f"concurrency must be >= 1, got {limit}")
-        source = iter(enumerate(items))
+        if isinstance(items, AsyncIterable):
+            aiter_ = items.__aiter__()
+            count = 0
+
+            async def next_item() -> tuple[int, Any] | None:
+                nonlocal count
+                try:
+                    value = await aiter_.__anext__()
+                except StopAsyncIteration:
+                    return None
+                count += 1
+                return count - 1, value
+        else:
+            source = iter(enumerate(items))
+
+            async def next_item() -> tuple[int, Any] | None:
+                return next(source, None)
+
         pending: set[asyncio.Future[Verdict]] = set()
         failure: BaseException | None = None
         try:
             while True:
                 while failure is None and len(pending) < limit:
-                    nxt = next(source, None)
+                    nxt = await next_item()
                     if nxt is None:
                         break
                     try:
@@ -1438,7 +1517,7 @@ class Moderator:
 
     def moderate_stream(
         self,
-        items: Iterable[str | Item | Mapping[str, Any]],
+        items: Iterable[str | Item | Mapping[str, Any]] | AsyncIterable[str | Item | Mapping[str, Any]],
         policies: Sequence[str] | None = None,
         *,
         concurrency: int | None = None,

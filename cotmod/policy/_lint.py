@@ -470,8 +470,11 @@ def _describe(schema: Any) -> str:
     return out
 
 
-def lint_paths(paths: Iterable[str | Path] | None = None) -> LintReport:
-    """Lint guideline files (or directories of them). Never raises for bad files."""
+def lint_paths(paths: str | Path | Iterable[str | Path] | None = None) -> LintReport:
+    """Lint guideline files (or directories of them): one path or several. Never raises for bad
+    files."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]  # one directory, not the characters of its name
     report = LintReport()
     files = _expand(paths if paths is not None else [default_guidelines_dir()])
     if not files:
@@ -494,8 +497,9 @@ def lint_paths(paths: Iterable[str | Path] | None = None) -> LintReport:
     return report
 
 
-def load_policies(paths: Iterable[str | Path] | None = None) -> PolicySet:
-    """Load and validate policies; raise :class:`PolicyError` listing every error."""
+def load_policies(paths: str | Path | Iterable[str | Path] | None = None) -> PolicySet:
+    """Load and validate policies (one path or several); raise :class:`PolicyError` listing every
+    error."""
     report = lint_paths(paths)
     if report.errors:
         raise PolicyError(report.errors)

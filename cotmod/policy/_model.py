@@ -281,9 +281,12 @@ class PolicySet:
     def ids(self) -> list[str]:
         return list(self._by_id)
 
-    def select(self, ids: Iterable[str] | None) -> PolicySet:
+    def select(self, ids: str | Iterable[str] | None) -> PolicySet:
+        """The policies named (one id or several), in the order given; all when ``None``."""
         if ids is None:
             return self
+        if isinstance(ids, str):
+            ids = [ids]  # one policy id, not its characters
         out = []
         for pid in dict.fromkeys(ids):
             if pid not in self._by_id:
