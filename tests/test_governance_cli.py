@@ -121,7 +121,9 @@ def test_impact_bare_revision_uses_the_directory_given_and_says_so(repo: Path, t
     assert "changed policies: spam_scams" in r.stdout and "undecided" not in r.stdout
 
 
-def test_impact_with_error_verdicts_names_them_per_side_and_exits_1(tmp_path: Path) -> None:
+def _two_bundles(tmp_path: Path) -> tuple[Path, Path]:
+    """OLD and NEW policy directories (hate_speech, spam_scams); NEW rewords spam_scams with a
+    patch bump."""
     old, new = tmp_path / "old", tmp_path / "new"
     for d in (old, new):
         d.mkdir()
@@ -129,6 +131,11 @@ def test_impact_with_error_verdicts_names_them_per_side_and_exits_1(tmp_path: Pa
             shutil.copy(GUIDELINES / f"{name}.yaml", d)
     edit(new / "spam_scams.yaml", f"version: {SPAM_V}", f"version: {SPAM_PATCH}")
     edit(new / "spam_scams.yaml", "seek", "look for")
+    return old, new
+
+
+def test_impact_with_error_verdicts_names_them_per_side_and_exits_1(tmp_path: Path) -> None:
+    old, new = _two_bundles(tmp_path)
     gold = _golden(tmp_path, [("VIOLATE a", 1), ("calm b", 0), ("BROKEN c", 1)])
     sample = tmp_path / "prod.jsonl"
     sample.write_text("".join(json.dumps({"id": f"s{i}", "text": t}) + "\n" for i, t in enumerate(["VIOLATE x", "BROKEN y", "calm z"])))
@@ -158,13 +165,7 @@ def test_a_second_impact_into_one_directory_after_another_edit_is_not_refused(tm
     free), like its sample runs: a second impact into the same DIR after the policy changed again
     was refused by the run store ("holds verdicts from a different configuration ... --overwrite",
     an option impact does not have)."""
-    old, new = tmp_path / "old", tmp_path / "new"
-    for d in (old, new):
-        d.mkdir()
-        for name in ("hate_speech", "spam_scams"):
-            shutil.copy(GUIDELINES / f"{name}.yaml", d)
-    edit(new / "spam_scams.yaml", f"version: {SPAM_V}", f"version: {SPAM_PATCH}")
-    edit(new / "spam_scams.yaml", "seek", "look for")
+    old, new = _two_bundles(tmp_path)
     gold = _golden(tmp_path, [("VIOLATE a", 1), ("calm b", 0)])
     with FakeOpenAIServer(handler=_handler) as srv:
         args = ["impact", str(old), str(new), "--golden", str(gold), "-o", str(tmp_path / "imp"), "--base-url", srv.base_url, "--model", "m"]
