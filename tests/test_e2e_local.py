@@ -48,37 +48,14 @@ def test_cli_moderate_json_validates_against_schema(local_url: str) -> None:
 def test_library_against_embedded_server_started_on_demand(monkeypatch: pytest.MonkeyPatch, local_url: str) -> None:
     # no base_url: the library starts (or reuses) the embedded server itself
     with Moderator(local_model=e2e_model(), max_reasks=1) as mod:
-        v = mod.moderate("How do I kill a Python process?", policies=["violent_threats"])
-    assert v.model and v.prompt_fingerprint == mod.fingerprint(["violent_threats"])
+        # spam_scams: its prompt prefix is already in the shared server's cache (a cold ~3k-token
+        # prefill costs ~30 s of this 2-core machine)
+        v = mod.moderate("How do I kill a Python process?", policies=["spam_scams"])
+    assert v.model and v.prompt_fingerprint == mod.fingerprint(["spam_scams"])
     assert v.usage.total_tokens > 0 and v.latency_ms > 0
     assert v.status in ("ok", "error")
     if v.status == "error":
         assert v.error is not None and v.error.raw_output is not None
-
-
-def test_impact_with_the_real_local_model_recomputes_only_the_changed_policy(tmp_path, policy_dir, local_url: str) -> None:
-    from cotmod import load_policies
-    from cotmod._config import Settings
-    from cotmod.engine._cache import MemoryCache
-    from cotmod.governance._impact import impact
-
-    gold = tmp_path / "gold.jsonl"
-    rows = [("Win a free prize now, text WIN to 80086", 1), ("See you at lunch tomorrow", 0)]
-    gold.write_text("".join(json.dumps({"id": f"g{i}", "text": t, "labels": {"bad": y}}) + "\n" for i, (t, y) in enumerate(rows)))
-    mapping = tmp_path / "mapping.yaml"
-    mapping.write_text("labels:\n  bad: {policies: [spam_scams, harassment_bullying]}\n")
-    old = load_policies([policy_dir])
-    f = policy_dir / "spam_scams.yaml"
-    text = f.read_text()
-    assert "\ntitle: " in text
-    f.write_text(text.replace("version: 1.1.0", "version: 1.1.1", 1).replace("\ntitle: ", "\ntitle: Revised ", 1))
-    new = load_policies([policy_dir])
-    settings = Settings(base_url=local_url, model=e2e_model(), max_reasks=0, concurrency=2)
-    res = impact(old, new, settings=settings, cache=MemoryCache(), golden=gold, mapping=mapping, work_dir=tmp_path / "imp")
-    assert res["changed_policies"] == ["spam_scams"]
-    calls = res["golden"]["model_calls"]
-    assert calls["old"] == 4 and calls["new"] == 2  # harassment_bullying decisions came from the cache
-    assert "bad" in res["golden"]["comparison"]["labels"]
 
 
 def test_self_consistency_votes_against_the_real_server(local_url: str) -> None:
@@ -97,6 +74,35 @@ def test_self_consistency_votes_against_the_real_server(local_url: str) -> None:
         assert d.violates == (2 * d.votes[0] >= sum(d.votes))
     else:  # every vote invalid (a tiny model): an explicit error, never a silent decision
         assert v.violates is None and v.error is not None
+
+
+def test_impact_with_the_real_local_model_recomputes_only_the_changed_policy(tmp_path, policy_dir, local_url: str) -> None:
+    from cotmod import load_policies
+    from cotmod._config import Settings
+    from cotmod.engine._cache import MemoryCache
+    from cotmod.governance._impact import impact
+
+    gold = tmp_path / "gold.jsonl"
+    rows = [("Win a free prize now, text WIN to 80086", 1), ("See you at lunch tomorrow", 0)]
+    gold.write_text("".join(json.dumps({"id": f"g{i}", "text": t, "labels": {"bad": y}}) + "\n" for i, (t, y) in enumerate(rows)))
+    mapping = tmp_path / "mapping.yaml"
+    # regulated_goods: the shortest starter prompt (the unchanged policy's prefill is paid once)
+    mapping.write_text("labels:\n  bad: {policies: [spam_scams, regulated_goods]}\n")
+    old = load_policies([policy_dir])
+    f = policy_dir / "spam_scams.yaml"
+    text = f.read_text()
+    # the edit is in the last boundary example, at the end of the prompt's static part: the new
+    # prompt shares most of its prefix with the old one, which the server has cached
+    last = "rationale: Security education about red flags."
+    assert text.count(last) == 1 and text.index(last) > text.index("\nexamples:")
+    f.write_text(text.replace("version: 1.1.0", "version: 1.1.1", 1).replace(last, "rationale: Security education about the red flags of phishing.", 1))
+    new = load_policies([policy_dir])
+    settings = Settings(base_url=local_url, model=e2e_model(), max_reasks=0, concurrency=2)
+    res = impact(old, new, settings=settings, cache=MemoryCache(), golden=gold, mapping=mapping, work_dir=tmp_path / "imp")
+    assert res["changed_policies"] == ["spam_scams"]
+    calls = res["golden"]["model_calls"]
+    assert calls["old"] == 4 and calls["new"] == 2  # regulated_goods decisions came from the cache
+    assert "bad" in res["golden"]["comparison"]["labels"]
 
 
 def test_real_server_grammar_cannot_emit_an_inconsistent_decision(local_url: str) -> None:
