@@ -62,7 +62,8 @@ def test_self_consistency_votes_against_the_real_server(local_url: str) -> None:
     from cotmod import Settings
 
     # sampled at temperature 0.7 with seeds 0, 1, 2 on the real llama.cpp server
-    # one at a time: the votes then share the slot's cached prompt prefix
+    # one at a time: the votes then share the slot's cached prompt prefix (this test runs before
+    # the impact test, whose edited spam_scams prompt would take that slot's cache)
     settings = Settings(base_url=local_url, model=e2e_model(), votes=3, max_reasks=1, concurrency=1, timeout=600)
     with Moderator(settings=settings) as mod:
         v = mod.moderate("WIN a free iPhone!!! Click bit.ly/x now and enter your card number", policies=["spam_scams"])
@@ -91,11 +92,8 @@ def test_impact_with_the_real_local_model_recomputes_only_the_changed_policy(tmp
     old = load_policies([policy_dir])
     f = policy_dir / "spam_scams.yaml"
     text = f.read_text()
-    # the edit is in the last boundary example, at the end of the prompt's static part: the new
-    # prompt shares most of its prefix with the old one, which the server has cached
-    last = "rationale: Security education about red flags."
-    assert text.count(last) == 1 and text.index(last) > text.index("\nexamples:")
-    f.write_text(text.replace("version: 1.1.0", "version: 1.1.1", 1).replace(last, "rationale: Security education about the red flags of phishing.", 1))
+    assert "\ntitle: " in text
+    f.write_text(text.replace("version: 1.1.0", "version: 1.1.1", 1).replace("\ntitle: ", "\ntitle: Revised ", 1))
     new = load_policies([policy_dir])
     settings = Settings(base_url=local_url, model=e2e_model(), max_reasks=0, concurrency=2)
     res = impact(old, new, settings=settings, cache=MemoryCache(), golden=gold, mapping=mapping, work_dir=tmp_path / "imp")
